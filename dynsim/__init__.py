@@ -1,0 +1,15 @@
+"""dynsim: optimizers as dynamical systems, simulated by the million in JAX.
+
+import dynsim as ds
+problem = ds.problems.linear_regression_1d()
+res = ds.simulate(ds.dynamics.sgd(problem), grid={"lr": [0.5, 1.0, 3.0]},
+                  n_replicas=1024, n_steps=1000,
+                  observables={"logdist": ds.observables.log_distance(problem.fixed_point)})
+"""
+
+__version__ = "0.1.0"
+
+from dynsim import dynamics, io, observables, prng, problems  # noqa: E402
+from dynsim.engine import simulate  # noqa: E402
+
+__all__ = ["__version__", "dynamics", "io", "observables", "prng", "problems", "simulate"]

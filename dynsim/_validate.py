@@ -1,0 +1,112 @@
+"""Input checks at the API boundary: each error names the argument, its value and what is allowed."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+LEARNING_RATE_NAMES = ("lr", "learning_rate")
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_real(name: str, value: Any) -> float:
+    if not _is_real(value):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+def check_positive(name: str, value: Any) -> float:
+    value = check_real(name, value)
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    return value
+
+
+def check_nonnegative(name: str, value: Any) -> float:
+    value = check_real(name, value)
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return value
+
+
+def check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def check_n_data(n_data: Any) -> int | None:
+    if n_data is None:
+        return None
+    return check_int("n_data", n_data, minimum=1)
+
+
+def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def grid_values(name: str, values: Any) -> np.ndarray:
+    """A grid axis as a non-empty, finite, 1-D NumPy array."""
+    if isinstance(values, (str, bytes, Mapping)):
+        raise TypeError(f"grid[{name!r}] must be a 1-D array of numbers, got {values!r}")
+    try:
+        arr = np.asarray(values)
+    except Exception as err:  # pragma: no cover - numpy's own message is kept
+        raise TypeError(f"grid[{name!r}] must be a 1-D array of numbers: {err}") from err
+    if arr.ndim != 1:
+        raise ValueError(f"grid[{name!r}] must be a 1-D array of numbers, got shape {arr.shape} ({values!r})")
+    if arr.size == 0:
+        raise ValueError(f"grid[{name!r}] must not be empty")
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise TypeError(f"grid[{name!r}] must hold real numbers, got dtype {arr.dtype} ({values!r})")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"grid[{name!r}] must be finite, got {arr.tolist()}")
+    if name in LEARNING_RATE_NAMES and np.any(arr <= 0):
+        bad = arr[arr <= 0].tolist()
+        raise ValueError(f"grid[{name!r}]: learning rates must be > 0 and finite, got {bad}")
+    return arr
+
+
+def check_learning_rate(name: str, value: Any) -> float:
+    value = check_real(name, value)
+    if value <= 0:
+        raise ValueError(f"{name}: learning rates must be > 0 and finite, got {value!r}")
+    return value
+
+
+def check_output_path(path: Any) -> str:
+    """A file path that can be written: its folder exists and is writable."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {path!r}")
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"path {path!r} is a directory; give a file name such as {path!r}/results.nc")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"path {path!r}: folder {folder!r} does not exist")
+    try:  # a real write: permission bits say nothing for root or special file systems
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ValueError(f"path {path!r}: folder {folder!r} is not writable ({err.strerror})") from err
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise ValueError(f"path {path!r} exists and is not writable")
+    return path

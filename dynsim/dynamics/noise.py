@@ -1,0 +1,154 @@
+"""Noise injected into the gradient or the minibatch of an SGD-type step.
+
+Each noise is a :class:`Noise`: its hyperparameters (traced, so a noise level is a grid
+axis like the learning rate) and a pure ``apply`` function. Pass a sequence of them as
+``noise=`` to :func:`dynsim.dynamics.sgd`, :func:`~dynsim.dynamics.gd` or
+:func:`~dynsim.dynamics.from_optax`. Minibatch noises act on the sampled batch before
+the gradient; gradient noises are added to the (minibatch) gradient ``g``:
+
+* :func:`gaussian_noise`: ``g + s * xi``, ``xi ~ N(0, I)``;
+* :func:`student_t_noise`: ``g + s * xi``, ``xi_i ~ t_df`` i.i.d.;
+* :func:`alpha_stable_noise`: ``g + s * xi``, ``xi_i`` symmetric alpha-stable;
+* :func:`multiplicative_noise`: ``g + sqrt(sigma F(theta)) Z``, ``Z ~ N(0, I/d)``
+  (the "ML" noise of seed 003, eq. 2.10);
+* :func:`label_noise`: ``y_j <- y_j + s * xi_j`` for each sample of the batch, redrawn
+  every step (dynamic label noise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dynsim._validate import check_nonnegative, check_positive
+
+__all__ = [
+    "Noise",
+    "gaussian_noise",
+    "student_t_noise",
+    "alpha_stable_noise",
+    "multiplicative_noise",
+    "label_noise",
+    "symmetric_stable",
+]
+
+
+class Noise(NamedTuple):
+    """A noise model.
+
+    ``kind == "gradient"``: ``apply(key, grads, hp, objective) -> grads``, where
+    ``objective()`` evaluates the training objective at the current parameters.
+    ``kind == "batch"``: ``apply(key, batch, hp) -> batch``.
+    """
+
+    kind: str
+    apply: Callable[..., Any]
+    hyperparams: Mapping[str, Any]
+    name: str
+
+
+def _add_to_leaves(key, tree, draw: Callable[[jax.Array, tuple, Any], jax.Array]):
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    keys = jax.random.split(key, len(leaves))
+    noisy = [leaf + draw(k, jnp.shape(leaf), jnp.result_type(leaf)) for k, leaf in zip(keys, leaves)]
+    return jax.tree_util.tree_unflatten(treedef, noisy)
+
+
+def gaussian_noise(scale: float = 1.0, *, name: str = "noise") -> Noise:
+    """Additive isotropic Gaussian gradient noise ``g + s xi``, ``s = hp[name]``."""
+    check_nonnegative("scale", scale)
+
+    def apply(key, grads, hp, objective):
+        s = hp[name]
+        return _add_to_leaves(key, grads, lambda k, shape, dt: s * jax.random.normal(k, shape, dt))
+
+    return Noise("gradient", apply, {name: scale}, "gaussian")
+
+
+def student_t_noise(scale: float = 1.0, df: float = 3.0, *, name: str = "noise") -> Noise:
+    """Additive Student-t gradient noise ``g + s xi``, ``xi_i ~ t_df`` (``df = hp["df"]``).
+
+    ``Var xi_i = df / (df - 2)`` for ``df > 2``; heavy-tailed with tail index ``df``.
+    """
+    check_nonnegative("scale", scale)
+    check_positive("df", df)
+
+    def apply(key, grads, hp, objective):
+        s, df_ = hp[name], hp["df"]
+        return _add_to_leaves(key, grads, lambda k, shape, dt: s * jax.random.t(k, df_, shape, dt))
+
+    return Noise("gradient", apply, {name: scale, "df": df}, "student_t")
+
+
+def symmetric_stable(key: jax.Array, alpha, shape=(), dtype=None) -> jax.Array:
+    """Standard symmetric alpha-stable draws, ``E exp(i u X) = exp(-|u|^alpha)`` (0 < alpha <= 2).
+
+    Chambers-Mallows-Stuck (1976) with ``beta = 0``: for ``V ~ U(-pi/2, pi/2)`` and
+    ``W ~ Exp(1)``,
+
+        X = sin(alpha V) / cos(V)^(1/alpha) * (cos((1 - alpha) V) / W)^((1 - alpha)/alpha).
+
+    ``alpha = 1`` gives the standard Cauchy law, ``alpha = 2`` gives ``N(0, 2)``.
+    """
+    dtype = dtype or jnp.result_type(float)
+    kv, kw = jax.random.split(key)
+    half_pi = np.pi / 2
+    v = jax.random.uniform(kv, shape, dtype, -half_pi, half_pi)
+    w = jax.random.exponential(kw, shape, dtype)
+    alpha = jnp.asarray(alpha, dtype)
+    return jnp.sin(alpha * v) / jnp.cos(v) ** (1 / alpha) * (jnp.cos((1 - alpha) * v) / w) ** ((1 - alpha) / alpha)
+
+
+def alpha_stable_noise(scale: float = 1.0, alpha: float = 1.5, *, name: str = "noise") -> Noise:
+    """Additive symmetric alpha-stable gradient noise ``g + s xi`` (``alpha = hp["alpha"]``).
+
+    ``xi_i`` are i.i.d. :func:`symmetric_stable` draws: infinite variance for ``alpha < 2``
+    (Simsekli et al. 2019's model of heavy-tailed gradient noise).
+    """
+    check_nonnegative("scale", scale)
+    check_positive("alpha", alpha)
+    if alpha > 2:
+        raise ValueError(f"alpha must be in (0, 2], got {alpha!r}")
+
+    def apply(key, grads, hp, objective):
+        s, a = hp[name], hp["alpha"]
+        return _add_to_leaves(key, grads, lambda k, shape, dt: s * symmetric_stable(k, a, shape, dt))
+
+    return Noise("gradient", apply, {name: scale, "alpha": alpha}, "alpha_stable")
+
+
+def multiplicative_noise(sigma: float = 1.0, *, name: str = "noise") -> Noise:
+    """Multiplicative ("ML") noise ``g + sqrt(sigma * F(theta)) Z``, ``Z ~ N(0, I/d)`` (seed 003, eq. 2.10).
+
+    ``F`` is the training objective at the current parameters (it must be >= 0; negative
+    values are clipped at 0), ``d`` the number of parameters, ``sigma = hp[name]``.
+    ``E|Z|^2 = 1``, so the noise covariance has trace ``sigma F(theta)`` and vanishes where
+    ``F = 0``. On ``F = |theta|^2 / 2`` one GD step gives exactly
+    ``E[F(theta')] = ((1 - lr)^2 + lr^2 sigma / 2) F(theta)`` (seed 003 digest, Sec. 4).
+    """
+    check_nonnegative("sigma", sigma)
+
+    def apply(key, grads, hp, objective):
+        d = sum(int(np.prod(jnp.shape(leaf))) for leaf in jax.tree_util.tree_leaves(grads))
+        amplitude = jnp.sqrt(jnp.maximum(hp[name] * objective(), 0.0) / d)
+        return _add_to_leaves(key, grads, lambda k, shape, dt: amplitude.astype(dt) * jax.random.normal(k, shape, dt))
+
+    return Noise("gradient", apply, {name: sigma}, "multiplicative")
+
+
+def label_noise(scale: float = 1.0, *, name: str = "label_noise") -> Noise:
+    """Dynamic Gaussian label noise: ``y_j + s xi_j`` for each sample of each step's batch.
+
+    Needs samples with a ``"y"`` entry (e.g. :func:`dynsim.problems.linear_regression_1d`).
+    """
+    check_nonnegative("scale", scale)
+
+    def apply(key, batch, hp):
+        y = batch["y"]
+        return {**batch, "y": y + hp[name] * jax.random.normal(key, jnp.shape(y), jnp.result_type(y))}
+
+    return Noise("batch", apply, {name: scale}, "label")

@@ -1,0 +1,309 @@
+"""Update maps of gradient methods on a :class:`~dynsim.problems.Problem`: ``gd``, ``sgd``, ``from_optax``.
+
+All three share one gradient oracle: draw the minibatch (or take the full dataset),
+apply minibatch noise, differentiate the mean per-sample loss, apply gradient noise.
+They differ only in what they do with the gradient ``g``:
+
+* ``gd`` / ``sgd``: ``theta <- theta - lr * g``;
+* ``from_optax``: ``updates, s <- opt.update(g, s, theta)``; ``theta <- theta + updates``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import optax
+
+from dynsim import prng
+from dynsim._validate import check_int
+from dynsim.problems.base import Problem, batch_loss, draw_dataset
+
+from .base import REQUIRED, Dynamics, TrainState
+from .noise import Noise
+
+__all__ = ["gd", "sgd", "from_optax"]
+
+FULL_BATCH = None
+
+
+def _check_noise(problem: Problem, noise: Sequence[Noise]) -> tuple[Noise, ...]:
+    noise = tuple(noise)
+    for n in noise:
+        if not isinstance(n, Noise):
+            raise TypeError(f"noise must be a sequence of dynsim.dynamics.Noise, got {n!r}")
+        if n.kind == "batch":
+            if problem.kind == "deterministic":
+                raise ValueError(f"{n.name} noise acts on data, but problem {problem.name!r} has none")
+            shape = jax.eval_shape(problem.sample, prng.key(0))
+            if not (isinstance(shape, Mapping) and "y" in shape):
+                raise ValueError(
+                    f"{n.name} noise needs samples with a 'y' entry; problem {problem.name!r} "
+                    f"samples have {jax.tree_util.tree_structure(shape)}"
+                )
+        if n.name == "multiplicative" and problem.kind == "stream":
+            raise ValueError(
+                "multiplicative noise needs the training objective F(theta), which a stream "
+                f"(n_data=None) does not have; give problem {problem.name!r} a finite n_data"
+            )
+    names = [name for n in noise for name in n.hyperparams]
+    if len(set(names)) != len(names):
+        raise ValueError(f"noise hyperparameter names collide: {names}; pass name=... to tell them apart")
+    return noise
+
+
+def _hyperparams(problem: Problem, noise: tuple[Noise, ...], own: Mapping[str, Any]) -> dict[str, Any]:
+    hyper = dict(own)
+    for source in (problem.hyperparams, *(n.hyperparams for n in noise)):
+        for name, default in source.items():
+            if name in hyper:
+                raise ValueError(f"hyperparameter {name!r} is defined twice")
+            hyper[name] = default
+    if problem.kind == "finite":
+        hyper["n_data"] = problem.n_data
+    return hyper
+
+
+def _data_of(problem: Problem):
+    if problem.kind == "finite" and problem.per_replica_data:
+        return lambda state, hp: state.data
+    if problem.kind == "finite":
+        return lambda state, hp: hp["data"]
+    return lambda state, hp: None
+
+
+def _shared_data(problem: Problem):
+    if problem.kind == "finite" and not problem.per_replica_data:
+        return lambda key, hp: draw_dataset(problem, key, hp["n_data"])
+    return None
+
+
+def _init_params_and_data(problem: Problem, key, hp):
+    """Initial parameters, and the trajectory's own dataset when it has one."""
+    if problem.kind == "finite" and problem.per_replica_data:
+        k_params, k_data = jax.random.split(key)
+        return problem.init(k_params, hp), draw_dataset(problem, k_data, hp["n_data"])
+    return problem.init(key, hp), ()
+
+
+def _minibatch(problem: Problem, key, data, hp, batch_size, replace: bool):
+    if problem.kind == "deterministic":
+        return None
+    if problem.kind == "stream":
+        return draw_dataset(problem, key, batch_size)
+    if batch_size is FULL_BATCH:
+        return data
+    n = hp["n_data"]
+    if replace:
+        idx = prng.uniform_index(key, (batch_size,), n)
+    else:
+        idx = jax.random.choice(key, n, (batch_size,), replace=False)
+    return jax.tree_util.tree_map(lambda a: a[idx], data)
+
+
+def _gradient_oracle(problem: Problem, noise: tuple[Noise, ...], replace: bool):
+    """``grad(key, params, data, hp) -> g``: the (noisy) minibatch gradient of one step.
+
+    The minibatch is drawn from ``key`` itself when there is no noise, otherwise from the
+    first of ``split(key, 1 + len(noise))`` (noise ``i`` uses key ``i + 1``).
+    """
+
+    def grad(key, params, data, hp):
+        batch_size = hp.get("batch_size", FULL_BATCH)
+        keys = jax.random.split(key, 1 + len(noise)) if noise else [key]
+        batch = _minibatch(problem, keys[0], data, hp, batch_size, replace)
+        for k, n in zip(keys[1:], noise):
+            if n.kind == "batch":
+                batch = n.apply(k, batch, hp)
+        g = jax.grad(lambda p: batch_loss(problem, p, batch, hp))(params)
+
+        def objective():
+            return batch_loss(problem, params, data if problem.kind == "finite" else None, hp)
+
+        for k, n in zip(keys[1:], noise):
+            if n.kind == "gradient":
+                g = n.apply(k, g, hp, objective)
+        return g
+
+    return grad
+
+
+def _check_batch(problem: Problem, replace: bool):
+    def check(hp):
+        if "batch_size" not in hp:
+            return
+        s = check_int("batch_size", hp["batch_size"], minimum=1)
+        n = hp.get("n_data")
+        if not replace and n is not None and s > n:
+            raise ValueError(
+                f"batch_size={s} exceeds n_data={n}: without replacement a batch holds at most "
+                "n_data distinct samples (use replace=True or a smaller batch)"
+            )
+        if n is not None:
+            check_int("n_data", n, minimum=1)
+
+    return check
+
+
+def _build(problem, noise, replace, own_hyper, static, init, update, name) -> Dynamics:
+    oracle = _gradient_oracle(problem, noise, replace)
+    data_of = _data_of(problem)
+
+    def step(state: TrainState, key, hp) -> TrainState:
+        g = oracle(key, state.params, data_of(state, hp), hp)
+        return update(state, g, hp)
+
+    if problem.kind == "finite":
+        static = static | {"n_data"}
+    return Dynamics(
+        init=init,
+        step=step,
+        hyperparams=_hyperparams(problem, noise, own_hyper),
+        static=frozenset(static),
+        shared_data=_shared_data(problem),
+        params_of=lambda state: state.params,
+        data_of=data_of,
+        problem=problem,
+        check=_check_batch(problem, replace),
+        name=name,
+    )
+
+
+def _sgd_update(state: TrainState, g, hp) -> TrainState:
+    lr = hp["lr"]
+    params = jax.tree_util.tree_map(lambda p, gi: p - lr * gi, state.params, g)
+    return state._replace(params=params)
+
+
+def _sgd_init(problem: Problem):
+    def init(key, hp) -> TrainState:
+        params, data = _init_params_and_data(problem, key, hp)
+        return TrainState(params=params, data=data)
+
+    return init
+
+
+def sgd(
+    problem: Problem,
+    batch_size: int = 1,
+    *,
+    replace: bool = True,
+    noise: Sequence[Noise] = (),
+    lr: float = REQUIRED,
+) -> Dynamics:
+    """Minibatch SGD: ``theta <- theta - (lr / S) sum_{j in B_t} grad l(theta; x_j)`` (seed 004, eq. 1).
+
+    The batch ``B_t`` holds ``S = batch_size`` samples: i.i.d. uniform indices into the
+    finite dataset with ``replace=True`` (the law of seed 004's proofs), ``S`` distinct
+    indices with ``replace=False``, or ``S`` fresh draws for a stream. On a data-free
+    problem it is GD plus the injected noise.
+
+    Hyperparameters: ``lr`` (traced), the problem's and the noises' (traced),
+    ``batch_size`` and ``n_data`` (static: one compilation per value).
+    """
+    check_int("batch_size", batch_size, minimum=1)
+    noise = _check_noise(problem, noise)
+    return _build(
+        problem,
+        noise,
+        replace,
+        {"lr": lr, "batch_size": batch_size},
+        {"batch_size"},
+        _sgd_init(problem),
+        _sgd_update,
+        f"sgd({problem.name}, batch_size={batch_size}, replace={replace})",
+    )
+
+
+def gd(problem: Problem, *, noise: Sequence[Noise] = (), lr: float = REQUIRED) -> Dynamics:
+    """Full-batch gradient descent ``theta <- theta - lr grad F(theta)``, ``F`` the mean loss over the dataset."""
+    if problem.kind == "stream":
+        raise ValueError(
+            f"gd needs a finite dataset or a data-free problem; problem {problem.name!r} is a "
+            "stream (n_data=None): use sgd, or give it a finite n_data"
+        )
+    noise = _check_noise(problem, noise)
+    return _build(problem, noise, True, {"lr": lr}, set(), _sgd_init(problem), _sgd_update, f"gd({problem.name})")
+
+
+def _optimizer_hyperparams(make_optimizer: Callable) -> dict[str, Any]:
+    try:
+        signature = inspect.signature(make_optimizer)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"make_optimizer must be a callable with a signature: {err}") from err
+    hyper: dict[str, Any] = {}
+    for name, p in signature.parameters.items():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        key = "lr" if name == "learning_rate" else name
+        if p.default is inspect.Parameter.empty:
+            hyper[key] = REQUIRED
+        elif p.default is None or (isinstance(p.default, (int, float)) and not isinstance(p.default, bool)):
+            hyper[key] = p.default
+    if "lr" not in hyper:
+        raise TypeError("make_optimizer must take a 'learning_rate' argument (as optax's optimizers do)")
+    return hyper
+
+
+def from_optax(
+    problem: Problem,
+    make_optimizer: Callable[..., optax.GradientTransformation],
+    batch_size: int | None = 1,
+    *,
+    replace: bool = True,
+    noise: Sequence[Noise] = (),
+    **defaults: Any,
+) -> Dynamics:
+    """Any optax optimizer on minibatch gradients, its state carried in the trajectory state.
+
+    ``make_optimizer`` is an optax constructor such as ``optax.adam`` or
+    ``optax.sgd``; its numeric arguments become hyperparameters (``learning_rate`` is
+    named ``lr``, like everywhere in dynsim), traced through
+    ``optax.inject_hyperparams`` so that a grid over them never recompiles. Arguments
+    whose default is ``None`` (such as ``optax.sgd``'s ``momentum``) are passed only when
+    given. ``defaults`` sets defaults, e.g. ``from_optax(p, optax.adam, b1=0.8)``.
+    ``batch_size=None`` uses the full dataset (GD with this optimizer).
+
+    With ``make_optimizer=optax.sgd`` the iterates equal :func:`sgd`'s bit for bit.
+    """
+    noise = _check_noise(problem, noise)
+    own = _optimizer_hyperparams(make_optimizer)
+    unknown = sorted(set(defaults) - set(own))
+    if unknown:
+        raise ValueError(f"unknown optimizer argument(s) {unknown}; {make_optimizer!r} takes {sorted(own)}")
+    own.update(defaults)
+    optimizer_names = tuple(own)
+    static: set[str] = set()
+    if batch_size is not FULL_BATCH:
+        check_int("batch_size", batch_size, minimum=1)
+        own["batch_size"] = batch_size
+        static.add("batch_size")
+    elif problem.kind == "stream":
+        raise ValueError("batch_size=None (full batch) needs a finite dataset or a data-free problem")
+    injected = optax.inject_hyperparams(make_optimizer)
+
+    def optimizer(hp) -> optax.GradientTransformation:
+        kwargs = {("learning_rate" if n == "lr" else n): hp[n] for n in optimizer_names if hp[n] is not None}
+        return injected(**kwargs)
+
+    def init(key, hp) -> TrainState:
+        params, data = _init_params_and_data(problem, key, hp)
+        return TrainState(params=params, opt_state=optimizer(hp).init(params), data=data)
+
+    def update(state: TrainState, g, hp) -> TrainState:
+        updates, opt_state = optimizer(hp).update(g, state.opt_state, state.params)
+        return state._replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state)
+
+    opt_name = getattr(make_optimizer, "__name__", "optimizer")
+    return _build(
+        problem,
+        noise,
+        replace,
+        own,
+        static,
+        init,
+        update,
+        f"from_optax({problem.name}, {opt_name}, batch_size={batch_size})",
+    )

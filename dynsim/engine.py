@@ -1,0 +1,645 @@
+"""The engine: a dynamics over a hyperparameter grid x replicas x time, in one compiled program.
+
+``simulate`` turns a single-trajectory :class:`~dynsim.dynamics.Dynamics` into an ensemble
+run: ``vmap`` over trajectories (grid cells x replicas), a loop over time with the
+observables reduced inside it, chunks of trajectories sized from a memory budget, and
+an ``xarray.Dataset`` out. Trajectory ``(cell c, replica r)`` draws its randomness from
+``fold_in(fold_in(key(seed), c), r)`` (:mod:`dynsim.prng`), so results are bitwise the
+same for any chunk size.
+
+Traced hyperparameters (learning rate, noise, ...) are arrays fed to one compiled program;
+static ones (``Dynamics.static``: batch size, dataset size) split the grid into groups
+compiled once per value. Compiled programs are cached across calls: a new learning rate
+never recompiles.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+from tqdm.auto import tqdm
+
+from dynsim import prng
+from dynsim._validate import (
+    LEARNING_RATE_NAMES,
+    check_int,
+    check_learning_rate,
+    check_output_path,
+    check_positive,
+    grid_values,
+)
+from dynsim.dynamics.base import Dynamics, resolve_hyperparams
+from dynsim.observables import Context, Observable, View, diverged, final_state, from_name
+
+__all__ = ["simulate", "default_memory_budget"]
+
+_CACHE_SIZE = 32
+_PROGRAMS: OrderedDict[tuple, _Program] = OrderedDict()
+_PROGRESS_BLOCKS = 20
+_WORKING_SET_FACTOR = 4  # carry, new state, selects and step temporaries
+# Chunks hold a multiple of this many trajectories (the last one padded by repetition).
+# XLA compiles arrays of fewer than 4 elements to scalar code whose floating-point
+# contractions can differ in the last bit from the vector code; padding keeps every
+# trajectory on the vector path, so results are bitwise independent of the chunk size.
+_LANES = 8
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_dynamics(dynamics: Any) -> Dynamics:
+    if isinstance(dynamics, Dynamics):
+        return dynamics
+    raise TypeError(f"dynamics must be a dynsim.dynamics.Dynamics (init, step), got {type(dynamics).__name__}")
+
+
+def _check_observables(observables: Any) -> dict[str, Observable]:
+    if observables is None:
+        return {"final_state": final_state(), "diverged": diverged()}
+    if not isinstance(observables, Mapping):
+        raise TypeError(f"observables must be a dict mapping names to observables, got {type(observables).__name__}")
+    if not observables:
+        raise ValueError("observables must not be empty")
+    checked = {}
+    for name, obs in observables.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"observable names must be identifiers, got {name!r}")
+        if isinstance(obs, str):
+            obs = from_name(obs)
+        if not isinstance(obs, Observable):
+            raise ValueError(
+                f"unknown observable {obs!r} for {name!r}: pass a dynsim.observables.Observable "
+                "or one of the names in dynsim.observables.NAMED"
+            )
+        checked[name] = obs
+    return checked
+
+
+class _Grid(NamedTuple):
+    axes: tuple[str, ...]
+    values: tuple[np.ndarray, ...]
+    shape: tuple[int, ...]
+    traced: tuple[str, ...]
+    static: tuple[str, ...]
+    constants: Mapping[str, Any]  # hyperparameters not on the grid
+
+
+def _check_grid(dynamics: Dynamics, grid: Any) -> _Grid:
+    if grid is None:
+        grid = {}
+    if not isinstance(grid, Mapping):
+        raise TypeError(f"grid must be a dict mapping axis names to 1-D arrays, got {type(grid).__name__}")
+    values = {}
+    for name, v in grid.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"grid axis names must be identifiers, got {name!r}")
+        if name in ("replica", "time"):
+            raise ValueError(f"grid axis name {name!r} is reserved for the result's dimensions")
+        values[name] = grid_values(name, v)
+    if dynamics.hyperparams is not None:
+        unknown = sorted(set(values) - set(dynamics.hyperparams))
+        if unknown:
+            raise ValueError(
+                f"unknown grid axis {unknown} for dynamics {dynamics.name!r}; "
+                f"its hyperparameters are {sorted(dynamics.hyperparams)}"
+            )
+    resolved = resolve_hyperparams(dynamics, {name: v[0] for name, v in values.items()})
+    constants = {n: v for n, v in resolved.items() if n not in values}
+    for name, v in constants.items():
+        if name in LEARNING_RATE_NAMES:
+            check_learning_rate(name, v)
+    for name in dynamics.static & set(values):
+        v = values[name]
+        if not np.all(v == np.round(v)):
+            raise ValueError(f"grid[{name!r}] changes array shapes and must hold integers, got {v.tolist()}")
+        values[name] = v.astype(np.int64)
+    axes = tuple(values)
+    return _Grid(
+        axes=axes,
+        values=tuple(values[a] for a in axes),
+        shape=tuple(len(values[a]) for a in axes),
+        traced=tuple(a for a in axes if a not in dynamics.static),
+        static=tuple(a for a in axes if a in dynamics.static),
+        constants=constants,
+    )
+
+
+# --------------------------------------------------------------------------- the program
+
+
+class _Spec(NamedTuple):
+    """Everything that shapes a compiled program (the cache key, by identity and value)."""
+
+    dynamics: Dynamics
+    observables: tuple[tuple[str, Observable], ...]
+    static_hp: tuple[tuple[str, Any], ...]
+    ctx: Context
+    bound: float | None
+    n_slots: int
+
+
+def _float_leaves(tree):
+    return [x for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+
+
+def _is_good(state, params, bound):
+    ok = jnp.array(True)
+    for leaf in _float_leaves(state):
+        ok &= jnp.all(jnp.isfinite(leaf))
+    if bound is not None:
+        for leaf in _float_leaves(params):
+            ok &= jnp.all(jnp.abs(leaf) <= bound)
+    return ok
+
+
+class _Program:
+    """The jitted pieces of one run: init, steps with records, steps, a record, the end."""
+
+    def __init__(self, spec: _Spec):
+        self.spec = spec
+        dyn = spec.dynamics
+        ctx = spec.ctx
+        static_hp = dict(spec.static_hp)
+        records = [(n, o) for n, o in spec.observables if o.record is not None and o.every_record]
+        finals = [(n, o) for n, o in spec.observables if o.record is not None and not o.every_record]
+        reducers = [(n, o) for n, o in spec.observables if o.init is not None]
+        self.record_names = [n for n, _ in records]
+        self.final_names = [n for n, _ in finals]
+        self.reducer_names = [n for n, _ in reducers]
+
+        def hp_of(traced, data):
+            hp = {**static_hp, **traced}
+            if dyn.shared_data is not None:
+                hp["data"] = data
+            return hp
+
+        def view_of(state, hp):
+            return View(dyn.params_of(state), state, hp, dyn.data_of(state, hp), dyn.problem)
+
+        def init_one(cell, rep, traced, root, data):
+            hp = hp_of(traced, data)
+            init_key, run_key = prng.init_and_run_keys(prng.trajectory_key(root, cell, rep))
+            state = dyn.init(init_key, hp)
+            view = view_of(state, hp)
+            good = _is_good(state, view.params, spec.bound)
+            acc = tuple(o.init(view, ctx) for _, o in reducers)
+            rec = tuple(o.record(view) for _, o in records)
+            words = jax.random.key_data(run_key)
+            return state, (words[0], words[1]), good, acc, rec
+
+        def step_one(state, run_key, alive, div_step, acc, traced, data, t):
+            hp = hp_of(traced, data)
+            key = prng.step_key(prng.wrap(*run_key), t)
+            new = dyn.step(state, key, hp)
+            ok = _is_good(new, dyn.params_of(new), spec.bound)
+            keep = alive & ok
+            state = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, state)
+            div_step = jnp.where(alive & ~ok, t + 1, div_step)
+            view = view_of(state, hp)
+            acc = tuple(o.update(a, view, t + 1, ctx) for a, (_, o) in zip(acc, reducers))
+            return state, keep, div_step, acc
+
+        def record_one(state, traced, data, which):
+            hp = hp_of(traced, data)
+            view = view_of(state, hp)
+            return tuple(o.record(view) for _, o in which)
+
+        batched_step = jax.vmap(step_one, in_axes=(0, 0, 0, 0, 0, 0, None, None))
+        batched_record = jax.vmap(record_one, in_axes=(0, 0, None, None))
+
+        def init(inputs):
+            root = jax.random.wrap_key_data(inputs["root"], impl=prng.THREEFRY)
+            state, run_key, good, acc, rec = jax.vmap(init_one, in_axes=(0, 0, 0, None, None))(
+                inputs["cell"], inputs["rep"], inputs["hp"], root, inputs["data"]
+            )
+            slots = tuple(
+                jax.tree_util.tree_map(lambda x: jnp.zeros((spec.n_slots, *x.shape), x.dtype).at[0].set(x), r)
+                for r in rec
+            )
+            return {
+                "state": state,
+                "run_key": run_key,
+                "alive": good,
+                "div_step": jnp.where(good, -1, 0).astype(jnp.int32),
+                "acc": acc,
+                "rec": slots,
+            }
+
+        def advance(carry, inputs, t):
+            state, alive, div_step, acc = batched_step(
+                carry["state"],
+                carry["run_key"],
+                carry["alive"],
+                carry["div_step"],
+                carry["acc"],
+                inputs["hp"],
+                inputs["data"],
+                t,
+            )
+            return {**carry, "state": state, "alive": alive, "div_step": div_step, "acc": acc}
+
+        def write(carry, inputs, slot):
+            values = batched_record(carry["state"], inputs["hp"], inputs["data"], records)
+            rec = tuple(
+                jax.tree_util.tree_map(lambda buf, v: buf.at[slot].set(v), buf, v)
+                for buf, v in zip(carry["rec"], values)
+            )
+            return {**carry, "rec": rec}
+
+        def run_steps(carry, inputs, t_from, t_to):
+            return jax.lax.fori_loop(t_from, t_to, lambda t, c: advance(c, inputs, t), carry)
+
+        def run_records(carry, inputs, r_from, r_to):
+            k = ctx.record_every
+
+            def one(r, c):
+                c = jax.lax.fori_loop(r * k, (r + 1) * k, lambda t, cc: advance(cc, inputs, t), c)
+                return write(c, inputs, r + 1)
+
+            return jax.lax.fori_loop(r_from, r_to, one, carry)
+
+        def finish(carry, inputs):
+            return batched_record(carry["state"], inputs["hp"], inputs["data"], finals)
+
+        self.shared_data = None
+        if dyn.shared_data is not None:
+            self.shared_data = jax.jit(lambda key: dyn.shared_data(key, dict(static_hp)))
+        self.init = jax.jit(init)
+        self.run_steps = jax.jit(run_steps, donate_argnums=0)
+        self.run_records = jax.jit(run_records, donate_argnums=0)
+        self.write = jax.jit(write, donate_argnums=0)
+        self.finish = jax.jit(finish)
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _observable_key(o: Observable) -> tuple:
+    """Observables built twice by the same builder with the same arguments share programs
+    when their functions are module-level (the no-argument ones); closures differ."""
+    return (o.kind, o.record, o.every_record, o.init, o.update, o.finalize, o.bound, _freeze(dict(o.config)))
+
+
+def _program(spec: _Spec) -> _Program:
+    key = (
+        id(spec.dynamics),
+        tuple((n, _observable_key(o)) for n, o in spec.observables),
+        spec.static_hp,
+        spec.ctx,
+        spec.bound,
+        spec.n_slots,
+    )
+    program = _PROGRAMS.get(key)
+    if program is None or program.spec.dynamics is not spec.dynamics:
+        program = _Program(spec)
+        _PROGRAMS[key] = program
+        while len(_PROGRAMS) > _CACHE_SIZE:
+            _PROGRAMS.popitem(last=False)
+    _PROGRAMS.move_to_end(key)
+    return program
+
+
+# --------------------------------------------------------------------------- chunking
+
+
+def default_memory_budget() -> int:
+    """Bytes a chunk of trajectories may use: half the free accelerator memory, or 1 GiB on CPU."""
+    device = jax.devices()[0]
+    stats = None
+    try:
+        stats = device.memory_stats()
+    except Exception:  # pragma: no cover - backends without memory stats
+        stats = None
+    if stats and "bytes_limit" in stats:
+        return int(0.5 * (stats["bytes_limit"] - stats.get("bytes_in_use", 0)))
+    return 1 << 30
+
+
+def _tree_bytes(tree) -> int:
+    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(tree))
+
+
+def _chunk_size(program: _Program, inputs_one: dict, n_traj: int, budget: int) -> int:
+    carry = jax.eval_shape(program.init, inputs_one)
+    per_traj = _WORKING_SET_FACTOR * _tree_bytes(carry) + _tree_bytes(
+        {k: v for k, v in inputs_one.items() if k in ("cell", "rep", "hp")}
+    )
+    return int(max(1, min(n_traj, budget // max(per_traj, 1))))
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _leaf_names(tree) -> list[str]:
+    paths = jax.tree_util.tree_flatten_with_path(tree)[0]
+    names = []
+    for path, _ in paths:
+        parts = []
+        for p in path:
+            for attr in ("key", "name", "idx"):
+                if hasattr(p, attr):
+                    parts.append(str(getattr(p, attr)))
+                    break
+        names.append("_".join(parts))
+    return names
+
+
+class _Outputs:
+    """Per-variable NumPy buffers over all trajectories (cell-major, then replica)."""
+
+    def __init__(self, n_traj: int):
+        self.n_traj = n_traj
+        self.vars: dict[str, np.ndarray] = {}
+        self.dims: dict[str, tuple[str, ...]] = {}
+        self.coords: dict[str, np.ndarray] = {}
+
+    def put(self, name: str, dims: tuple[str, ...], index: np.ndarray, values: np.ndarray, coords=None):
+        values = np.asarray(values)
+        if name not in self.vars:
+            self.vars[name] = np.zeros((self.n_traj, *values.shape[1:]), values.dtype)
+            self.dims[name] = dims
+        buf = self.vars[name]
+        if buf.shape[1:] != values.shape[1:]:
+            raise ValueError(
+                f"observable output {name!r} changes shape across static groups ({buf.shape[1:]} vs {values.shape[1:]})"
+            )
+        buf[index] = values
+        for dim, c in (coords or {}).items():
+            self.coords[dim] = np.asarray(c)
+
+
+def _collect(program: _Program, carry, finals, status, index, keep, outputs: _Outputs, ctx):
+    spec = program.spec
+    carry = jax.device_get(carry)
+    obs = dict(spec.observables)
+    with_time = ctx.record_every is not None
+    for name, rec in zip(program.record_names, carry["rec"]):
+        leaves = jax.tree_util.tree_leaves(rec)
+        names = _leaf_names(rec)
+        for leaf, leaf_name in zip(leaves, names):
+            var = f"{name}_{leaf_name}" if len(leaves) > 1 else name
+            leaf = np.moveaxis(np.asarray(leaf), 0, 1)[:keep]  # (traj, slot, ...)
+            if not with_time:
+                leaf = leaf[:, -1]
+            extra = tuple(f"{var}_dim{i}" for i in range(leaf.ndim - (2 if with_time else 1)))
+            outputs.put(var, (("time",) if with_time else ()) + extra, index, leaf)
+    for name, rec in zip(program.final_names, jax.device_get(finals)):
+        leaves = jax.tree_util.tree_leaves(rec)
+        names = _leaf_names(rec)
+        for leaf, leaf_name in zip(leaves, names):
+            var = f"{name}_{leaf_name}" if len(leaves) > 1 else name
+            leaf = np.asarray(leaf)[:keep]
+            extra = tuple(f"{var}_dim{i}" for i in range(leaf.ndim - 1))
+            outputs.put(var, extra, index, leaf)
+    for name, acc in zip(program.reducer_names, carry["acc"]):
+        acc = jax.tree_util.tree_map(lambda x: np.asarray(x)[:keep], acc)
+        for suffix, entry in obs[name].finalize(acc, {k: v[:keep] for k, v in status.items()}, ctx).items():
+            dims, values = entry[0], entry[1]
+            coords = entry[2] if len(entry) > 2 else {}
+            var = f"{name}_{suffix}" if suffix else name
+            outputs.put(
+                var,
+                tuple(f"{var}_{d}" for d in dims),
+                index,
+                values,
+                {f"{var}_{d}": c for d, c in coords.items()},
+            )
+
+
+# --------------------------------------------------------------------------- simulate
+
+
+def _record_times(n_steps: int, record_every: int | None) -> np.ndarray:
+    if record_every is None:
+        return np.array([0, n_steps])
+    times = np.arange(0, n_steps + 1, record_every)
+    if times[-1] != n_steps:
+        times = np.append(times, n_steps)
+    return times
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
+def simulate(
+    dynamics: Dynamics,
+    grid: Mapping[str, Any] | None = None,
+    *,
+    n_steps: int,
+    n_replicas: int = 1,
+    observables: Mapping[str, Observable | str] | None = None,
+    seed: int = 0,
+    record_every: int | None = None,
+    chunk_size: int | None = None,
+    memory_budget: float | None = None,
+    progress: bool | None = None,
+    path: str | os.PathLike | None = None,
+) -> xr.Dataset:
+    """Run ``n_replicas`` trajectories of ``dynamics`` in every cell of ``grid`` for ``n_steps`` steps.
+
+    Parameters
+    ----------
+    dynamics:
+        A :class:`~dynsim.dynamics.Dynamics`, e.g. ``dynsim.dynamics.sgd(problem)``.
+    grid:
+        ``{name: 1-D values}``; the cells are the Cartesian product, in this order. Each
+        name must be a hyperparameter of the dynamics; the others keep their defaults.
+    n_steps, n_replicas:
+        Steps per trajectory and trajectories per cell (>= 1).
+    observables:
+        ``{name: Observable}`` (see :mod:`dynsim.observables`); default
+        ``{"final_state": final_state(), "diverged": diverged()}``.
+    seed:
+        Root of every random stream: trajectory ``(c, r)`` uses
+        ``fold_in(fold_in(key(seed), c), r)``, the shared dataset ``fold_in(key(seed), 2**32-1)``.
+    record_every:
+        Store record observables at ``t = 0, k, 2k, ...`` and ``n_steps`` (dimension
+        ``time``); if ``None``, only their final value.
+    chunk_size:
+        Trajectories per compiled call; by default as many as ``memory_budget`` allows.
+        Results do not depend on it.
+    memory_budget:
+        Bytes for one chunk (default :func:`default_memory_budget`).
+    progress:
+        Show a progress bar (``None``: on a terminal, for runs longer than 2 s).
+    path:
+        Also save the result to this NetCDF file.
+
+    Returns
+    -------
+    xarray.Dataset
+        One dimension per grid axis, then ``replica``, then ``time`` for records; ``attrs``
+        hold the configuration (JSON), the seed and the dynsim version.
+    """
+    from dynsim import __version__, io
+
+    dynamics = _check_dynamics(dynamics)
+    n_steps = check_int("n_steps", n_steps, minimum=1)
+    n_replicas = check_int("n_replicas", n_replicas, minimum=1)
+    seed = check_int("seed", seed, minimum=0, maximum=2**63 - 1)
+    if record_every is not None:
+        record_every = check_int("record_every", record_every, minimum=1, maximum=n_steps)
+    if chunk_size is not None:
+        chunk_size = check_int("chunk_size", chunk_size, minimum=1)
+    budget = int(check_positive("memory_budget", memory_budget)) if memory_budget is not None else None
+    if path is not None:
+        path = check_output_path(path)
+    if progress not in (None, True, False):
+        raise TypeError(f"progress must be None, True or False, got {progress!r}")
+    obs = _check_observables(observables)
+    g = _check_grid(dynamics, grid)
+    ctx = Context(n_steps=n_steps, record_every=record_every)
+    for o in obs.values():
+        if o.check is not None:
+            o.check(dynamics, ctx)
+    bounds = [o.bound for o in obs.values() if o.bound is not None]
+    bound = min(bounds) if bounds else None
+
+    times = _record_times(n_steps, record_every)
+    n_slots = len(times)
+    n_cells = math.prod(g.shape)
+    mesh = np.meshgrid(*g.values, indexing="ij") if g.axes else []
+    per_cell = {a: m.reshape(-1) for a, m in zip(g.axes, mesh)}
+
+    groups: dict[tuple, list[int]] = {}
+    for c in range(n_cells):
+        key = tuple(per_cell[a][c].item() for a in g.static)
+        groups.setdefault(key, []).append(c)
+    for key in groups:
+        hp = {**g.constants, **dict(zip(g.static, key))}
+        hp.update({a: np.unique(per_cell[a][groups[key]]) for a in g.traced})
+        if dynamics.check is not None:
+            dynamics.check(hp)
+
+    root = jax.random.key_data(prng.key(seed))
+    outputs = _Outputs(n_cells * n_replicas)
+    total = n_cells * n_replicas * n_steps
+    disable = {None: None, True: False, False: True}[progress]
+    started = time.perf_counter()
+    float_dtype = jnp.result_type(float)
+    with tqdm(
+        total=total, unit="traj-step", unit_scale=True, delay=2.0, disable=disable, desc="dynsim", mininterval=1.0
+    ) as bar:
+        for key, cells in groups.items():
+            static_hp = tuple(sorted({**g.constants, **dict(zip(g.static, key))}.items()))
+            spec = _Spec(dynamics, tuple(obs.items()), static_hp, ctx, bound, n_slots)
+            program = _program(spec)
+            data = None
+            if program.shared_data is not None:
+                data = program.shared_data(prng.data_key(prng.key(seed)))
+            cells_arr = np.asarray(cells, dtype=np.int64)
+            traj_cell = np.repeat(cells_arr, n_replicas)
+            traj_rep = np.tile(np.arange(n_replicas), len(cells_arr))
+            traced_values = {
+                a: per_cell[a][traj_cell].astype(
+                    np.int32 if np.issubdtype(per_cell[a].dtype, np.integer) else float_dtype
+                )
+                for a in g.traced
+            }
+            n_traj = len(traj_cell)
+
+            def inputs_for(sel):
+                return {
+                    "cell": jnp.asarray(traj_cell[sel], jnp.int32),
+                    "rep": jnp.asarray(traj_rep[sel], jnp.int32),
+                    "hp": {a: jnp.asarray(v[sel]) for a, v in traced_values.items()},
+                    "root": root,
+                    "data": data,
+                }
+
+            size = chunk_size or _chunk_size(
+                program, inputs_for(np.arange(1)), n_traj, budget or default_memory_budget()
+            )
+            size = _LANES * math.ceil(min(size, n_traj) / _LANES)
+            for start in range(0, n_traj, size):
+                sel = np.arange(start, start + size)
+                keep = int(min(size, n_traj - start))
+                sel = np.minimum(sel, n_traj - 1)  # pad the last chunk by repeating a trajectory
+                inputs = inputs_for(sel)
+                carry = program.init(inputs)
+                done = 0
+                if record_every is not None:
+                    n_rec = n_steps // record_every
+                    per_call = max(1, math.ceil(n_rec / _PROGRESS_BLOCKS))
+                    for r in range(0, n_rec, per_call):
+                        r_to = min(n_rec, r + per_call)
+                        carry = program.run_records(carry, inputs, r, r_to)
+                        jax.block_until_ready(carry["alive"])
+                        bar.update(keep * (r_to - r) * record_every)
+                    done = n_rec * record_every
+                per_call = max(1, math.ceil((n_steps - done) / _PROGRESS_BLOCKS))
+                for t in range(done, n_steps, per_call):
+                    t_to = min(n_steps, t + per_call)
+                    carry = program.run_steps(carry, inputs, t, t_to)
+                    jax.block_until_ready(carry["alive"])
+                    bar.update(keep * (t_to - t))
+                if done < n_steps:
+                    carry = program.write(carry, inputs, n_slots - 1)
+                finals = program.finish(carry, inputs)
+                status = {"diverged_step": np.asarray(carry["div_step"])}
+                index = start + np.arange(keep)
+                global_index = traj_cell[index] * n_replicas + traj_rep[index]
+                _collect(program, carry, finals, status, global_index, keep, outputs, ctx)
+    elapsed = time.perf_counter() - started
+
+    shape = (*g.shape, n_replicas)
+    lead = (*g.axes, "replica")
+    data_vars = {
+        name: (lead + outputs.dims[name], buf.reshape(shape + buf.shape[1:])) for name, buf in outputs.vars.items()
+    }
+    coords: dict[str, Any] = {a: v for a, v in zip(g.axes, g.values)}
+    coords["replica"] = np.arange(n_replicas)
+    if record_every is not None:
+        coords["time"] = times
+    coords.update(outputs.coords)
+    config = {
+        "dynamics": dynamics.name,
+        "problem": getattr(dynamics.problem, "name", None),
+        "grid": {a: v.tolist() for a, v in zip(g.axes, g.values)},
+        "hyperparams": {k: _jsonable(v) for k, v in g.constants.items()},
+        "static_axes": list(g.static),
+        "n_steps": n_steps,
+        "n_replicas": n_replicas,
+        "seed": seed,
+        "record_every": record_every,
+        "observables": {n: {"kind": o.kind, **{k: _jsonable(v) for k, v in o.config.items()}} for n, o in obs.items()},
+        "divergence_bound": bound,
+    }
+    attrs = {
+        "config": json.dumps(config),
+        "seed": seed,
+        "dynsim_version": __version__,
+        "jax_version": jax.__version__,
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0].device_kind),
+        "x64": int(bool(jax.config.jax_enable_x64)),
+        "elapsed_seconds": elapsed,
+    }
+    result = xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    if path is not None:
+        io.save(result, path)
+    return result

@@ -1,0 +1,50 @@
+"""Save and load results as NetCDF, with their configuration in the attributes."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import xarray as xr
+
+from dynsim._validate import check_output_path
+
+__all__ = ["save", "load", "config"]
+
+ENGINE = "h5netcdf"
+
+
+def save(result: xr.Dataset, path: str | os.PathLike) -> str:
+    """Write ``result`` to ``path`` (NetCDF-4 via h5netcdf) atomically: a temporary file, then a rename.
+
+    An interrupted write never leaves a truncated file under ``path``.
+    """
+    if not isinstance(result, xr.Dataset):
+        raise TypeError(f"result must be an xarray.Dataset, got {type(result).__name__}")
+    path = check_output_path(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(suffix=".nc.tmp", dir=folder)
+    os.close(fd)
+    try:
+        result.to_netcdf(tmp, engine=ENGINE)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def load(path: str | os.PathLike) -> xr.Dataset:
+    """Read a result written by :func:`save` (fully into memory; the file is closed)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no result file at {os.fspath(path)!r}")
+    with xr.open_dataset(path, engine=ENGINE) as ds:
+        return ds.load()
+
+
+def config(result: xr.Dataset) -> dict[str, Any]:
+    """The run configuration stored by :func:`dynsim.simulate` (``attrs["config"]``), as a dict."""
+    return json.loads(result.attrs["config"])

@@ -1,0 +1,390 @@
+"""Streaming observables: what :func:`dynsim.simulate` measures along each trajectory.
+
+Memory is O(ensemble), never O(steps x ensemble), except for the records a user asks for.
+Each observable becomes one or more data variables of the result, named after its key in
+``observables={...}`` (``key`` and ``key_<suffix>``). Two families:
+
+* **records**: a function of the current state, stored at ``t = 0, k, 2k, ...`` and at
+  ``n_steps`` when ``record_every=k`` is given (dimension ``time``), else only at the end:
+  :func:`log_distance`, :func:`loss`, :func:`grad_norm`, :func:`trajectory`;
+  :func:`final_state` is always the end value;
+* **reducers**: a running accumulator updated after every step: :func:`time_average`,
+  :func:`histogram`, :func:`converged`, :func:`diverged`.
+
+A trajectory that diverges (non-finite state, or beyond the bound of :func:`diverged`) is
+frozen at its last finite state by the engine, so every output stays finite; the step at
+which it diverged is kept (``diverged``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dynsim._validate import check_int, check_nonnegative, check_positive
+from dynsim.problems.base import Problem, objective
+
+__all__ = [
+    "View",
+    "Context",
+    "Observable",
+    "final_state",
+    "trajectory",
+    "log_distance",
+    "log_norm_squared",
+    "loss",
+    "grad_norm",
+    "time_average",
+    "histogram",
+    "converged",
+    "diverged",
+    "from_name",
+    "NAMED",
+]
+
+
+class View(NamedTuple):
+    """What an observable sees of one trajectory at one time."""
+
+    params: Any
+    state: Any
+    hp: Mapping[str, Any]
+    data: Any
+    problem: Problem | None
+
+
+class Context(NamedTuple):
+    """Static facts about the run."""
+
+    n_steps: int
+    record_every: int | None
+
+
+class Observable(NamedTuple):
+    """A streaming measurement.
+
+    Records: ``record(view) -> value`` (any pytree of arrays), stored at every record time
+    (``every_record=True``) or only at the end.
+
+    Reducers: ``init(view, ctx) -> acc`` at ``t = 0``, ``update(acc, view, t, ctx) -> acc``
+    after step ``t`` (1-based), and ``finalize(acc, status, ctx) -> {suffix: entry}`` on
+    the host, with NumPy arrays whose leading axis runs over trajectories. ``status`` holds
+    ``"diverged_step"`` (-1 if never). An entry is ``(dims, array)`` or
+    ``(dims, array, coords)``; ``dims`` names the trailing axes.
+
+    ``bound``: a trajectory whose parameters exceed it in absolute value counts as
+    diverged. ``check(dynamics, ctx)`` validates before compilation. ``config`` is stored in
+    the result's attributes.
+    """
+
+    kind: str
+    record: Callable[[View], Any] | None = None
+    every_record: bool = True
+    init: Callable[[View, Context], Any] | None = None
+    update: Callable[[Any, View, Any, Context], Any] | None = None
+    finalize: Callable[[Any, Mapping[str, np.ndarray], Context], Mapping[str, tuple]] | None = None
+    bound: float | None = None
+    check: Callable[[Any, Context], None] | None = None
+    config: Mapping[str, Any] = MappingProxyType({})
+
+
+def _flat(tree) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.concatenate([jnp.ravel(leaf) for leaf in leaves]) if leaves else jnp.zeros((0,))
+
+
+def _difference(params, point):
+    point = jax.tree_util.tree_map(lambda p, q: jnp.asarray(q, jnp.result_type(p)), params, point)
+    return jax.tree_util.tree_map(jnp.subtract, params, point)
+
+
+def log_norm_squared(tree) -> jax.Array:
+    """``log sum_i x_i^2`` over all leaves, computed as ``2 log m + log sum (x_i/m)^2``, ``m = max|x_i|``.
+
+    The scaling keeps it exact where ``x_i^2`` itself would underflow (``|x| < 1e-19`` in
+    float32) or overflow; it is ``-inf`` only when every ``x_i`` is exactly 0.
+    """
+    x = _flat(tree)
+    m = jnp.max(jnp.abs(x))
+    safe = jnp.where(m > 0, m, 1.0)
+    scaled = jnp.sum((x / safe) ** 2)
+    return jnp.where(m > 0, 2 * jnp.log(safe) + jnp.log(scaled), -jnp.inf)
+
+
+def _need_point(point, what: str):
+    if point is None:
+        raise ValueError(f"{what}: point is None (the problem has no known fixed point); give one")
+    return point
+
+
+def _params(view: View):
+    return view.params
+
+
+def final_state() -> Observable:
+    """The parameters at the end of the run (one variable per leaf)."""
+    return Observable("final_state", record=_params, every_record=False)
+
+
+def trajectory(fn: Callable[[Any], Any] | None = None) -> Observable:
+    """``fn(params)`` (default: the parameters) at every record time: a trajectory record."""
+    if fn is None:
+        return Observable("trajectory", record=_params)
+    return Observable("trajectory", record=lambda v: fn(v.params))
+
+
+def log_distance(point) -> Observable:
+    """``log |x_t - point|^2`` (Euclidean norm over all parameters), in log space.
+
+    The ensemble mean of this record is ``m_w(t) = E log|w_t - w*|^2`` of seed 004, eq. (9);
+    half of its slope is the Lyapunov exponent. See :func:`log_norm_squared` for the scaling
+    that avoids underflow; an exact hit of the point gives ``-inf``.
+    """
+    point = _need_point(point, "log_distance")
+    return Observable(
+        "log_distance",
+        record=lambda v: log_norm_squared(_difference(v.params, point)),
+        config={"point": np.asarray(jax.tree_util.tree_leaves(point), dtype=float).tolist()},
+    )
+
+
+def _problem_of(problem: Problem | None, view: View) -> Problem:
+    return problem if problem is not None else view.problem
+
+
+def _check_objective(problem: Problem | None, what: str):
+    def check(dynamics, ctx: Context):
+        p = problem if problem is not None else getattr(dynamics, "problem", None)
+        if p is None:
+            raise ValueError(f"{what}: the dynamics has no problem; pass one ({what}(problem))")
+        if p.kind == "stream":
+            raise ValueError(
+                f"{what}: problem {p.name!r} is a stream (n_data=None) and has no finite training "
+                "objective; give it a finite n_data"
+            )
+
+    return check
+
+
+def loss(problem: Problem | None = None) -> Observable:
+    """The training objective ``F(theta) = (1/N) sum_i l(theta; x_i)`` (the loss of a data-free problem).
+
+    ``problem`` defaults to the dynamics' own; the data are the trajectory's (shared or
+    per-replica).
+    """
+    return Observable(
+        "loss",
+        record=lambda v: objective(_problem_of(problem, v), v.params, v.data, v.hp),
+        check=_check_objective(problem, "loss"),
+    )
+
+
+def grad_norm(problem: Problem | None = None) -> Observable:
+    """``|grad F(theta)|``, the Euclidean norm of the full training gradient."""
+
+    def record(v: View):
+        g = jax.grad(lambda p: objective(_problem_of(problem, v), p, v.data, v.hp))(v.params)
+        return jnp.sqrt(jnp.sum(_flat(g) ** 2))
+
+    return Observable("grad_norm", record=record, check=_check_objective(problem, "grad_norm"))
+
+
+def _batch_index(t, discard: int, n_steps: int, n_batches: int):
+    return (t - discard - 1) * n_batches // (n_steps - discard)
+
+
+def time_average(fn: Callable[[Any], Any], *, n_batches: int = 32, discard: int = 0) -> Observable:
+    """``(1/T) sum_{t=discard+1}^{n_steps} fn(theta_t)`` per trajectory, with a batch-means standard error.
+
+    The ``T = n_steps - discard`` steps are split into ``n_batches`` consecutive batches;
+    ``stderr = sd(batch means) / sqrt(n_batches)``, valid when a batch is much longer than
+    the correlation time. Sums are compensated (Kahan), so float32 runs of 1e7 steps keep
+    their precision. Outputs ``key`` and ``key_stderr``; frozen (diverged) trajectories keep
+    adding their last finite value. A value that overflows makes the average ``inf`` (and
+    its standard error ``inf``), never NaN.
+    """
+    n_batches = check_int("n_batches", n_batches, minimum=2)
+    discard = check_int("discard", discard, minimum=0)
+
+    def check(dynamics, ctx: Context):
+        if ctx.n_steps - discard < n_batches:
+            raise ValueError(
+                f"time_average: n_steps - discard = {ctx.n_steps - discard} must be >= n_batches = {n_batches}"
+            )
+
+    def init(view: View, ctx: Context):
+        value = jnp.asarray(fn(view.params))
+        zeros = jnp.zeros((n_batches, *value.shape), value.dtype)
+        return {"sum": zeros, "comp": zeros}
+
+    def update(acc, view: View, t, ctx: Context):
+        value = jnp.asarray(fn(view.params))
+        active = t > discard
+        b = jnp.clip(_batch_index(t, discard, ctx.n_steps, n_batches), 0, n_batches - 1)
+        onehot = (jnp.arange(n_batches) == b) & active
+        onehot = onehot.reshape((n_batches,) + (1,) * value.ndim)
+        # Kahan summation into the current batch only.
+        y = jnp.where(onehot, value - acc["comp"], 0)
+        s = acc["sum"] + y
+        comp = jnp.where(onehot & jnp.isfinite(s), (s - acc["sum"]) - y, acc["comp"])
+        return {"sum": s, "comp": comp}
+
+    def finalize(acc, status, ctx: Context):
+        t = np.arange(discard + 1, ctx.n_steps + 1)
+        counts = np.bincount(_batch_index(t, discard, ctx.n_steps, n_batches), minlength=n_batches)
+        sums = np.asarray(acc["sum"], dtype=np.float64) - np.asarray(acc["comp"], dtype=np.float64)
+        shape = (1, n_batches) + (1,) * (sums.ndim - 2)
+        means = sums / counts.reshape(shape)
+        total = sums.sum(axis=1) / counts.sum()
+        finite = np.all(np.isfinite(means), axis=1)
+        with np.errstate(invalid="ignore"):
+            spread = means.std(axis=1, ddof=1) / np.sqrt(n_batches)
+        stderr = np.where(finite, spread, np.inf)
+        extra = tuple(f"dim{i}" for i in range(sums.ndim - 2))
+        return {"": (extra, total), "stderr": (extra, stderr)}
+
+    return Observable(
+        "time_average",
+        init=init,
+        update=update,
+        finalize=finalize,
+        check=check,
+        config={"n_batches": n_batches, "discard": discard},
+    )
+
+
+def histogram(fn: Callable[[Any], Any], bins: Sequence[float], *, discard: int = 0) -> Observable:
+    """Counts of ``fn(theta_t)`` (a scalar) in the bins ``[e_i, e_{i+1})`` over ``t = discard+1, ..., n_steps``.
+
+    Outputs ``key`` (counts, dimension ``key_bin`` with the bin centres as coordinate),
+    ``key_underflow`` and ``key_overflow`` (values below ``e_0`` / at or above ``e_last``,
+    NaN included in the latter). Per trajectory: sum over ``replica`` for the ensemble.
+    """
+    edges = np.asarray(bins, dtype=float)
+    if edges.ndim != 1 or edges.size < 2:
+        raise ValueError(f"bins must be a 1-D array of at least 2 edges, got {bins!r}")
+    if not np.all(np.isfinite(edges)) or np.any(np.diff(edges) <= 0):
+        raise ValueError(f"bins must be finite and strictly increasing, got {edges.tolist()}")
+    discard = check_int("discard", discard, minimum=0)
+    n = edges.size - 1
+
+    def slot(view: View):
+        value = jnp.asarray(fn(view.params))
+        if value.ndim != 0:
+            raise ValueError(f"histogram: fn must return a scalar, got shape {value.shape}")
+        e = jnp.asarray(edges, value.dtype)
+        return jnp.where(jnp.isnan(value), n + 1, jnp.searchsorted(e, value, side="right"))
+
+    def check(dynamics, ctx: Context):
+        if ctx.n_steps <= discard:
+            raise ValueError(f"histogram: discard={discard} must be < n_steps={ctx.n_steps}")
+
+    def init(view: View, ctx: Context):
+        return jnp.zeros((n + 2,), jnp.int32)
+
+    def update(acc, view: View, t, ctx: Context):
+        return acc + ((jnp.arange(n + 2) == slot(view)) & (t > discard)).astype(jnp.int32)
+
+    def finalize(acc, status, ctx: Context):
+        counts = np.asarray(acc)
+        centres = 0.5 * (edges[1:] + edges[:-1])
+        return {
+            "": (("bin",), counts[:, 1:-1], {"bin": centres}),
+            "underflow": ((), counts[:, 0]),
+            "overflow": ((), counts[:, -1]),
+        }
+
+    return Observable(
+        "histogram",
+        init=init,
+        update=update,
+        finalize=finalize,
+        check=check,
+        config={"bins": edges.tolist(), "discard": discard},
+    )
+
+
+def converged(point, eps: float) -> Observable:
+    """Whether ``|theta_T - point| <= eps`` at the end, and since when it has stayed so.
+
+    Outputs ``key`` (bool) and ``key_step``: the first ``t`` from which the trajectory
+    stayed within ``eps`` up to the end (-1 if it is outside at the end).
+    """
+    point = _need_point(point, "converged")
+    eps = check_nonnegative("eps", eps)
+
+    def inside(view: View):
+        return jnp.sqrt(jnp.sum(_flat(_difference(view.params, point)) ** 2)) <= eps
+
+    def init(view: View, ctx: Context):
+        return jnp.where(inside(view), 0, -1).astype(jnp.int32)
+
+    def update(acc, view: View, t, ctx: Context):
+        return jnp.where(inside(view), jnp.where(acc < 0, t, acc), -1).astype(jnp.int32)
+
+    def finalize(acc, status, ctx: Context):
+        step = np.asarray(acc)
+        return {"": ((), step >= 0), "step": ((), step)}
+
+    return Observable(
+        "converged",
+        init=init,
+        update=update,
+        finalize=finalize,
+        config={"eps": eps, "point": np.asarray(jax.tree_util.tree_leaves(point), dtype=float).tolist()},
+    )
+
+
+def diverged(bound: float | None = None) -> Observable:
+    """Whether the trajectory diverged: a non-finite state, or ``max |theta_i| > bound``.
+
+    Outputs ``key`` (bool) and ``key_step``: the step whose result was non-finite or out
+    of bounds (-1 if never). The engine freezes the trajectory at its last good state, so
+    no aggregate turns into NaN.
+    """
+    if bound is not None:
+        bound = check_positive("bound", bound)
+    return Observable(
+        "diverged",
+        init=_no_accumulator,
+        update=_keep_accumulator,
+        finalize=_diverged_finalize,
+        bound=bound,
+        config={"bound": bound},
+    )
+
+
+def _no_accumulator(view: View, ctx: Context):
+    return ()
+
+
+def _keep_accumulator(acc, view: View, t, ctx: Context):
+    return acc
+
+
+def _diverged_finalize(acc, status, ctx: Context):
+    step = np.asarray(status["diverged_step"])
+    return {"": ((), step >= 0), "step": ((), step)}
+
+
+NAMED: Mapping[str, Callable[[], Observable]] = MappingProxyType(
+    {
+        "final_state": final_state,
+        "trajectory": trajectory,
+        "loss": loss,
+        "grad_norm": grad_norm,
+        "diverged": diverged,
+    }
+)
+
+
+def from_name(name: str) -> Observable:
+    """The observable with default arguments called ``name`` (see :data:`NAMED`)."""
+    if name not in NAMED:
+        raise ValueError(f"unknown observable {name!r}; known by name: {sorted(NAMED)} (or pass an Observable)")
+    return NAMED[name]()

@@ -1,0 +1,20 @@
+"""Losses and their data: :class:`Problem` and the problems of the seed papers.
+
+Every problem states its loss convention (factor 1/2 or not) in its docstring.
+"""
+
+from .base import Problem, batch_loss, draw_dataset, objective
+from .deterministic import quadratic, sin_product
+from .regression import linear_regression_1d
+from .saddle import rank1_saddle
+
+__all__ = [
+    "Problem",
+    "batch_loss",
+    "draw_dataset",
+    "objective",
+    "linear_regression_1d",
+    "rank1_saddle",
+    "quadratic",
+    "sin_product",
+]

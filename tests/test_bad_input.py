@@ -1,0 +1,136 @@
+"""Every bad input raises ValueError/TypeError naming the argument and value, before any compilation."""
+
+import numpy as np
+import pytest
+
+import dynsim as ds
+from dynsim import engine
+
+obs = ds.observables
+PROBLEM = ds.problems.linear_regression_1d(n_data=10)
+SGD = ds.dynamics.sgd(PROBLEM)
+NO_REPLACE = ds.dynamics.sgd(PROBLEM, batch_size=2, replace=False)
+
+
+@pytest.fixture(autouse=True)
+def no_compilation(monkeypatch):
+    def refuse(self, spec):
+        raise AssertionError("a program was built before the input was validated")
+
+    monkeypatch.setattr(engine._Program, "__init__", refuse)
+
+
+def run(dyn=SGD, grid=None, **kw):
+    kw.setdefault("n_steps", 10)
+    return ds.simulate(dyn, grid={"lr": [0.1]} if grid is None else grid, **kw)
+
+
+CASES = [
+    # learning rates
+    ("negative lr", lambda: run(grid={"lr": [0.1, -0.5]}), ValueError, r"grid\['lr'\].*> 0.*-0.5"),
+    ("zero lr", lambda: run(grid={"lr": [0.0]}), ValueError, r"grid\['lr'\].*> 0.*0.0"),
+    ("nan lr", lambda: run(grid={"lr": [np.nan]}), ValueError, r"grid\['lr'\].*finite.*nan"),
+    ("inf lr", lambda: run(grid={"lr": [np.inf, 0.1]}), ValueError, r"grid\['lr'\].*finite.*inf"),
+    ("lr default", lambda: ds.simulate(ds.dynamics.sgd(PROBLEM, lr=-1.0), n_steps=5), ValueError, r"lr.*> 0.*-1.0"),
+    ("lr missing", lambda: ds.simulate(SGD, n_steps=5), ValueError, r"\['lr'\].*no default"),
+    # grid values
+    ("empty axis", lambda: run(grid={"lr": []}), ValueError, r"grid\['lr'\] must not be empty"),
+    ("2-D axis", lambda: run(grid={"lr": [[0.1, 0.2]]}), ValueError, r"grid\['lr'\].*1-D.*\(1, 2\)"),
+    ("scalar axis", lambda: run(grid={"lr": 0.1}), ValueError, r"grid\['lr'\].*1-D"),
+    ("string axis", lambda: run(grid={"lr": "0.1"}), TypeError, r"grid\['lr'\].*1-D"),
+    (
+        "unknown axis",
+        lambda: run(grid={"lr": [0.1], "momentum": [0.9]}),
+        ValueError,
+        r"unknown grid axis \['momentum'\].*allowed|unknown grid axis \['momentum'\].*hyperparameters are",
+    ),
+    ("reserved axis", lambda: run(grid={"lr": [0.1], "replica": [1]}), ValueError, r"'replica' is reserved"),
+    ("grid type", lambda: run(grid=[0.1]), TypeError, r"grid must be a dict"),
+    # batch sizes
+    ("batch 0", lambda: ds.dynamics.sgd(PROBLEM, batch_size=0), ValueError, r"batch_size must be >= 1, got 0"),
+    (
+        "batch grid 0",
+        lambda: run(grid={"lr": [0.1], "batch_size": [1, 0]}),
+        ValueError,
+        r"batch_size must be >= 1, got 0",
+    ),
+    ("batch non-int", lambda: run(grid={"lr": [0.1], "batch_size": [1.5]}), ValueError, r"batch_size.*integers.*1.5"),
+    (
+        "batch > N without replacement",
+        lambda: run(NO_REPLACE, grid={"lr": [0.1], "batch_size": [2, 11]}),
+        ValueError,
+        r"batch_size=11 exceeds n_data=10",
+    ),
+    (
+        "batch > N default",
+        lambda: run(ds.dynamics.sgd(PROBLEM, batch_size=12, replace=False)),
+        ValueError,
+        r"batch_size=12 exceeds n_data=10",
+    ),
+    # run lengths
+    ("n_steps 0", lambda: run(n_steps=0), ValueError, r"n_steps must be >= 1, got 0"),
+    ("n_steps float", lambda: run(n_steps=10.0), TypeError, r"n_steps must be an integer, got 10.0"),
+    ("n_replicas 0", lambda: run(n_replicas=0), ValueError, r"n_replicas must be >= 1, got 0"),
+    ("n_replicas negative", lambda: run(n_replicas=-3), ValueError, r"n_replicas must be >= 1, got -3"),
+    ("record_every 0", lambda: run(record_every=0), ValueError, r"record_every must be >= 1, got 0"),
+    ("record_every > n_steps", lambda: run(record_every=11), ValueError, r"record_every must be <= 10, got 11"),
+    ("seed negative", lambda: run(seed=-1), ValueError, r"seed must be >= 0, got -1"),
+    ("chunk 0", lambda: run(chunk_size=0), ValueError, r"chunk_size must be >= 1, got 0"),
+    ("budget negative", lambda: run(memory_budget=-5), ValueError, r"memory_budget must be > 0"),
+    # observables
+    (
+        "unknown observable name",
+        lambda: run(observables={"x": "entropy"}),
+        ValueError,
+        r"unknown observable 'entropy'.*known by name",
+    ),
+    ("unknown observable object", lambda: run(observables={"x": 3}), ValueError, r"unknown observable 3 for 'x'"),
+    ("observables type", lambda: run(observables=["loss"]), TypeError, r"observables must be a dict"),
+    (
+        "loss of a stream",
+        lambda: run(ds.dynamics.sgd(ds.problems.linear_regression_1d()), observables={"l": "loss"}),
+        ValueError,
+        r"loss: problem 'linear_regression_1d' is a stream",
+    ),
+    (
+        "time_average too short",
+        lambda: run(observables={"a": obs.time_average(lambda w: w, n_batches=32)}),
+        ValueError,
+        r"n_steps - discard = 10 must be >= n_batches = 32",
+    ),
+    # output path
+    ("unwritable path", lambda: run(path="/proc/dynsim_results.nc"), ValueError, r"path.*not writable"),
+    (
+        "missing folder",
+        lambda: run(path="/nonexistent/folder/out.nc"),
+        ValueError,
+        r"folder '/nonexistent/folder' does not exist",
+    ),
+    ("path is a folder", lambda: run(path="/tmp"), ValueError, r"path '/tmp' is a directory"),
+    # dynamics
+    (
+        "not a dynamics",
+        lambda: ds.simulate(lambda s: s, n_steps=3),
+        TypeError,
+        r"dynamics must be a dynsim.dynamics.Dynamics",
+    ),
+    (
+        "gd on a stream",
+        lambda: ds.dynamics.gd(ds.problems.linear_regression_1d()),
+        ValueError,
+        r"gd needs a finite dataset",
+    ),
+    (
+        "label noise without y",
+        lambda: ds.dynamics.sgd(ds.problems.rank1_saddle(), noise=[ds.dynamics.label_noise()]),
+        ValueError,
+        r"label noise needs samples with a 'y' entry",
+    ),
+    ("alpha > 2", lambda: ds.dynamics.alpha_stable_noise(alpha=2.5), ValueError, r"alpha must be in \(0, 2\], got 2.5"),
+]
+
+
+@pytest.mark.parametrize("name, call, error, match", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_raises_before_compiling(name, call, error, match):
+    with pytest.raises(error, match=match):
+        call()

@@ -1,0 +1,356 @@
+"""dynsim.simulate: known answers, chunk invariance, independence, divergence, recompilation."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import xarray as xr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dynsim as ds
+from dynsim import prng
+from dynsim.dynamics import Dynamics
+
+obs = ds.observables
+
+
+def _sampled_indices(seed, cell, replica, n_steps, batch_size, n_data):
+    """The minibatch indices of SGD (no noise): drawn from step key t of trajectory (cell, replica)."""
+    root = prng.key(seed)
+    _, run_key = prng.init_and_run_keys(prng.trajectory_key(root, cell, replica))
+    return np.stack(
+        [np.asarray(prng.uniform_index(prng.step_key(run_key, t), (batch_size,), n_data)) for t in range(n_steps)]
+    )
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_sgd_on_interpolating_regression_is_the_product(x64, batch_size):
+    # w_T - w* = (w_0 - w*) prod_t (1 - lr mean_{j in B_t} x_j^2)   (seed 004, eqs. 6, 16).
+    n_data, n_steps, lrs, seed = 10, 60, [0.05, 0.4, 1.3], 4
+    problem = ds.problems.linear_regression_1d(n_data=n_data, w0=1.0)
+    res = ds.simulate(
+        ds.dynamics.sgd(problem, batch_size=batch_size),
+        grid={"lr": lrs},
+        n_replicas=3,
+        n_steps=n_steps,
+        seed=seed,
+        observables={"w": obs.final_state()},
+    )
+    x = np.asarray(ds.problems.draw_dataset(problem, prng.data_key(prng.key(seed)), n_data)["x"])
+    for c, lr in enumerate(lrs):
+        for r in range(3):
+            idx = _sampled_indices(seed, c, r, n_steps, batch_size, n_data)
+            a = lr * np.mean(x[idx] ** 2, axis=1)
+            expected = np.prod(1 - a)
+            got = float(res.w.sel(lr=lr, replica=r))
+            # First-order rounding bound: step t computes w - lr mean_j (w x_j) x_j with
+            # S + 3 roundings, and the subtraction amplifies them by (1 + a_t)/|1 - a_t|;
+            # the reference product rounds as often. Summed over the steps:
+            eps = np.finfo(np.float64).eps
+            rel = np.sum((batch_size + 5) * eps * (1 + a) / np.abs(1 - a))
+            assert got == pytest.approx(expected, rel=rel, abs=0)
+
+
+def _saddle_run(chunk_size=None, memory_budget=None, seed=0):
+    problem = ds.problems.rank1_saddle(n_data=8, width=2)
+    return ds.simulate(
+        _saddle_run.dyn,
+        grid={"lr": np.linspace(0.1, 1.5, 4), "mu": [0.1, 0.6]},
+        n_replicas=5,
+        n_steps=40,
+        record_every=7,
+        seed=seed,
+        chunk_size=chunk_size,
+        memory_budget=memory_budget,
+        observables={
+            "logdist": obs.log_distance(problem.fixed_point),
+            "avg": obs.time_average(lambda p: p["w"][0] * p["u"][1], n_batches=4),
+            "state": obs.final_state(),
+            "div": obs.diverged(bound=1e6),
+        },
+    )
+
+
+_saddle_run.dyn = ds.dynamics.sgd(ds.problems.rank1_saddle(n_data=8, width=2), batch_size=2)
+
+
+def test_chunk_size_invariance_one_vs_seven_chunks():
+    one = _saddle_run(chunk_size=40)
+    seven = _saddle_run(chunk_size=6)  # 40 trajectories -> 7 chunks, the last one padded
+    xr.testing.assert_identical(one.drop_attrs(), seven.drop_attrs())
+    for name in one.data_vars:
+        np.testing.assert_array_equal(one[name].values, seven[name].values)
+
+
+def test_memory_budget_chunks_and_changes_nothing():
+    auto = _saddle_run()
+    tiny = _saddle_run(memory_budget=20_000)
+    xr.testing.assert_identical(auto.drop_attrs(), tiny.drop_attrs())
+
+
+@settings(max_examples=4, deadline=None)
+@given(chunk=st.integers(min_value=1, max_value=45))
+def test_chunk_size_invariance_property(chunk):
+    xr.testing.assert_identical(_saddle_run(chunk_size=40).drop_attrs(), _saddle_run(chunk_size=chunk).drop_attrs())
+
+
+def _normal_draws():
+    """A hand-built dynamics whose state is a fresh N(0, 1) draw every step."""
+    return Dynamics(
+        init=lambda key, hp: jax.random.normal(key),
+        step=lambda state, key, hp: jax.random.normal(key),
+    )
+
+
+def test_replica_and_cell_streams_are_independent():
+    n = 2000
+    res = ds.simulate(
+        _normal_draws(),
+        grid={"cell": [0.0, 1.0]},
+        n_replicas=3,
+        n_steps=n,
+        record_every=1,
+        observables={"x": obs.trajectory()},
+    )
+    series = res.x.values[:, :, 1:].reshape(6, n)
+    corr = np.corrcoef(series)
+    off_diagonal = corr[~np.eye(6, dtype=bool)]
+    assert np.all(np.abs(off_diagonal) < 4 / np.sqrt(n))
+    for s in series:  # within a stream, consecutive steps are independent too
+        assert abs(np.corrcoef(s[1:], s[:-1])[0, 1]) < 4 / np.sqrt(n)
+        assert abs(s.mean()) < 4 / np.sqrt(n)
+
+
+def test_far_above_two_over_h_everything_diverges_without_nan():
+    problem = ds.problems.linear_regression_1d(n_data=20)
+    res = ds.simulate(
+        ds.dynamics.sgd(problem),
+        grid={"lr": [200.0, 1000.0]},  # 2/h = 2
+        n_replicas=16,
+        n_steps=300,
+        record_every=10,
+        observables={
+            "div": obs.diverged(),
+            "logdist": obs.log_distance(problem.fixed_point),
+            "loss": obs.loss(),
+            "avg": obs.time_average(lambda w: w),
+            "w": obs.final_state(),
+        },
+    )
+    assert bool(res.div.all())
+    assert int(res.div_step.min()) >= 1 and int(res.div_step.max()) <= 300
+    for name in res.data_vars:
+        assert not np.any(np.isnan(res[name].values)), name
+    # frozen at the last finite state: w stays finite
+    assert np.all(np.isfinite(res.w.values))
+
+
+def test_gd_on_quadratic_diverges_iff_lr_above_two_over_lambda_max():
+    P = np.diag([1.0, 4.0])  # 2 / lambda_max = 0.5
+    problem = ds.problems.quadratic(P, theta0=[1.0, 1.0])
+    lrs = [0.5 * (1 - 0.02), 0.5 * (1 + 0.02)]
+    res = ds.simulate(
+        ds.dynamics.gd(problem),
+        grid={"lr": lrs},
+        n_steps=3000,
+        observables={"div": obs.diverged(bound=1e3), "conv": obs.converged(np.zeros(2), 1e-6)},
+    )
+    below, above = res.sel(lr=lrs[0]), res.sel(lr=lrs[1])
+    assert below.conv.item() and not below.div.item()
+    assert above.div.item() and not above.conv.item()
+    # |1 - lr * 4|^t first exceeds 1e3 at t = ceil(log(1e3) / log 1.04)
+    assert above.div_step.item() == int(np.ceil(np.log(1e3) / np.log(1 + 4 * 0.5 * 0.02)))
+
+
+def test_converged_step_known_answer():
+    # theta_t = 2^-t: within 1e-3 from t = 10 on (2^-10 = 9.8e-4).
+    problem = ds.problems.quadratic(1.0, theta0=1.0)
+    res = ds.simulate(
+        ds.dynamics.gd(problem),
+        grid={"lr": [0.5]},
+        n_steps=30,
+        observables={"conv": obs.converged(np.zeros(1), 1e-3)},
+    )
+    assert res.conv.item() and res.conv_step.item() == 10
+
+
+def test_no_recompilation_across_50_learning_rates():
+    problem = ds.problems.linear_regression_1d(n_data=10)
+    base = ds.dynamics.sgd(problem)
+    counted = base._replace(step=chex.assert_max_traces(base.step, n=1))
+    observables = {"w": obs.final_state()}
+    for lr in np.linspace(0.01, 1.0, 50):
+        ds.simulate(counted, grid={"lr": [lr]}, n_replicas=4, n_steps=20, observables=observables)
+    # one grid of 50 values in one call: still the same single compilation
+    ds.simulate(
+        counted,
+        grid={"lr": np.linspace(0.01, 1.0, 50)},
+        n_replicas=4,
+        n_steps=20,
+        observables=observables,
+        chunk_size=4,
+    )
+
+
+def test_static_axis_compiles_once_per_value():
+    problem = ds.problems.linear_regression_1d(n_data=10)
+    base = ds.dynamics.sgd(problem)
+    counted = base._replace(step=chex.assert_max_traces(base.step, n=3))
+    res = ds.simulate(
+        counted,
+        grid={"lr": [0.1, 0.2], "batch_size": [1, 2, 5]},
+        n_replicas=2,
+        n_steps=10,
+        observables={"w": obs.final_state()},
+    )
+    assert res.w.dims == ("lr", "batch_size", "replica")
+    ds.simulate(
+        counted,
+        grid={"lr": [0.3], "batch_size": [1, 2, 5]},
+        n_replicas=2,
+        n_steps=10,
+        observables={"w": obs.final_state()},
+    )
+
+
+def test_record_times_and_coordinates():
+    problem = ds.problems.quadratic(1.0, theta0=1.0)
+    res = ds.simulate(
+        ds.dynamics.gd(problem),
+        grid={"lr": [0.5]},
+        n_steps=23,
+        record_every=5,
+        observables={"ld": obs.log_distance(np.zeros(1)), "loss": obs.loss()},
+    )
+    np.testing.assert_array_equal(res.time.values, [0, 5, 10, 15, 20, 23])
+    # theta_t = 2^-t exactly: log|theta_t|^2 = -2 t log 2, loss = 2^(-2t) / 2
+    np.testing.assert_allclose(res.ld.values[0, 0], -2 * res.time.values * np.log(2), rtol=1e-6)
+    np.testing.assert_allclose(res.loss.values[0, 0], 0.5 * 4.0 ** (-res.time.values), rtol=1e-6)
+    cfg = ds.io.config(res)
+    assert cfg["n_steps"] == 23 and cfg["record_every"] == 5 and cfg["grid"] == {"lr": [0.5]}
+    assert res.attrs["dynsim_version"] == ds.__version__ and res.attrs["seed"] == 0
+
+
+def test_shared_dataset_serves_every_cell_and_per_replica_redraws():
+    shared = ds.problems.linear_regression_1d(n_data=6, noise_std=0.5)
+    own = shared._replace(per_replica_data=True)
+    kw = dict(grid={"lr": [0.1, 0.2]}, n_replicas=3, n_steps=50, observables={"w": obs.final_state()})
+    # GD from the same w_0 is deterministic given the data: replicas agree iff they share it
+    same = ds.simulate(ds.dynamics.gd(shared), **kw)
+    differ = ds.simulate(ds.dynamics.gd(own), **kw)
+    assert np.all(same.w.std("replica") == 0)
+    assert np.all(differ.w.std("replica") > 0)
+    # the shared dataset is the one bind() gives, and it is the same for every mu
+    saddle = ds.dynamics.sgd(ds.problems.rank1_saddle(n_data=5))
+    d1 = ds.dynamics.bind(saddle, {"lr": 0.1, "mu": 0.1}, seed=3).hp["data"]
+    d2 = ds.dynamics.bind(saddle, {"lr": 0.1, "mu": 0.9}, seed=3).hp["data"]
+    np.testing.assert_array_equal(d1["x"], d2["x"])
+
+
+def test_sgd_equals_optax_sgd_bitwise():
+    import optax
+
+    problem = ds.problems.rank1_saddle(n_data=12, width=3)
+    kw = dict(
+        grid={"lr": [0.05, 0.5], "mu": [0.2, 0.7]}, n_replicas=4, n_steps=50, observables={"s": obs.final_state()}
+    )
+    ours = ds.simulate(ds.dynamics.sgd(problem, batch_size=2), **kw)
+    theirs = ds.simulate(ds.dynamics.from_optax(problem, optax.sgd, batch_size=2), **kw)
+    for name in ours.data_vars:
+        np.testing.assert_array_equal(ours[name].values, theirs[name].values)
+
+
+def test_adam_first_step_known_answer(x64):
+    # Adam's first step: m_hat = g, v_hat = g^2, so theta_1 = theta_0 - lr g / (|g| + eps).
+    import optax
+
+    problem = ds.problems.quadratic(np.diag([1.0, 3.0]), theta0=[2.0, -1.0])
+    dyn = ds.dynamics.from_optax(problem, optax.adam, batch_size=None)
+    counted = dyn._replace(step=chex.assert_max_traces(dyn.step, n=1))
+    lrs = [0.01, 0.1, 0.3]
+    res = ds.simulate(counted, grid={"lr": lrs, "b1": [0.9, 0.5]}, n_steps=1, observables={"s": obs.final_state()})
+    g = np.array([2.0, -3.0])
+    for lr in lrs:
+        expected = np.array([2.0, -1.0]) - lr * g / (np.abs(g) + 1e-8)
+        np.testing.assert_allclose(res.s.sel(lr=lr).values[0, 0], expected, rtol=1e-12)
+
+
+def test_histogram_matches_numpy_on_the_recorded_trajectory():
+    bins = np.linspace(-2, 2, 9)
+    res = ds.simulate(
+        _normal_draws(),
+        n_replicas=4,
+        n_steps=500,
+        record_every=1,
+        observables={"x": obs.trajectory(), "h": obs.histogram(lambda x: x, bins, discard=100)},
+    )
+    for r in range(4):
+        values = res.x.values[r, 101:]
+        counts, _ = np.histogram(values[(values >= -2) & (values < 2)], bins)
+        np.testing.assert_array_equal(res.h.values[r], counts)
+        assert int(res.h_underflow[r]) == np.sum(values < -2)
+        assert int(res.h_overflow[r]) == np.sum(values >= 2)
+    np.testing.assert_allclose(res.h_bin.values, 0.5 * (bins[1:] + bins[:-1]))
+
+
+def test_time_average_and_batch_means_stderr_on_iid_draws():
+    # iid N(0,1): the time average over T steps is N(0, 1/T); the batch-means stderr
+    # estimates 1/sqrt(T) (its mean over R replicas within 4 of its own standard errors).
+    n_steps, reps = 1024, 400
+    res = ds.simulate(
+        _normal_draws(),
+        n_replicas=reps,
+        n_steps=n_steps,
+        observables={"m": obs.time_average(lambda x: x, n_batches=16)},
+    )
+    m, se = res.m.values, res.m_stderr.values
+    target = 1 / np.sqrt(n_steps)
+    assert abs(m.mean()) < 4 * target / np.sqrt(reps)
+    assert abs(m.std() - target) < 4 * target / np.sqrt(2 * reps)
+    assert abs(se.mean() - target) < 4 * se.std() / np.sqrt(reps)
+
+
+def test_time_average_known_value_and_discard():
+    # theta_t = 2^-t: (1/T) sum_{t>d} theta_t^2 = (1/T) sum 4^-t
+    problem = ds.problems.quadratic(1.0, theta0=1.0)
+    res = ds.simulate(
+        ds.dynamics.gd(problem),
+        grid={"lr": [0.5]},
+        n_steps=40,
+        observables={"a": obs.time_average(lambda th: th[0] ** 2, n_batches=4, discard=2)},
+    )
+    t = np.arange(3, 41)
+    assert res.a.item() == pytest.approx(np.mean(4.0**-t), rel=1e-5)
+
+
+def test_log_distance_survives_underflow_of_squares():
+    tiny = jnp.array([1e-30, -2e-30], jnp.float32)  # squares underflow in float32
+    assert float(obs.log_norm_squared(tiny)) == pytest.approx(np.log(5e-60), rel=1e-6)
+    assert float(obs.log_norm_squared(jnp.zeros(3))) == -np.inf
+
+
+def test_netcdf_round_trip(tmp_path):
+    res = _saddle_run()
+    path = tmp_path / "run.nc"
+    ds.io.save(res, path)
+    back = ds.io.load(path)
+    xr.testing.assert_identical(res, back)
+    assert back.div.dtype == bool
+    assert ds.io.config(back) == ds.io.config(res)
+    # simulate(path=...) writes the same file content
+    res2 = ds.simulate(
+        _saddle_run.dyn,
+        grid={"lr": [0.3]},
+        n_steps=5,
+        path=tmp_path / "direct.nc",
+        observables={"s": obs.final_state()},
+    )
+    xr.testing.assert_identical(res2, ds.io.load(tmp_path / "direct.nc"))
+
+
+def test_hand_built_dynamics_accepts_any_axis_and_progress_bar_runs():
+    dyn = Dynamics(init=lambda key, hp: jnp.zeros(()), step=lambda s, key, hp: s + hp["speed"])
+    res = ds.simulate(dyn, grid={"speed": [1.0, 2.0]}, n_steps=7, progress=True, observables={"s": obs.final_state()})
+    np.testing.assert_allclose(res.s.values[:, 0], [7.0, 14.0])

@@ -1,0 +1,111 @@
+"""Injected noise: laws of the draws and exact moment identities."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import dynsim as ds
+from dynsim import prng
+
+obs = ds.observables
+FLAT = ds.problems.quadratic([[0.0]], theta0=0.0)  # zero gradient: each step adds -lr * noise
+
+
+def _increments(noise, grid, n_replicas=1000, n_steps=4):
+    res = ds.simulate(
+        ds.dynamics.gd(FLAT, noise=[noise]),
+        grid=grid,
+        n_replicas=n_replicas,
+        n_steps=n_steps,
+        record_every=1,
+        observables={"th": obs.trajectory()},
+    )
+    th = res.th.values.reshape(-1, n_steps + 1)
+    return np.diff(th, axis=1).ravel()
+
+
+# Kolmogorov-Smirnov tests at level 1e-3 (the draws are a fixed function of the seed).
+LEVEL = 1e-3
+
+
+def test_gaussian_noise_law():
+    inc = _increments(ds.dynamics.gaussian_noise(), {"lr": [0.5], "noise": [2.0]})
+    assert stats.kstest(inc, stats.norm(scale=1.0).cdf).pvalue > LEVEL
+
+
+def test_student_t_noise_law():
+    inc = _increments(ds.dynamics.student_t_noise(df=3.0), {"lr": [1.0], "noise": [1.0]})
+    assert stats.kstest(-inc, stats.t(df=3.0).cdf).pvalue > LEVEL
+
+
+@pytest.mark.parametrize("alpha, law", [(1.0, stats.cauchy()), (2.0, stats.norm(scale=np.sqrt(2)))])
+def test_alpha_stable_closed_form_cases(alpha, law):
+    inc = _increments(ds.dynamics.alpha_stable_noise(alpha=alpha), {"lr": [1.0]})
+    assert stats.kstest(-inc, law.cdf).pvalue > LEVEL
+
+
+def test_alpha_stable_against_scipy():
+    x = np.asarray(ds.dynamics.symmetric_stable(prng.key(7), 1.5, (800,)), dtype=float)
+    assert stats.kstest(x, stats.levy_stable(1.5, 0.0).cdf).pvalue > LEVEL
+
+
+def test_multiplicative_noise_exact_identity():
+    # F = |theta|^2/2, g = theta + sqrt(sigma F) Z, Z ~ N(0, I/d):
+    # E F(theta_k) = rho^k F_0 with rho = (1 - lr)^2 + lr^2 sigma / 2 (seed 003 digest, Sec. 4).
+    d, sigma, lr, n, k = 4, 2.0, 0.125, 20_000, 10
+    problem = ds.problems.quadratic(np.eye(d), theta0=np.ones(d))
+    res = ds.simulate(
+        ds.dynamics.gd(problem, noise=[ds.dynamics.multiplicative_noise()]),
+        grid={"lr": [lr], "noise": [sigma]},
+        n_replicas=n,
+        n_steps=k,
+        record_every=1,
+        observables={"F": obs.loss()},
+    )
+    F = res.F.values.reshape(n, k + 1).astype(np.float64)
+    rho = (1 - lr) ** 2 + lr**2 * sigma / 2
+    expected = rho ** np.arange(k + 1) * d / 2
+    stderr = F.std(axis=0, ddof=1) / np.sqrt(n)
+    assert np.all(np.abs(F.mean(axis=0) - expected) <= 4 * stderr + 1e-6 * expected)
+
+
+def test_gaussian_noise_stationary_variance():
+    # theta' = (1 - lr h) theta - lr s xi: Var_inf = lr^2 s^2 / (1 - (1 - lr h)^2) = 1/3 here.
+    problem = ds.problems.quadratic([[1.0]], theta0=0.0)
+    res = ds.simulate(
+        ds.dynamics.gd(problem, noise=[ds.dynamics.gaussian_noise()]),
+        grid={"lr": [0.5], "noise": [1.0]},
+        n_replicas=256,
+        n_steps=2000,
+        observables={"m2": obs.time_average(lambda th: th[0] ** 2, discard=100)},
+    )
+    m2 = res.m2.values.ravel()
+    assert abs(m2.mean() - 1 / 3) < 4 * m2.std(ddof=1) / np.sqrt(m2.size)
+
+
+def test_label_noise_one_step_variance():
+    # from w = w* = 0 on interpolating data: w_1 = lr x s xi, Var = lr^2 s^2 E[x^2] = lr^2 s^2.
+    problem = ds.problems.linear_regression_1d(w0=0.0)
+    lr, s, n = 0.3, 2.0, 40_000
+    res = ds.simulate(
+        ds.dynamics.sgd(problem, noise=[ds.dynamics.label_noise()]),
+        grid={"lr": [lr], "label_noise": [s]},
+        n_replicas=n,
+        n_steps=1,
+        observables={"w": obs.final_state()},
+    )
+    w = res.w.values.ravel().astype(np.float64)
+    var = (lr * s) ** 2
+    m4 = np.mean(w**4)
+    assert abs(np.mean(w**2) - var) < 4 * np.sqrt((m4 - np.mean(w**2) ** 2) / n)
+
+
+def test_noise_names_must_not_collide():
+    with pytest.raises(ValueError, match="collide"):
+        ds.dynamics.sgd(
+            ds.problems.linear_regression_1d(), noise=[ds.dynamics.gaussian_noise(), ds.dynamics.gaussian_noise()]
+        )
+    ds.dynamics.sgd(
+        ds.problems.linear_regression_1d(),
+        noise=[ds.dynamics.gaussian_noise(), ds.dynamics.gaussian_noise(name="noise2")],
+    )
