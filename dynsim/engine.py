@@ -30,6 +30,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from dynsim import prng
+from dynsim._fusion import materialize
 from dynsim._validate import (
     LEARNING_RATE_NAMES,
     check_int,
@@ -200,7 +201,7 @@ class _Program:
         def step_one(state, run_key, alive, div_step, acc, traced, data, t):
             hp = hp_of(traced, data)
             key = prng.step_key(prng.wrap(*run_key), t)
-            new = dyn.step(state, key, hp)
+            new = materialize(dyn.step(state, key, hp), t)  # computed once, read by many
             ok = _is_good(new, dyn.params_of(new), spec.bound)
             keep = alive & ok
             state = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, state)

@@ -14,6 +14,7 @@ from .noise import (
     student_t_noise,
     symmetric_stable,
 )
+from .saddle import LOG_ZERO, saddle_modes
 from .training import from_optax, gd, sgd
 
 __all__ = [
@@ -26,6 +27,8 @@ __all__ = [
     "gd",
     "sgd",
     "from_optax",
+    "saddle_modes",
+    "LOG_ZERO",
     "Noise",
     "gaussian_noise",
     "student_t_noise",

@@ -18,6 +18,7 @@ import jax
 import optax
 
 from dynsim import prng
+from dynsim._fusion import materialize
 from dynsim._validate import check_int
 from dynsim.problems.base import Problem, batch_loss, draw_dataset
 
@@ -92,7 +93,8 @@ def _minibatch(problem: Problem, key, data, hp, batch_size, replace: bool):
     if problem.kind == "deterministic":
         return None
     if problem.kind == "stream":
-        return draw_dataset(problem, key, batch_size)
+        # stored once: several parts of the step read the fresh samples
+        return materialize(draw_dataset(problem, key, batch_size), jax.random.key_data(key)[0])
     if batch_size is FULL_BATCH:
         return data
     n = hp["n_data"]
@@ -260,10 +262,12 @@ def from_optax(
 
     ``make_optimizer`` is an optax constructor such as ``optax.adam`` or
     ``optax.sgd``; its numeric arguments become hyperparameters (``learning_rate`` is
-    named ``lr``, like everywhere in dynsim), traced through
-    ``optax.inject_hyperparams`` so that a grid over them never recompiles. Arguments
-    whose default is ``None`` (such as ``optax.sgd``'s ``momentum``) are passed only when
-    given. ``defaults`` sets defaults, e.g. ``from_optax(p, optax.adam, b1=0.8)``.
+    named ``lr``, like everywhere in dynsim). The optimizer is built inside ``init`` and
+    ``step`` from the cell's traced values, so a grid over them never recompiles, and the
+    state holds only the optimizer's own dynamics (``optax.inject_hyperparams`` would store
+    the hyperparameters in it, adding constant directions, with exponent 0, to every
+    Lyapunov spectrum). Arguments whose default is ``None`` (such as ``optax.sgd``'s
+    ``momentum``) are passed only when given. ``defaults`` sets defaults, e.g. ``from_optax(p, optax.adam, b1=0.8)``.
     ``batch_size=None`` uses the full dataset (GD with this optimizer).
 
     With ``make_optimizer=optax.sgd`` the iterates equal :func:`sgd`'s bit for bit.
@@ -282,11 +286,10 @@ def from_optax(
         static.add("batch_size")
     elif problem.kind == "stream":
         raise ValueError("batch_size=None (full batch) needs a finite dataset or a data-free problem")
-    injected = optax.inject_hyperparams(make_optimizer)
 
     def optimizer(hp) -> optax.GradientTransformation:
         kwargs = {("learning_rate" if n == "lr" else n): hp[n] for n in optimizer_names if hp[n] is not None}
-        return injected(**kwargs)
+        return make_optimizer(**kwargs)
 
     def init(key, hp) -> TrainState:
         params, data = _init_params_and_data(problem, key, hp)

@@ -1,0 +1,449 @@
+"""Lyapunov exponents: closed forms for scalar maps, Monte Carlo slopes, tangent-space algorithms.
+
+For a random map ``x_{t+1} = T(x_t, xi_t)`` the top Lyapunov exponent is
+``lambda_1 = lim (1/t) log |J_t ... J_1 v|`` with ``J_t = dT/dx(x_t, xi_t)``. Near a fixed
+point of SGD, ``J_t = I - lr H_{B_t}``: a product of i.i.d. random matrices (seed 004,
+eq. 2, 48). ``lambda_1 < 0`` is convergence in probability (seed 004, Prop. 1, Thm. 1);
+mean-square convergence is the stronger ``L(2) < 0``, with ``L(q) = lim (1/t) log E|...|^q``.
+
+* Scalar maps ``x_{t+1} = a_t x_t``: :func:`scalar_exponent` ``E log|a|``,
+  :func:`generalized_exponent` ``log E|a|^q``, :func:`tail_index` (Kesten's ``kappa``).
+* From a simulation: :func:`from_log_distance` (slope of ``m(t) = E log|w_t - w*|^2``).
+* Any differentiable map ``step(x, key) -> x`` on pytrees: :func:`top_exponent`,
+  :func:`spectrum` (JVP + QR, Benettin et al. 1980), and :func:`two_trajectory`
+  (Benettin et al. 1976) for maps with kinks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+from scipy import optimize, special
+
+from dynsim import prng
+from dynsim._validate import check_int, check_positive
+
+__all__ = [
+    "scalar_exponent",
+    "generalized_exponent",
+    "tail_index",
+    "from_log_distance",
+    "from_log_loss",
+    "SlopeEstimate",
+    "top_exponent",
+    "spectrum",
+    "two_trajectory",
+    "LyapunovEstimate",
+]
+
+
+# --------------------------------------------------------------------------- scalar maps
+
+
+def _law(a, weights):
+    a = np.asarray(a, dtype=np.float64)
+    if a.size == 0:
+        raise ValueError("a must not be empty")
+    if weights is None:
+        w = np.full(a.shape[-1], 1.0 / a.shape[-1])
+    else:
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape[-1] != a.shape[-1] or np.any(w < 0) or not np.all(np.isfinite(w)):
+            raise ValueError(
+                f"weights must be finite, >= 0 and match a's last axis ({a.shape[-1]}), got shape {w.shape}"
+            )
+        w = w / w.sum(axis=-1, keepdims=True)
+    return a, w
+
+
+def scalar_exponent(a, weights=None, *, with_stderr: bool = False):
+    """``E log|a|`` over the last axis: the Lyapunov exponent of ``x_{t+1} = a_t x_t`` (seed 004, eq. 7).
+
+    ``a`` holds the atoms of the law of the multiplier (e.g. ``1 - lr x_i^2`` for every
+    point of a finite dataset, with ``weights`` their probabilities: exact) or i.i.d.
+    samples (a Monte Carlo estimate; ``with_stderr=True`` also returns ``sd/sqrt(n)``).
+    An atom at exactly 0 gives ``-inf`` (the critical learning rates of Prop. 3).
+    """
+    a, w = _law(a, weights)
+    with np.errstate(divide="ignore"):
+        logs = np.log(np.abs(a))
+    value = np.sum(np.where(w > 0, w * logs, 0.0), axis=-1)
+    if not with_stderr:
+        return value
+    n = a.shape[-1]
+    finite = np.isfinite(logs).all(axis=-1)
+    with np.errstate(invalid="ignore"):
+        sd = np.sqrt(np.sum(w * (logs - value[..., None]) ** 2, axis=-1) * n / max(n - 1, 1))
+    return value, np.where(finite, sd / np.sqrt(n), np.nan)
+
+
+def generalized_exponent(a, q, weights=None):
+    """``L(q) = log E|a|^q`` over the last axis, computed as a log-sum-exp (no overflow).
+
+    ``L(0) = 0``, ``L'(0) = E log|a|``, and ``L(2) < 0`` is mean-square stability of
+    ``x_{t+1} = a_t x_t``.
+    """
+    a, w = _law(a, weights)
+    with np.errstate(divide="ignore"):
+        terms = np.asarray(q, dtype=np.float64)[..., None] * np.log(np.abs(a)) + np.log(w)
+    return special.logsumexp(terms, axis=-1)
+
+
+def tail_index(a, weights=None) -> float:
+    """Kesten's tail index: the ``kappa > 0`` with ``E|a|^kappa = 1``.
+
+    For the affine recursion ``x_{t+1} = a_t x_t + b_t`` with ``E log|a| < 0`` and
+    ``P(|a| > 1) > 0``, the stationary law has ``P(|x| > u) ~ u^-kappa`` (Kesten 1973,
+    Goldie 1991; seed 004, App. A.3, whose eq. 35 gives only a lower bound). Returns
+    ``inf`` if ``|a| <= 1`` almost surely (all moments finite). ``a`` is one law (1-D).
+    """
+    a, w = _law(a, weights)
+    if a.ndim != 1:
+        raise ValueError(f"tail_index takes one law (a 1-D array), got shape {a.shape}")
+    m = float(scalar_exponent(a, w))
+    if m >= 0:
+        raise ValueError(f"E log|a| = {m:.6g} >= 0: x_t does not settle into a stationary law, so it has no tail index")
+    if not np.any((np.abs(a) > 1) & (w > 0)):
+        return float("inf")
+    L = lambda k: float(generalized_exponent(a, k, w))  # noqa: E731
+    hi = 1.0
+    while L(hi) <= 0:
+        hi *= 2
+        if hi > 1e6:  # pragma: no cover - needs P(|a|>1) below double precision
+            return float("inf")
+    lo = hi / 2 if hi > 1 else 0.0
+    while lo > 0 and L(lo) > 0:
+        lo /= 2
+    lo = max(lo, 1e-12)
+    return float(optimize.brentq(L, lo, hi, xtol=1e-12, rtol=1e-12))
+
+
+# --------------------------------------------------------------------------- from simulations
+
+
+class SlopeEstimate(NamedTuple):
+    """The exponent from the slope of a Monte Carlo ``m(t)``.
+
+    ``exponent`` and ``stderr`` (over replicas) per grid cell; ``m``: the ensemble mean
+    ``m(t)``; ``history``: the running exponent ``(m(t) - m(t_0)) / (2 (t - t_0))``;
+    ``transient``: steps discarded before ``t_0``; ``exact_hits``: share of replicas that
+    reached the point exactly (``-inf``), left out of the slope.
+    """
+
+    exponent: xr.DataArray
+    stderr: xr.DataArray
+    m: xr.DataArray
+    history: xr.DataArray
+    transient: int
+    exact_hits: xr.DataArray
+
+
+def _slope(logs: xr.DataArray, transient: int, scale: float) -> SlopeEstimate:
+    if "time" not in logs.dims or "replica" not in logs.dims:
+        raise ValueError(f"need a record with 'time' and 'replica' dimensions, got {logs.dims}")
+    times = logs.time.values
+    if transient < 0 or transient >= times[-1]:
+        raise ValueError(f"transient must be in [0, {times[-1]}), got {transient}")
+    kept = logs.sel(time=times[times >= transient]).astype(np.float64)
+    if kept.sizes["time"] < 2:
+        raise ValueError("fewer than 2 records after the transient: record more often (record_every)")
+    finite = np.isfinite(kept).all("time")
+    t = kept.time.astype(np.float64)
+    tc = t - t.mean()
+    slopes = (kept.where(finite) * tc).sum("time", skipna=False) / float((tc**2).sum()) / scale
+    n = finite.sum("replica")
+    exponent = slopes.mean("replica", skipna=True)
+    stderr = slopes.std("replica", ddof=1, skipna=True) / np.sqrt(n)
+    m = logs.where(np.isfinite(logs)).mean("replica")
+    t0 = float(kept.time[0])
+    later = m.sel(time=m.time > t0)
+    history = (later - m.sel(time=t0)) / (scale * (later.time - t0))
+    return SlopeEstimate(exponent, stderr, m, history, int(transient), 1 - n / logs.sizes["replica"])
+
+
+def from_log_distance(result: xr.Dataset, var: str = "logdist", *, transient: int = 0) -> SlopeEstimate:
+    """The Lyapunov exponent from ``m_w(t) = E log|w_t - w*|^2`` (seed 004, eq. 9).
+
+    ``result[var]`` is a :func:`dynsim.observables.log_distance` record (dimensions
+    ``replica`` and ``time``). Each replica's slope of ``log|w_t - w*|^2`` over
+    ``t >= transient`` is fitted by least squares; the exponent is half the mean slope
+    (``m_w`` is squared), its standard error the spread over replicas. For i.i.d.
+    multipliers ``E log|w_t - w*|^2 = 2 Lambda t`` exactly, so the fit is unbiased.
+    """
+    if var not in result:
+        raise ValueError(f"result has no variable {var!r}; it has {sorted(result.data_vars)}")
+    return _slope(result[var], transient, 2.0)
+
+
+def from_log_loss(result: xr.Dataset, var: str = "loss", *, transient: int = 0) -> SlopeEstimate:
+    """The exponent from ``m_L(t) = E log L(w_t)`` (seed 004, eq. 10) of a :func:`~dynsim.observables.loss` record.
+
+    Near an interpolating minimum ``L`` is quadratic in ``w - w*``, so ``m_L`` grows like
+    ``m_w``: the exponent is half the slope.
+    """
+    if var not in result:
+        raise ValueError(f"result has no variable {var!r}; it has {sorted(result.data_vars)}")
+    with np.errstate(divide="ignore"):
+        logs = np.log(result[var])
+    return _slope(logs, transient, 2.0)
+
+
+# --------------------------------------------------------------------------- tangent methods
+
+
+class LyapunovEstimate(NamedTuple):
+    """Exponents of a map, ``k`` largest first.
+
+    ``exponents``: mean over replicas; ``stderr``: their standard error (NaN for one
+    replica); ``per_replica``: ``(n_replicas, k)``; ``history``: ``(n_records, k)`` running
+    estimates (mean over replicas) at ``times``; ``transient``: steps discarded.
+    """
+
+    exponents: np.ndarray
+    stderr: np.ndarray
+    per_replica: np.ndarray
+    history: np.ndarray
+    times: np.ndarray
+    transient: int
+
+
+def _split_state(x):
+    """Float leaves (the tangent space) and the rest of a pytree."""
+    leaves, treedef = jax.tree_util.tree_flatten(x)
+    is_float = [jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) for leaf in leaves]
+    return leaves, treedef, is_float
+
+
+def _flat_coordinates(treedef, is_float):
+    """``flat_float(x)``: the float leaves of a state as one vector; ``build(vec, leaves)``: back."""
+
+    def flat_float(x):
+        leaves = jax.tree_util.tree_leaves(x)
+        return jnp.concatenate([jnp.ravel(leaf) for leaf, f in zip(leaves, is_float) if f])
+
+    def build(float_vec, template_leaves):
+        out, i = [], 0
+        for leaf, f in zip(template_leaves, is_float):
+            if f:
+                size = int(np.prod(jnp.shape(leaf)))
+                out.append(float_vec[i : i + size].reshape(jnp.shape(leaf)).astype(jnp.result_type(leaf)))
+                i += size
+            else:
+                out.append(leaf)
+        return jax.tree_util.tree_unflatten(treedef, out)
+
+    return flat_float, build
+
+
+def _mgs(Y):
+    """Modified Gram-Schmidt with one reorthogonalization pass: ``Y = Q R``, returns ``Q, |diag R|``.
+
+    Unrolled over the ``k`` columns; for tall-skinny frames (``d >> k``) it is far faster
+    than a batched ``jnp.linalg.qr`` (anchors-peers Sec. 3).
+    """
+    d, k = Y.shape
+    cols = []
+    norms = []
+    for j in range(k):
+        v = Y[:, j]
+        for _ in range(2):  # reorthogonalize
+            for q in cols:
+                v = v - jnp.dot(q, v) * q
+        r = jnp.linalg.norm(v)
+        norms.append(r)
+        cols.append(v / jnp.where(r > 0, r, 1.0))
+    return jnp.stack(cols, axis=1), jnp.stack(norms)
+
+
+def _run_tangent(step, x0, key, n_steps, k, transient, dt, n_replicas, n_records):
+    """Shared driver of :func:`top_exponent` and :func:`spectrum`."""
+    leaves, treedef, is_float = _split_state(x0)
+    flat_float, build = _flat_coordinates(treedef, is_float)
+    d = int(flat_float(x0).size)
+    if d == 0:
+        raise ValueError("the state has no floating-point leaves: nothing to differentiate")
+    if k > d:
+        raise ValueError(f"k={k} exceeds the dimension of the state's floating-point part, {d}")
+    n_blocks = n_steps // dt
+    if n_blocks < 1:
+        raise ValueError(f"n_steps={n_steps} must be >= dt={dt}")
+    transient_blocks = -(-transient // dt)
+    kept_blocks = n_blocks - transient_blocks
+    if kept_blocks < 1:
+        raise ValueError(f"transient={transient} leaves no steps of n_steps={n_steps} (dt={dt})")
+    per_record = max(1, kept_blocks // n_records)
+    acc_dtype = jnp.result_type(float)  # float64 when enabled
+
+    def one_replica(rkey):
+        frame_key, run_key = jax.random.split(rkey)
+        frame = jax.random.normal(frame_key, (d, k), flat_float(x0).dtype)
+        frame, _ = _mgs(frame)
+
+        def block(carry, b):
+            x, q = carry
+
+            def one_step(c, i):
+                x, q = c
+                skey = prng.step_key(run_key, b * dt + i)
+                template = jax.tree_util.tree_leaves(x)
+                new_x, jvp = jax.linearize(lambda z: step(build(z, template), skey), flat_float(x))
+                pushed = jax.vmap(lambda v: flat_float(jvp(v)), in_axes=1, out_axes=1)(q)
+                return (new_x, pushed), None
+
+            (x, y), _ = jax.lax.scan(one_step, (x, q), jnp.arange(dt))
+            q, r = _mgs(y)
+            return (x, q), jnp.log(r).astype(acc_dtype)
+
+        (x, q), growth = jax.lax.scan(block, (x0, frame), jnp.arange(n_blocks))
+        return growth  # (n_blocks, k): log|R_jj| of each block
+
+    keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(n_replicas))
+    growth = np.asarray(jax.jit(jax.vmap(one_replica))(keys), dtype=np.float64)  # (R, n_blocks, k)
+    kept = growth[:, transient_blocks:]
+    per_replica = kept.sum(axis=1) / (kept_blocks * dt)
+    cum = np.cumsum(kept, axis=1)
+    idx = np.arange(per_record - 1, kept_blocks, per_record)
+    times = (transient_blocks + idx + 1) * dt
+    history = (cum[:, idx] / ((idx + 1)[None, :, None] * dt)).mean(axis=0)
+    exponents = per_replica.mean(axis=0)
+    stderr = per_replica.std(axis=0, ddof=1) / np.sqrt(n_replicas) if n_replicas > 1 else np.full(k, np.nan)
+    return LyapunovEstimate(exponents, stderr, per_replica, history, times, transient_blocks * dt)
+
+
+def _check_common(n_steps, transient, dt, n_replicas, n_records):
+    return (
+        check_int("n_steps", n_steps, minimum=1),
+        check_int("transient", transient, minimum=0),
+        check_int("dt", dt, minimum=1),
+        check_int("n_replicas", n_replicas, minimum=1),
+        check_int("n_records", n_records, minimum=1),
+    )
+
+
+def _as_key(key):
+    if isinstance(key, int):
+        return prng.key(key)
+    return key
+
+
+def top_exponent(
+    step: Callable[[Any, jax.Array], Any],
+    x0: Any,
+    key: jax.Array | int,
+    n_steps: int,
+    transient: int = 0,
+    *,
+    dt: int = 1,
+    n_replicas: int = 1,
+    n_records: int = 100,
+) -> LyapunovEstimate:
+    """Top Lyapunov exponent of ``x_{t+1} = step(x_t, k_t)`` by a renormalized tangent vector.
+
+    ``v_{t+1} = J_t v_t`` with ``J_t`` the Jacobian of ``step(., k_t)`` at ``x_t``, computed by
+    ``jax.jvp`` with the **same** key as the base step (the minibatch is shared); every ``dt``
+    steps ``v`` is renormalized and ``log|v|`` accumulated (float64 when enabled, per-block
+    sums otherwise), so exponents of +-10 per step neither overflow nor underflow.
+    ``k_t = fold_in(fold_in(key, replica), t)``; the state may be any pytree (integer leaves,
+    such as an optimizer's step count, are carried along but not differentiated).
+    ``lambda = (1/(n - transient)) sum_{t >= transient} log(|v_{t+1}| / |v_t|)``.
+    """
+    return spectrum(step, x0, key, n_steps, 1, transient, dt=dt, n_replicas=n_replicas, n_records=n_records)
+
+
+def spectrum(
+    step: Callable[[Any, jax.Array], Any],
+    x0: Any,
+    key: jax.Array | int,
+    n_steps: int,
+    k: int,
+    transient: int = 0,
+    *,
+    dt: int = 1,
+    n_replicas: int = 1,
+    n_records: int = 100,
+) -> LyapunovEstimate:
+    """The ``k`` largest Lyapunov exponents, descending, by the discrete QR method.
+
+    A frame ``Q`` of ``k`` orthonormal tangent vectors is pushed by ``jax.jvp`` (vmapped over
+    its columns, same key as the base step) and re-orthonormalized every ``dt`` steps by
+    modified Gram-Schmidt with reorthogonalization; ``lambda_j = sum log|R_jj| / time``
+    (Benettin et al. 1980; Shimada and Nagashima 1979).
+    """
+    n_steps, transient, dt, n_replicas, n_records = _check_common(n_steps, transient, dt, n_replicas, n_records)
+    k = check_int("k", k, minimum=1)
+    return _run_tangent(step, x0, _as_key(key), n_steps, k, transient, dt, n_replicas, n_records)
+
+
+def two_trajectory(
+    step: Callable[[Any, jax.Array], Any],
+    x0: Any,
+    key: jax.Array | int,
+    n_steps: int,
+    d0: float | None = None,
+    transient: int = 0,
+    *,
+    dt: int = 1,
+    n_replicas: int = 1,
+    n_records: int = 100,
+) -> LyapunovEstimate:
+    """Top exponent without derivatives (Benettin et al. 1976), for maps with kinks (ReLU, clipping).
+
+    A clone starts at distance ``d0`` from the base trajectory and follows it with the same
+    keys; every ``dt`` steps the separation ``d`` is measured, ``log(d/d0)`` accumulated,
+    and the clone pulled back to distance ``d0`` along the separation. ``d0`` defaults to
+    ``sqrt(eps) * max(1, |x0|)`` of the state's dtype. Biased if ``d0`` is not small
+    relative to the scale of the nonlinearity.
+    """
+    n_steps, transient, dt, n_replicas, n_records = _check_common(n_steps, transient, dt, n_replicas, n_records)
+    key = _as_key(key)
+    leaves, treedef, is_float = _split_state(x0)
+    flat_float, build = _flat_coordinates(treedef, is_float)
+    x0v = flat_float(x0)
+    if d0 is None:
+        d0 = float(np.sqrt(np.finfo(x0v.dtype).eps) * max(1.0, float(jnp.linalg.norm(x0v))))
+    d0 = check_positive("d0", d0)
+    n_blocks = n_steps // dt
+    transient_blocks = -(-transient // dt)
+    kept_blocks = n_blocks - transient_blocks
+    if kept_blocks < 1:
+        raise ValueError(f"transient={transient} leaves no steps of n_steps={n_steps} (dt={dt})")
+    per_record = max(1, kept_blocks // n_records)
+    acc_dtype = jnp.result_type(float)
+
+    def one_replica(rkey):
+        dir_key, run_key = jax.random.split(rkey)
+        u = jax.random.normal(dir_key, x0v.shape, x0v.dtype)
+        clone = build(x0v + d0 * u / jnp.linalg.norm(u), leaves)
+
+        def block(carry, b):
+            x, y = carry
+
+            def one_step(c, i):
+                x, y = c
+                skey = prng.step_key(run_key, b * dt + i)
+                return (step(x, skey), step(y, skey)), None
+
+            (x, y), _ = jax.lax.scan(one_step, (x, y), jnp.arange(dt))
+            xv, yv = flat_float(x), flat_float(y)
+            sep = yv - xv
+            d = jnp.linalg.norm(sep)
+            y = build(xv + sep * (d0 / d), jax.tree_util.tree_leaves(y))
+            return (x, y), jnp.log(d / d0).astype(acc_dtype)
+
+        _, growth = jax.lax.scan(block, (x0, clone), jnp.arange(n_blocks))
+        return growth
+
+    keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(n_replicas))
+    growth = np.asarray(jax.jit(jax.vmap(one_replica))(keys), dtype=np.float64)[:, transient_blocks:, None]
+    per_replica = growth.sum(axis=1) / (kept_blocks * dt)
+    cum = np.cumsum(growth, axis=1)
+    idx = np.arange(per_record - 1, kept_blocks, per_record)
+    times = (transient_blocks + idx + 1) * dt
+    history = (cum[:, idx] / ((idx + 1)[None, :, None] * dt)).mean(axis=0)
+    stderr = per_replica.std(axis=0, ddof=1) / np.sqrt(n_replicas) if n_replicas > 1 else np.full(1, np.nan)
+    return LyapunovEstimate(per_replica.mean(axis=0), stderr, per_replica, history, times, transient_blocks * dt)

@@ -1,0 +1,513 @@
+"""Linear and probabilistic stability of SGD (seed 004): thresholds and the phases of the rank-1 saddle.
+
+Thresholds for 1-D regression with the half-squared loss, ``h = E[x^2]``, batch size ``S``:
+
+* ``lambda_GD = 2 / h`` (eq. 3);
+* ``lambda_DS = 2 S E[x^2] / (E[x^4] + (S - 1) E[x^2]^2)``: mean-square stability,
+  ``E(1 - lr mean_B x^2)^2 < 1``. The printed eqs. (4), (21), (22) are wrong for ``S > 1``
+  (digest, Sec. 2.1); for Gaussian ``x`` this is ``(2 / sigma^2) S / (S + 2)``;
+* ``lambda_SS = 2 S / ((S + 1) h)`` (stationary linear stability, quoted from Ziyin et al. 2022).
+
+Phases of SGD at the rank-1 saddle (Prop. 2): the modes ``w - u`` and ``w + u`` are
+multiplied by ``1 - lr chi_t`` and ``1 + lr chi_t``, ``chi_t`` the batch mean of ``x y``.
+With ``Lambda_-+ = E log|1 -+ lr chi|``:
+
+====== ================== ==================================================================
+phase  exponents          meaning
+====== ================== ==================================================================
+I_ms   L- < 0 < L+,       ``w - u -> 0`` also in mean square: ``E(1 - lr chi)^2 < 1``, i.e.
+       ms- < 1            ``lr < 2 E chi / E chi^2``; "correct learning" (``E chi > 0``)
+I_p    L- < 0 < L+,       ``w - u -> 0`` in probability only
+       ms- >= 1
+II     L+ < 0 < L-        ``w + u -> 0``: "stable but incorrect learning"
+III    L- < 0, L+ < 0     both modes vanish: SGD converges to the low-rank saddle
+IV     L- > 0, L+ > 0     neither: complete instability
+====== ================== ==================================================================
+
+The paper calls the mean-square sub-phase "Ia" in Sec. 4.2 and "Ib" in the Fig. 1 caption;
+dynsim names it ``I_ms`` (alias ``Ia``) and the rest of phase I ``I_p`` (alias ``Ib``).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from scipy import special, stats
+
+from dynsim._validate import check_choice, check_int, check_positive, grid_values
+
+__all__ = [
+    "PHASES",
+    "ALIASES",
+    "lambda_gd",
+    "lambda_ds",
+    "lambda_ds_gaussian",
+    "lambda_ss",
+    "gaussian_log_abs",
+    "saddle_exponents",
+    "classify",
+    "saddle_phases",
+    "wilson_interval",
+]
+
+PHASES = ("I_ms", "I_p", "II", "III", "IV")
+ALIASES = {"Ia": "I_ms", "Ib": "I_p"}
+UNDECIDED = -1
+
+
+# --------------------------------------------------------------------------- thresholds
+
+
+def lambda_gd(h: float) -> float:
+    """``2 / h``: GD on a quadratic of curvature ``h`` converges iff ``lr < 2/h`` (seed 004, eq. 3)."""
+    return 2.0 / check_positive("h", h)
+
+
+def lambda_ds(second_moment: float, fourth_moment: float, batch_size: int = 1) -> float:
+    """Mean-square threshold ``2 S E[x^2] / (E[x^4] + (S - 1) E[x^2]^2)`` of 1-D regression.
+
+    ``E(1 - lr X)^2 = 1 - 2 lr E[x^2] + lr^2 (E[x^4] + (S-1) E[x^2]^2) / S`` for ``X`` the mean
+    of ``S`` i.i.d. ``x^2`` (digest Sec. 2.1; the paper's eqs. 4/21/22 miscount for S > 1).
+    """
+    m2 = check_positive("second_moment", second_moment)
+    m4 = check_positive("fourth_moment", fourth_moment)
+    s = check_int("batch_size", batch_size, minimum=1)
+    return 2 * s * m2 / (m4 + (s - 1) * m2**2)
+
+
+def lambda_ds_gaussian(batch_size: int = 1, variance: float = 1.0) -> float:
+    """``lambda_DS`` for ``x ~ N(0, variance)``: ``(2 / variance) S / (S + 2)``."""
+    v = check_positive("variance", variance)
+    return lambda_ds(v, 3 * v**2, batch_size)
+
+
+def lambda_ss(h: float, batch_size: int = 1) -> float:
+    """``2 S / ((S + 1) h)``: stationary linear stability (Ziyin et al. 2022, quoted in seed 004)."""
+    s = check_int("batch_size", batch_size, minimum=1)
+    return 2 * s / ((s + 1) * check_positive("h", h))
+
+
+# --------------------------------------------------------------------------- quadrature
+
+
+@functools.lru_cache(maxsize=1)
+def _gaussian_log_abs_table():
+    b = np.linspace(0.0, 20.0, 40001)
+    lam = b**2 / 2
+    k = np.arange(0, 420)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_pmf = special.xlogy(k[None, :], lam[:, None]) - lam[:, None] - special.gammaln(k + 1)[None, :]
+    f = 0.5 * (np.log(2) + np.sum(np.exp(log_pmf) * special.digamma(k + 0.5)[None, :], axis=1))
+    return b, f
+
+
+def gaussian_log_abs(b) -> np.ndarray:
+    """``f(b) = E log|Z + b|`` for ``Z ~ N(0, 1)`` (digest Sec. 2.7).
+
+    ``(Z + b)^2`` is noncentral chi-square with one degree of freedom, a Poisson(b^2/2)
+    mixture of ``chi^2_{1+2k}``, and ``E log chi^2_nu = log 2 + psi(nu/2)``:
+    ``f(b) = (log 2 + sum_k Pois(k; b^2/2) psi(k + 1/2)) / 2``, tabulated on ``|b| <= 20``
+    (linear interpolation, error < 1e-8) and ``log|b| - 1/(2b^2) - 3/(4b^4) - 5/(2b^6)``
+    beyond. ``f(0) = -(gamma + log 2)/2``.
+    """
+    b = np.abs(np.asarray(b, dtype=np.float64))
+    grid, table = _gaussian_log_abs_table()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        far = np.log(b) - 1 / (2 * b**2) - 3 / (4 * b**4) - 5 / (2 * b**6)
+    return np.where(b <= 20.0, np.interp(np.minimum(b, 20.0), grid, table), far)
+
+
+def _chi_moments(chi: str, second, noise_var: float, c0: float):
+    """``E chi_1`` and ``E chi_1^2`` of one sample's ``c0 x y`` (``second`` is mu or a)."""
+    if chi == "gaussian":
+        mu = second
+        mean = c0 * mu
+        var = c0**2 * (2 * mu**2 + noise_var * (1 - mu) ** 2)
+        return mean, var + mean**2
+    a = second
+    return c0 * (1 + a) / 2, c0**2 * (1 + a**2) / 2
+
+
+@functools.lru_cache(maxsize=4)
+def _legendre(n: int):
+    return np.polynomial.legendre.leggauss(n)
+
+
+def _panel(a, b, n: int):
+    """Gauss-Legendre nodes and weights on ``[a, b]`` (arrays of panels broadcast on a new last axis)."""
+    x, w = _legendre(n)
+    a, b = np.asarray(a, dtype=np.float64)[..., None], np.asarray(b, dtype=np.float64)[..., None]
+    return 0.5 * (b - a) * x + 0.5 * (b + a), 0.5 * (b - a) * w
+
+
+def _gaussian_exponents_infinite(lrs, mu: float, s: int, noise_var: float, c0: float, nodes: int):
+    """``(Lambda_+, Lambda_-)`` for Gaussian data, N = infinity, batch S, by 1-D quadrature (digest Sec. 2.7).
+
+    Given ``R = sum_j x_j^2 ~ chi^2_S``, the batch mean is
+    ``chi | R ~ N(c0 mu R / S, c0^2 (1 - mu)^2 var_eps R / S^2)``, so with ``u = sqrt(R)``
+    (chi law, S degrees of freedom) and ``c = lr c0 (1 - mu) sqrt(var_eps) u / S``,
+    ``E log|1 +- lr chi| = E_u[log c + f((1 +- lr c0 mu u^2 / S) / c)]``. The ``-`` integrand
+    has a narrow dip where ``1 - lr c0 mu u^2 / S = 0``: panels end there. ``mu = 1`` is
+    ``E log|1 +- lr c0 R / S|``, whose log singularity is likewise a panel end.
+    """
+    lrs = np.asarray(lrs, dtype=np.float64)
+    top = math.sqrt(s) + 13.0
+    zero, end = np.zeros_like(lrs), np.full_like(lrs, top)
+
+    def integral(log_abs, edges):
+        total = np.zeros_like(lrs)
+        for a, b in zip(edges[:-1], edges[1:]):
+            u, w = _panel(a, b, nodes)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                vals = w * stats.chi.pdf(u, s) * log_abs(u)
+            total += np.sum(np.where(w > 0, vals, 0.0), axis=1)
+        return total
+
+    if mu > 0:
+        root = np.minimum(np.sqrt(s / (lrs * c0 * mu)), top)  # where 1 - lr c0 mu u^2 / S = 0
+        minus_edges = [zero, root, np.minimum(2 * root, top), end]
+    else:
+        minus_edges = [zero, end]
+    if mu >= 1.0:
+        slope = (lrs * c0)[:, None] / s
+        plus = integral(lambda u: np.log(1 + slope * u**2), [zero, end])
+        minus = integral(lambda u: np.log(np.abs(1 - slope * u**2)), minus_edges)
+        return plus, minus
+    scale = (lrs * c0 * (1 - mu) * math.sqrt(noise_var) / s)[:, None]
+    drift = (lrs * c0 * mu)[:, None] / s
+
+    def log_abs(sign):
+        return lambda u: np.log(scale * u) + gaussian_log_abs((1 + sign * drift * u**2) / (scale * u))
+
+    return integral(log_abs(+1.0), [zero, end]), integral(log_abs(-1.0), minus_edges)
+
+
+def _batch_atoms(atoms: np.ndarray, s: int, max_tuples: int, rng: np.random.Generator):
+    """Batch means of ``s`` i.i.d. draws from the uniform law on ``atoms`` (last axis), with weights.
+
+    Exact enumeration of all ``N^S`` ordered draws when feasible, else ``max_tuples``
+    Monte Carlo draws (equal weights); returns ``(means, weights, exact)``.
+    """
+    n = atoms.shape[-1]
+    if s == 1:
+        return atoms, np.full(n, 1.0 / n), True
+    if n**s <= max_tuples:
+        idx = np.array(list(itertools.product(range(n), repeat=s)))
+        return atoms[..., idx].mean(axis=-1), np.full(len(idx), 1.0 / len(idx)), True
+    idx = rng.integers(0, n, size=(max_tuples, s))
+    return atoms[..., idx].mean(axis=-1), np.full(max_tuples, 1.0 / max_tuples), False
+
+
+def saddle_exponents(
+    lrs,
+    mus,
+    *,
+    chi: str = "gaussian",
+    batch_size: int = 1,
+    n_data: int | None = None,
+    data: dict | None = None,
+    noise_var: float = 4.0,
+    c0: float = 1.0,
+    nodes: int = 1500,
+    max_tuples: int = 2_000_000,
+    seed: int = 0,
+) -> xr.Dataset:
+    """``Lambda_+-`` and the mean-square factors ``E(1 +- lr chi)^2`` over a grid, from theory.
+
+    ``chi = "gaussian"``: ``mus`` are label-noise levels ``mu`` (``y = mu x + (1 - mu) eps``).
+    ``chi = "two_point"``: ``mus`` are the values ``a`` of the law ``x y in {1, a}``.
+
+    * ``n_data=None`` (N = infinity): Gaussian by quadrature (:func:`gaussian_log_abs`,
+      ``nodes`` Gauss-Legendre nodes per panel); two-point exactly, a binomial sum.
+    * finite ``n_data``: the dataset of :func:`dynsim.simulate` with this ``seed`` (or
+      ``data``), and the exact average over all ``N^S`` minibatches drawn with replacement
+      when ``N^S <= max_tuples``, else a Monte Carlo average over ``max_tuples`` minibatches
+      (``exact = 0`` in the result; its standard error is ``Lambda_stderr``).
+    """
+    chi = check_choice("chi", chi, ("gaussian", "two_point"))
+    lrs = grid_values("lr", lrs)
+    second = grid_values("mu" if chi == "gaussian" else "a", mus)
+    s = check_int("batch_size", batch_size, minimum=1)
+    noise_var = check_positive("noise_var", noise_var)
+    c0 = check_positive("c0", c0)
+    name = "mu" if chi == "gaussian" else "a"
+    shape = (len(lrs), len(second))
+    plus, minus = np.zeros(shape), np.zeros(shape)
+    se_plus, se_minus = np.zeros(shape), np.zeros(shape)
+    m1 = np.zeros(len(second))
+    m2 = np.zeros(len(second))
+    exact = True
+    if n_data is None and data is None:
+        for j, v in enumerate(second):
+            m1[j], m2[j] = _chi_moments(chi, float(v), noise_var, c0)
+            if chi == "gaussian":
+                plus[:, j], minus[:, j] = _gaussian_exponents_infinite(lrs, float(v), s, noise_var, c0, nodes)
+                continue
+            k = np.arange(s + 1)  # number of draws equal to 1 in the batch: Binomial(S, 1/2)
+            w = stats.binom.pmf(k, s, 0.5)
+            means = c0 * (k + (s - k) * v) / s
+            with np.errstate(divide="ignore"):
+                plus[:, j] = np.log(np.abs(1 + lrs[:, None] * means)) @ w
+                minus[:, j] = np.log(np.abs(1 - lrs[:, None] * means)) @ w
+    else:
+        atoms = _finite_chi_atoms(chi, second, n_data, data, noise_var, c0, seed)  # (len(second), N)
+        m1 = atoms.mean(axis=1)
+        m2 = (atoms**2).mean(axis=1)
+        means, weights, exact = _batch_atoms(atoms, s, max_tuples, np.random.default_rng(seed))
+        for i, lr in enumerate(lrs):
+            with np.errstate(divide="ignore"):
+                lp = np.log(np.abs(1 + lr * means))
+                lm = np.log(np.abs(1 - lr * means))
+            plus[i], minus[i] = lp @ weights, lm @ weights
+            if not exact:
+                se_plus[i] = lp.std(axis=1) / np.sqrt(len(weights))
+                se_minus[i] = lm.std(axis=1) / np.sqrt(len(weights))
+    # mean-square factors of the batch mean: E chi_B = m1, E chi_B^2 = (m2 - m1^2)/S + m1^2
+    e_chi = m1[None, :]
+    e_chi2 = ((m2 - m1**2) / s + m1**2)[None, :]
+    lr_col = lrs[:, None]
+    ms_plus = 1 + 2 * lr_col * e_chi + lr_col**2 * e_chi2
+    ms_minus = 1 - 2 * lr_col * e_chi + lr_col**2 * e_chi2
+    dims = ("lr", name)
+    return xr.Dataset(
+        {
+            "Lambda_plus": (dims, plus),
+            "Lambda_minus": (dims, minus),
+            "Lambda_plus_stderr": (dims, se_plus),
+            "Lambda_minus_stderr": (dims, se_minus),
+            "ms_plus": (dims, ms_plus),
+            "ms_minus": (dims, ms_minus),
+        },
+        coords={"lr": lrs, name: second},
+        attrs={
+            "chi": chi,
+            "batch_size": s,
+            "n_data": -1 if n_data is None and data is None else int(atoms.shape[1]),
+            "noise_var": noise_var,
+            "c0": c0,
+            "exact": int(exact),
+            "method": "theory",
+        },
+    )
+
+
+def _finite_chi_atoms(chi, second, n_data, data, noise_var, c0, seed):
+    """``chi_i`` of every point of the finite dataset, for every value of mu (or a)."""
+    if data is None:
+        from dynsim import prng
+        from dynsim.problems import draw_dataset, rank1_saddle
+
+        n_data = check_int("n_data", n_data, minimum=1)
+        problem = rank1_saddle(chi, n_data=n_data, noise_var=noise_var, c0=c0)
+        data = draw_dataset(problem, prng.data_key(prng.key(seed)), n_data)
+    data = {k: np.asarray(v, dtype=np.float64) for k, v in data.items()}
+    v = np.asarray(second, dtype=np.float64)[:, None]
+    if chi == "gaussian":
+        x, eps = data["x"][None, :], data["eps"][None, :]
+        return c0 * x * (v * x + (1 - v) * eps)
+    b = data["b"][None, :]
+    return c0 * (b + (1 - b) * v)
+
+
+# --------------------------------------------------------------------------- phases
+
+
+def classify(lambda_plus, lambda_minus, ms_minus) -> np.ndarray:
+    """Phase codes (indices into :data:`PHASES`) from the exponents and ``E(1 - lr chi)^2``.
+
+    A mode is stable when its exponent is < 0; ``NaN`` inputs give :data:`UNDECIDED` (-1).
+    """
+    lp, lm, ms = (np.asarray(v, dtype=np.float64) for v in (lambda_plus, lambda_minus, ms_minus))
+    code = np.select(
+        [
+            (lm < 0) & (lp >= 0) & (ms < 1),
+            (lm < 0) & (lp >= 0),
+            (lp < 0) & (lm >= 0),
+            (lp < 0) & (lm < 0),
+        ],
+        [0, 1, 2, 3],
+        default=4,
+    )
+    return np.where(np.isnan(lp) | np.isnan(lm), UNDECIDED, code)
+
+
+def wilson_interval(successes, trials, level: float = 0.99):
+    """Wilson score interval for a binomial proportion (arrays broadcast)."""
+    k = np.asarray(successes, dtype=np.float64)
+    n = np.asarray(trials, dtype=np.float64)
+    z = stats.norm.ppf(0.5 + level / 2)
+    p = k / n
+    centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
+    return centre - half, centre + half
+
+
+def _phase_dataset(ds: xr.Dataset) -> xr.Dataset:
+    ds["phase"] = (ds.Lambda_plus.dims, classify(ds.Lambda_plus, ds.Lambda_minus, ds.ms_minus))
+    ds.phase.attrs["labels"] = ", ".join(f"{i}: {p}" for i, p in enumerate(PHASES)) + ", -1: undecided"
+    ds.attrs["phases"] = ", ".join(PHASES)
+    ds.attrs["aliases"] = "Ia = I_ms (mean-square convergent part of I), Ib = I_p (the rest of I)"
+    return ds
+
+
+def _simulate_phases(
+    lrs, second, chi, batch_size, n_data, noise_var, c0, n_replicas, n_steps, seed, level, refine, progress
+):
+    import dynsim as ds
+
+    problem = ds.problems.rank1_saddle(chi, n_data=n_data, noise_var=noise_var, c0=c0)
+    dynamics = ds.dynamics.saddle_modes(problem, batch_size=batch_size)
+    name = "mu" if chi == "gaussian" else "a"
+    observables = {
+        "modes": ds.observables.final_state(),
+        "ms_minus": ds.observables.time_average(lambda m: m["sq_minus"], n_batches=8),
+    }
+
+    def run(lr_values, second_values, steps, run_seed):
+        res = ds.simulate(
+            dynamics,
+            grid={"lr": lr_values, name: second_values},
+            n_replicas=n_replicas,
+            n_steps=steps,
+            seed=run_seed,
+            observables=observables,
+            progress=progress,
+        )
+        return _summarise(res, steps, level)
+
+    out = run(lrs, second, n_steps, seed)
+    out["refined"] = (out.phase.dims, np.zeros(out.phase.shape, dtype=bool))
+    steps = n_steps
+    for round_ in range(refine):
+        steps *= 4
+        undecided = out.phase.values == UNDECIDED
+        if not undecided.any():
+            break
+        for j in np.flatnonzero(undecided.any(axis=0)):
+            rows = np.flatnonzero(undecided[:, j])
+            again = run(lrs[rows], second[j : j + 1], steps, seed + 1 + round_)
+            for var in again.data_vars:
+                out[var].values[rows, j] = again[var].values[:, 0]
+            out["refined"].values[rows, j] = True
+    return out
+
+
+def _summarise(res: xr.Dataset, n_steps: int, level: float) -> xr.Dataset:
+    """Per cell: share of replicas whose modes shrank, Wilson intervals, exponents, phase."""
+    n = res.sizes["replica"]
+    out = {}
+    for mode in ("plus", "minus"):
+        logs = res[f"modes_log_{mode}"].astype(np.float64)
+        shrank = (logs < 0).sum("replica")
+        low, high = wilson_interval(shrank, n, level)
+        rate = (logs / n_steps).where(logs > -1e29)  # exact hits carry no rate
+        out[f"Lambda_{mode}"] = rate.mean("replica")
+        out[f"Lambda_{mode}_stderr"] = rate.std("replica", ddof=1) / np.sqrt(rate.count("replica"))
+        out[f"shrink_{mode}"] = shrank / n
+        out[f"shrink_{mode}_low"] = xr.DataArray(low, coords=shrank.coords)
+        out[f"shrink_{mode}_high"] = xr.DataArray(high, coords=shrank.coords)
+    out["ms_minus"] = res.ms_minus.mean("replica")
+    out["ms_minus_stderr"] = np.sqrt((res.ms_minus_stderr**2).mean("replica") / n)
+    ds = xr.Dataset(out)
+
+    def sign(mode):  # +1 shrinks (stable), -1 grows, NaN undecided
+        low, high = ds[f"shrink_{mode}_low"], ds[f"shrink_{mode}_high"]
+        return xr.where(low > 0.5, -1.0, xr.where(high < 0.5, 1.0, np.nan))
+
+    ds["phase"] = (ds.Lambda_plus.dims, classify(sign("plus"), sign("minus"), ds.ms_minus))
+    return ds
+
+
+def saddle_phases(
+    lrs,
+    mus,
+    batch_size: int = 1,
+    n_data: int | None = None,
+    method: str = "theory",
+    *,
+    chi: str = "gaussian",
+    noise_var: float = 4.0,
+    c0: float = 1.0,
+    seed: int = 0,
+    n_replicas: int = 256,
+    n_steps: int = 1000,
+    level: float = 0.99,
+    refine: int = 0,
+    progress: bool | None = None,
+    **theory_options: Any,
+) -> xr.Dataset:
+    """Phase diagram of SGD at the rank-1 saddle over ``(lr, mu)`` (or ``(lr, a)``), seed 004 Figs. 1b, 3, 4.
+
+    ``method="theory"``: :func:`saddle_exponents` and :func:`classify`.
+
+    ``method="simulation"``: ``n_replicas`` trajectories per cell of
+    :func:`dynsim.dynamics.saddle_modes` (SGD in the modes ``w -+ u``, in log space, with the
+    minibatch law of the theory) run for ``n_steps`` through :func:`dynsim.simulate`. A mode
+    is stable in a cell when the Wilson interval (``level``) of the share of replicas whose
+    mode shrank lies above 1/2, unstable when below; otherwise the cell is undecided
+    (phase -1). ``refine=r`` reruns undecided cells up to ``r`` times with 4x more steps
+    (the sign of ``Lambda`` decides faster the longer the run). ``Lambda_+-`` are estimated
+    as ``mean log|mode_T/mode_0| / T`` with standard errors, ``E(1 - lr chi)^2`` as a time
+    average.
+
+    Returns an ``xarray.Dataset`` with ``Lambda_plus``, ``Lambda_minus``, ``ms_minus``,
+    ``phase`` (indices into :data:`PHASES`) and, for simulations, the shares and intervals.
+    """
+    method = check_choice("method", method, ("theory", "simulation"))
+    chi = check_choice("chi", chi, ("gaussian", "two_point"))
+    lrs = grid_values("lr", lrs)
+    second = grid_values("mu" if chi == "gaussian" else "a", mus)
+    check_int("batch_size", batch_size, minimum=1)
+    if n_data is not None:
+        check_int("n_data", n_data, minimum=1)
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    check_int("refine", refine, minimum=0)
+    if method == "theory":
+        ds = saddle_exponents(
+            lrs,
+            second,
+            chi=chi,
+            batch_size=batch_size,
+            n_data=n_data,
+            noise_var=noise_var,
+            c0=c0,
+            seed=seed,
+            **theory_options,
+        )
+        return _phase_dataset(ds)
+    ds = _simulate_phases(
+        lrs,
+        second,
+        chi,
+        batch_size,
+        n_data,
+        noise_var,
+        c0,
+        check_int("n_replicas", n_replicas, minimum=1),
+        check_int("n_steps", n_steps, minimum=1),
+        seed,
+        level,
+        refine,
+        progress,
+    )
+    ds.phase.attrs["labels"] = ", ".join(f"{i}: {p}" for i, p in enumerate(PHASES)) + ", -1: undecided"
+    ds.attrs.update(
+        chi=chi,
+        batch_size=batch_size,
+        n_data=-1 if n_data is None else n_data,
+        noise_var=noise_var,
+        c0=c0,
+        method="simulation",
+        n_replicas=n_replicas,
+        n_steps=n_steps,
+        seed=seed,
+        level=level,
+        refine=refine,
+    )
+    return ds
