@@ -16,6 +16,7 @@ mean-square convergence is the stronger ``L(2) < 0``, with ``L(q) = lim (1/t) lo
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -216,6 +217,8 @@ def _split_state(x):
     """Float leaves (the tangent space) and the rest of a pytree."""
     leaves, treedef = jax.tree_util.tree_flatten(x)
     is_float = [jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) for leaf in leaves]
+    if not any(is_float):
+        raise ValueError("the state has no floating-point leaves: nothing to differentiate")
     return leaves, treedef, is_float
 
 
@@ -265,8 +268,6 @@ def _run_tangent(step, x0, key, n_steps, k, transient, dt, n_replicas, n_records
     leaves, treedef, is_float = _split_state(x0)
     flat_float, build = _flat_coordinates(treedef, is_float)
     d = int(flat_float(x0).size)
-    if d == 0:
-        raise ValueError("the state has no floating-point leaves: nothing to differentiate")
     if k > d:
         raise ValueError(f"k={k} exceeds the dimension of the state's floating-point part, {d}")
     n_blocks = n_steps // dt
@@ -276,7 +277,6 @@ def _run_tangent(step, x0, key, n_steps, k, transient, dt, n_replicas, n_records
     kept_blocks = n_blocks - transient_blocks
     if kept_blocks < 1:
         raise ValueError(f"transient={transient} leaves no steps of n_steps={n_steps} (dt={dt})")
-    per_record = max(1, kept_blocks // n_records)
     acc_dtype = jnp.result_type(float)  # float64 when enabled
 
     def one_replica(rkey):
@@ -304,14 +304,37 @@ def _run_tangent(step, x0, key, n_steps, k, transient, dt, n_replicas, n_records
 
     keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(n_replicas))
     growth = np.asarray(jax.jit(jax.vmap(one_replica))(keys), dtype=np.float64)  # (R, n_blocks, k)
+    return _summarise(growth, transient_blocks, dt, n_records, sort=True)
+
+
+def _summarise(growth: np.ndarray, transient_blocks: int, dt: int, n_records: int, *, sort: bool):
+    """Exponents, standard errors and running history from per-block log-growth ``(R, blocks, k)``.
+
+    Replicas whose trajectory left the domain (a non-finite growth) are dropped, with a warning.
+    """
+    n_replicas, n_blocks, k = growth.shape
     kept = growth[:, transient_blocks:]
+    kept_blocks = kept.shape[1]
+    finite = np.all(np.isfinite(kept), axis=(1, 2))
+    if not finite.all():
+        warnings.warn(
+            f"{int((~finite).sum())} of {n_replicas} replicas reached a non-finite state or tangent; "
+            "their exponents are left out",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    kept = kept[finite]
     per_replica = kept.sum(axis=1) / (kept_blocks * dt)
-    cum = np.cumsum(kept, axis=1)
+    if sort:
+        per_replica = -np.sort(-per_replica, axis=1)  # descending per replica
+    per_record = max(1, kept_blocks // n_records)
     idx = np.arange(per_record - 1, kept_blocks, per_record)
     times = (transient_blocks + idx + 1) * dt
-    history = (cum[:, idx] / ((idx + 1)[None, :, None] * dt)).mean(axis=0)
-    exponents = per_replica.mean(axis=0)
-    stderr = per_replica.std(axis=0, ddof=1) / np.sqrt(n_replicas) if n_replicas > 1 else np.full(k, np.nan)
+    m = per_replica.shape[0]
+    running = np.cumsum(kept, axis=1)[:, idx] / ((idx + 1)[None, :, None] * dt)
+    history = running.mean(axis=0) if m else np.full((len(idx), k), np.nan)
+    exponents = per_replica.mean(axis=0) if m else np.full(k, np.nan)
+    stderr = per_replica.std(axis=0, ddof=1) / np.sqrt(m) if m > 1 else np.full(k, np.nan)
     return LyapunovEstimate(exponents, stderr, per_replica, history, times, transient_blocks * dt)
 
 
@@ -372,7 +395,9 @@ def spectrum(
     A frame ``Q`` of ``k`` orthonormal tangent vectors is pushed by ``jax.jvp`` (vmapped over
     its columns, same key as the base step) and re-orthonormalized every ``dt`` steps by
     modified Gram-Schmidt with reorthogonalization; ``lambda_j = sum log|R_jj| / time``
-    (Benettin et al. 1980; Shimada and Nagashima 1979).
+    (Benettin et al. 1980; Shimada and Nagashima 1979). Column ``j`` converges to the
+    ``j``-th exponent; over a finite run near-equal exponents can come out of order, so each
+    replica's values are sorted before averaging (the history is not).
     """
     n_steps, transient, dt, n_replicas, n_records = _check_common(n_steps, transient, dt, n_replicas, n_records)
     k = check_int("k", k, minimum=1)
@@ -412,7 +437,6 @@ def two_trajectory(
     kept_blocks = n_blocks - transient_blocks
     if kept_blocks < 1:
         raise ValueError(f"transient={transient} leaves no steps of n_steps={n_steps} (dt={dt})")
-    per_record = max(1, kept_blocks // n_records)
     acc_dtype = jnp.result_type(float)
 
     def one_replica(rkey):
@@ -439,11 +463,5 @@ def two_trajectory(
         return growth
 
     keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(n_replicas))
-    growth = np.asarray(jax.jit(jax.vmap(one_replica))(keys), dtype=np.float64)[:, transient_blocks:, None]
-    per_replica = growth.sum(axis=1) / (kept_blocks * dt)
-    cum = np.cumsum(growth, axis=1)
-    idx = np.arange(per_record - 1, kept_blocks, per_record)
-    times = (transient_blocks + idx + 1) * dt
-    history = (cum[:, idx] / ((idx + 1)[None, :, None] * dt)).mean(axis=0)
-    stderr = per_replica.std(axis=0, ddof=1) / np.sqrt(n_replicas) if n_replicas > 1 else np.full(1, np.nan)
-    return LyapunovEstimate(per_replica.mean(axis=0), stderr, per_replica, history, times, transient_blocks * dt)
+    growth = np.asarray(jax.jit(jax.vmap(one_replica))(keys), dtype=np.float64)[:, :, None]
+    return _summarise(growth, transient_blocks, dt, n_records, sort=False)

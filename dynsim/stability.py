@@ -383,14 +383,15 @@ def _simulate_phases(
     out = run(lrs, second, n_steps, seed)
     out["refined"] = (out.phase.dims, np.zeros(out.phase.shape, dtype=bool))
     steps = n_steps
-    for round_ in range(refine):
+    for _ in range(refine):
         steps *= 4
         undecided = out.phase.values == UNDECIDED
         if not undecided.any():
             break
         for j in np.flatnonzero(undecided.any(axis=0)):
             rows = np.flatnonzero(undecided[:, j])
-            again = run(lrs[rows], second[j : j + 1], steps, seed + 1 + round_)
+            # same seed: a finite dataset must stay the one of the first pass (and of the theory)
+            again = run(lrs[rows], second[j : j + 1], steps, seed)
             for var in again.data_vars:
                 out[var].values[rows, j] = again[var].values[:, 0]
             out["refined"].values[rows, j] = True

@@ -1,0 +1,103 @@
+"""Matplotlib figures drawn from saved results (no computation here beyond labelling)."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+from matplotlib import colors as mcolors
+from matplotlib import patches
+
+from dynsim.stability import PHASES
+
+__all__ = ["PHASE_COLORS", "phase_map", "disagreement_map", "phase_legend"]
+
+PHASE_COLORS = {
+    "undecided": "#ffffff",
+    "I_ms": "#9ecae1",
+    "I_p": "#3182bd",
+    "II": "#fd8d3c",
+    "III": "#31a354",
+    "IV": "#bdbdbd",
+}
+_ORDER = ("undecided", *PHASES)
+_CMAP = mcolors.ListedColormap([PHASE_COLORS[p] for p in _ORDER])
+_NORM = mcolors.BoundaryNorm(np.arange(-1.5, len(PHASES) + 0.5), _CMAP.N)
+_DESCRIPTIONS = {
+    "I_ms": "I, mean square (Ia)",
+    "I_p": "I, in probability (Ib)",
+    "II": "II: w + u -> 0",
+    "III": "III: saddle",
+    "IV": "IV: unstable",
+    "undecided": "undecided",
+}
+
+
+def _edges(values: np.ndarray) -> np.ndarray:
+    v = np.asarray(values, dtype=float)
+    if v.size == 1:
+        return np.array([v[0] - 0.5, v[0] + 0.5])
+    mid = 0.5 * (v[1:] + v[:-1])
+    return np.concatenate([[v[0] - (mid[0] - v[0])], mid, [v[-1] + (v[-1] - mid[-1])]])
+
+
+def phase_map(ax, phase: xr.DataArray, *, label: bool = True, y_log: bool = False):
+    """Colour the phases of a 2-D ``phase`` array (dims: lr first) and write each phase's name on its largest patch."""
+    xdim, ydim = phase.dims
+    x, y = phase[xdim].values, phase[ydim].values
+    ax.pcolormesh(_edges(x), _edges(y), phase.values.T, cmap=_CMAP, norm=_NORM, shading="flat")
+    ax.set_xlabel("learning rate λ" if xdim == "lr" else xdim)
+    ax.set_ylabel(
+        {"mu": "signal level μ  (noise 1 - μ)", "a": "a  (x y ∈ {1, a})", "batch_size": "batch size S"}.get(ydim, ydim)
+    )
+    if y_log:
+        ax.set_yscale("log")
+    if not label:
+        return
+    for code, name in enumerate(PHASES):
+        mask = phase.values == code
+        if mask.sum() < 6:
+            continue
+        i, j = np.argwhere(mask).mean(axis=0)
+        # nearest cell of the phase to its centroid, so the label sits inside it
+        cells = np.argwhere(mask)
+        i, j = cells[np.argmin((cells[:, 0] - i) ** 2 + (cells[:, 1] - j) ** 2)]
+        ax.text(
+            x[i],
+            y[j],
+            name.replace("_", " "),
+            ha="center",
+            va="center",
+            fontsize=8,
+            weight="bold",
+            bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.7),
+        )
+
+
+def disagreement_map(ax, theory: xr.DataArray, simulation: xr.DataArray):
+    """Cells where the simulated phase differs from theory (red), agrees (light) or is undecided (grey).
+
+    Phases I_ms and I_p count as one (their split is a moment condition, not a sign).
+    """
+    coarse = lambda p: np.where(p == PHASES.index("I_p"), PHASES.index("I_ms"), p)  # noqa: E731
+    t, s = coarse(theory.values), coarse(simulation.values)
+    status = np.where(s < 0, 1, np.where(s == t, 0, 2))
+    xdim, ydim = theory.dims
+    cmap = mcolors.ListedColormap(["#f0f0f0", "#969696", "#de2d26"])
+    ax.pcolormesh(
+        _edges(theory[xdim].values),
+        _edges(theory[ydim].values),
+        status.T,
+        cmap=cmap,
+        norm=mcolors.BoundaryNorm([-0.5, 0.5, 1.5, 2.5], 3),
+        shading="flat",
+    )
+    ax.set_xlabel("learning rate λ" if xdim == "lr" else xdim)
+    handles = [patches.Patch(color=c, label=lab) for c, lab in zip(cmap.colors, ["agree", "undecided", "disagree"])]
+    ax.legend(handles=handles, fontsize=7, loc="upper right")
+    return status
+
+
+def phase_legend(ax, include_undecided: bool = True):
+    names = [p for p in _ORDER if include_undecided or p != "undecided"]
+    handles = [patches.Patch(facecolor=PHASE_COLORS[p], edgecolor="k", lw=0.3, label=_DESCRIPTIONS[p]) for p in names]
+    ax.legend(handles=handles, fontsize=7, loc="upper right", framealpha=0.9)

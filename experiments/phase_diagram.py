@@ -1,0 +1,245 @@
+"""Probabilistic-stability phase diagrams of SGD at the rank-1 saddle (seed 004, Figs. 1b, 3, 4).
+
+For the linearised two-layer net ``l = -x y sum_i u_i w_i`` the modes ``w - u`` and ``w + u``
+are multiplied by ``1 - lr chi_t`` and ``1 + lr chi_t`` (``chi_t`` the batch mean of ``x y``),
+so the phase of a cell is set by the signs of ``Lambda_-+ = E log|1 -+ lr chi|``: I (w - u -> 0,
+correct learning; I_ms where it also converges in mean square), II (w + u -> 0), III (both:
+SGD converges to the low-rank saddle), IV (neither). Theory is quadrature (N = infinity) or
+the exact average over minibatches (finite N); simulation runs SGD in the mode coordinates
+through ``dynsim.simulate`` and decides each mode's sign from the share of replicas that
+shrank (Wilson interval; cells whose interval holds 1/2 are undecided).
+
+    python experiments/phase_diagram.py                      # lr-mu, S = 1, N = infinity (CPU, < 2 min)
+    python experiments/phase_diagram.py --diagram lr-S       # Fig. 3 right, mu = 0.06
+    python experiments/phase_diagram.py --diagram finite-N   # Fig. 4, N = 3, 4, 8, 10, 24, 100
+    python experiments/phase_diagram.py --diagram two-point  # Fig. 1b, x y in {1, a}
+    python experiments/phase_diagram.py --preset paper       # 256 x 256 cells x 1024 replicas x 1e4 steps (GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import xarray as xr  # noqa: E402
+
+import dynsim as ds  # noqa: E402
+from dynsim import plot  # noqa: E402
+from dynsim.stability import PHASES  # noqa: E402
+
+PRESETS = {
+    "laptop": dict(lr_points=72, second_points=41, replicas=256, steps=1000, refine=1),
+    "paper": dict(lr_points=256, second_points=256, replicas=1024, steps=10_000, refine=0),
+}
+LR_RANGE = {"lr-mu": (0.02, 3.0), "lr-S": (0.02, 8.0), "finite-N": (0.02, 3.0), "two-point": (0.02, 6.0)}
+S_VALUES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+
+
+def agreement(theory: xr.DataArray, sim: xr.DataArray) -> tuple[float, float]:
+    """Share of cells the simulation decides, and share of those whose phase equals theory's (I_ms = I_p)."""
+    coarse = lambda p: np.where(p == PHASES.index("I_p"), PHASES.index("I_ms"), p)  # noqa: E731
+    decided = sim.values >= 0
+    agree = coarse(sim.values)[decided] == coarse(theory.values)[decided]
+    return float(decided.mean()), float(agree.mean()) if agree.size else float("nan")
+
+
+def overlay(ax, theory: xr.Dataset, *, ms: bool = True, zero_lines: bool = False):
+    """Dashed: mean-square boundary E(1 - lr chi)^2 = 1. Thin: Lambda_+- = 0 from theory."""
+    x, y = theory.lr.values, theory[theory.Lambda_plus.dims[1]].values
+    if ms:
+        ax.contour(x, y, theory.ms_minus.values.T, levels=[1.0], colors="k", linestyles="--", linewidths=1.2)
+    if zero_lines:
+        for var in ("Lambda_plus", "Lambda_minus"):
+            ax.contour(x, y, theory[var].values.T, levels=[0.0], colors="k", linewidths=0.6)
+
+
+def run_pair(lrs, second, args, **kw):
+    theory = ds.stability.saddle_phases(lrs, second, seed=args.seed, **kw)
+    sim = ds.stability.saddle_phases(
+        lrs,
+        second,
+        method="simulation",
+        n_replicas=args.replicas,
+        n_steps=args.steps,
+        seed=args.seed,
+        refine=args.refine,
+        **kw,
+    )
+    return theory, sim
+
+
+def save(name: str, theory: xr.Dataset, sim: xr.Dataset, args, extra: dict) -> str:
+    merged = xr.merge(
+        [
+            theory.rename({v: f"theory_{v}" for v in theory.data_vars}),
+            sim.rename({v: f"sim_{v}" for v in sim.data_vars}),
+        ],
+        compat="override",
+        combine_attrs="drop",
+    )
+    merged.attrs.update({k: v for k, v in extra.items()})
+    merged.attrs.update(
+        dynsim_version=ds.__version__, seed=args.seed, replicas=args.replicas, steps=args.steps, refine=args.refine
+    )
+    path = os.path.join(args.results, f"phase_diagram_{name}.nc")
+    ds.io.save(merged, path)
+    return path
+
+
+def three_panels(theory, sim, title, args, *, y_log=False):
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), sharey=True)
+    plot.phase_map(axes[0], theory.phase, y_log=y_log)
+    overlay(axes[0], theory)
+    axes[0].set_title("theory (quadrature / exact average)")
+    plot.phase_map(axes[1], sim.phase, y_log=y_log)
+    overlay(axes[1], theory, zero_lines=True)
+    axes[1].set_title(f"simulation: {args.replicas} replicas x {args.steps} steps per cell")
+    plot.phase_legend(axes[1])
+    plot.disagreement_map(axes[2], theory.phase, sim.phase)
+    axes[2].set_title("simulation vs theory")
+    decided, agree = agreement(theory.phase, sim.phase)
+    fig.suptitle(
+        f"{title}: {decided:.1%} of cells decided, {agree:.2%} of those agree with theory "
+        "(dashed: mean-square boundary of w - u; thin: Λ± = 0)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return fig, decided, agree
+
+
+def lr_mu(args):
+    lrs = np.linspace(*LR_RANGE["lr-mu"], args.lr_points)
+    mus = np.linspace(0.0, 1.0, args.second_points)
+    theory, sim = run_pair(lrs, mus, args, batch_size=args.batch_size)
+    fig, decided, agree = three_panels(theory, sim, f"λ-μ phases, S = {args.batch_size}, N = ∞, Var ε = 4", args)
+    return "lr_mu", fig, theory, sim, dict(decided=decided, agree=agree)
+
+
+def lr_s(args):
+    lrs = np.linspace(*LR_RANGE["lr-S"], args.lr_points)
+    theories, sims = [], []
+    for s in S_VALUES:
+        t, m = run_pair(lrs, [args.mu], args, batch_size=s)
+        theories.append(t.isel(mu=0).expand_dims(batch_size=[s]).transpose("lr", "batch_size"))
+        sims.append(m.isel(mu=0).expand_dims(batch_size=[s]).transpose("lr", "batch_size"))
+    theory = xr.concat(theories, "batch_size", combine_attrs="drop_conflicts")
+    sim = xr.concat(sims, "batch_size", combine_attrs="drop_conflicts")
+    fig, decided, agree = three_panels(theory, sim, f"λ-S phases at μ = {args.mu}, N = ∞", args, y_log=True)
+    return "lr_S", fig, theory, sim, dict(decided=decided, agree=agree, mu=args.mu)
+
+
+def finite_n(args):
+    lrs = np.linspace(*LR_RANGE["finite-N"], args.lr_points)
+    mus = np.linspace(0.0, 1.0, args.second_points)
+    fig, axes = plt.subplots(2, len(args.n_data), figsize=(3.2 * len(args.n_data), 6.4), sharex=True, sharey=True)
+    theories, sims, summary = [], [], {}
+    for col, n in enumerate(args.n_data):
+        theory, sim = run_pair(lrs, mus, args, batch_size=args.batch_size, n_data=n)
+        decided, agree = agreement(theory.phase, sim.phase)
+        summary[f"N{n}_decided"], summary[f"N{n}_agree"] = decided, agree
+        plot.phase_map(axes[0, col], theory.phase)
+        overlay(axes[0, col], theory)
+        axes[0, col].set_title(f"N = {n}: theory")
+        plot.phase_map(axes[1, col], sim.phase)
+        overlay(axes[1, col], theory, ms=False, zero_lines=True)
+        axes[1, col].set_title(f"simulation ({agree:.1%} agree)", fontsize=9)
+        theories.append(theory.expand_dims(n_data=[n]))
+        sims.append(sim.expand_dims(n_data=[n]))
+        print(
+            f"  N = {n:4d}: share of cells per phase (theory) "
+            + ", ".join(f"{p} {np.mean(theory.phase.values == i):.3f}" for i, p in enumerate(PHASES))
+        )
+    plot.phase_legend(axes[0, -1])
+    fig.suptitle(
+        f"Finite datasets, S = {args.batch_size}: one dataset per N (seed {args.seed}) shared by all μ. "
+        f"Mean phase shares over {args.datasets} datasets are printed and stored with the results.",
+        fontsize=10,
+    )
+    print(f"  mean share of cells per phase over {args.datasets} datasets (theory, seeds {args.seed}..):")
+    for n in args.n_data:
+        shares = np.array(
+            [
+                [
+                    np.mean(
+                        ds.stability.saddle_phases(
+                            lrs, mus, batch_size=args.batch_size, n_data=n, seed=args.seed + k
+                        ).phase.values
+                        == i
+                    )
+                    for i in range(len(PHASES))
+                ]
+                for k in range(args.datasets)
+            ]
+        )
+        summary.update({f"N{n}_share_{p}": float(shares[:, i].mean()) for i, p in enumerate(PHASES)})
+        summary[f"N{n}_share_II_max"] = float(shares[:, PHASES.index("II")].max())
+        print(
+            f"  N = {n:4d}: "
+            + ", ".join(f"{p} {shares[:, i].mean():.3f}" for i, p in enumerate(PHASES))
+            + f"  (II: {shares[:, 2].min():.3f} to {shares[:, 2].max():.3f})"
+        )
+    fig.tight_layout()
+    theory = xr.concat(theories, "n_data", combine_attrs="drop_conflicts")
+    sim = xr.concat(sims, "n_data", combine_attrs="drop_conflicts")
+    return "finite_N", fig, theory, sim, summary
+
+
+def two_point(args):
+    lrs = np.linspace(*LR_RANGE["two-point"], args.lr_points)
+    a = np.linspace(-0.95, 1.0, args.second_points)
+    theory, sim = run_pair(lrs, a, args, batch_size=args.batch_size, chi="two_point")
+    fig, decided, agree = three_panels(theory, sim, f"λ-a phases, x y ∈ {{1, a}}, S = {args.batch_size}", args)
+    return "two_point", fig, theory, sim, dict(decided=decided, agree=agree)
+
+
+DIAGRAMS = {"lr-mu": lr_mu, "lr-S": lr_s, "finite-N": finite_n, "two-point": two_point}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--diagram", choices=sorted(DIAGRAMS), default="lr-mu")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="laptop")
+    parser.add_argument("--lr-points", type=int, help="learning rates on the grid")
+    parser.add_argument("--second-points", type=int, help="values of mu (or a) on the grid")
+    parser.add_argument("--replicas", type=int, help="trajectories per cell")
+    parser.add_argument("--steps", type=int, help="SGD steps per trajectory")
+    parser.add_argument("--refine", type=int, help="reruns of undecided cells with 4x more steps")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--mu", type=float, default=0.06, help="mu of the lr-S diagram")
+    parser.add_argument("--n-data", type=int, nargs="+", default=[3, 4, 8, 10, 24, 100])
+    parser.add_argument("--datasets", type=int, default=20, help="finite-N: datasets averaged for the shares")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="figures", help="folder for the figure")
+    parser.add_argument("--results", default="results", help="folder for the NetCDF results")
+    args = parser.parse_args(argv)
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(args.results, exist_ok=True)
+
+    started = time.perf_counter()
+    name, fig, theory, sim, summary = DIAGRAMS[args.diagram](args)
+    elapsed = time.perf_counter() - started
+    figure = os.path.join(args.out, f"phase_diagram_{name}.png")
+    fig.savefig(figure, dpi=120)
+    results = save(name, theory, sim, args, {**summary, "elapsed_seconds": elapsed})
+    cells = int(np.prod(sim.phase.shape))
+    steps = cells * args.replicas * args.steps
+    print(
+        f"{args.diagram}: {cells} cells x {args.replicas} replicas x {args.steps} steps "
+        f"({steps:.3g} trajectory-steps, plus refinement) in {elapsed:.1f} s"
+    )
+    for key, value in summary.items():
+        print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+    print(f"wrote {figure} and {results}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""dynsim.lyapunov against closed forms, quadrature and independent estimates."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy import integrate, optimize, stats
+
+import dynsim as ds
+from dynsim import prng
+
+L = ds.lyapunov
+
+
+def quad_log_abs(lr):
+    """E log|1 - lr x^2|, x ~ N(0, 1), by scipy quadrature split at the singularity."""
+    root = 1 / np.sqrt(lr)
+    f = lambda x: np.log(abs(1 - lr * x * x)) * stats.norm.pdf(x)  # noqa: E731
+    pieces = [(0, root), (root, root + 12), (root + 12, np.inf)]
+    return 2 * sum(integrate.quad(f, a, b, limit=200)[0] for a, b in pieces)
+
+
+@pytest.mark.parametrize("lr", [0.3, 1.0, 2.0, 3.0])
+def test_scalar_exponent_against_quadrature(lr):
+    x = np.random.default_rng(0).standard_normal(1_000_000)
+    value, se = L.scalar_exponent(1 - lr * x**2, with_stderr=True)
+    assert abs(value - quad_log_abs(lr)) < 4 * se
+
+
+def test_scalar_exponent_exact_law_and_critical_rate():
+    a, w = np.array([0.5, -3.0, 2.0]), np.array([0.5, 0.25, 0.25])
+    assert L.scalar_exponent(a, w) == pytest.approx(0.5 * np.log(0.5) + 0.25 * np.log(3) + 0.25 * np.log(2))
+    # lr = 1/x_i^2 for a data point: an exact zero multiplier, exponent -inf (seed 004, Prop. 3)
+    x2 = np.array([0.25, 1.0, 4.0])
+    assert L.scalar_exponent(1 - 1.0 * x2) == -np.inf
+    # broadcasting over leading axes: one exponent per learning rate
+    lrs = np.array([0.1, 0.2])[:, None]
+    np.testing.assert_allclose(L.scalar_exponent(1 - lrs * x2), np.mean(np.log(np.abs(1 - lrs * x2)), axis=1))
+
+
+def test_generalized_exponent():
+    a, w = np.array([0.5, 1.5]), np.array([0.5, 0.5])
+    for q in [0.0, 1.0, 2.0, 3.5]:
+        assert L.generalized_exponent(a, q, w) == pytest.approx(np.log(0.5 * 0.5**q + 0.5 * 1.5**q))
+    # L(q) for huge q does not overflow
+    assert L.generalized_exponent(np.array([1e10, 1.0]), 100.0) == pytest.approx(100 * np.log(1e10) + np.log(0.5))
+
+
+def test_tail_index_closed_form():
+    # a in {1/4, 2} w.p. 1/2: (4^-k + 2^k)/2 = 1  <=>  y^3 - 2y^2 + 1 = 0 with y = 2^k  =>  y = golden ratio
+    kappa = L.tail_index([0.25, 2.0])
+    assert kappa == pytest.approx(np.log2((1 + np.sqrt(5)) / 2), rel=1e-10)
+    assert L.tail_index([0.5, -0.9]) == np.inf  # |a| <= 1: every moment is finite
+    with pytest.raises(ValueError, match="E log\\|a\\| = .* >= 0"):
+        L.tail_index([0.5, 2.0])  # E log|a| = 0
+
+
+def test_tail_index_matches_hill_on_stationary_sgd():
+    # Non-interpolating 1-D regression, S = 1 (seed 004, App. A.3):
+    # w' = (1 - lr x^2) w + lr x eps, a Kesten recursion with P(|w| > u) ~ u^-kappa.
+    lr = 1.2
+    x = np.random.default_rng(1).standard_normal(2_000_000)
+    kappa = L.tail_index(1 - lr * x**2)
+    problem = ds.problems.linear_regression_1d(noise_std=1.0, w0=0.0)
+    res = ds.simulate(
+        ds.dynamics.sgd(problem),
+        grid={"lr": [lr]},
+        n_replicas=40_000,
+        n_steps=300,
+        observables={"w": ds.observables.final_state()},
+    )
+    hill = ds.measure.hill_tail_index(res.w.values.ravel(), k=400, level=0.99)
+    assert hill.low < kappa < hill.high, (kappa, hill)
+
+
+def test_slope_of_m_matches_exponent(x64):
+    lrs = [0.1, 1.0, 2.0]
+    problem = ds.problems.linear_regression_1d()
+    res = ds.simulate(
+        ds.dynamics.sgd(problem),
+        grid={"lr": lrs},
+        n_replicas=2000,
+        n_steps=200,
+        record_every=10,
+        observables={"logdist": ds.observables.log_distance(problem.fixed_point)},
+    )
+    est = L.from_log_distance(res, transient=20)
+    for lr in lrs:
+        e, se = est.exponent.sel(lr=lr).item(), est.stderr.sel(lr=lr).item()
+        assert abs(e - quad_log_abs(lr)) < 3 * se, (lr, e, se)
+    assert est.transient == 20 and est.history.sizes["time"] == 18
+    assert float(est.exact_hits.max()) == 0.0
+
+
+def test_slope_of_log_loss_on_gd():
+    # GD on 0.5 h th^2: L_t = 0.5 h (1 - lr h)^(2t) th_0^2, so m_L has slope 2 log|1 - lr h| exactly
+    problem = ds.problems.quadratic([[2.0]], theta0=1.0)
+    res = ds.simulate(
+        ds.dynamics.gd(problem),
+        grid={"lr": [0.1, 0.3]},
+        n_steps=30,
+        record_every=5,
+        observables={"loss": ds.observables.loss()},
+    )
+    est = L.from_log_loss(res)
+    np.testing.assert_allclose(est.exponent.values, np.log(np.abs(1 - 2 * np.array([0.1, 0.3]))), rtol=1e-5)
+
+
+def test_top_exponent_of_gd_on_quadratic():
+    P = np.diag([1.0, 3.0])
+    problem = ds.problems.quadratic(P, theta0=[1.0, 1.0])
+    for lr in [0.3, 0.6]:  # top = max_j log|1 - lr mu_j|: the small eigenvalue at 0.3, lambda_max at 0.6
+        bound = ds.dynamics.bind(ds.dynamics.gd(problem), {"lr": lr})
+        est = L.top_exponent(bound.step, bound.init(prng.key(0)), 0, 1000, transient=100)
+        expected = max(np.log(abs(1 - lr * 1.0)), np.log(abs(1 - lr * 3.0)))
+        assert est.exponents[0] == pytest.approx(expected, abs=1e-5)
+
+
+def test_spectrum_of_a_fixed_linear_map():
+    A = np.array([[2.0, 1.0, 0.0], [0.0, 0.5, 0.3], [0.1, 0.0, -1.2]])
+    est = L.spectrum(lambda x, k: jnp.asarray(A, x.dtype) @ x, jnp.ones(3), 0, 2000, 3, transient=200)
+    expected = np.sort(np.log(np.abs(np.linalg.eigvals(A))))[::-1]
+    np.testing.assert_allclose(est.exponents, expected, atol=2e-4)
+
+
+def henon(x, key):
+    return jnp.stack([1 - 1.4 * x[0] ** 2 + x[1], 0.3 * x[0]])
+
+
+def test_henon_map():
+    est = L.spectrum(henon, jnp.array([0.1, 0.1]), 0, 20_000, 2, transient=1000)
+    assert est.exponents[0] == pytest.approx(0.419, abs=0.01)
+    # lambda_1 + lambda_2 = log|det J| = log 0.3 exactly, for any orbit
+    assert est.exponents.sum() == pytest.approx(np.log(0.3), abs=1e-3)
+    two = L.two_trajectory(henon, jnp.array([0.1, 0.1]), 0, 20_000, transient=1000)
+    assert two.exponents[0] == pytest.approx(0.419, abs=0.01)
+
+
+def test_product_of_random_triangular_matrices():
+    # For upper-triangular factors the exponents are the sorted E log|diagonal entries|.
+    scales = np.array([1.5, 0.4, 1.0])
+
+    def step(x, key):
+        ku, ks, ko = jax.random.split(key, 3)
+        diag = scales * jax.random.uniform(ku, (3,), minval=0.5, maxval=1.5)
+        diag = diag * jnp.where(jax.random.bernoulli(ks, 0.5, (3,)), 1.0, -1.0)
+        upper = jnp.triu(jax.random.normal(ko, (3, 3)), 1)
+        return (upper + jnp.diag(diag)) @ x
+
+    e_log_u = (1.5 * np.log(1.5) - 1.5) - (0.5 * np.log(0.5) - 0.5)  # E log U, U ~ U(0.5, 1.5)
+    expected = np.sort(np.log(scales) + e_log_u)[::-1]
+    est = L.spectrum(step, jnp.ones(3), 3, 4000, 3, transient=100, n_replicas=8)
+    assert np.all(np.abs(est.exponents - expected) < 4 * est.stderr + 1e-3), (est.exponents, expected, est.stderr)
+
+
+def test_two_trajectory_on_a_kinked_map():
+    # x' = a_t |x| + 1, a_t ~ U(0.2, 1.2): a kink at 0, bounded orbits in x > 0, where nearby
+    # points separate by the factor a_t exactly: the exponent is E log U(0.2, 1.2).
+    step = lambda x, key: jax.random.uniform(key, (), minval=0.2, maxval=1.2) * jnp.abs(x) + 1  # noqa: E731
+    est = L.two_trajectory(step, jnp.array(1.0), 0, 4000, n_replicas=8)
+    expected = (1.2 * np.log(1.2) - 1.2) - (0.2 * np.log(0.2) - 0.2)
+    assert abs(est.exponents[0] - expected) < 4 * est.stderr[0]
+
+
+def test_top_exponent_of_sgd_step_shares_the_minibatch():
+    # The tangent map of SGD on 1-D regression is 1 - lr x_t^2 with the SAME x_t as the base step.
+    lr = 1.0
+    bound = ds.dynamics.bind(ds.dynamics.sgd(ds.problems.linear_regression_1d()), {"lr": lr})
+    est = L.top_exponent(bound.step, bound.init(prng.key(0)), 1, 2000, n_replicas=16)
+    assert abs(est.exponents[0] - quad_log_abs(lr)) < 4 * est.stderr[0]
+    assert est.history.shape == (100, 1) and est.times[-1] == 2000
+
+
+def test_spectrum_through_optimizer_state():
+    # GD with heavy-ball momentum (optax trace): on 0.5 th^T diag(h) th the state (th, v)
+    # evolves linearly, per coordinate by [[1 - lr h, -lr beta], [h, beta]].
+    lr, beta, hs = 0.3, 0.5, [1.0, 3.0]
+    problem = ds.problems.quadratic(np.diag(hs), theta0=[1.0, 1.0])
+    bound = ds.dynamics.bind(ds.dynamics.from_optax(problem, optax.sgd, batch_size=None, momentum=beta), {"lr": lr})
+    est = L.spectrum(bound.step, bound.init(prng.key(0)), 0, 3000, 4, transient=500)
+    mats = [np.array([[1 - lr * h, -lr * beta], [h, beta]]) for h in hs]
+    expected = np.sort(np.log(np.abs(np.concatenate([np.linalg.eigvals(m) for m in mats]))))[::-1]
+    np.testing.assert_allclose(est.exponents, expected, atol=2e-3)
+
+
+def test_adam_state_is_differentiated(x64):
+    # Adam's state (mu, nu, count) is part of the map: the spectrum has 3 d entries for d
+    # parameters; the integer count is carried along, not differentiated.
+    problem = ds.problems.quadratic(np.diag([1.0, 2.0]), theta0=[3.0, -2.0])
+    bound = ds.dynamics.bind(ds.dynamics.from_optax(problem, optax.adam, batch_size=None), {"lr": 1e-3})
+    est = L.spectrum(bound.step, bound.init(prng.key(0)), 0, 50, 6)
+    assert np.all(np.isfinite(est.exponents)) and np.all(np.diff(est.exponents) <= 0)
+    with pytest.raises(ValueError, match="k=7 exceeds"):
+        L.spectrum(bound.step, bound.init(prng.key(0)), 0, 50, 7)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="transient=.* leaves no steps"):
+        L.top_exponent(henon, jnp.zeros(2), 0, 10, transient=10)
+    with pytest.raises(ValueError, match="n_steps must be >= 1"):
+        L.top_exponent(henon, jnp.zeros(2), 0, 0)
+    with pytest.raises(ValueError, match="no floating-point leaves"):
+        L.top_exponent(lambda x, k: x, jnp.zeros(2, jnp.int32), 0, 5)
+
+
+def test_brentq_reference_for_kesten_index():
+    # tail_index agrees with an independent root solve of log E|a|^k = 0 on a continuous law
+    a = 1 - 1.2 * np.random.default_rng(3).standard_normal(200_000) ** 2
+    ref = optimize.brentq(lambda k: np.log(np.mean(np.abs(a) ** k)), 0.05, 5.0)
+    assert L.tail_index(a) == pytest.approx(ref, rel=1e-6)

@@ -1,0 +1,159 @@
+"""dynsim.stability: thresholds, quadrature, phases, theory against simulation."""
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy import integrate, optimize, stats
+
+import dynsim as ds
+from dynsim import prng
+
+S = ds.stability
+
+
+def test_thresholds_closed_forms():
+    assert S.lambda_gd(4.0) == 0.5
+    assert S.lambda_ss(1.0, 1) == 1.0 and S.lambda_ss(2.0, 3) == pytest.approx(2 * 3 / (4 * 2.0))
+    for s in [1, 2, 8, 32]:
+        assert S.lambda_ds_gaussian(s) == pytest.approx(2 * s / (s + 2))
+        assert S.lambda_ds_gaussian(s, variance=2.0) == pytest.approx(s / (s + 2))
+    # Bernoulli two-point data (x1, x2) = (10, 1): digest Sec. 4.1 numbers
+    m2, m4 = (100 + 1) / 2, (1e4 + 1) / 2
+    np.testing.assert_allclose([S.lambda_ds(m2, m4, s) for s in (1, 2, 8)], [2.020e-2, 2.675e-2, 3.536e-2], rtol=1e-3)
+
+
+@pytest.mark.parametrize("s", [1, 2, 8])
+def test_lambda_ds_by_monte_carlo_on_both_sides(s):
+    # E(1 - lr mean_B x^2)^2 crosses 1 at lambda_DS: below it < 1, above it > 1 (4 sigma).
+    n = 400_000
+    xbar = np.mean(np.random.default_rng(s).standard_normal((n, s)) ** 2, axis=1)
+    lam = S.lambda_ds_gaussian(s)
+    for factor, below in [(0.9, True), (1.1, False)]:
+        v = (1 - factor * lam * xbar) ** 2
+        mean, se = v.mean(), v.std() / np.sqrt(n)
+        assert (mean < 1 - 4 * se) if below else (mean > 1 + 4 * se)
+
+
+def test_gaussian_log_abs():
+    assert S.gaussian_log_abs(0.0) == pytest.approx(-(np.euler_gamma + np.log(2)) / 2, rel=1e-12)
+    for b in [0.3, 1.3, 4.0, 19.0, 25.0]:
+        f = lambda z: np.log(abs(z + b)) * stats.norm.pdf(z)  # noqa: E731
+        ref = sum(integrate.quad(f, lo, hi, limit=200)[0] for lo, hi in [(-np.inf, -b), (-b, np.inf)])
+        assert S.gaussian_log_abs(b) == pytest.approx(ref, abs=1e-8)
+
+
+DIGEST = [  # (lr, mu, S) -> (Lambda_+, Lambda_-), digest Sec. 4.3, 10^7-sample MC checked
+    ((0.5, 0.06, 1), -0.083848, -0.114201),
+    ((1.5, 0.3, 1), +0.207188, +0.068668),
+    ((1.0, 0.06, 2), -0.047580, -0.093410),
+    ((2.0, 0.5, 8), +0.587941, -0.809924),
+    ((0.2, 0.02, 1), -0.073935, -0.082486),
+    ((3.0, 0.9, 1), +0.942740, +0.090272),
+]
+
+
+@pytest.mark.parametrize("cell, plus, minus", DIGEST)
+def test_saddle_exponents_quadrature(cell, plus, minus):
+    lr, mu, s = cell
+    r = S.saddle_exponents([lr], [mu], batch_size=s)
+    assert r.Lambda_plus.item() == pytest.approx(plus, abs=2e-6)
+    assert r.Lambda_minus.item() == pytest.approx(minus, abs=2e-6)
+
+
+def test_saddle_quadrature_against_monte_carlo():
+    lr, mu, s, n = 0.8, 0.15, 3, 2_000_000
+    rng = np.random.default_rng(5)
+    x, eps = rng.standard_normal((n, s)), 2 * rng.standard_normal((n, s))
+    chi = np.mean(x * (mu * x + (1 - mu) * eps), axis=1)
+    r = S.saddle_exponents([lr], [mu], batch_size=s)
+    for sign, var in [(1, "Lambda_plus"), (-1, "Lambda_minus")]:
+        v = np.log(np.abs(1 + sign * lr * chi))
+        assert abs(r[var].item() - v.mean()) < 4 * v.std() / np.sqrt(n)
+    ms = (1 - lr * chi) ** 2
+    assert abs(r.ms_minus.item() - ms.mean()) < 4 * ms.std() / np.sqrt(n)
+
+
+def _root(f, a, b):
+    return optimize.brentq(f, a, b, xtol=1e-10)
+
+
+def test_digest_phase_boundaries_at_mu_0_1_and_tip():
+    lam_plus = lambda lr, mu=0.1: S.saddle_exponents([lr], [mu]).Lambda_plus.item()  # noqa: E731
+    assert _root(lam_plus, 0.03, 0.2) == pytest.approx(0.0597, abs=1e-4)
+    assert _root(lam_plus, 0.5, 0.9) == pytest.approx(0.7828, abs=1e-4)
+    # III exists only for mu < 0.308 (digest: 0.3079, tip at lr ~ 0.463)
+    lrs = np.linspace(0.3, 0.65, 71)
+    min_plus = lambda mu: S.saddle_exponents(lrs, [mu]).Lambda_plus.min().item()  # noqa: E731
+    assert min_plus(0.305) < 0 < min_plus(0.311)
+
+
+def test_no_phase_two_for_gaussian_infinite_data():
+    phases = S.saddle_phases(np.linspace(0.02, 4.0, 60), np.linspace(0.0, 1.0, 26)).phase.values
+    assert not np.any(phases == S.PHASES.index("II"))
+    assert set(np.unique(phases)) == {0, 1, 3, 4}
+
+
+def test_two_point_law_exact_boundaries():
+    # a = -0.5 (digest Sec. 4.4): III on (1, 1.5616), II on (1.5616, 2.5616), MS(w-u) for lr < 2(1+a)/(1+a^2)
+    r = S.saddle_phases([0.5, 0.9, 1.2, 1.5, 1.7, 2.5, 2.7], [-0.5], chi="two_point")
+    names = [S.PHASES[p] for p in r.phase.values[:, 0]]
+    assert names == ["I_ms", "I_p", "III", "III", "II", "II", "IV"]
+    assert 2 * 0.5 / 1.25 == pytest.approx(0.8)  # I_ms ends at 0.8 < 0.9
+    # batch S: A+- = sum_k C(S,k) 2^-S log|1 +- lr (k + (S-k) a)/S|
+    r = S.saddle_exponents([1.3], [-0.3], chi="two_point", batch_size=4)
+    k = np.arange(5)
+    w = stats.binom.pmf(k, 4, 0.5)
+    assert r.Lambda_minus.item() == pytest.approx(np.sum(w * np.log(np.abs(1 - 1.3 * (k - 0.3 * (4 - k)) / 4))))
+
+
+def test_finite_data_exact_minibatch_average():
+    # N = 3, S = 2: the average over all 9 ordered pairs, computed independently here
+    n, s, lr, mu, seed = 3, 2, 0.7, 0.25, 4
+    r = S.saddle_exponents([lr], [mu], batch_size=s, n_data=n, seed=seed)
+    problem = ds.problems.rank1_saddle(n_data=n)
+    data = ds.problems.draw_dataset(problem, prng.data_key(prng.key(seed)), n)
+    x, eps = np.asarray(data["x"], float), np.asarray(data["eps"], float)
+    chi = x * (mu * x + (1 - mu) * eps)
+    pairs = [np.mean(chi[list(p)]) for p in itertools.product(range(n), repeat=s)]
+    assert r.Lambda_minus.item() == pytest.approx(np.mean(np.log(np.abs(1 - lr * np.array(pairs)))), rel=1e-12)
+    assert r.attrs["exact"] == 1
+
+
+def test_wilson_interval():
+    low, high = S.wilson_interval(50, 100, 0.95)
+    assert (low, high) == pytest.approx((0.4038, 0.5962), abs=1e-4)
+
+
+def test_classify():
+    codes = S.classify([1.0, 1.0, -1.0, -1.0, 1.0, np.nan], [-1.0, -1.0, 1.0, -1.0, 1.0, -1.0], [0.5, 2, 1, 1, 1, 1])
+    assert codes.tolist() == [0, 1, 2, 3, 4, -1]
+
+
+def test_theory_and_simulation_agree_where_exponents_are_clear():
+    lrs, mus = np.linspace(0.05, 2.5, 12), np.linspace(0.0, 0.9, 7)
+    theory = S.saddle_phases(lrs, mus)
+    sim = S.saddle_phases(lrs, mus, method="simulation", n_replicas=128, n_steps=1000, seed=1)
+    clear = (np.abs(theory.Lambda_plus) > 0.05) & (np.abs(theory.Lambda_minus) > 0.05)
+    coarse = lambda p: np.where(p == 1, 0, p)  # noqa: E731 - I_ms vs I_p is a moment condition
+    assert np.all(sim.phase.values[clear] >= 0)
+    np.testing.assert_array_equal(coarse(sim.phase.values[clear]), coarse(theory.phase.values[clear]))
+    # simulated exponents within 5 standard errors of the quadrature
+    z = (sim.Lambda_minus - theory.Lambda_minus) / sim.Lambda_minus_stderr
+    assert float(np.abs(z).max()) < 5
+
+
+def test_simulation_on_finite_data_uses_the_theory_dataset():
+    lrs, mus = np.linspace(0.1, 2.0, 6), [0.1, 0.5]
+    theory = S.saddle_phases(lrs, mus, n_data=4, seed=2)
+    sim = S.saddle_phases(lrs, mus, n_data=4, method="simulation", n_replicas=64, n_steps=1500, seed=2)
+    z = (sim.Lambda_plus - theory.Lambda_plus) / sim.Lambda_plus_stderr
+    assert float(np.abs(z).max()) < 5
+
+
+def test_refinement_decides_more_cells():
+    lrs, mus = np.linspace(0.6, 0.95, 8), [0.05]  # near the III -> IV boundaries
+    once = S.saddle_phases(lrs, mus, method="simulation", n_replicas=64, n_steps=100)
+    refined = S.saddle_phases(lrs, mus, method="simulation", n_replicas=64, n_steps=100, refine=2)
+    assert (refined.phase.values >= 0).sum() >= (once.phase.values >= 0).sum()
+    assert refined.refined.values.sum() == (once.phase.values < 0).sum()
