@@ -23,7 +23,13 @@ def test_kesten_tail_index_against_hill(lr):
     x = np.random.default_rng(7).standard_normal(4_000_000)
     kappa = ds.lyapunov.tail_index(1 - lr * x**2)
     problem = ds.problems.linear_regression_1d(noise_std=1.0, w0=0.0)
-    res = ds.simulate(ds.dynamics.sgd(problem), grid={"lr": [lr]}, n_replicas=200_000, n_steps=400, seed=3,
-                      observables={"w": ds.observables.final_state()})
+    res = ds.simulate(
+        ds.dynamics.sgd(problem),
+        grid={"lr": [lr]},
+        n_replicas=200_000,
+        n_steps=400,
+        seed=3,
+        observables={"w": ds.observables.final_state()},
+    )
     hill = ds.measure.hill_tail_index(res.w.values.ravel(), k=1000, level=0.99)
     assert hill.low < kappa < hill.high, (kappa, hill)

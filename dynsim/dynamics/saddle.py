@@ -9,7 +9,7 @@ from dynsim._validate import check_int
 from dynsim.problems.base import Problem
 
 from .base import REQUIRED, Dynamics, TrainState
-from .training import _check_batch, _data_of, _hyperparams, _init_params_and_data, _minibatch, _shared_data
+from .training import _data_of, _init_params_and_data, _minibatch, problem_dynamics
 
 __all__ = ["saddle_modes", "LOG_ZERO"]
 
@@ -75,16 +75,12 @@ def saddle_modes(problem: Problem, batch_size: int = 1, *, replace: bool = True,
         }
         return state._replace(params=modes)
 
-    static = {"batch_size"} | ({"n_data"} if problem.kind == "finite" else set())
-    return Dynamics(
-        init=init,
-        step=step,
-        hyperparams=_hyperparams(problem, (), {"lr": lr, "batch_size": batch_size}),
-        static=frozenset(static),
-        shared_data=_shared_data(problem),
-        params_of=lambda state: state.params,
-        data_of=data_of,
-        problem=problem,
-        check=_check_batch(problem, replace),
+    return problem_dynamics(
+        problem,
+        init,
+        step,
+        {"lr": lr, "batch_size": batch_size},
+        {"batch_size"},
+        replace=replace,
         name=f"saddle_modes({problem.name}, batch_size={batch_size}, replace={replace})",
     )

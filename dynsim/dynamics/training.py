@@ -149,6 +149,25 @@ def _check_batch(problem: Problem, replace: bool):
     return check
 
 
+def problem_dynamics(problem: Problem, init, step, own_hyper, static, *, noise=(), replace=True, name) -> Dynamics:
+    """A :class:`Dynamics` training on ``problem``: its hyperparameters (own, the problem's and the
+    noises'), static axes (plus ``n_data`` for a finite dataset), shared data and data access."""
+    if problem.kind == "finite":
+        static = set(static) | {"n_data"}
+    return Dynamics(
+        init=init,
+        step=step,
+        hyperparams=_hyperparams(problem, tuple(noise), own_hyper),
+        static=frozenset(static),
+        shared_data=_shared_data(problem),
+        params_of=lambda state: state.params,
+        data_of=_data_of(problem),
+        problem=problem,
+        check=_check_batch(problem, replace),
+        name=name,
+    )
+
+
 def _build(problem, noise, replace, own_hyper, static, init, update, name) -> Dynamics:
     oracle = _gradient_oracle(problem, noise, replace)
     data_of = _data_of(problem)
@@ -157,20 +176,7 @@ def _build(problem, noise, replace, own_hyper, static, init, update, name) -> Dy
         g = oracle(key, state.params, data_of(state, hp), hp)
         return update(state, g, hp)
 
-    if problem.kind == "finite":
-        static = static | {"n_data"}
-    return Dynamics(
-        init=init,
-        step=step,
-        hyperparams=_hyperparams(problem, noise, own_hyper),
-        static=frozenset(static),
-        shared_data=_shared_data(problem),
-        params_of=lambda state: state.params,
-        data_of=data_of,
-        problem=problem,
-        check=_check_batch(problem, replace),
-        name=name,
-    )
+    return problem_dynamics(problem, init, step, own_hyper, static, noise=noise, replace=replace, name=name)
 
 
 def _sgd_update(state: TrainState, g, hp) -> TrainState:
