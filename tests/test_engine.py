@@ -354,3 +354,19 @@ def test_hand_built_dynamics_accepts_any_axis_and_progress_bar_runs():
     dyn = Dynamics(init=lambda key, hp: jnp.zeros(()), step=lambda s, key, hp: s + hp["speed"])
     res = ds.simulate(dyn, grid={"speed": [1.0, 2.0]}, n_steps=7, progress=True, observables={"s": obs.final_state()})
     np.testing.assert_allclose(res.s.values[:, 0], [7.0, 14.0])
+
+
+def test_grad_norm_and_trajectory_known_answers():
+    # GD on 0.5 th^T P th: th_t = (I - lr P)^t th_0, grad F = P th_t
+    P = np.diag([1.0, 3.0])
+    problem = ds.problems.quadratic(P, theta0=[1.0, -2.0])
+    res = ds.simulate(
+        ds.dynamics.gd(problem),
+        grid={"lr": [0.1]},
+        n_steps=12,
+        record_every=3,
+        observables={"g": obs.grad_norm(), "th": obs.trajectory(lambda th: th.sum())},
+    )
+    th = np.stack([np.diag((1 - 0.1 * np.diag(P)) ** t) @ [1.0, -2.0] for t in res.time.values])
+    np.testing.assert_allclose(res.g.values[0, 0], np.linalg.norm(th @ P, axis=1), rtol=1e-5)
+    np.testing.assert_allclose(res.th.values[0, 0], th.sum(axis=1), rtol=1e-5, atol=1e-6)
