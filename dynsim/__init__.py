@@ -9,11 +9,12 @@ res = ds.simulate(ds.dynamics.sgd(problem), grid={"lr": [0.5, 1.0, 3.0]},
 
 __version__ = "0.1.0"
 
-from dynsim import dynamics, io, lyapunov, measure, observables, prng, problems, stability  # noqa: E402
+from dynsim import curvature, dynamics, io, lyapunov, measure, observables, prng, problems, stability  # noqa: E402
 from dynsim.engine import simulate  # noqa: E402
 
 __all__ = [
     "__version__",
+    "curvature",
     "dynamics",
     "io",
     "lyapunov",

@@ -40,6 +40,8 @@ __all__ = [
     "spectrum",
     "two_trajectory",
     "LyapunovEstimate",
+    "with_tangent",
+    "running_exponent",
 ]
 
 
@@ -195,6 +197,84 @@ def from_log_loss(result: xr.Dataset, var: str = "loss", *, transient: int = 0) 
 
 
 # --------------------------------------------------------------------------- tangent methods
+
+
+def with_tangent(dynamics, *, transient: int = 0):
+    """``dynamics`` with a unit tangent vector and its log-growth carried in the state.
+
+    Each step pushes the tangent through the Jacobian of the step (``jax.linearize``, the same
+    key as the base step), renormalizes it and adds ``log|J_t v_t|`` to ``log_growth`` once
+    ``transient`` steps have passed. Run it through :func:`dynsim.simulate` with
+    :func:`running_exponent` to get the top Lyapunov exponent of every trajectory of a grid
+    in one program. A zero multiplier (a superstable point) gives ``-inf``. Observables see
+    the wrapped dynamics' parameters and data, as before.
+    """
+    from dynsim.dynamics.base import Dynamics
+    from dynsim.dynamics.saddle import LOG_ZERO
+
+    transient = check_int("transient", transient, minimum=0)
+
+    def coordinates(inner):
+        leaves, treedef, is_float = _split_state(inner)
+        flat_float, build = _flat_coordinates(treedef, is_float)
+        return flat_float, build, leaves
+
+    def init(key, hp):
+        k_state, k_tangent = jax.random.split(key)
+        inner = dynamics.init(k_state, hp)
+        flat_float, _, _ = coordinates(inner)
+        x = flat_float(inner)
+        v = jax.random.normal(k_tangent, x.shape, x.dtype)
+        zero = jnp.zeros((), jnp.result_type(float))
+        return {
+            "inner": inner,
+            "tangent": v / jnp.linalg.norm(v),
+            "log_growth": zero,
+            "steps": jnp.zeros((), jnp.int32),
+        }
+
+    def step(state, key, hp):
+        flat_float, build, leaves = coordinates(state["inner"])
+        new_inner, jvp = jax.linearize(lambda z: dynamics.step(build(z, leaves), key, hp), flat_float(state["inner"]))
+        w = flat_float(jvp(state["tangent"]))
+        r = jnp.linalg.norm(w)
+        counted = state["steps"] >= transient
+        grown = jnp.maximum(state["log_growth"] + jnp.log(r).astype(state["log_growth"].dtype), LOG_ZERO)
+        return {
+            "inner": new_inner,
+            "tangent": jnp.where(r > 0, w / jnp.where(r > 0, r, 1.0), state["tangent"]),
+            "log_growth": jnp.where(counted, grown, state["log_growth"]),
+            "steps": state["steps"] + 1,
+        }
+
+    return Dynamics(
+        init=init,
+        step=step,
+        hyperparams=dynamics.hyperparams,
+        static=dynamics.static,
+        shared_data=dynamics.shared_data,
+        params_of=lambda s: dynamics.params_of(s["inner"]),
+        data_of=lambda s, hp: dynamics.data_of(s["inner"], hp),
+        problem=dynamics.problem,
+        check=dynamics.check,
+        name=f"with_tangent({dynamics.name}, transient={transient})",
+    )
+
+
+def running_exponent(*, transient: int = 0, every_record: bool = True):
+    """Observable of a :func:`with_tangent` run: ``log_growth / (t - transient)``, the running top exponent.
+
+    ``-inf`` where the tangent was annihilated (a zero multiplier).
+    """
+    from dynsim.dynamics.saddle import LOG_ZERO
+    from dynsim.observables import Observable
+
+    def record(view):
+        g, t = view.state["log_growth"], view.state["steps"]
+        value = g / jnp.maximum(t - transient, 1).astype(g.dtype)
+        return jnp.where(g <= LOG_ZERO / 2, -jnp.inf, value)
+
+    return Observable("running_exponent", record=record, every_record=every_record, config={"transient": transient})
 
 
 class LyapunovEstimate(NamedTuple):

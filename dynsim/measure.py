@@ -1,19 +1,54 @@
-"""Empirical measures of the iterates: tail-index estimation.
+"""Empirical (invariant) measures of the iterates (seed 000).
 
-(The invariant-measure toolkit of seed 000 grows here: time and ensemble averages,
-vanishing change, distances between empirical measures, periodic orbits, R-hat/ESS.)
+SGD's weights need not converge to a stationary point, yet the *distribution* of the iterates
+can: the empirical measure of a trajectory ``mu_n = (1/n) sum_{t<=n} delta_{theta_t}`` (seed
+000, eq. 5) settles on an (approximately) invariant measure of the update map ``F``. This
+module estimates and checks such measures from simulation output:
+
+* time averages with batch-means standard errors (:func:`time_average`), empirical measures
+  over time or over an ensemble (:func:`empirical_measure`);
+* the vanishing change ``E_{mu_n}[phi(theta) - phi(F(theta))]`` (Thm. 4.3 / B.1) and its decay
+  in ``n`` (:func:`vanishing_change`);
+* distances between empirical measures: exact 1-D Wasserstein-1 (on the line or a circle),
+  sliced W1 in higher dimension, dyadic windows of one trajectory (:func:`window_distances`);
+* periodic orbits (:func:`detect_period`);
+* across trajectories: split R-hat and effective sample size (:func:`rhat`, :func:`ess`), as
+  BlackJAX reports for MCMC chains;
+* tail indices (:func:`hill_tail_index`).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import xarray as xr
 from scipy import stats
 
-from dynsim._validate import check_int
+from dynsim import prng
+from dynsim._validate import check_int, check_positive
 
-__all__ = ["HillEstimate", "hill_tail_index"]
+__all__ = [
+    "HillEstimate",
+    "hill_tail_index",
+    "time_average",
+    "empirical_measure",
+    "wasserstein1",
+    "sliced_wasserstein1",
+    "window_distances",
+    "Period",
+    "detect_period",
+    "rhat",
+    "ess",
+    "VanishingChange",
+    "vanishing_change",
+]
+
+
+# --------------------------------------------------------------------------- tails
 
 
 class HillEstimate(NamedTuple):
@@ -46,3 +81,292 @@ def hill_tail_index(samples, k: int | None = None, *, level: float = 0.95) -> Hi
     z = stats.norm.ppf(0.5 + level / 2)
     half = z * alpha / np.sqrt(k)
     return HillEstimate(alpha, alpha - half, alpha + half, k, float(x[k]))
+
+
+# --------------------------------------------------------------------------- averages and measures
+
+
+def time_average(series, *, n_batches: int = 32, discard: int = 0, axis: int = -1):
+    """``(mean, stderr)`` of a recorded series along ``axis``, after dropping ``discard`` entries.
+
+    The standard error is the batch-means estimate ``sd(batch means) / sqrt(n_batches)`` over
+    ``n_batches`` consecutive batches, valid when a batch is much longer than the correlation
+    time (the same estimator as :func:`dynsim.observables.time_average`, for saved records).
+    """
+    x = np.moveaxis(np.asarray(series, dtype=np.float64), axis, -1)[..., discard:]
+    n_batches = check_int("n_batches", n_batches, minimum=2)
+    n = x.shape[-1] // n_batches * n_batches
+    if n == 0:
+        raise ValueError(f"{x.shape[-1]} entries after discard: fewer than n_batches = {n_batches}")
+    means = x[..., :n].reshape(*x.shape[:-1], n_batches, -1).mean(axis=-1)
+    return x.mean(axis=-1), means.std(axis=-1, ddof=1) / np.sqrt(n_batches)
+
+
+def empirical_measure(values: xr.DataArray, bins, over: str | Sequence[str] = "time") -> xr.DataArray:
+    """The empirical measure of ``values`` on ``bins``, pooling the dimensions in ``over``.
+
+    ``over="time"``: the measure of each trajectory over time (seed 000, eq. 5);
+    ``over="replica"``: the ensemble's measure at each time; both: everything pooled. Returns
+    probabilities per bin (dimension ``bin``, coordinate: bin centres); values outside the bins
+    are counted in no bin, so the total can be below 1.
+    """
+    over = [over] if isinstance(over, str) else list(over)
+    edges = np.asarray(bins, dtype=float)
+    missing = [d for d in over if d not in values.dims]
+    if missing:
+        raise ValueError(f"dimensions {missing} not in {values.dims}")
+
+    def hist(x):
+        x = x[np.isfinite(x)]
+        return np.histogram(x, edges)[0] / max(x.size, 1)
+
+    out = xr.apply_ufunc(
+        lambda a: np.apply_along_axis(hist, -1, a.reshape(*a.shape[: a.ndim - len(over)], -1)),
+        values,
+        input_core_dims=[over],
+        output_core_dims=[["bin"]],
+        dask="forbidden",
+    )
+    return out.assign_coords(bin=0.5 * (edges[1:] + edges[:-1]))
+
+
+# --------------------------------------------------------------------------- distances
+
+
+def wasserstein1(a, b, *, period: float | None = None) -> float:
+    """Exact Wasserstein-1 distance between the empirical laws of the samples ``a`` and ``b``.
+
+    On the line, ``W1 = int |F_a(x) - F_b(x)| dx``. With ``period=L`` the samples live on the
+    circle ``R / L Z`` (e.g. angles mod ``2 pi``) and ``W1 = min_c int_0^L |F_a - F_b - c| dx``,
+    attained at a weighted median of ``F_a - F_b`` (Rabin, Delon and Gousseau 2011).
+    """
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    if a.size == 0 or b.size == 0:
+        raise ValueError("both samples must be non-empty")
+    if period is not None:
+        period = check_positive("period", period)
+        a, b = np.mod(a, period), np.mod(b, period)
+        grid = np.concatenate([[0.0], np.sort(np.concatenate([a, b])), [period]])
+    else:
+        grid = np.sort(np.concatenate([a, b]))
+    lengths = np.diff(grid)
+    left = grid[:-1]
+    diff = (
+        np.searchsorted(np.sort(a), left, side="right") / a.size
+        - np.searchsorted(np.sort(b), left, side="right") / b.size
+    )
+    if period is None:
+        return float(np.sum(np.abs(diff) * lengths))
+    order = np.argsort(diff)
+    cum = np.cumsum(lengths[order])
+    c = diff[order][np.searchsorted(cum, cum[-1] / 2)]
+    return float(np.sum(np.abs(diff - c) * lengths))
+
+
+def sliced_wasserstein1(a, b, *, n_projections: int = 128, seed: int = 0) -> tuple[float, float]:
+    """Sliced W1 between samples ``a (n, d)`` and ``b (m, d)``: the mean over random unit directions
+    ``u`` of ``W1(a u, b u)``, with its standard error over the directions."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"a and b must be (n, d) and (m, d) arrays, got {a.shape} and {b.shape}")
+    n_projections = check_int("n_projections", n_projections, minimum=2)
+    u = np.random.default_rng(seed).standard_normal((n_projections, a.shape[1]))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    d = np.array([wasserstein1(a @ v, b @ v) for v in u])
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(n_projections))
+
+
+def window_distances(trajectory, *, period: float | None = None, n_min: int = 16):
+    """``W1(mu_[n, 2n), mu_[2n, 4n))`` between dyadic windows of one scalar trajectory, for ``n = n_min, 2 n_min, ...``.
+
+    Returns ``(n, distances)``. On an ergodic attractor the distance shrinks (about like
+    ``n^-1/2``; like ``1/n`` on a periodic orbit); Birkhoff averages that do not converge
+    (seed 000, Thm. 5.3) keep it from shrinking.
+    """
+    x = np.asarray(trajectory, dtype=np.float64).ravel()
+    ns, out = [], []
+    n = check_int("n_min", n_min, minimum=1)
+    while 4 * n <= x.size:
+        ns.append(n)
+        out.append(wasserstein1(x[n : 2 * n], x[2 * n : 4 * n], period=period))
+        n *= 2
+    return np.array(ns), np.array(out)
+
+
+# --------------------------------------------------------------------------- periodic orbits
+
+
+class Period(NamedTuple):
+    """``period``: smallest ``p`` with the tail of the orbit ``p``-periodic within ``tol`` (0: none
+    found up to ``max_period``); ``points``: the ``p`` points of the cycle (NaN where none)."""
+
+    period: np.ndarray
+    points: np.ndarray
+
+
+def detect_period(
+    orbit, tol: float = 1e-7, *, max_period: int = 128, window: int | None = None, period_of_space: float | None = None
+) -> Period:
+    """Periodic orbits from the last ``window`` points of ``orbit (..., T, d)`` (a 1-D array is one scalar orbit).
+
+    The period is the smallest ``p <= max_period`` with ``|theta_t - theta_{t-p}| < tol`` for every
+    ``t`` in the window (``window`` defaults to ``2 max_period``; distances are taken mod
+    ``period_of_space`` on a torus). Leading axes are independent orbits.
+    """
+    x = np.asarray(orbit, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    max_period = check_int("max_period", max_period, minimum=1)
+    window = 2 * max_period if window is None else check_int("window", window, minimum=1)
+    T = x.shape[-2]
+    if T < window + max_period:
+        raise ValueError(f"orbit of {T} points is shorter than window + max_period = {window + max_period}")
+    tail = x[..., T - window - max_period :, :]
+    lead = x.shape[:-2]
+    period = np.zeros(lead, dtype=np.int64)
+    for p in range(max_period, 0, -1):  # descending: the smallest period wins
+        diff = tail[..., max_period:, :] - tail[..., max_period - p : max_period - p + window, :]
+        if period_of_space is not None:
+            diff = (diff + period_of_space / 2) % period_of_space - period_of_space / 2
+        ok = np.all(np.max(np.abs(diff), axis=-1) < tol, axis=-1)
+        period = np.where(ok, p, period)
+    points = np.full((*lead, max_period, x.shape[-1]), np.nan)
+    for idx in np.ndindex(*lead):
+        p = period[idx]
+        if p > 0:
+            points[idx][:p] = x[idx][T - p :]
+    return Period(period, points)
+
+
+# --------------------------------------------------------------------------- across trajectories
+
+
+def _chains(x, split: bool):
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim < 2:
+        raise ValueError(f"need (chains, draws) arrays, got shape {x.shape}")
+    if split:
+        half = x.shape[-1] // 2
+        x = np.concatenate([x[..., :half], x[..., half : 2 * half]], axis=-2)
+    return x
+
+
+def rhat(samples, *, split: bool = True) -> np.ndarray:
+    """Potential scale reduction R-hat of ``samples (..., chains, draws)`` (Gelman and Rubin 1992;
+    split chains, Vehtari et al. 2021). Near 1 when every chain samples the same law; the
+    usual alarm threshold is 1.01-1.1."""
+    x = _chains(samples, split)
+    n = x.shape[-1]
+    means = x.mean(axis=-1)
+    within = x.var(axis=-1, ddof=1).mean(axis=-1)
+    between = n * means.var(axis=-1, ddof=1)
+    var_plus = (n - 1) / n * within + between / n
+    return np.sqrt(var_plus / within)
+
+
+def ess(samples) -> np.ndarray:
+    """Effective sample size of ``samples (..., chains, draws)`` from the autocorrelations pooled
+    over chains, truncated by Geyer's initial positive sequence (as Stan and BlackJAX do)."""
+    x = _chains(samples, split=True)
+    m, n = x.shape[-2], x.shape[-1]
+    centred = x - x.mean(axis=-1, keepdims=True)
+    f = np.fft.rfft(centred, n=2 * n, axis=-1)
+    acov = np.fft.irfft(f * np.conj(f), axis=-1)[..., :n] / n
+    within = x.var(axis=-1, ddof=1).mean(axis=-1)
+    var_plus = (n - 1) / n * within + n * x.mean(axis=-1).var(axis=-1, ddof=1) / n
+    rho = 1 - (within[..., None] - acov.mean(axis=-2)) / var_plus[..., None]
+    rho[..., 0] = 1.0
+    # Geyer: sum pairs rho_{2k} + rho_{2k+1} while positive (and monotone)
+    pairs = rho[..., : (n // 2) * 2].reshape(*rho.shape[:-1], -1, 2).sum(axis=-1)
+    pairs = np.minimum.accumulate(np.where(np.cumprod(pairs > 0, axis=-1) > 0, pairs, 0.0), axis=-1)
+    tau = -1 + 2 * pairs.sum(axis=-1)
+    return m * n / np.maximum(tau, 1.0 / np.log10(m * n))
+
+
+# --------------------------------------------------------------------------- vanishing change
+
+
+class VanishingChange(NamedTuple):
+    """``Delta_n = (1/n) sum_{t<=n} [phi(theta_t) - E_F phi(F(theta_t))]`` at each ``n`` in ``times``.
+
+    ``mean``/``stderr`` over replicas; ``scaled_sd = sqrt(n) sd(Delta_n)`` (constant when the
+    change decays like ``1/sqrt(n)``); ``quantile``: the ``1 - delta`` quantile of ``|Delta_n|``;
+    ``boundary``: mean of ``(phi(theta_1) - phi(theta_{n+1}))/n``, the deterministic part;
+    ``per_replica``: ``(R, len(times))``.
+    """
+
+    times: np.ndarray
+    mean: np.ndarray
+    stderr: np.ndarray
+    scaled_sd: np.ndarray
+    quantile: np.ndarray
+    boundary: np.ndarray
+    per_replica: np.ndarray
+
+
+def vanishing_change(
+    step: Callable[[Any, jax.Array], Any],
+    phi: Callable[[Any], jax.Array],
+    x0: Any,
+    key: jax.Array | int,
+    times: Sequence[int],
+    *,
+    n_replicas: int = 256,
+    n_fresh: int = 8,
+    burn_in: int = 0,
+    delta: float = 0.05,
+) -> VanishingChange:
+    """The one-step change of time averages, seed 000 Thm. 4.3 / B.1, read correctly (digest Sec. 4.2).
+
+    Runs ``n_replicas`` trajectories of ``step(x, key)``; after ``burn_in`` steps, each step
+    adds ``phi(theta_t) - (1/K) sum_k phi(F_k(theta_t))`` with ``K = n_fresh`` pushes through
+    ``step`` with fresh keys (an unbiased estimate of ``E_F[phi(F(theta_t)) | theta_t]``).
+    Telescoping, ``Delta_n = (phi(theta_1) - phi(theta_{n+1}))/n + (1/n) sum_t D_t`` with martingale
+    differences ``|D_t| <= 2M`` for ``|phi| <= M``, so by Azuma
+    ``|Delta_n| <= 2M/n + 2M sqrt(2 log(2/delta)/n)`` with probability ``1 - delta``.
+    """
+    times = np.asarray(sorted(set(int(t) for t in times)))
+    if times.size == 0 or times[0] < 1:
+        raise ValueError(f"times must be positive integers, got {times.tolist()}")
+    n_replicas = check_int("n_replicas", n_replicas, minimum=2)
+    n_fresh = check_int("n_fresh", n_fresh, minimum=1)
+    burn_in = check_int("burn_in", burn_in, minimum=0)
+    key = prng.key(key) if isinstance(key, int) else key
+    total = int(times[-1])
+
+    def one(rkey):
+        def burn(x, t):
+            return step(x, prng.step_key(rkey, t)), None
+
+        x, _ = jax.lax.scan(burn, x0, jnp.arange(burn_in))
+        first = phi(x)
+
+        def body(carry, t):
+            x, s = carry
+            k = prng.step_key(rkey, burn_in + t)
+            fresh = jax.random.split(jax.random.fold_in(k, 1), n_fresh)
+            pushed = jnp.mean(jax.vmap(lambda kk: phi(step(x, kk)))(fresh))
+            s = s + phi(x) - pushed
+            x = step(x, k)
+            n = t + 1
+            return (x, s), (s / n, (first - phi(x)) / n)
+
+        _, (running, boundary) = jax.lax.scan(body, (x, jnp.zeros_like(first)), jnp.arange(total))
+        return running, boundary
+
+    keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(n_replicas))
+    running, boundary = jax.jit(jax.vmap(one))(keys)
+    running = np.asarray(running, dtype=np.float64)[:, times - 1]
+    boundary = np.asarray(boundary, dtype=np.float64)[:, times - 1]
+    sd = running.std(axis=0, ddof=1)
+    return VanishingChange(
+        times=times,
+        mean=running.mean(axis=0),
+        stderr=sd / np.sqrt(n_replicas),
+        scaled_sd=np.sqrt(times) * sd,
+        quantile=np.quantile(np.abs(running), 1 - delta, axis=0),
+        boundary=boundary.mean(axis=0),
+        per_replica=running,
+    )

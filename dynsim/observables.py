@@ -41,6 +41,8 @@ __all__ = [
     "grad_norm",
     "time_average",
     "histogram",
+    "histogram2d",
+    "last_values",
     "converged",
     "diverged",
     "from_name",
@@ -307,6 +309,84 @@ def histogram(fn: Callable[[Any], Any], bins: Sequence[float], *, discard: int =
         check=check,
         config={"bins": edges.tolist(), "discard": discard},
     )
+
+
+def histogram2d(
+    fn: Callable[[Any], Any], bins_x: Sequence[float], bins_y: Sequence[float], *, discard: int = 0
+) -> Observable:
+    """Counts of the pair ``fn(theta_t) = (u, v)`` in the cells ``[x_i, x_{i+1}) x [y_j, y_{j+1})``, per trajectory.
+
+    Outputs ``key`` (dimensions ``key_x``, ``key_y`` with the cell centres) and ``key_outside``
+    (pairs in no cell, NaN included). Memory is ``n_x n_y`` counters per trajectory: keep the
+    grid coarse for large ensembles, or sum over ``replica`` afterwards.
+    """
+    ex, ey = (np.asarray(b, dtype=float) for b in (bins_x, bins_y))
+    for name, e in (("bins_x", ex), ("bins_y", ey)):
+        if e.ndim != 1 or e.size < 2 or not np.all(np.isfinite(e)) or np.any(np.diff(e) <= 0):
+            raise ValueError(f"{name} must be a finite, strictly increasing 1-D array of >= 2 edges")
+    discard = check_int("discard", discard, minimum=0)
+    nx, ny = ex.size - 1, ey.size - 1
+
+    def cell(view: View):
+        u, v = jnp.asarray(fn(view.params))
+        i = jnp.searchsorted(jnp.asarray(ex, u.dtype), u, side="right") - 1
+        j = jnp.searchsorted(jnp.asarray(ey, v.dtype), v, side="right") - 1
+        inside = (i >= 0) & (i < nx) & (j >= 0) & (j < ny)
+        return jnp.where(inside, i * ny + j, nx * ny)  # the last slot counts the outside
+
+    def check(dynamics, ctx: Context):
+        if ctx.n_steps <= discard:
+            raise ValueError(f"histogram2d: discard={discard} must be < n_steps={ctx.n_steps}")
+
+    def update(acc, view: View, t, ctx: Context):
+        return acc.at[cell(view)].add(jnp.where(t > discard, 1, 0).astype(jnp.int32))
+
+    def finalize(acc, status, ctx: Context):
+        counts = np.asarray(acc)
+        cx, cy = 0.5 * (ex[1:] + ex[:-1]), 0.5 * (ey[1:] + ey[:-1])
+        return {
+            "": (("x", "y"), counts[:, :-1].reshape(-1, nx, ny), {"x": cx, "y": cy}),
+            "outside": ((), counts[:, -1]),
+        }
+
+    return Observable(
+        "histogram2d",
+        init=lambda view, ctx: jnp.zeros((nx * ny + 1,), jnp.int32),
+        update=update,
+        finalize=finalize,
+        check=check,
+        config={"bins_x": ex.tolist(), "bins_y": ey.tolist(), "discard": discard},
+    )
+
+
+def last_values(n: int, fn: Callable[[Any], Any] | None = None) -> Observable:
+    """The last ``n`` values of ``fn(theta_t)`` (default: the parameters), oldest first.
+
+    A ring buffer in the scan: the tail of every orbit without recording the whole run (for
+    periodic-orbit detection and bifurcation diagrams). Output dimension ``key_lag`` holds the
+    steps ``n_steps - n + 1, ..., n_steps``; entries before step 1 are NaN.
+    """
+    n = check_int("n", n, minimum=1)
+    fn = fn or (lambda p: p)
+
+    def init(view: View, ctx: Context):
+        value = jax.tree_util.tree_map(jnp.asarray, fn(view.params))
+        return jax.tree_util.tree_map(lambda x: jnp.full((n, *x.shape), jnp.nan, jnp.result_type(float)), value)
+
+    def update(acc, view: View, t, ctx: Context):
+        value = fn(view.params)
+        return jax.tree_util.tree_map(lambda buf, x: buf.at[(t - 1) % n].set(jnp.asarray(x, buf.dtype)), acc, value)
+
+    def finalize(acc, status, ctx: Context):
+        shift = ctx.n_steps % n
+        leaves = jax.tree_util.tree_leaves(acc)
+        if len(leaves) != 1:
+            raise ValueError("last_values: fn must return one array")
+        buf = np.roll(np.asarray(leaves[0]), -shift, axis=1)
+        extra = tuple(f"dim{i}" for i in range(buf.ndim - 2))
+        return {"": (("lag", *extra), buf, {"lag": np.arange(ctx.n_steps - n + 1, ctx.n_steps + 1)})}
+
+    return Observable("last_values", init=init, update=update, finalize=finalize, config={"n": n})
 
 
 def converged(point, eps: float) -> Observable:

@@ -1,0 +1,75 @@
+"""dynsim.curvature against dense linear algebra and direct loops."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import dynsim as ds
+
+C = ds.curvature
+
+
+def _quadratic(eigs, seed=0):
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((len(eigs), len(eigs))))
+    P = q @ np.diag(eigs) @ q.T
+    return jnp.asarray(P, jnp.float32), (lambda th: 0.5 * th @ (jnp.asarray(P, th.dtype) @ th))
+
+
+def test_hvp_of_a_quadratic_is_P_v():
+    P, loss = _quadratic([3.0, 1.0, -2.0, 0.5])
+    v = jnp.arange(4.0)
+    np.testing.assert_allclose(C.hvp(loss, jnp.ones(4), v), P @ v, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["lanczos", "power"])
+def test_sharpness_is_the_top_eigenvalue(method):
+    _, loss = _quadratic(np.linspace(-1.0, 5.0, 12))
+    est = C.sharpness(loss, jnp.ones(12), method=method, n_iter=200 if method == "power" else 12)
+    assert float(est.value) == pytest.approx(5.0, rel=1e-3)
+
+
+@pytest.mark.parametrize("method", ["lanczos", "power"])
+def test_sharpness_with_a_dominant_negative_eigenvalue(method):
+    # eigenvalues -10, 3, 1, 0.5: power iteration alone would report -10; sharpness is 3
+    _, loss = _quadratic([-10.0, 3.0, 1.0, 0.5])
+    est = C.sharpness(loss, jnp.ones(4), method=method, n_iter=300 if method == "power" else 4)
+    assert float(est.value) == pytest.approx(3.0, rel=1e-3)
+    dominant = C.power_iteration(lambda v: C.hvp(loss, jnp.ones(4), v), jnp.ones(4), 300)
+    assert float(dominant.value) == pytest.approx(-10.0, rel=1e-3)
+
+
+def test_sharpness_batched_and_warm_started():
+    def loss(th, scale):
+        return 0.5 * scale * jnp.sum(jnp.array([4.0, 1.0]) * th**2) + jnp.sum(th**4)
+
+    params = jnp.stack([jnp.zeros(2), jnp.ones(2)])  # Hessians diag(4, 1) and diag(16, 13)
+    est = C.sharpness(loss, params, 1.0, batched=True, n_iter=2)
+    np.testing.assert_allclose(est.value, [4.0, 16.0], rtol=1e-5)
+    again = C.sharpness(loss, params, 1.0, batched=True, n_iter=1, v0=est.vector, method="power")
+    np.testing.assert_allclose(again.value, [4.0, 16.0], rtol=1e-4)
+
+
+def test_gradient_noise_against_a_direct_loop():
+    rng = np.random.default_rng(2)
+    X, y = rng.standard_normal((300, 5)), rng.standard_normal(300)
+    data = {"x": jnp.asarray(X, jnp.float32), "y": jnp.asarray(y, jnp.float32)}
+    w = jnp.asarray(rng.standard_normal(5), jnp.float32)
+
+    def ell(w, s):
+        return 0.5 * (s["x"] @ w - s["y"]) ** 2
+
+    grads = np.array([(X[i] @ np.asarray(w) - y[i]) * X[i] for i in range(300)])
+    est = C.gradient_noise(ell, w, data, chunk=64)
+    mean = grads.mean(axis=0)
+    assert float(est.sigma) == pytest.approx(np.sqrt(np.mean(np.sum((grads - mean) ** 2, axis=1))), rel=1e-4)
+    assert float(est.grad_norm) == pytest.approx(np.linalg.norm(mean), rel=1e-4)
+    full = C.gradient_norm(lambda w: jnp.mean(jax.vmap(ell, (None, 0))(w, data)), w)
+    assert float(full) == pytest.approx(np.linalg.norm(mean), rel=1e-4)
+    # on a subset of m examples: the same formulas on those examples
+    sub = C.gradient_noise(ell, w, data, m=100, key=jax.random.key(3))
+    idx = np.asarray(jax.random.choice(jax.random.key(3), 300, (100,), replace=False))
+    g = grads[idx]
+    assert float(sub.sigma) == pytest.approx(np.sqrt(np.mean(np.sum((g - g.mean(0)) ** 2, axis=1))), rel=1e-4)
+    assert sub.m == 100 and sub.n == 300

@@ -1,0 +1,109 @@
+"""Invariant measures of GD on 100 sin(t1) sin(t2) (seed 000, Sec. 3.4) and the streaming tools they use."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import optimize
+
+import dynsim as ds
+
+obs = ds.observables
+
+
+def f(th):
+    return 100 * jnp.sin(th[0]) * jnp.sin(th[1])
+
+
+def grad_norm(th):
+    return jnp.linalg.norm(jax.grad(f)(th))
+
+
+def _run(lrs, n_replicas, n_steps, burn):
+    dyn = ds.lyapunov.with_tangent(ds.dynamics.gd(ds.problems.sin_product()), transient=burn)
+    return ds.simulate(
+        dyn,
+        grid={"lr": lrs},
+        n_replicas=n_replicas,
+        n_steps=n_steps,
+        seed=1,
+        observables={
+            "le": ds.lyapunov.running_exponent(transient=burn, every_record=False),
+            "f": obs.time_average(f, discard=burn),
+            "g": obs.time_average(grad_norm, discard=burn),
+            "orbit": obs.last_values(64, lambda th: jnp.mod(th, 2 * np.pi)),
+        },
+    )
+
+
+def test_sin_product_closed_forms(x64):
+    # lr = 0.03: symmetric 2-cycle +-u*, sin(u*)/u* = 2/(100 lr); lr = 0.033: mirror 2-cycles with
+    # <f> = 0, <|grad f|> = pi/lr, exponent (1/2) log|1 + pi^2 - (100 lr)^2| (seed 000 digest, Sec. 3.2)
+    res = _run([0.005, 0.03, 0.033], 8, 6000, 1000)
+    u = optimize.brentq(lambda u: np.sin(u) / u - 2 / 3, 0.5, 2.5)
+    expected = {
+        0.005: (-100.0, 0.0, np.log(0.5)),
+        0.03: (-100 * np.cos(u), 100 * np.sin(u), np.log(abs(1 - 3 * np.cos(u)))),
+        0.033: (0.0, np.pi / 0.033, 0.5 * np.log(abs(1 + np.pi**2 - 3.3**2))),
+    }
+    for lr, (mean_f, mean_g, le) in expected.items():
+        cell = res.sel(lr=lr)
+        np.testing.assert_allclose(cell.f.values, mean_f, atol=1e-6)
+        np.testing.assert_allclose(cell.g.values, mean_g, atol=1e-6)
+        np.testing.assert_allclose(cell.le.values, le, atol=1e-6)
+    period = ds.measure.detect_period(
+        res.orbit.values, tol=1e-8, max_period=16, window=32, period_of_space=2 * np.pi
+    ).period
+    np.testing.assert_array_equal(period, np.array([[1] * 8, [2] * 8, [2] * 8]))
+
+
+def test_chaotic_attractor_at_lr_0_04(x64):
+    # not periodic (seed 000 says it is): exponent +0.0826 +- 0.001, <f> = -18.214 from every start
+    res = _run([0.04], 16, 30_000, 2000).sel(lr=0.04)
+    assert np.all(ds.measure.detect_period(res.orbit.values, tol=1e-7, max_period=16, window=32).period == 0)
+    le = res.le.values.ravel()
+    assert abs(le.mean() - 0.0826) < 4 * le.std(ddof=1) / np.sqrt(le.size) + 0.001  # reference: +- 0.001
+    f_mean, f_se = res.f.values, res.f_stderr.values
+    assert np.all(np.abs(f_mean + 18.214) < 4 * f_se + 0.003)
+
+
+def test_histogram2d_and_last_values_match_the_record():
+    dyn = ds.dynamics.Dynamics(
+        init=lambda key, hp: jax.random.normal(key, (2,)), step=lambda s, key, hp: jax.random.normal(key, (2,))
+    )
+    bx, by = np.linspace(-2, 2, 5), np.linspace(-1, 1, 3)
+    res = ds.simulate(
+        dyn,
+        n_replicas=3,
+        n_steps=300,
+        record_every=1,
+        observables={
+            "x": obs.trajectory(),
+            "h": obs.histogram2d(lambda s: s, bx, by, discard=50),
+            "last": obs.last_values(7),
+        },
+    )
+    for r in range(3):
+        pts = res.x.values[r, 51:]
+        counts, _, _ = np.histogram2d(pts[:, 0], pts[:, 1], [bx, by])
+        inside = (pts[:, 0] >= -2) & (pts[:, 0] < 2) & (pts[:, 1] >= -1) & (pts[:, 1] < 1)
+        # numpy closes the last bin on the right; values hit an edge with probability 0 here
+        np.testing.assert_array_equal(res.h.values[r], counts)
+        assert res.h_outside.values[r] == np.sum(~inside)
+        np.testing.assert_array_equal(res["last"].values[r], res.x.values[r, -7:])
+    np.testing.assert_array_equal(res.last_lag.values, np.arange(294, 301))
+
+
+def test_with_tangent_matches_top_exponent_on_sgd():
+    # SGD on 1-D Gaussian regression: the tangent multiplier is 1 - lr x_t^2 (the base step's x_t)
+    lr = 1.0
+    dyn = ds.lyapunov.with_tangent(ds.dynamics.sgd(ds.problems.linear_regression_1d()))
+    res = ds.simulate(
+        dyn,
+        grid={"lr": [lr]},
+        n_replicas=64,
+        n_steps=1000,
+        observables={"le": ds.lyapunov.running_exponent(every_record=False)},
+    )
+    le = res.le.values.ravel()
+    assert abs(le.mean() - (-0.41699)) < 4 * le.std() / np.sqrt(le.size)

@@ -1,0 +1,118 @@
+"""dynsim.measure against closed forms and known laws."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import xarray as xr
+from scipy import stats
+
+import dynsim as ds
+
+M = ds.measure
+
+
+def test_wasserstein1_between_known_laws():
+    # W1(N(0,1), N(m,1)) = |m|; W1(U(0,1), U(0,2)) = int |F1 - F2| = 0.5
+    rng = np.random.default_rng(0)
+    n = 200_000
+    assert M.wasserstein1(rng.standard_normal(n), 0.7 + rng.standard_normal(n)) == pytest.approx(0.7, abs=0.01)
+    assert M.wasserstein1(rng.uniform(0, 1, n), rng.uniform(0, 2, n)) == pytest.approx(0.5, abs=0.01)
+    # exact for small samples: W1 of {0, 1} and {0, 3} is 1, and agrees with scipy
+    assert M.wasserstein1([0.0, 1.0], [0.0, 3.0]) == pytest.approx(1.0)
+    a, b = rng.standard_normal(50), rng.exponential(size=70)
+    assert M.wasserstein1(a, b) == pytest.approx(stats.wasserstein_distance(a, b), rel=1e-12)
+
+
+def test_circular_wasserstein1():
+    # two point masses on a circle of length 1: distance along the shorter arc
+    assert M.wasserstein1([0.05], [0.95], period=1.0) == pytest.approx(0.1)
+    # rotating a concentrated law by s costs s; across the wrap point too
+    rng = np.random.default_rng(1)
+    x = 6.1 + 0.05 * rng.standard_normal(10_000)
+    assert M.wasserstein1(x, x + 0.3, period=2 * np.pi) == pytest.approx(0.3, rel=1e-9)
+    # the uniform law is rotation invariant: distance 0 up to sampling
+    u = rng.uniform(0, 2 * np.pi, 100_000)
+    assert M.wasserstein1(u, u + 0.3, period=2 * np.pi) < 0.02
+
+
+def test_sliced_wasserstein1_of_a_shift():
+    # shifting by s in d dims: the projection on u moves by s.u, so sliced W1 = E|s.u| = |s| E|u_1|
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((20_000, 2))
+    d, se = M.sliced_wasserstein1(a, a + np.array([1.0, 0.0]), n_projections=400)
+    assert abs(d - 2 / np.pi) < 4 * se + 0.005
+
+
+def test_detect_period_of_the_eos_toy():
+    # GD on tanh(20 t1^2 + t2^2) at lr = 2/39: a 2-cycle at t1 = +-0.0892893115, t2 -> 0 (seed 001, Ex. 2)
+    with jax.enable_x64(True):
+        f = lambda th: jnp.tanh(20 * th[0] ** 2 + th[1] ** 2)  # noqa: E731
+        lr = 2 / 39
+        step = jax.jit(lambda th: th - lr * jax.grad(f)(th))
+        th = jnp.array([0.3, 0.2])
+        orbit = []
+        for _ in range(3000):
+            th = step(th)
+            orbit.append(np.asarray(th))
+    found = M.detect_period(np.array(orbit), tol=1e-8, max_period=16)
+    assert int(found.period) == 2
+    np.testing.assert_allclose(np.sort(np.abs(found.points[:2, 0])), [0.0892893115] * 2, atol=1e-8)
+
+
+def test_detect_period_on_the_torus_and_without_period():
+    t = np.arange(400)
+    orbit = np.stack([(t % 3) * 2.1 + 2 * np.pi * t, np.zeros(400)], axis=-1)  # period 3 mod 2 pi, drifting in R
+    assert int(M.detect_period(orbit, max_period=8, period_of_space=2 * np.pi).period) == 3
+    assert int(M.detect_period(orbit, max_period=8).period) == 0
+    noise = np.random.default_rng(3).standard_normal((2, 400, 1))
+    np.testing.assert_array_equal(M.detect_period(noise, max_period=8).period, [0, 0])
+
+
+def test_rhat_and_ess():
+    rng = np.random.default_rng(4)
+    same = rng.standard_normal((8, 1000))
+    assert abs(M.rhat(same) - 1) < 0.01
+    different = same + np.arange(8)[:, None] * 0.5  # eight chains at different means
+    assert M.rhat(different) > 1.1
+    # iid draws: ESS ~ m n; AR(1) with coefficient a: ESS ~ m n (1 - a) / (1 + a)
+    assert M.ess(same) == pytest.approx(8000, rel=0.15)
+    a, x = 0.8, np.zeros((8, 4000))
+    for t in range(1, 4000):
+        x[:, t] = a * x[:, t - 1] + rng.standard_normal(8)
+    assert M.ess(x) == pytest.approx(32000 * (1 - a) / (1 + a), rel=0.25)
+
+
+def test_time_average_batch_means():
+    rng = np.random.default_rng(5)
+    series = rng.standard_normal((400, 2048))
+    mean, se = M.time_average(series, n_batches=16)
+    assert abs(se.mean() - 1 / np.sqrt(2048)) < 4 * se.std() / np.sqrt(400)
+    assert abs(mean.std() - 1 / np.sqrt(2048)) < 4 / np.sqrt(2048) / np.sqrt(2 * 400)
+
+
+def test_empirical_measure_over_time_and_replicas():
+    values = xr.DataArray(np.array([[0.1, 0.6, 0.7, 0.2], [0.9, 0.8, 0.7, 0.4]]), dims=("replica", "time"))
+    over_time = M.empirical_measure(values, [0, 0.5, 1.0], over="time")
+    np.testing.assert_allclose(over_time.values, [[0.5, 0.5], [0.25, 0.75]])
+    pooled = M.empirical_measure(values, [0, 0.5, 1.0], over=("replica", "time"))
+    np.testing.assert_allclose(pooled.values, [0.375, 0.625])
+
+
+def test_vanishing_change_decays_like_one_over_sqrt_n():
+    # GD with additive noise on 100 sin sin at lr = 0.04, phi = f (|phi| <= 100) (seed 000 digest, Sec. 4.2)
+    f = lambda th: 100 * jnp.sin(th[0]) * jnp.sin(th[1])  # noqa: E731
+
+    def step(th, key):
+        return th - 0.04 * (jax.grad(f)(th) + 20.0 * jax.random.normal(key, (2,)))
+
+    vc = M.vanishing_change(
+        step, f, jnp.array([0.3, -1.2]), 0, [100, 1000, 4000], n_replicas=512, n_fresh=8, burn_in=200
+    )
+    # (i) the mean change is the boundary term, within 4 standard errors
+    assert np.all(np.abs(vc.mean - vc.boundary) < 4 * vc.stderr)
+    # (ii) sqrt(n) sd(Delta_n) constant within 20%
+    assert vc.scaled_sd.max() / vc.scaled_sd.min() < 1.2
+    # (iii) the 95% quantile of |Delta_n| is below the Azuma bound 2M/n + 2M sqrt(2 log(40)/n)
+    azuma = 200 / vc.times + 200 * np.sqrt(2 * np.log(40) / vc.times)
+    assert np.all(vc.quantile <= azuma)
