@@ -39,6 +39,8 @@ __all__ = [
     "log_norm_squared",
     "loss",
     "grad_norm",
+    "sharpness",
+    "gradient_noise",
     "time_average",
     "histogram",
     "histogram2d",
@@ -173,34 +175,83 @@ def _check_objective(problem: Problem | None, what: str):
     return check
 
 
-def loss(problem: Problem | None = None) -> Observable:
+def _with(hp, overrides):
+    return {**hp, **overrides} if overrides else hp
+
+
+def loss(problem: Problem | None = None, **overrides) -> Observable:
     """The training objective ``F(theta) = (1/N) sum_i l(theta; x_i)`` (the loss of a data-free problem).
 
     ``problem`` defaults to the dynamics' own; the data are the trajectory's (shared or
-    per-replica).
+    per-replica). Keyword arguments override hyperparameters for the measurement only, e.g.
+    ``loss(weight_decay=0.0)`` for the loss without its weight-decay term.
     """
     return Observable(
         "loss",
-        record=lambda v: objective(_problem_of(problem, v), v.params, v.data, v.hp),
+        record=lambda v: objective(_problem_of(problem, v), v.params, v.data, _with(v.hp, overrides)),
         check=_check_objective(problem, "loss"),
+        config=dict(overrides),
     )
 
 
-def grad_norm(problem: Problem | None = None) -> Observable:
-    """``|grad F(theta)|``, the Euclidean norm of the full training gradient."""
+def grad_norm(problem: Problem | None = None, **overrides) -> Observable:
+    """``|grad F(theta)|``, the Euclidean norm of the full training gradient (overrides as in :func:`loss`)."""
 
     def record(v: View):
-        g = jax.grad(lambda p: objective(_problem_of(problem, v), p, v.data, v.hp))(v.params)
+        hp = _with(v.hp, overrides)
+        g = jax.grad(lambda p: objective(_problem_of(problem, v), p, v.data, hp))(v.params)
         return jnp.sqrt(jnp.sum(_flat(g) ** 2))
 
-    return Observable("grad_norm", record=record, check=_check_objective(problem, "grad_norm"))
+    return Observable("grad_norm", record=record, check=_check_objective(problem, "grad_norm"), config=dict(overrides))
+
+
+def _subset(data, m):
+    return data if m is None else jax.tree_util.tree_map(lambda a: a[:m], data)
+
+
+def sharpness(problem: Problem | None = None, *, m: int | None = None, n_iter: int = 20, **overrides) -> Observable:
+    """Top Hessian eigenvalue of the training objective (Lanczos, ``n_iter`` steps, from a fixed start vector),
+    on the first ``m`` examples of the data (all by default); overrides as in :func:`loss`."""
+    from dynsim.curvature import sharpness as top_eigenvalue
+
+    n_iter = check_int("n_iter", n_iter, minimum=1)
+
+    def record(v: View):
+        hp = _with(v.hp, overrides)
+        data = _subset(v.data, m)
+        p = _problem_of(problem, v)
+        return top_eigenvalue(lambda q: objective(p, q, data, hp), v.params, n_iter=n_iter).value
+
+    return Observable(
+        "sharpness",
+        record=record,
+        check=_check_objective(problem, "sharpness"),
+        config={"m": m, "n_iter": n_iter, **overrides},
+    )
+
+
+def gradient_noise(problem: Problem | None = None, *, m: int | None = None, **overrides) -> Observable:
+    """Per-example gradient noise ``sigma(theta) = sqrt((1/m) sum_i |grad l_i - g_bar|^2)`` on the first ``m``
+    examples (seed 000, eq. 1; see :func:`dynsim.curvature.gradient_noise`); overrides as in :func:`loss`."""
+    from dynsim.curvature import gradient_noise as noise
+
+    def record(v: View):
+        hp = _with(v.hp, overrides)
+        p = _problem_of(problem, v)
+        return noise(lambda q, s: p.loss(q, s, hp), v.params, _subset(v.data, m)).sigma
+
+    return Observable(
+        "gradient_noise", record=record, check=_check_objective(problem, "gradient_noise"), config={"m": m, **overrides}
+    )
 
 
 def _batch_index(t, discard: int, n_steps: int, n_batches: int):
     return (t - discard - 1) * n_batches // (n_steps - discard)
 
 
-def time_average(fn: Callable[[Any], Any], *, n_batches: int = 32, discard: int = 0) -> Observable:
+def time_average(
+    fn: Callable[[Any], Any], *, n_batches: int = 32, discard: int = 0, on: str = "params", keep_batches: bool = False
+) -> Observable:
     """``(1/T) sum_{t=discard+1}^{n_steps} fn(theta_t)`` per trajectory, with a batch-means standard error.
 
     The ``T = n_steps - discard`` steps are split into ``n_batches`` consecutive batches;
@@ -209,9 +260,17 @@ def time_average(fn: Callable[[Any], Any], *, n_batches: int = 32, discard: int 
     their precision. Outputs ``key`` and ``key_stderr``; frozen (diverged) trajectories keep
     adding their last finite value. A value that overflows makes the average ``inf`` (and
     its standard error ``inf``), never NaN.
+
+    ``on="view"`` calls ``fn`` with the whole :class:`View` (state, hyperparameters, data)
+    instead of the parameters. ``keep_batches=True`` also outputs the batch means
+    (``key_batches``, dimension ``key_batch`` holding each batch's last step): with one batch
+    per epoch and ``fn`` the minibatch loss, seed 000's eq. (2) epoch-mean loss.
     """
     n_batches = check_int("n_batches", n_batches, minimum=2)
     discard = check_int("discard", discard, minimum=0)
+    if on not in ("params", "view"):
+        raise ValueError(f"on must be 'params' or 'view', got {on!r}")
+    evaluate = (lambda view: fn(view.params)) if on == "params" else fn
 
     def check(dynamics, ctx: Context):
         if ctx.n_steps - discard < n_batches:
@@ -220,21 +279,24 @@ def time_average(fn: Callable[[Any], Any], *, n_batches: int = 32, discard: int 
             )
 
     def init(view: View, ctx: Context):
-        value = jnp.asarray(fn(view.params))
+        value = jnp.asarray(evaluate(view))
         zeros = jnp.zeros((n_batches, *value.shape), value.dtype)
         return {"sum": zeros, "comp": zeros}
 
     def update(acc, view: View, t, ctx: Context):
-        value = jnp.asarray(fn(view.params))
-        active = t > discard
+        value = jnp.asarray(evaluate(view))
+        # t is the same for every trajectory, so the batch is a scalar index: one element is
+        # read and written per step (Kahan summation into the current batch only)
         b = jnp.clip(_batch_index(t, discard, ctx.n_steps, n_batches), 0, n_batches - 1)
-        onehot = (jnp.arange(n_batches) == b) & active
-        onehot = onehot.reshape((n_batches,) + (1,) * value.ndim)
-        # Kahan summation into the current batch only.
-        y = jnp.where(onehot, value - acc["comp"], 0)
-        s = acc["sum"] + y
-        comp = jnp.where(onehot & jnp.isfinite(s), (s - acc["sum"]) - y, acc["comp"])
-        return {"sum": s, "comp": comp}
+        s_old, c_old = acc["sum"][b], acc["comp"][b]
+        y = value.astype(s_old.dtype) - c_old
+        s_new = s_old + y
+        c_new = jnp.where(jnp.isfinite(s_new), (s_new - s_old) - y, c_old)
+        active = t > discard
+        return {
+            "sum": acc["sum"].at[b].set(jnp.where(active, s_new, s_old)),
+            "comp": acc["comp"].at[b].set(jnp.where(active, c_new, c_old)),
+        }
 
     def finalize(acc, status, ctx: Context):
         t = np.arange(discard + 1, ctx.n_steps + 1)
@@ -248,7 +310,11 @@ def time_average(fn: Callable[[Any], Any], *, n_batches: int = 32, discard: int 
             spread = means.std(axis=1, ddof=1) / np.sqrt(n_batches)
         stderr = np.where(finite, spread, np.inf)
         extra = tuple(f"dim{i}" for i in range(sums.ndim - 2))
-        return {"": (extra, total), "stderr": (extra, stderr)}
+        out = {"": (extra, total), "stderr": (extra, stderr)}
+        if keep_batches:
+            ends = discard + np.cumsum(counts)
+            out["batches"] = (("batch", *extra), means, {"batch": ends})
+        return out
 
     return Observable(
         "time_average",
@@ -256,7 +322,7 @@ def time_average(fn: Callable[[Any], Any], *, n_batches: int = 32, discard: int 
         update=update,
         finalize=finalize,
         check=check,
-        config={"n_batches": n_batches, "discard": discard},
+        config={"n_batches": n_batches, "discard": discard, "on": on},
     )
 
 

@@ -80,11 +80,13 @@ class Dynamics(NamedTuple):
 
 
 class TrainState(NamedTuple):
-    """State of the built-in dynamics: parameters, optimizer state, per-replica dataset."""
+    """State of the built-in dynamics: parameters, optimizer state, per-replica dataset, and (when
+    asked for with ``track_batch_loss=True``) the minibatch loss of the last step."""
 
     params: Any
     opt_state: Any = ()
     data: Any = ()
+    batch_loss: Any = ()
 
 
 def resolve_hyperparams(dynamics: Dynamics, given: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from dynsim import prng
@@ -106,7 +107,7 @@ def _minibatch(problem: Problem, key, data, hp, batch_size, replace: bool):
 
 
 def _gradient_oracle(problem: Problem, noise: tuple[Noise, ...], replace: bool):
-    """``grad(key, params, data, hp) -> g``: the (noisy) minibatch gradient of one step.
+    """``grad(key, params, data, hp) -> (loss, g)``: the minibatch loss and (noisy) gradient of one step.
 
     The minibatch is drawn from ``key`` itself when there is no noise, otherwise from the
     first of ``split(key, 1 + len(noise))`` (noise ``i`` uses key ``i + 1``).
@@ -119,7 +120,7 @@ def _gradient_oracle(problem: Problem, noise: tuple[Noise, ...], replace: bool):
         for k, n in zip(keys[1:], noise):
             if n.kind == "batch":
                 batch = n.apply(k, batch, hp)
-        g = jax.grad(lambda p: batch_loss(problem, p, batch, hp))(params)
+        value, g = jax.value_and_grad(lambda p: batch_loss(problem, p, batch, hp))(params)
 
         def objective():
             return batch_loss(problem, params, data if problem.kind == "finite" else None, hp)
@@ -127,7 +128,7 @@ def _gradient_oracle(problem: Problem, noise: tuple[Noise, ...], replace: bool):
         for k, n in zip(keys[1:], noise):
             if n.kind == "gradient":
                 g = n.apply(k, g, hp, objective)
-        return g
+        return value, g
 
     return grad
 
@@ -168,13 +169,20 @@ def problem_dynamics(problem: Problem, init, step, own_hyper, static, *, noise=(
     )
 
 
-def _build(problem, noise, replace, own_hyper, static, init, update, name) -> Dynamics:
+def _build(problem, noise, replace, own_hyper, static, init, update, name, track_batch_loss=False) -> Dynamics:
     oracle = _gradient_oracle(problem, noise, replace)
     data_of = _data_of(problem)
 
     def step(state: TrainState, key, hp) -> TrainState:
-        g = oracle(key, state.params, data_of(state, hp), hp)
-        return update(state, g, hp)
+        value, g = oracle(key, state.params, data_of(state, hp), hp)
+        new = update(state, g, hp)
+        return new._replace(batch_loss=value) if track_batch_loss else new
+
+    if track_batch_loss:
+        base_init = init
+
+        def init(key, hp):
+            return base_init(key, hp)._replace(batch_loss=jnp.zeros((), jnp.result_type(float)))
 
     return problem_dynamics(problem, init, step, own_hyper, static, noise=noise, replace=replace, name=name)
 
@@ -200,6 +208,7 @@ def sgd(
     replace: bool = True,
     noise: Sequence[Noise] = (),
     lr: float = REQUIRED,
+    track_batch_loss: bool = False,
 ) -> Dynamics:
     """Minibatch SGD: ``theta <- theta - (lr / S) sum_{j in B_t} grad l(theta; x_j)`` (seed 004, eq. 1).
 
@@ -210,6 +219,9 @@ def sgd(
 
     Hyperparameters: ``lr`` (traced), the problem's and the noises' (traced),
     ``batch_size`` and ``n_data`` (static: one compilation per value).
+    ``track_batch_loss=True`` keeps the minibatch loss of the last step in the state
+    (``state.batch_loss``), whose epoch means are seed 000's eq. (2) loss; it adds a state
+    coordinate that tangent-space Lyapunov tools would see (with exponent ``-inf``).
     """
     check_int("batch_size", batch_size, minimum=1)
     noise = _check_noise(problem, noise)
@@ -222,6 +234,7 @@ def sgd(
         _sgd_init(problem),
         _sgd_update,
         f"sgd({problem.name}, batch_size={batch_size}, replace={replace})",
+        track_batch_loss,
     )
 
 

@@ -43,6 +43,9 @@ class Problem(NamedTuple):
         Hyperparameters the loss reads, with their defaults (e.g. ``{"mu": 0.5}``).
     name:
         A short label stored with results.
+    dataset:
+        A fixed dataset (a pytree of arrays with the example axis first), used instead of
+        drawing one from ``sample``: real data such as scikit-learn's digits.
     """
 
     loss: Callable[..., jax.Array]
@@ -53,10 +56,13 @@ class Problem(NamedTuple):
     fixed_point: Any = None
     hyperparams: Mapping[str, Any] = _EMPTY
     name: str = "problem"
+    dataset: Any = None
 
     @property
     def kind(self) -> str:
         """``"deterministic"`` (no data), ``"finite"`` (N samples) or ``"stream"``."""
+        if self.dataset is not None:
+            return "finite"
         if self.sample is None:
             return "deterministic"
         return "stream" if self.n_data is None else "finite"
@@ -67,7 +73,10 @@ def draw_dataset(problem: Problem, key: jax.Array, n: int) -> Any:
 
     The keys are Threefry "fold-like" splits, so the first ``n`` samples of a larger
     dataset drawn from the same key are the same: datasets of different sizes are nested.
+    A problem with a fixed ``dataset`` returns its first ``n`` examples.
     """
+    if problem.dataset is not None:
+        return jax.tree_util.tree_map(lambda a: jnp.asarray(a)[:n], problem.dataset)
     return jax.vmap(problem.sample)(jax.random.split(key, n))
 
 
