@@ -95,37 +95,36 @@ def train(task: str, data: dict, args) -> tuple:
 def invariant_step_scan(problem, res, scales, args):
     """Thm. 5.2: Delta(c) = E[L^gamma(theta - c lr (g_B + gamma theta))] - E[L^gamma(theta)] over late iterates.
 
-    Mean over the late records and ``draws`` minibatches of each seed; the standard error is
-    over seeds (the records of one seed are correlated).
+    For each seed, the late records are the samples of the empirical invariant measure
+    (``args.draws`` minibatches each); the standard error is over seeds, since the records of
+    one seed are correlated.
     """
-    late = res.time.values >= 0.6 * res.time.values[-1]
+    late = np.flatnonzero(res.time.values >= 0.6 * res.time.values[-1])
     hp = {"weight_decay": problem.hyperparams["weight_decay"]}
     data = jax.tree_util.tree_map(jnp.asarray, problem.dataset)
-    full = jax.jit(lambda p: ds.problems.objective(problem, p, data, hp))
-
-    def step_loss(p, key, c, lr):
-        idx = jax.random.randint(key, (BATCH,), 0, problem.n_data)
-        batch = jax.tree_util.tree_map(lambda a: a[idx], data)
-        g = jax.grad(lambda q: ds.problems.batch_loss(problem, q, batch, hp))(p)
-        return full(jax.tree_util.tree_map(lambda w, gw: w - c * lr * gw, p, g))
-
-    step_loss = jax.jit(jax.vmap(step_loss, in_axes=(None, 0, None, None)))
-    out = {}
     names = [v for v in res.data_vars if v.startswith("theta_")]
+
+    def objective(p):
+        return ds.problems.objective(problem, p, data, hp)
+
+    out = {}
     for lr in LRS:
+
+        def update(p, key, lr=lr):
+            idx = jax.random.randint(key, (BATCH,), 0, problem.n_data)
+            batch = jax.tree_util.tree_map(lambda a: a[idx], data)
+            g = jax.grad(lambda q: ds.problems.batch_loss(problem, q, batch, hp))(p)
+            return jax.tree_util.tree_map(lambda gw: -lr * gw, g)
+
         cell = res.sel(lr=lr)
-        per_seed = {c: [] for c in scales}  # seeds are independent; snapshots of one seed are not
+        per_seed = []
         for r in range(cell.sizes["replica"]):
-            diffs = {c: [] for c in scales}
-            for t in np.flatnonzero(late):
-                p = {name[len("theta_") :]: jnp.asarray(cell[name].values[r, t]) for name in names}
-                base = full(p)
-                keys = jax.random.split(jax.random.key(1000 * r + t), args.draws)
-                for c in scales:
-                    diffs[c].append(np.asarray(step_loss(p, keys, c, lr) - base))
-            for c in scales:
-                per_seed[c].append(np.mean(diffs[c]))
-        out[lr] = {c: (np.mean(v), np.std(v, ddof=1) / np.sqrt(len(v))) for c, v in per_seed.items()}
+            samples = {name[len("theta_") :]: jnp.asarray(cell[name].values[r, late]) for name in names}
+            change = ds.measure.scaled_step_change(objective, update, samples, scales, key=r, n_draws=args.draws)
+            per_seed.append(change.mean)
+        per_seed = np.array(per_seed)
+        mean, se = per_seed.mean(axis=0), per_seed.std(axis=0, ddof=1) / np.sqrt(len(per_seed))
+        out[lr] = {c: (mean[i], se[i]) for i, c in enumerate(scales)}
     return out
 
 
