@@ -149,6 +149,10 @@ def plot_task(task, res, scan, scales, args):
                 ax.axhline(2 / lr, color=color, ls=":", lw=1)
         ax.set_title(title + (" (dotted: 2/lr)" if var == "sharpness" else ""), fontsize=9)
         ax.set_xlabel("epoch")
+    for lr, color in zip(LRS, ("C0", "C1", "C2")):  # eq. (2): epoch means of the minibatch losses
+        eq2 = res.eq2_batches.sel(lr=lr).mean("replica")
+        axes[0, 0].plot(np.arange(1, eq2.size + 1), eq2.values, color=color, ls="--", lw=0.8)
+    axes[0, 0].set_title("training loss: eq. (3) last iterate (solid), eq. (2) epoch mean (dashed)", fontsize=9)
     axes[0, 0].legend(fontsize=8)
     ax = axes[1, 3]
     for lr, color in zip(LRS, ("C0", "C1", "C2")):

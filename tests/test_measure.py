@@ -116,3 +116,15 @@ def test_vanishing_change_decays_like_one_over_sqrt_n():
     # (iii) the 95% quantile of |Delta_n| is below the Azuma bound 2M/n + 2M sqrt(2 log(40)/n)
     azuma = 200 / vc.times + 200 * np.sqrt(2 * np.log(40) / vc.times)
     assert np.all(vc.quantile <= azuma)
+
+
+def test_window_distances():
+    # a period-2 orbit: windows [n, 2n) and [2n, 4n) hold the same two points in equal shares for even n
+    orbit = np.tile([0.3, -1.1], 512)
+    n, d = M.window_distances(orbit, n_min=16)
+    np.testing.assert_allclose(d, 0.0, atol=1e-15)
+    # i.i.d. uniform draws: the distance falls roughly like n^-1/2
+    x = np.random.default_rng(6).uniform(size=2**16)
+    n, d = M.window_distances(x, n_min=64)
+    slope = np.polyfit(np.log(n), np.log(d), 1)[0]
+    assert -0.8 < slope < -0.3

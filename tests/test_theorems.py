@@ -48,8 +48,11 @@ def test_weight_norm_ball_is_invariant_with_weight_decay(x64):
         return jnp.max(jnp.stack([jnp.linalg.norm(W, 2) for W in p.values()])) / w
 
     res = ds.simulate(
-        ds.dynamics.sgd(problem._replace(init=init), batch_size=32), grid={"lr": [1.0, 10.0]}, n_replicas=4,
-        n_steps=300, record_every=1,
+        ds.dynamics.sgd(problem._replace(init=init), batch_size=32),
+        grid={"lr": [1.0, 10.0]},
+        n_replicas=4,
+        n_steps=300,
+        record_every=1,
         observables={"ratio": ds.observables.trajectory(op_ratio), "loss": ds.observables.loss(weight_decay=0.0)},
     )
     assert float(res.ratio.max()) <= 1 + 1e-9
