@@ -49,6 +49,9 @@ __all__ = [
     "vanishing_change",
     "StepChange",
     "scaled_step_change",
+    "numerical_rank",
+    "effective_rank",
+    "sparsity",
 ]
 
 
@@ -374,6 +377,31 @@ def vanishing_change(
         boundary=boundary.mean(axis=0),
         per_replica=running,
     )
+
+
+# --------------------------------------------------------------------------- network diagnostics
+
+
+def numerical_rank(matrix, tol: float = 1e-3) -> np.ndarray:
+    """``#{i : s_i > tol * s_max}`` for the singular values ``s`` of ``matrix (..., m, n)`` (batched)."""
+    s = np.linalg.svd(np.asarray(matrix, dtype=np.float64), compute_uv=False)
+    return np.sum(s > tol * s[..., :1], axis=-1)
+
+
+def effective_rank(matrix) -> np.ndarray:
+    """``exp(-sum p_i log p_i)`` with ``p_i = s_i / sum s`` (Roy and Vetterli 2007), batched."""
+    s = np.linalg.svd(np.asarray(matrix, dtype=np.float64), compute_uv=False)
+    p = s / np.maximum(s.sum(axis=-1, keepdims=True), 1e-300)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.exp(-np.sum(np.where(p > 0, p * np.log(p), 0.0), axis=-1))
+
+
+def sparsity(weights, rel_tol: float = 1e-3) -> np.ndarray:
+    """Share of the entries of ``weights (..., *shape)`` with ``|w| < rel_tol * max|w|`` (per leading index
+    when the array has a leading batch axis: pass ``weights.reshape(batch, -1)``)."""
+    w = np.abs(np.asarray(weights, dtype=np.float64))
+    flat = w.reshape(w.shape[0], -1) if w.ndim > 1 else w[None]
+    return np.mean(flat < rel_tol * flat.max(axis=1, keepdims=True), axis=1)
 
 
 # --------------------------------------------------------------------------- Thm 5.2

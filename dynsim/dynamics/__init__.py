@@ -10,6 +10,7 @@ from .noise import (
     alpha_stable_noise,
     gaussian_noise,
     label_noise,
+    label_reselect,
     multiplicative_noise,
     student_t_noise,
     symmetric_stable,
@@ -35,5 +36,6 @@ __all__ = [
     "alpha_stable_noise",
     "multiplicative_noise",
     "label_noise",
+    "label_reselect",
     "symmetric_stable",
 ]

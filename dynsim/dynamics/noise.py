@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dynsim._validate import check_nonnegative, check_positive
+from dynsim._validate import check_int, check_nonnegative, check_positive
 
 __all__ = [
     "Noise",
@@ -33,6 +33,7 @@ __all__ = [
     "alpha_stable_noise",
     "multiplicative_noise",
     "label_noise",
+    "label_reselect",
     "symmetric_stable",
 ]
 
@@ -138,6 +139,34 @@ def multiplicative_noise(sigma: float = 1.0, *, name: str = "noise") -> Noise:
         return _add_to_leaves(key, grads, lambda k, shape, dt: amplitude.astype(dt) * jax.random.normal(k, shape, dt))
 
     return Noise("gradient", apply, {name: sigma}, "multiplicative")
+
+
+def label_reselect(
+    n_classes: int, probability: float = 0.0, *, mode: str = "reselect", name: str = "label_noise"
+) -> Noise:
+    """Dynamic label noise for classification, redrawn every step (seed 004, App. B.4 and Sec. 4.4).
+
+    With probability ``p = hp[name]`` each label of the batch is ``"reselect"``-ed uniformly among
+    all ``n_classes`` (it may come back correct: the flip rate is ``p (1 - 1/n_classes)``, B.4's
+    wording) or ``"flip"``-ped to a uniformly chosen *different* class (flip rate ``p``, Sec. 4.4's
+    wording). Needs integer labels ``"y"``.
+    """
+    n_classes = check_int("n_classes", n_classes, minimum=2)
+    check_nonnegative("probability", probability)
+    if mode not in ("reselect", "flip"):
+        raise ValueError(f"mode must be 'reselect' or 'flip', got {mode!r}")
+
+    def apply(key, batch, hp):
+        y = batch["y"]
+        k_hit, k_new = jax.random.split(key)
+        hit = jax.random.uniform(k_hit, jnp.shape(y)) < hp[name]
+        if mode == "reselect":
+            new = jax.random.randint(k_new, jnp.shape(y), 0, n_classes)
+        else:
+            new = (y + jax.random.randint(k_new, jnp.shape(y), 1, n_classes)) % n_classes
+        return {**batch, "y": jnp.where(hit, new, y).astype(y.dtype)}
+
+    return Noise("batch", apply, {name: probability}, f"label_{mode}")
 
 
 def label_noise(scale: float = 1.0, *, name: str = "label_noise") -> Noise:

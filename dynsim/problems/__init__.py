@@ -4,8 +4,17 @@ Every problem states its loss convention (factor 1/2 or not) in its docstring.
 """
 
 from .base import Problem, batch_loss, draw_dataset, objective
-from .classification import corrupt_labels, cross_entropy, load_digits, load_mnist1d, mlp_classifier, mlp_forward
+from .classification import (
+    cnn1d_classifier,
+    corrupt_labels,
+    cross_entropy,
+    load_digits,
+    load_mnist1d,
+    mlp_classifier,
+    mlp_forward,
+)
 from .deterministic import quadratic, sin_product
+from .nets import ACTIVATIONS, C0, activation_fn, scalar_net, two_layer_net
 from .regression import linear_regression_1d
 from .saddle import rank1_saddle
 
@@ -24,4 +33,10 @@ __all__ = [
     "mlp_classifier",
     "mlp_forward",
     "cross_entropy",
+    "cnn1d_classifier",
+    "scalar_net",
+    "two_layer_net",
+    "activation_fn",
+    "ACTIVATIONS",
+    "C0",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +13,15 @@ from dynsim._validate import check_choice, check_int, check_nonnegative
 
 from .base import Problem
 
-__all__ = ["load_digits", "load_mnist1d", "corrupt_labels", "mlp_classifier", "mlp_forward", "cross_entropy"]
+__all__ = [
+    "load_digits",
+    "load_mnist1d",
+    "corrupt_labels",
+    "mlp_classifier",
+    "mlp_forward",
+    "cnn1d_classifier",
+    "cross_entropy",
+]
 
 
 def load_digits(*, test_size: int = 500, seed: int = 0) -> dict[str, np.ndarray]:
@@ -140,3 +149,49 @@ def mlp_forward(params, x, *, activation: str = "relu", scale_invariant: bool = 
         if layer < n_layers - 1:
             h = act(h)
     return h
+
+
+class _CNN1D(nn.Module):
+    channels: tuple
+    features: int
+    n_classes: int
+
+    @nn.compact
+    def __call__(self, x, return_features: bool = False):
+        h = x[..., None]  # (length, 1)
+        for i, c in enumerate(self.channels):
+            h = jax.nn.relu(nn.Conv(c, kernel_size=(3,), use_bias=True, name=f"conv{i}")(h))
+        h = jnp.mean(h, axis=-2)  # global average pooling over the length
+        z = jax.nn.relu(nn.Dense(self.features, name="penultimate")(h))
+        return z if return_features else nn.Dense(self.n_classes, name="head")(z)
+
+
+def cnn1d_classifier(x, y, *, channels: Sequence[int] = (16, 32), features: int = 64, n_classes: int | None = None):
+    """A small 1-D CNN (flax) on sequences ``x (N, L)``: two 3-tap convolutions with ReLU, global average pooling,
+    a dense penultimate layer of ``features`` ReLU units and a linear head; cross-entropy, no weight decay.
+
+    Returns ``(problem, features_fn)`` where ``features_fn(params, x)`` gives the penultimate representation
+    (seed 004 measures its rank, Figs. 1c, 9-12).
+    """
+    x = np.asarray(x, dtype=np.float32)
+    y = np.asarray(y, dtype=np.int32)
+    n_classes = int(y.max()) + 1 if n_classes is None else n_classes
+    model = _CNN1D(channels=tuple(channels), features=features, n_classes=n_classes)
+
+    def loss(params, s, hp):
+        return cross_entropy(model.apply({"params": params}, s["x"]), s["y"])
+
+    def init(key, hp):
+        return model.init(key, jnp.zeros(x.shape[1:], jnp.result_type(float)))["params"]
+
+    def features_fn(params, xs):
+        return model.apply({"params": params}, xs, return_features=True)
+
+    problem = Problem(
+        loss=loss,
+        init=init,
+        n_data=x.shape[0],
+        name=f"cnn1d_classifier({'-'.join(map(str, channels))}, {features})",
+        dataset={"x": x, "y": y},
+    )
+    return problem, features_fn
