@@ -30,6 +30,7 @@ def scalar_net(
     n_data: int | None = None,
     noise_var: float = 4.0,
     teacher: tuple[float, float] = (0.1, 0.9),
+    x_std: float = 1.0,
     init_std: float = 0.5,
     loss_scale: float = 0.5,
     per_replica_data: bool = False,
@@ -42,13 +43,14 @@ def scalar_net(
     Data: ``"gaussian"``: ``x ~ N(0, 1)``, ``y = mu x + (1 - mu) eps``, ``eps ~ N(0, noise_var)`` with
     ``mu`` a hyperparameter (default 0.1); ``"teacher"``: ``y = a sigma(x) + b eps``, ``eps ~ N(0, 1)``,
     with ``(a, b) = teacher`` (seed 004's Fig. 5 uses a swish teacher with ``(0.1, 0.9)``).
-    ``w_0, u_0 ~ N(0, init_std^2)``.
+    ``x ~ N(0, x_std^2)`` in both. ``w_0, u_0 ~ N(0, init_std^2)``.
     """
     sigma = activation_fn(activation)
     check_choice("data", data, ("gaussian", "teacher"))
     check_n_data(n_data)
     check_positive("noise_var", noise_var)
     check_positive("loss_scale", loss_scale)
+    check_positive("x_std", x_std)
     noise_std = float(noise_var) ** 0.5
     a, b = (float(v) for v in teacher)
 
@@ -56,7 +58,7 @@ def scalar_net(
 
         def sample(key):
             kx, ke = jax.random.split(key)
-            return {"x": jax.random.normal(kx), "eps": noise_std * jax.random.normal(ke)}
+            return {"x": x_std * jax.random.normal(kx), "eps": noise_std * jax.random.normal(ke)}
 
         def target(s, hp):
             return hp["mu"] * s["x"] + (1 - hp["mu"]) * s["eps"]
@@ -66,7 +68,7 @@ def scalar_net(
 
         def sample(key):
             kx, ke = jax.random.split(key)
-            x = jax.random.normal(kx)
+            x = x_std * jax.random.normal(kx)
             return {"x": x, "y": a * sigma(x) + b * jax.random.normal(ke)}
 
         def target(s, hp):

@@ -1,0 +1,232 @@
+"""Seed 004, Fig. 5: which solution SGD selects on u swish(w x), and whether the paper's landscape reproduces.
+
+Data: 100 points, x ~ N(0, x_std^2), y = 0.1 swish(x) + 0.9 eps, eps ~ N(0, 1); loss (1/2N) sum (f - y)^2.
+The paper reports two minima, A ~ (-0.7, -0.2) with top Hessian eigenvalue h_A ~ 7.7 (better test loss)
+and B ~ (1.1, -0.3) with h_B ~ 3.0, and the saddle C = (0, 0); it claims linear stability predicts
+A -> B -> divergence as lr grows, probabilistic stability A -> C -> divergence.
+
+1. Landscape scan: for each of ``--datasets`` datasets (dynsim's data keys, seeds 0, 1, ...) and
+   x_std in {1, 2, 3}, BFGS from a 9 x 9 grid of starts finds the local minima (|grad L| < 1e-6,
+   positive-definite Hessian); counted: datasets with an A-like (w < 0, u < 0) and a B-like
+   (w > 0, u < 0) minimum, and their positions and curvatures under four loss conventions.
+2. On the first dataset (lowest seed) with both, stated as such: SGD (S = 1) from A and from B over
+   an lr grid, 256 replicas x 10^4 steps, test loss E[(f - 0.1 swish(x))^2] + 0.81 on 10^5 fresh
+   points, and where the runs end (near A, B, C, elsewhere, diverged). Overlaid: linear stability of
+   A and B (lr < 2/h) and the probabilistic phase of C from the exact finite-data exponents
+   Lambda_+- = (1/N) sum log|1 +- lr chi_i|, chi_i = x_i y_i / 2 (swish'(0) = 1/2).
+
+    python experiments/fig5_swish.py [--datasets 200] [--replicas 256] [--steps 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)  # BFGS to |grad| < 1e-6
+
+import jax.numpy as jnp  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+import dynsim as ds  # noqa: E402
+
+N = 100
+CONVENTIONS = {"(1/2N) sum r^2": 1.0, "(1/N) sum r^2": 2.0, "(1/2) sum r^2": N, "sum r^2": 2.0 * N}
+
+
+def problem_for(x_std: float):
+    return ds.problems.scalar_net("swish", data="teacher", teacher=(0.1, 0.9), n_data=N, x_std=x_std)
+
+
+def minima(problem, datasets, starts):
+    """Distinct local minima (|grad L| < 1e-6, positive-definite Hessian) of the training loss of each
+    dataset (leading axis of ``datasets``), from every start, in one vmapped program."""
+
+    def one(data, z0):
+        def loss(z):
+            return ds.problems.objective(problem, {"w": z[0], "u": z[1]}, data, {})
+
+        return ds.curvature.newton_minimize(loss, z0, n_iter=200)
+
+    found = jax.jit(jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None)))(datasets, starts)
+    keep = np.asarray((found.grad_norm < 1e-6) & (found.eigenvalues[..., 0] > 0) & jnp.all(jnp.abs(found.x) < 20, -1))
+    x, h, value = np.asarray(found.x), np.asarray(found.eigenvalues[..., -1]), np.asarray(found.loss)
+    per_dataset = []
+    for d in range(x.shape[0]):
+        out = []
+        for j in np.flatnonzero(keep[d]):
+            if not any(np.linalg.norm(x[d, j] - f[0]) < 1e-4 for f in out):
+                out.append((x[d, j], float(h[d, j]), float(value[d, j])))
+        per_dataset.append(out)
+    return per_dataset
+
+
+def scan(args):
+    rows = []
+    starts = jnp.asarray(list(itertools.product(np.linspace(-3, 3, 9), repeat=2)))
+    for x_std in (1.0, 2.0, 3.0):
+        problem = problem_for(x_std)
+        keys = [ds.prng.data_key(ds.prng.key(seed)) for seed in range(args.datasets)]
+        datasets = jax.tree_util.tree_map(
+            lambda *a: jnp.stack(a), *[ds.problems.draw_dataset(problem, k, N) for k in keys]
+        )
+        both = []
+        for seed, found in enumerate(minima(problem, datasets, starts)):
+            a = [m for m in found if m[0][0] < 0 and m[0][1] < 0 and abs(m[0][0]) < 3]
+            b = [m for m in found if m[0][0] > 0 and m[0][1] < 0]
+            if a and b:
+                both.append((seed, a[0], b[0]))
+        rows.append((x_std, both))
+        print(f"x_std = {x_std}: {len(both)} of {args.datasets} datasets have both an A-like and a B-like minimum")
+        if both:
+            aw = np.array([(t[1][0][0], t[1][0][1], t[1][1], t[2][0][0], t[2][0][1], t[2][1]) for t in both])
+            q = np.percentile(aw, [10, 50, 90], axis=0)
+            print("   percentiles 10/50/90 of A_w, A_u, h_A, B_w, B_u, h_B (half-mean loss):")
+            for name, col in zip(("A_w", "A_u", "h_A", "B_w", "B_u", "h_B"), q.T):
+                print(f"     {name}: {col[0]:+.3f} {col[1]:+.3f} {col[2]:+.3f}")
+            print(
+                "   median h_A, h_B under other conventions: "
+                + ", ".join(
+                    f"{k}: {np.median(aw[:, 2]) * v:.3g}, {np.median(aw[:, 5]) * v:.3g}" for k, v in CONVENTIONS.items()
+                )
+            )
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", type=int, default=200)
+    parser.add_argument("--replicas", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=10_000)
+    parser.add_argument("--lr-points", type=int, default=24)
+    parser.add_argument("--out", default="figures")
+    parser.add_argument("--results", default="results")
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(args.results, exist_ok=True)
+
+    rows = scan(args)
+    found = dict(rows)[1.0]
+    if not found:
+        print("no dataset with both minima at x_std = 1: nothing to simulate")
+        return
+    seed, (A, h_a, loss_a), (B, h_b, loss_b) = found[0]
+    problem = problem_for(1.0)
+    data = ds.problems.draw_dataset(problem, ds.prng.data_key(ds.prng.key(seed)), N)
+    print(
+        f"\nfirst dataset with both minima: seed {seed} (the first {seed} seeds have not); paper: "
+        "A ~ (-0.7, -0.2), h_A ~ 7.7; B ~ (1.1, -0.3), h_B ~ 3.0"
+    )
+    print(f"  A = ({A[0]:+.3f}, {A[1]:+.3f}), h_A = {h_a:.3f}, train loss {loss_a:.4f}")
+    print(f"  B = ({B[0]:+.3f}, {B[1]:+.3f}), h_B = {h_b:.3f}, train loss {loss_b:.4f}")
+
+    x, y = np.asarray(data["x"], np.float64), np.asarray(data["y"], np.float64)
+    chi = 0.5 * x * y
+    lrs = np.linspace(0.05, 1.5 * max(2 / h_a, 2 / h_b), args.lr_points)
+    lam_plus = ds.lyapunov.scalar_exponent(1 + lrs[:, None] * chi[None, :])
+    lam_minus = ds.lyapunov.scalar_exponent(1 - lrs[:, None] * chi[None, :])
+    c_attractive = (lam_plus < 0) & (lam_minus < 0)
+
+    test = ds.problems.draw_dataset(problem, ds.prng.key(10_000 + seed), 100_000)
+    tx = jnp.asarray(test["x"])
+
+    def test_loss(p):
+        return jnp.mean((p["u"] * jax.nn.swish(p["w"] * tx) - 0.1 * jax.nn.swish(tx)) ** 2) + 0.81
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+    ax = axes[0]
+    full = jax.jit(lambda w, u: ds.problems.objective(problem, {"w": w, "u": u}, data, {}))
+    g = np.linspace(-3, 3, 161)
+    W, U = np.meshgrid(g, g, indexing="ij")
+    L = np.asarray(jax.vmap(jax.vmap(full))(jnp.asarray(W), jnp.asarray(U)))
+    cs = ax.contourf(W, U, L, levels=np.linspace(L.min(), L.min() + 0.05, 41), cmap="viridis", extend="max")
+    fig.colorbar(cs, ax=ax, label="training loss")
+    ax.plot(*A, "r^", ms=10)
+    ax.annotate("A", A, color="w")
+    ax.plot(*B, "rs", ms=9)
+    ax.annotate("B", B, color="w")
+    ax.plot(0, 0, "w*", ms=13)
+    ax.set_xlabel("w")
+    ax.set_ylabel("u")
+    ax.set_title(f"u swish(w x), dataset seed {seed}: A, B minima, C saddle", fontsize=10)
+    results = {}
+    for ax, (name, start) in zip(axes[1:], (("B", B), ("A", A))):
+        init = lambda key, hp, start=start: {"w": jnp.asarray(start[0]), "u": jnp.asarray(start[1])}  # noqa: E731
+        prob = problem._replace(init=init)
+        res = ds.simulate(
+            ds.dynamics.sgd(prob),
+            grid={"lr": lrs},
+            n_replicas=args.replicas,
+            n_steps=args.steps,
+            seed=seed,
+            observables={"theta": ds.observables.final_state(), "diverged": ds.observables.diverged(bound=1e3)},
+        )
+        params = {"w": jnp.asarray(res.theta_w.values), "u": jnp.asarray(res.theta_u.values)}
+        tl = np.asarray(jax.vmap(jax.vmap(test_loss))(params))
+        tl = np.where(res.diverged.values, np.nan, tl)
+        end = np.stack([res.theta_w.values, res.theta_u.values], -1)
+        near = {
+            k: np.linalg.norm(end - np.asarray(p), axis=-1) < 0.1 for k, p in (("A", A), ("B", B), ("C", (0.0, 0.0)))
+        }
+        results[name] = (tl, near, res.diverged.values)
+        ax.errorbar(
+            lrs,
+            np.nanmean(tl, 1),
+            yerr=2 * np.nanstd(tl, 1) / np.sqrt(np.sum(np.isfinite(tl), 1)),
+            fmt="o-",
+            ms=3,
+            color="k",
+            label="test loss (± 2 s.e.)",
+        )
+        ax.set_ylabel("test loss")
+        ax2 = ax.twinx()
+        for (k, m), color in zip(near.items(), ("tab:red", "tab:blue", "tab:green")):
+            ax2.plot(lrs, m.mean(1), color=color, lw=1, label=f"share ending near {k}")
+        ax2.plot(lrs, res.diverged.values.mean(1), color="grey", lw=1, ls=":", label="share diverged")
+        ax2.set_ylabel("share of runs")
+        ax2.set_ylim(0, 1.05)
+        for h, lab, ls in ((h_a, "2/h_A", "--"), (h_b, "2/h_B", "-.")):
+            ax.axvline(2 / h, color="k", ls=ls, lw=1, label=f"{lab} (linear stability)")
+        if c_attractive.any():
+            ax.axvspan(
+                lrs[c_attractive].min(),
+                lrs[c_attractive].max(),
+                color="tab:green",
+                alpha=0.12,
+                label="C in phase III (probabilistic)",
+            )
+        ax.set_xlabel("learning rate λ")
+        ax.set_title(f"SGD from {name}: {args.replicas} runs x {args.steps} steps", fontsize=10)
+        ax.legend(fontsize=7, loc="upper left")
+        ax2.legend(fontsize=7, loc="upper right")
+    fig.suptitle(
+        "Seed 004, Fig. 5 on data that can be had here: the paper's landscape does not reproduce "
+        "(see README); its claim is tested on the closest dataset",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    path = os.path.join(args.out, "fig5_swish.png")
+    fig.savefig(path, dpi=110)
+    print(
+        f"  C in phase III (both finite-data exponents < 0) for lr in "
+        f"{lrs[c_attractive].round(3).tolist() if c_attractive.any() else 'none of the grid'}"
+    )
+    for name, (tl, near, div) in results.items():
+        print(f"from {name}: lr, mean test loss, share near A/B/C, diverged")
+        for i in range(0, len(lrs), 3):
+            print(
+                f"  {lrs[i]:.3f} {np.nanmean(tl[i]):.4f}  {near['A'][i].mean():.2f}/{near['B'][i].mean():.2f}/"
+                f"{near['C'][i].mean():.2f}  {div[i].mean():.2f}"
+            )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
