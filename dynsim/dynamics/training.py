@@ -39,7 +39,7 @@ def _check_noise(problem: Problem, noise: Sequence[Noise]) -> tuple[Noise, ...]:
         if n.kind == "batch":
             if problem.kind == "deterministic":
                 raise ValueError(f"{n.name} noise acts on data, but problem {problem.name!r} has none")
-            shape = jax.eval_shape(problem.sample, prng.key(0))
+            shape = problem.dataset if problem.dataset is not None else jax.eval_shape(problem.sample, prng.key(0))
             if not (isinstance(shape, Mapping) and "y" in shape):
                 raise ValueError(
                     f"{n.name} noise needs samples with a 'y' entry; problem {problem.name!r} "

@@ -160,14 +160,20 @@ class _CNN1D(nn.Module):
     def __call__(self, x, return_features: bool = False):
         h = x[..., None]  # (length, 1)
         for i, c in enumerate(self.channels):
-            h = jax.nn.relu(nn.Conv(c, kernel_size=(3,), use_bias=True, name=f"conv{i}")(h))
+            # a 3-tap 'same' convolution as a dense layer on the unfolded windows: XLA:CPU runs it as
+            # one matmul, where a vmapped nn.Conv becomes a slow grouped convolution
+            padded = jnp.pad(h, [(0, 0)] * (h.ndim - 2) + [(1, 1), (0, 0)])
+            length = h.shape[-2]
+            windows = jnp.concatenate([padded[..., k : k + length, :] for k in range(3)], axis=-1)
+            h = jax.nn.relu(nn.Dense(c, name=f"conv{i}")(windows))
         h = jnp.mean(h, axis=-2)  # global average pooling over the length
         z = jax.nn.relu(nn.Dense(self.features, name="penultimate")(h))
         return z if return_features else nn.Dense(self.n_classes, name="head")(z)
 
 
 def cnn1d_classifier(x, y, *, channels: Sequence[int] = (16, 32), features: int = 64, n_classes: int | None = None):
-    """A small 1-D CNN (flax) on sequences ``x (N, L)``: two 3-tap convolutions with ReLU, global average pooling,
+    """A small 1-D CNN (flax) on sequences ``x (N, L)``: two 3-tap 'same' convolutions with ReLU (kernels stored
+    as ``(3 C_in, C_out)`` dense layers over unfolded windows), global average pooling,
     a dense penultimate layer of ``features`` ReLU units and a linear head; cross-entropy, no weight decay.
 
     Returns ``(problem, features_fn)`` where ``features_fn(params, x)`` gives the penultimate representation

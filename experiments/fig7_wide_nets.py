@@ -1,0 +1,147 @@
+"""Seed 004, Figs. 7 and 8: does SGD drive a wide two-layer net to a low-rank solution where the 1-D theory says so?
+
+f(x) = U sigma(W x) (flax, no biases), d -> width -> d, fresh samples every step: x ~ N(0, I_d),
+y = mu x + (1 - mu) eps, eps ~ N(0, 4 I_d); loss (1/d)|f - y|^2 (PyTorch's MSE); S = 1. Every
+(lr, mu) cell, activation and seed is trained in one vmapped program, by SGD (lr in (0, 0.25]) and
+by Adam (optax; lr on a log grid, not given by the paper). After training: the numerical rank of
+the last layer U, #{s_i > 1e-3 s_max} / min(width, d). Dashed: the 1-D theory's line
+lr = 2 mu / (3 mu^2 + 4 (1 - mu)^2) (the paper's "red dashed line", the mean-square boundary of the
+w - u mode, which tracks the I -> III boundary for lr < 0.2).
+
+The 1-D theory is a heuristic for this net: its saddle W = U = 0 linearises to a d-dimensional random
+product, whose top exponent this script measures (``dynsim.lyapunov.with_tangent`` from the exact
+saddle, same grid) and reports next to the rank.
+
+    python experiments/fig7_wide_nets.py                   # CPU: d = width = 64, 20 000 steps
+    python experiments/fig7_wide_nets.py --preset paper    # GPU: d = width = 200, 100 000 steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import matplotlib
+
+matplotlib.use("Agg")
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+import xarray as xr  # noqa: E402
+
+import dynsim as ds  # noqa: E402
+
+PRESETS = {
+    "laptop": dict(width=64, lr_points=8, mu_points=7, seeds=2, steps=20_000, exponent_steps=4000),
+    "paper": dict(width=200, lr_points=25, mu_points=21, seeds=4, steps=100_000, exponent_steps=20_000),
+}
+TOL = 1e-3
+
+
+def boundary(mu):
+    return 2 * mu / (3 * mu**2 + 4 * (1 - mu) ** 2)
+
+
+def rank_of_last_layer(res: xr.Dataset, width: int) -> np.ndarray:
+    U = res["theta_U_kernel"].values  # (lr, mu, replica, width, d)
+    return ds.measure.numerical_rank(U, TOL) / min(width, U.shape[-1])
+
+
+def train(problem, dynamics, lrs, mus, args):
+    return ds.simulate(dynamics, grid={"lr": lrs, "mu": mus}, n_replicas=args.seeds, n_steps=args.steps,
+                       seed=args.seed, observables={"theta": ds.observables.final_state(),
+                                                    "diverged": ds.observables.diverged(bound=1e4)})
+
+
+def saddle_exponent(problem, lrs, mus, args):
+    at_saddle = problem._replace(init=lambda key, hp: jax.tree_util.tree_map(jnp.zeros_like, problem.init(key, hp)))
+    res = ds.simulate(ds.lyapunov.with_tangent(ds.dynamics.sgd(at_saddle), transient=500),
+                      grid={"lr": lrs, "mu": mus}, n_replicas=2, n_steps=args.exponent_steps, seed=args.seed,
+                      observables={"le": ds.lyapunov.running_exponent(transient=500, every_record=False)})
+    return res.le.mean("replica").values
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="laptop")
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--lr-points", type=int)
+    parser.add_argument("--mu-points", type=int)
+    parser.add_argument("--seeds", type=int)
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--exponent-steps", type=int)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="figures")
+    parser.add_argument("--results", default="results")
+    args = parser.parse_args(argv)
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(args.results, exist_ok=True)
+
+    lrs = np.linspace(0.25 / args.lr_points, 0.25, args.lr_points)
+    adam_lrs = np.logspace(-4, -1.5, args.lr_points)
+    mus = np.linspace(0.0, 0.9, args.mu_points)
+    runs = [("SGD", a, lrs) for a in ("linear", "tanh", "relu", "swish")] + [("Adam", a, adam_lrs)
+                                                                             for a in ("linear", "tanh")]
+    fig, axes = plt.subplots(2, 4, figsize=(19, 8.5))
+    summary = {}
+    started = time.perf_counter()
+    for ax, (opt, activation, lr_axis) in zip(axes.ravel(), runs):
+        problem = ds.problems.two_layer_net(args.width, args.width, activation)
+        dynamics = ds.dynamics.sgd(problem) if opt == "SGD" else ds.dynamics.from_optax(problem, optax.adam)
+        res = train(problem, dynamics, lr_axis, mus, args)
+        rank = rank_of_last_layer(res, args.width)
+        rank = np.where(res.diverged.values, np.nan, rank)
+        mean_rank = np.nanmean(rank, axis=-1)
+        summary[(opt, activation)] = (mean_rank, res.diverged.values.mean(-1))
+        mesh = ax.pcolormesh(lr_axis, mus, mean_rank.T, cmap="viridis", vmin=0, vmax=1, shading="nearest")
+        if opt == "SGD":
+            grid = np.linspace(0, 0.9, 200)
+            ax.plot(boundary(grid), grid, "r--", lw=1.5)
+            ax.set_xlim(lr_axis[0] - 0.015, lr_axis[-1] + 0.015)
+        else:
+            ax.set_xscale("log")
+        ax.set_xlabel(f"{opt} learning rate")
+        ax.set_ylabel("μ")
+        ax.set_title(f"{opt}, {activation}: rank(U) / {args.width} (tol {TOL})", fontsize=10)
+        fig.colorbar(mesh, ax=ax)
+        print(f"{opt} {activation}: rank(U)/{args.width} from {np.nanmin(mean_rank):.2f} to "
+              f"{np.nanmax(mean_rank):.2f}; "
+              f"diverged share {res.diverged.values.mean():.2f} ({time.perf_counter() - started:.0f} s)")
+    exponents = {}
+    for ax, activation in zip(axes[1, 2:], ("linear", "tanh")):
+        le = saddle_exponent(ds.problems.two_layer_net(args.width, args.width, activation), lrs, mus, args)
+        exponents[activation] = le
+        mesh = ax.pcolormesh(lrs, mus, le.T, cmap="coolwarm", vmin=-np.abs(le).max(), vmax=np.abs(le).max(),
+                             shading="nearest")
+        fig.colorbar(mesh, ax=ax)
+        grid = np.linspace(0, 0.9, 200)
+        ax.plot(boundary(grid), grid, "k--", lw=1.5)
+        ax.set_xlim(lrs[0] - 0.015, lrs[-1] + 0.015)
+        ax.set_xlabel("SGD learning rate")
+        ax.set_ylabel("μ")
+        ax.set_title(f"top exponent of SGD at the saddle, {activation} (red > 0: unstable)", fontsize=10)
+        print(f"saddle exponent, {activation}: min {le.min():+.2e}, max {le.max():+.2e}, "
+              f"share of cells > 0: {np.mean(le > 0):.2f}")
+    fig.suptitle(f"Seed 004, Figs. 7-8: {args.width}-{args.width}-{args.width} nets, fresh samples, "
+                 f"{args.steps} steps, "
+                 f"{args.seeds} seeds per cell (mean rank; dashed: 1-D theory line)", fontsize=11)
+    fig.tight_layout()
+    path = os.path.join(args.out, "fig7_wide_nets.png")
+    fig.savefig(path, dpi=100)
+    out = xr.Dataset(
+        {f"rank_{o}_{a}": ((f"lr_{o}", "mu"), r) for (o, a), (r, _) in summary.items()}
+        | {f"exponent_{a}": (("lr_SGD", "mu"), e) for a, e in exponents.items()},
+        coords={"lr_SGD": lrs, "lr_Adam": adam_lrs, "mu": mus},
+    )
+    ds.io.save(out, os.path.join(args.results, "fig7_wide_nets.nc"))
+    print(f"wrote {path} in {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
