@@ -51,16 +51,26 @@ def rank_of_last_layer(res: xr.Dataset, width: int) -> np.ndarray:
 
 
 def train(problem, dynamics, lrs, mus, args):
-    return ds.simulate(dynamics, grid={"lr": lrs, "mu": mus}, n_replicas=args.seeds, n_steps=args.steps,
-                       seed=args.seed, observables={"theta": ds.observables.final_state(),
-                                                    "diverged": ds.observables.diverged(bound=1e4)})
+    return ds.simulate(
+        dynamics,
+        grid={"lr": lrs, "mu": mus},
+        n_replicas=args.seeds,
+        n_steps=args.steps,
+        seed=args.seed,
+        observables={"theta": ds.observables.final_state(), "diverged": ds.observables.diverged(bound=1e4)},
+    )
 
 
 def saddle_exponent(problem, lrs, mus, args):
     at_saddle = problem._replace(init=lambda key, hp: jax.tree_util.tree_map(jnp.zeros_like, problem.init(key, hp)))
-    res = ds.simulate(ds.lyapunov.with_tangent(ds.dynamics.sgd(at_saddle), transient=500),
-                      grid={"lr": lrs, "mu": mus}, n_replicas=2, n_steps=args.exponent_steps, seed=args.seed,
-                      observables={"le": ds.lyapunov.running_exponent(transient=500, every_record=False)})
+    res = ds.simulate(
+        ds.lyapunov.with_tangent(ds.dynamics.sgd(at_saddle), transient=500),
+        grid={"lr": lrs, "mu": mus},
+        n_replicas=2,
+        n_steps=args.exponent_steps,
+        seed=args.seed,
+        observables={"le": ds.lyapunov.running_exponent(transient=500, every_record=False)},
+    )
     return res.le.mean("replica").values
 
 
@@ -86,8 +96,9 @@ def main(argv=None) -> None:
     lrs = np.linspace(0.25 / args.lr_points, 0.25, args.lr_points)
     adam_lrs = np.logspace(-4, -1.5, args.lr_points)
     mus = np.linspace(0.0, 0.9, args.mu_points)
-    runs = [("SGD", a, lrs) for a in ("linear", "tanh", "relu", "swish")] + [("Adam", a, adam_lrs)
-                                                                             for a in ("linear", "tanh")]
+    runs = [("SGD", a, lrs) for a in ("linear", "tanh", "relu", "swish")] + [
+        ("Adam", a, adam_lrs) for a in ("linear", "tanh")
+    ]
     fig, axes = plt.subplots(2, 4, figsize=(19, 8.5))
     summary = {}
     started = time.perf_counter()
@@ -110,15 +121,18 @@ def main(argv=None) -> None:
         ax.set_ylabel("μ")
         ax.set_title(f"{opt}, {activation}: rank(U) / {args.width} (tol {TOL})", fontsize=10)
         fig.colorbar(mesh, ax=ax)
-        print(f"{opt} {activation}: rank(U)/{args.width} from {np.nanmin(mean_rank):.2f} to "
-              f"{np.nanmax(mean_rank):.2f}; "
-              f"diverged share {res.diverged.values.mean():.2f} ({time.perf_counter() - started:.0f} s)")
+        print(
+            f"{opt} {activation}: rank(U)/{args.width} from {np.nanmin(mean_rank):.2f} to "
+            f"{np.nanmax(mean_rank):.2f}; "
+            f"diverged share {res.diverged.values.mean():.2f} ({time.perf_counter() - started:.0f} s)"
+        )
     exponents = {}
     for ax, activation in zip(axes[1, 2:], ("linear", "tanh")):
         le = saddle_exponent(ds.problems.two_layer_net(args.width, args.width, activation), lrs, mus, args)
         exponents[activation] = le
-        mesh = ax.pcolormesh(lrs, mus, le.T, cmap="coolwarm", vmin=-np.abs(le).max(), vmax=np.abs(le).max(),
-                             shading="nearest")
+        mesh = ax.pcolormesh(
+            lrs, mus, le.T, cmap="coolwarm", vmin=-np.abs(le).max(), vmax=np.abs(le).max(), shading="nearest"
+        )
         fig.colorbar(mesh, ax=ax)
         grid = np.linspace(0, 0.9, 200)
         ax.plot(boundary(grid), grid, "k--", lw=1.5)
@@ -126,11 +140,16 @@ def main(argv=None) -> None:
         ax.set_xlabel("SGD learning rate")
         ax.set_ylabel("μ")
         ax.set_title(f"top exponent of SGD at the saddle, {activation} (red > 0: unstable)", fontsize=10)
-        print(f"saddle exponent, {activation}: min {le.min():+.2e}, max {le.max():+.2e}, "
-              f"share of cells > 0: {np.mean(le > 0):.2f}")
-    fig.suptitle(f"Seed 004, Figs. 7-8: {args.width}-{args.width}-{args.width} nets, fresh samples, "
-                 f"{args.steps} steps, "
-                 f"{args.seeds} seeds per cell (mean rank; dashed: 1-D theory line)", fontsize=11)
+        print(
+            f"saddle exponent, {activation}: min {le.min():+.2e}, max {le.max():+.2e}, "
+            f"share of cells > 0: {np.mean(le > 0):.2f}"
+        )
+    fig.suptitle(
+        f"Seed 004, Figs. 7-8: {args.width}-{args.width}-{args.width} nets, fresh samples, "
+        f"{args.steps} steps, "
+        f"{args.seeds} seeds per cell (mean rank; dashed: 1-D theory line)",
+        fontsize=11,
+    )
     fig.tight_layout()
     path = os.path.join(args.out, "fig7_wide_nets.png")
     fig.savefig(path, dpi=100)

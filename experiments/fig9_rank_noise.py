@@ -13,7 +13,7 @@ constant lr, for ``--steps`` steps. All (lr, noise) models of a panel train in o
 * Static label noise (labels redrawn once, Figs. 10-11): rank and test accuracy.
 * Batch size (Fig. 12): rank over (p, S) at lr = 0.1.
 
-    python experiments/fig9_rank_noise.py [--steps 3000] [--seeds 1]
+    python experiments/fig9_rank_noise.py [--steps 20000] [--seeds 1]
 """
 
 from __future__ import annotations
@@ -43,13 +43,13 @@ def evaluate(res: xr.Dataset, features, data) -> xr.Dataset:
     """Rank, accuracy and sparsity of every trained model (leading grid and replica axes)."""
     names = [v for v in res.data_vars if v.startswith("theta_")]
     lead = res["diverged"].shape  # grid axes and replica
-    flat = {v: res[v].values.reshape(-1, *res[v].shape[len(lead):]) for v in names}
+    flat = {v: res[v].values.reshape(-1, *res[v].shape[len(lead) :]) for v in names}
     x_test, y_test = jnp.asarray(data["x_test"]), jnp.asarray(data["y_test"])
 
     def params_of(i):
         tree = {}
         for v in names:
-            layer, kind = v[len("theta_"):].rsplit("_", 1)
+            layer, kind = v[len("theta_") :].rsplit("_", 1)
             tree.setdefault(layer, {})[kind] = jnp.asarray(flat[v][i])
         return tree
 
@@ -67,8 +67,11 @@ def evaluate(res: xr.Dataset, features, data) -> xr.Dataset:
         for layer in sparse:
             sparse[layer][i] = ds.measure.sparsity(np.asarray(p[layer]["kernel"]).reshape(1, -1))[0]
     dims = res["diverged"].dims
-    out = {"rank": (dims, rank.reshape(lead)), "effective_rank": (dims, eff.reshape(lead)),
-           "test_accuracy": (dims, acc.reshape(lead))}
+    out = {
+        "rank": (dims, rank.reshape(lead)),
+        "effective_rank": (dims, eff.reshape(lead)),
+        "test_accuracy": (dims, acc.reshape(lead)),
+    }
     out |= {f"sparsity_{k}": (dims, v.reshape(lead)) for k, v in sparse.items()}
     return xr.Dataset(out, coords={d: res[d] for d in dims})
 
@@ -76,8 +79,15 @@ def evaluate(res: xr.Dataset, features, data) -> xr.Dataset:
 def heat(ax, fig, da, title, vmin=None, vmax=None, xlog=True):
     mean = da.mean("replica")
     xdim, ydim = mean.dims
-    mesh = ax.pcolormesh(np.arange(mean.sizes[xdim]), mean[ydim].values, mean.values.T, shading="nearest",
-                         cmap="viridis", vmin=vmin, vmax=vmax)
+    mesh = ax.pcolormesh(
+        np.arange(mean.sizes[xdim]),
+        mean[ydim].values,
+        mean.values.T,
+        shading="nearest",
+        cmap="viridis",
+        vmin=vmin,
+        vmax=vmax,
+    )
     ax.set_xticks(np.arange(mean.sizes[xdim]), [f"{v:g}" for v in mean[xdim].values])
     ax.set_xlabel("learning rate" if xdim == "lr" else "batch size S")
     ax.set_ylabel("label noise p")
@@ -87,7 +97,7 @@ def heat(ax, fig, da, title, vmin=None, vmax=None, xlog=True):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="figures")
@@ -102,8 +112,14 @@ def main(argv=None) -> None:
     # dynamic label noise: p is a traced hyperparameter, one program for the (lr, p) grid
     problem, features = ds.problems.cnn1d_classifier(data["x"], data["y"])
     dynamic = ds.dynamics.sgd(problem, batch_size=32, noise=[ds.dynamics.label_reselect(10)])
-    res = ds.simulate(dynamic, grid={"lr": LRS, "label_noise": NOISE}, n_replicas=args.seeds, n_steps=args.steps,
-                      seed=args.seed, observables=observables)
+    res = ds.simulate(
+        dynamic,
+        grid={"lr": LRS, "label_noise": NOISE},
+        n_replicas=args.seeds,
+        n_steps=args.steps,
+        seed=args.seed,
+        observables=observables,
+    )
     dyn_eval = evaluate(res, features, data)
     print(f"dynamic noise: trained {res.diverged.size} models in {time.perf_counter() - started:.0f} s")
 
@@ -112,15 +128,27 @@ def main(argv=None) -> None:
     for p in NOISE:
         noisy = ds.problems.corrupt_labels(data["y"], p, 10, seed=args.seed)
         prob, feat = ds.problems.cnn1d_classifier(data["x"], noisy)
-        r = ds.simulate(ds.dynamics.sgd(prob, batch_size=32), grid={"lr": LRS}, n_replicas=args.seeds,
-                        n_steps=args.steps, seed=args.seed, observables=observables)
+        r = ds.simulate(
+            ds.dynamics.sgd(prob, batch_size=32),
+            grid={"lr": LRS},
+            n_replicas=args.seeds,
+            n_steps=args.steps,
+            seed=args.seed,
+            observables=observables,
+        )
         static.append(evaluate(r, feat, data).expand_dims(label_noise=[p]).transpose("lr", "label_noise", "replica"))
     stat_eval = xr.concat(static, "label_noise")
     print(f"static noise done at {time.perf_counter() - started:.0f} s")
 
     # batch size: a static axis, one compilation per S
-    res_s = ds.simulate(dynamic, grid={"batch_size": BATCHES, "label_noise": NOISE, "lr": [0.1]},
-                        n_replicas=args.seeds, n_steps=args.steps, seed=args.seed, observables=observables)
+    res_s = ds.simulate(
+        dynamic,
+        grid={"batch_size": BATCHES, "label_noise": NOISE, "lr": [0.1]},
+        n_replicas=args.seeds,
+        n_steps=args.steps,
+        seed=args.seed,
+        observables=observables,
+    )
     batch_eval = evaluate(res_s, features, data).isel(lr=0)
     print(f"batch sizes done at {time.perf_counter() - started:.0f} s")
 
@@ -131,11 +159,20 @@ def main(argv=None) -> None:
     heat(axes[0, 3], fig, dyn_eval.sparsity_conv1, "dynamic noise: share of ~0 weights, conv1", 0, 1)
     heat(axes[1, 0], fig, stat_eval["rank"], "static noise: rank of the features", 0, 64)
     heat(axes[1, 1], fig, stat_eval.test_accuracy, "static noise: test accuracy", 0, 1)
-    heat(axes[1, 2], fig, batch_eval["rank"].transpose("batch_size", "label_noise", "replica"),
-         "dynamic noise, lr = 0.1: rank vs batch size", 0, 64)
+    heat(
+        axes[1, 2],
+        fig,
+        batch_eval["rank"].transpose("batch_size", "label_noise", "replica"),
+        "dynamic noise, lr = 0.1: rank vs batch size",
+        0,
+        64,
+    )
     heat(axes[1, 3], fig, dyn_eval.effective_rank, "dynamic noise: effective rank exp(entropy of s/Σs)", 0, None)
-    fig.suptitle(f"Substitute for seed 004 Figs. 1c, 9-12: CNN on MNIST-1D, SGD batch 32, {args.steps} steps, "
-                 f"{args.seeds} seed(s) per cell", fontsize=11)
+    fig.suptitle(
+        f"Substitute for seed 004 Figs. 1c, 9-12: CNN on MNIST-1D, SGD batch 32, {args.steps} steps, "
+        f"{args.seeds} seed(s) per cell",
+        fontsize=11,
+    )
     fig.tight_layout()
     path = os.path.join(args.out, "fig9_rank_noise.png")
     fig.savefig(path, dpi=100)
@@ -147,8 +184,12 @@ def main(argv=None) -> None:
         a = ev.test_accuracy.mean("replica")
         print(f"{name} noise: rank (rows lr {LRS.tolist()}, columns p {NOISE.tolist()})")
         for i, lr in enumerate(LRS):
-            print(f"  lr {lr:5.2f}: rank " + " ".join(f"{v:4.0f}" for v in r.values[i])
-                  + "   accuracy " + " ".join(f"{v:.2f}" for v in a.values[i]))
+            print(
+                f"  lr {lr:5.2f}: rank "
+                + " ".join(f"{v:4.0f}" for v in r.values[i])
+                + "   accuracy "
+                + " ".join(f"{v:.2f}" for v in a.values[i])
+            )
     r = batch_eval["rank"].mean("replica")
     for i, s in enumerate(BATCHES):
         print(f"  batch {s:4d}, lr 0.1: rank " + " ".join(f"{v:4.0f}" for v in r.values[i]))
