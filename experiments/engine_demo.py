@@ -22,6 +22,7 @@ import time
 import matplotlib
 
 matplotlib.use("Agg")
+import _cli  # noqa: E402
 import jax  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -52,12 +53,7 @@ def main(argv=None) -> None:
     parser.add_argument("--replicas", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--record-every", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="figures", help="folder for the figure")
-    parser.add_argument("--results", default="results", help="folder for the NetCDF results")
-    args = parser.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
-    os.makedirs(args.results, exist_ok=True)
+    args = _cli.parse(parser, argv)
 
     problem = ds.problems.linear_regression_1d()  # N = infinity, w* = 0, w_0 = 1
     started = time.perf_counter()

@@ -28,6 +28,7 @@ import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)  # |theta| reaches 1e-110
 
+import _cli  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -42,12 +43,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--lr", type=float, default=0.4)
     parser.add_argument("--teacher", type=float, nargs=2, default=(0.1, 1.8), help="y = a tanh(x) + b eps")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="figures")
-    parser.add_argument("--results", default="results")
-    args = parser.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
-    os.makedirs(args.results, exist_ok=True)
+    args = _cli.parse(parser, argv)
 
     problem = ds.problems.scalar_net("tanh", data="teacher", teacher=tuple(args.teacher), init_std=0.5)
     draws = ds.problems.draw_dataset(problem, ds.prng.key(args.seed + 2), 4_000_000)

@@ -24,6 +24,7 @@ import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
+import _cli  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
@@ -83,12 +84,7 @@ def main(argv=None) -> None:
     parser.add_argument("--c-points", type=int, default=160)
     parser.add_argument("--replicas", type=int, default=256)
     parser.add_argument("--steps", type=int, default=4000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="figures")
-    parser.add_argument("--results", default="results")
-    args = parser.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
-    os.makedirs(args.results, exist_ok=True)
+    args = _cli.parse(parser, argv)
 
     lrs = np.logspace(-6, 1, args.lr_points)
     cs = np.logspace(0, 5, args.c_points)

@@ -31,6 +31,7 @@ import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)  # BFGS to |grad| < 1e-6
 
+import _cli  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -106,11 +107,7 @@ def main(argv=None) -> None:
     parser.add_argument("--replicas", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--lr-points", type=int, default=24)
-    parser.add_argument("--out", default="figures")
-    parser.add_argument("--results", default="results")
-    args = parser.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
-    os.makedirs(args.results, exist_ok=True)
+    args = _cli.parse(parser, argv)
 
     rows = scan(args)
     found = dict(rows)[1.0]

@@ -25,6 +25,7 @@ import time
 import matplotlib
 
 matplotlib.use("Agg")
+import _cli  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
@@ -83,15 +84,10 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--exponent-steps", type=int)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="figures")
-    parser.add_argument("--results", default="results")
-    args = parser.parse_args(argv)
+    args = _cli.parse(parser, argv)
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    os.makedirs(args.out, exist_ok=True)
-    os.makedirs(args.results, exist_ok=True)
 
     lrs = np.linspace(0.25 / args.lr_points, 0.25, args.lr_points)
     adam_lrs = np.logspace(-4, -1.5, args.lr_points)

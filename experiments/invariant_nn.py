@@ -28,6 +28,7 @@ import time
 import matplotlib
 
 matplotlib.use("Agg")
+import _cli  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
@@ -191,12 +192,7 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs-b", type=int, default=150, help="epochs on digits (can fit)")
     parser.add_argument("--label-noise", type=float, default=0.1)
     parser.add_argument("--draws", type=int, default=8, help="minibatches per late iterate for Thm 5.2")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="figures")
-    parser.add_argument("--results", default="results")
-    args = parser.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
-    os.makedirs(args.results, exist_ok=True)
+    args = _cli.parse(parser, argv)
     scales = [0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
 
     mnist = ds.problems.load_mnist1d()

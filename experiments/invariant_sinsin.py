@@ -28,6 +28,7 @@ import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)  # periodic orbits are detected to 1e-8
 
+import _cli  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -218,12 +219,7 @@ def main(argv=None) -> None:
     parser.add_argument("--tail", type=int, default=64, help="last values kept per orbit for the period")
     parser.add_argument("--fig4-steps", type=int, default=2000)
     parser.add_argument("--bifurcation-points", type=int, default=600)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="figures")
-    parser.add_argument("--results", default="results")
-    args = parser.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
-    os.makedirs(args.results, exist_ok=True)
+    args = _cli.parse(parser, argv)
     problem = ds.problems.sin_product()
 
     started = time.perf_counter()

@@ -25,6 +25,7 @@ import time
 import matplotlib
 
 matplotlib.use("Agg")
+import _cli  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
@@ -214,15 +215,10 @@ def main(argv=None) -> None:
     parser.add_argument("--mu", type=float, default=0.06, help="mu of the lr-S diagram")
     parser.add_argument("--n-data", type=int, nargs="+", default=[3, 4, 8, 10, 24, 100])
     parser.add_argument("--datasets", type=int, default=20, help="finite-N: datasets averaged for the shares")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="figures", help="folder for the figure")
-    parser.add_argument("--results", default="results", help="folder for the NetCDF results")
-    args = parser.parse_args(argv)
+    args = _cli.parse(parser, argv)
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    os.makedirs(args.out, exist_ok=True)
-    os.makedirs(args.results, exist_ok=True)
 
     started = time.perf_counter()
     name, fig, theory, sim, summary = DIAGRAMS[args.diagram](args)

@@ -30,6 +30,7 @@ import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
+import _cli  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
@@ -64,11 +65,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--transient", type=int, default=500)
     parser.add_argument("--lr-points", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="figures")
-    parser.add_argument("--results", default="results")
-    args = parser.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
+    args = _cli.parse(parser, argv)
 
     lrs = np.linspace(0.05, 2.0, args.lr_points)
     adam_lrs = np.logspace(-4, -0.5, args.lr_points)

@@ -24,6 +24,7 @@ import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)  # the tail reaches 1e70
 
+import _cli  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -35,12 +36,7 @@ def main(argv=None) -> None:
     parser.add_argument("--chains", type=int, default=20_000)
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--n-data", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=3)
-    parser.add_argument("--out", default="figures")
-    parser.add_argument("--results", default="results")
-    args = parser.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
-    os.makedirs(args.results, exist_ok=True)
+    args = _cli.parse(parser, argv, seed=3)
 
     problem = ds.problems.linear_regression_1d(n_data=args.n_data, w_star=1.0, noise_std=0.5, w0=0.0)
     dynamics = ds.dynamics.sgd(problem)

@@ -1,0 +1,17 @@
+"""Command-line options every experiment shares: the seed and where figures and results go."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def parse(parser: argparse.ArgumentParser, argv=None, *, seed: int = 0) -> argparse.Namespace:
+    """Add ``--seed``, ``--out`` (figures) and ``--results`` (NetCDF), parse, and create both folders."""
+    parser.add_argument("--seed", type=int, default=seed)
+    parser.add_argument("--out", default="figures", help="folder for the figures")
+    parser.add_argument("--results", default="results", help="folder for the NetCDF results")
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(args.results, exist_ok=True)
+    return args
