@@ -20,7 +20,7 @@ import math
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -39,6 +39,7 @@ from dynsim._validate import (
     check_positive,
     grid_values,
 )
+from dynsim.checkpoint import Checkpoint
 from dynsim.dynamics.base import Dynamics, resolve_hyperparams
 from dynsim.observables import Context, Observable, View, diverged, final_state, from_name
 
@@ -384,11 +385,13 @@ class _Outputs:
             self.coords[dim] = np.asarray(c)
 
 
-def _collect(program: _Program, carry, finals, status, index, keep, outputs: _Outputs, ctx):
+def _collect(program: _Program, carry, finals, status, keep, ctx) -> list:
+    """The outputs of one chunk as ``(name, dims, values, coords)``, values over its first ``keep`` trajectories."""
     spec = program.spec
     carry = jax.device_get(carry)
     obs = dict(spec.observables)
     with_time = ctx.record_every is not None
+    entries = []
     for name, rec in zip(program.record_names, carry["rec"]):
         leaves = jax.tree_util.tree_leaves(rec)
         names = _leaf_names(rec)
@@ -398,28 +401,70 @@ def _collect(program: _Program, carry, finals, status, index, keep, outputs: _Ou
             if not with_time:
                 leaf = leaf[:, -1]
             extra = tuple(f"{var}_dim{i}" for i in range(leaf.ndim - (2 if with_time else 1)))
-            outputs.put(var, (("time",) if with_time else ()) + extra, index, leaf)
+            entries.append((var, (("time",) if with_time else ()) + extra, leaf, {}))
     for name, rec in zip(program.final_names, jax.device_get(finals)):
         leaves = jax.tree_util.tree_leaves(rec)
         names = _leaf_names(rec)
         for leaf, leaf_name in zip(leaves, names):
             var = f"{name}_{leaf_name}" if len(leaves) > 1 else name
             leaf = np.asarray(leaf)[:keep]
-            extra = tuple(f"{var}_dim{i}" for i in range(leaf.ndim - 1))
-            outputs.put(var, extra, index, leaf)
+            entries.append((var, tuple(f"{var}_dim{i}" for i in range(leaf.ndim - 1)), leaf, {}))
     for name, acc in zip(program.reducer_names, carry["acc"]):
         acc = jax.tree_util.tree_map(lambda x: np.asarray(x)[:keep], acc)
         for suffix, entry in obs[name].finalize(acc, {k: v[:keep] for k, v in status.items()}, ctx).items():
             dims, values = entry[0], entry[1]
             coords = entry[2] if len(entry) > 2 else {}
             var = f"{name}_{suffix}" if suffix else name
-            outputs.put(
-                var,
-                tuple(f"{var}_{d}" for d in dims),
-                index,
-                values,
-                {f"{var}_{d}": c for d, c in coords.items()},
+            entries.append(
+                (
+                    var,
+                    tuple(f"{var}_{d}" for d in dims),
+                    np.asarray(values),
+                    {f"{var}_{d}": c for d, c in coords.items()},
+                )
             )
+    return entries
+
+
+def _run_chunk(program: _Program, inputs, keep: int, ctx: Context, n_slots: int, bar) -> list:
+    """Run one chunk of trajectories for ``n_steps`` steps (in blocks, for the progress bar); its outputs."""
+    n_steps, record_every = ctx.n_steps, ctx.record_every
+    carry = program.init(inputs)
+    done = 0
+    if record_every is not None:
+        n_rec = n_steps // record_every
+        per_call = max(1, math.ceil(n_rec / _PROGRESS_BLOCKS))
+        for r in range(0, n_rec, per_call):
+            r_to = min(n_rec, r + per_call)
+            carry = program.run_records(carry, inputs, r, r_to)
+            jax.block_until_ready(carry["alive"])
+            bar.update(keep * (r_to - r) * record_every)
+        done = n_rec * record_every
+    per_call = max(1, math.ceil((n_steps - done) / _PROGRESS_BLOCKS))
+    for t in range(done, n_steps, per_call):
+        t_to = min(n_steps, t + per_call)
+        carry = program.run_steps(carry, inputs, t, t_to)
+        jax.block_until_ready(carry["alive"])
+        bar.update(keep * (t_to - t))
+    if done < n_steps:
+        carry = program.write(carry, inputs, n_slots - 1)
+    finals = program.finish(carry, inputs)
+    status = {"diverged_step": np.asarray(carry["div_step"])}
+    return _collect(program, carry, finals, status, keep, ctx)
+
+
+def _device_list(devices) -> list | None:
+    if devices is None:
+        return None
+    if isinstance(devices, int) and not isinstance(devices, bool):
+        available = jax.devices()
+        if not 1 <= devices <= len(available):
+            raise ValueError(f"devices={devices}: between 1 and the {len(available)} available devices")
+        return available[:devices]
+    devices = list(devices)
+    if not devices or not all(isinstance(d, jax.Device) for d in devices):
+        raise TypeError(f"devices must be None, an int or a sequence of jax devices, got {devices!r}")
+    return devices
 
 
 # --------------------------------------------------------------------------- simulate
@@ -459,7 +504,10 @@ def simulate(
     memory_budget: float | None = None,
     progress: bool | None = None,
     path: str | os.PathLike | None = None,
-) -> xr.Dataset:
+    checkpoint: str | os.PathLike | None = None,
+    shard: tuple[int, int] | None = None,
+    devices: int | Sequence[jax.Device] | None = None,
+) -> xr.Dataset | None:
     """Run ``n_replicas`` trajectories of ``dynamics`` in every cell of ``grid`` for ``n_steps`` steps.
 
     Parameters
@@ -489,6 +537,17 @@ def simulate(
         Show a progress bar (``None``: on a terminal, for runs longer than 2 s).
     path:
         Also save the result to this NetCDF file.
+    checkpoint:
+        A folder where every finished chunk is written atomically; calling again with the same
+        arguments resumes from it, and a different configuration is refused
+        (:mod:`dynsim.checkpoint`).
+    shard:
+        ``(index, count)``: run only the chunks ``index, index + count, ...`` (with a shared
+        ``checkpoint``), e.g. one shard per host of a cluster. Returns ``None`` until every
+        chunk is in the checkpoint; a call without ``shard`` then assembles the result.
+    devices:
+        Split every chunk over these devices (an int takes the first ones), sharding the
+        trajectory axis; results are bitwise the same as on one device.
 
     Returns
     -------
@@ -511,6 +570,14 @@ def simulate(
         path = check_output_path(path)
     if progress not in (None, True, False):
         raise TypeError(f"progress must be None, True or False, got {progress!r}")
+    if shard is not None:
+        if checkpoint is None:
+            raise ValueError("shard needs a checkpoint folder shared by the shards")
+        if not (isinstance(shard, tuple) and len(shard) == 2):
+            raise TypeError(f"shard must be a tuple (index, count), got {shard!r}")
+        count = check_int("shard count", shard[1], minimum=1)
+        check_int("shard index", shard[0], minimum=0, maximum=count - 1)
+    device_list = _device_list(devices)
     obs = _check_observables(observables)
     g = _check_grid(dynamics, grid)
     ctx = Context(n_steps=n_steps, record_every=record_every)
@@ -536,87 +603,6 @@ def simulate(
         if dynamics.check is not None:
             dynamics.check(hp)
 
-    root = jax.random.key_data(prng.key(seed))
-    outputs = _Outputs(n_cells * n_replicas)
-    total = n_cells * n_replicas * n_steps
-    disable = {None: None, True: False, False: True}[progress]
-    started = time.perf_counter()
-    float_dtype = jnp.result_type(float)
-    with tqdm(
-        total=total, unit="traj-step", unit_scale=True, delay=2.0, disable=disable, desc="dynsim", mininterval=1.0
-    ) as bar:
-        for key, cells in groups.items():
-            static_hp = tuple(sorted({**g.constants, **dict(zip(g.static, key))}.items()))
-            spec = _Spec(dynamics, tuple(obs.items()), static_hp, ctx, bound, n_slots)
-            program = _program(spec)
-            data = None
-            if program.shared_data is not None:
-                data = program.shared_data(prng.data_key(prng.key(seed)))
-            cells_arr = np.asarray(cells, dtype=np.int64)
-            traj_cell = np.repeat(cells_arr, n_replicas)
-            traj_rep = np.tile(np.arange(n_replicas), len(cells_arr))
-            traced_values = {
-                a: per_cell[a][traj_cell].astype(
-                    np.int32 if np.issubdtype(per_cell[a].dtype, np.integer) else float_dtype
-                )
-                for a in g.traced
-            }
-            n_traj = len(traj_cell)
-
-            def inputs_for(sel):
-                return {
-                    "cell": jnp.asarray(traj_cell[sel], jnp.int32),
-                    "rep": jnp.asarray(traj_rep[sel], jnp.int32),
-                    "hp": {a: jnp.asarray(v[sel]) for a, v in traced_values.items()},
-                    "root": root,
-                    "data": data,
-                }
-
-            size = chunk_size or _chunk_size(
-                program, inputs_for(np.arange(1)), n_traj, budget or default_memory_budget()
-            )
-            size = _LANES * math.ceil(min(size, n_traj) / _LANES)
-            for start in range(0, n_traj, size):
-                sel = np.arange(start, start + size)
-                keep = int(min(size, n_traj - start))
-                sel = np.minimum(sel, n_traj - 1)  # pad the last chunk by repeating a trajectory
-                inputs = inputs_for(sel)
-                carry = program.init(inputs)
-                done = 0
-                if record_every is not None:
-                    n_rec = n_steps // record_every
-                    per_call = max(1, math.ceil(n_rec / _PROGRESS_BLOCKS))
-                    for r in range(0, n_rec, per_call):
-                        r_to = min(n_rec, r + per_call)
-                        carry = program.run_records(carry, inputs, r, r_to)
-                        jax.block_until_ready(carry["alive"])
-                        bar.update(keep * (r_to - r) * record_every)
-                    done = n_rec * record_every
-                per_call = max(1, math.ceil((n_steps - done) / _PROGRESS_BLOCKS))
-                for t in range(done, n_steps, per_call):
-                    t_to = min(n_steps, t + per_call)
-                    carry = program.run_steps(carry, inputs, t, t_to)
-                    jax.block_until_ready(carry["alive"])
-                    bar.update(keep * (t_to - t))
-                if done < n_steps:
-                    carry = program.write(carry, inputs, n_slots - 1)
-                finals = program.finish(carry, inputs)
-                status = {"diverged_step": np.asarray(carry["div_step"])}
-                index = start + np.arange(keep)
-                global_index = traj_cell[index] * n_replicas + traj_rep[index]
-                _collect(program, carry, finals, status, global_index, keep, outputs, ctx)
-    elapsed = time.perf_counter() - started
-
-    shape = (*g.shape, n_replicas)
-    lead = (*g.axes, "replica")
-    data_vars = {
-        name: (lead + outputs.dims[name], buf.reshape(shape + buf.shape[1:])) for name, buf in outputs.vars.items()
-    }
-    coords: dict[str, Any] = {a: v for a, v in zip(g.axes, g.values)}
-    coords["replica"] = np.arange(n_replicas)
-    if record_every is not None:
-        coords["time"] = times
-    coords.update(outputs.coords)
     config = {
         "dynamics": dynamics.name,
         "problem": getattr(dynamics.problem, "name", None),
@@ -630,6 +616,91 @@ def simulate(
         "observables": {n: {"kind": o.kind, **{k: _jsonable(v) for k, v in o.config.items()}} for n, o in obs.items()},
         "divergence_bound": bound,
     }
+    store = Checkpoint(checkpoint, {**config, "x64": bool(jax.config.jax_enable_x64)}) if checkpoint else None
+    lanes = _LANES * (len(device_list) if device_list else 1)
+    sharding = None
+    if device_list and len(device_list) > 1:
+        mesh_ = jax.sharding.Mesh(np.array(device_list), ("trajectory",))
+        sharding = jax.sharding.NamedSharding(mesh_, jax.sharding.PartitionSpec("trajectory"))
+
+    root = jax.random.key_data(prng.key(seed))
+    outputs = _Outputs(n_cells * n_replicas)
+    total = n_cells * n_replicas * n_steps
+    disable = {None: None, True: False, False: True}[progress]
+    started = time.perf_counter()
+    float_dtype = jnp.result_type(float)
+    chunk_number = 0
+    complete = True
+    with tqdm(
+        total=total, unit="traj-step", unit_scale=True, delay=2.0, disable=disable, desc="dynsim", mininterval=1.0
+    ) as bar:
+        for group, (key, cells) in enumerate(groups.items()):
+            static_hp = tuple(sorted({**g.constants, **dict(zip(g.static, key))}.items()))
+            spec = _Spec(dynamics, tuple(obs.items()), static_hp, ctx, bound, n_slots)
+            program = _program(spec)
+            cells_arr = np.asarray(cells, dtype=np.int64)
+            traj_cell = np.repeat(cells_arr, n_replicas)
+            traj_rep = np.tile(np.arange(n_replicas), len(cells_arr))
+            traced_values = {
+                a: per_cell[a][traj_cell].astype(
+                    np.int32 if np.issubdtype(per_cell[a].dtype, np.integer) else float_dtype
+                )
+                for a in g.traced
+            }
+            n_traj = len(traj_cell)
+            data = None
+            if program.shared_data is not None:
+                data = program.shared_data(prng.data_key(prng.key(seed)))
+
+            def inputs_for(sel, data):
+                per_traj = {
+                    "cell": jnp.asarray(traj_cell[sel], jnp.int32),
+                    "rep": jnp.asarray(traj_rep[sel], jnp.int32),
+                    "hp": {a: jnp.asarray(v[sel]) for a, v in traced_values.items()},
+                }
+                if sharding is not None and len(sel) % len(device_list) == 0:
+                    per_traj = jax.device_put(per_traj, sharding)
+                return {**per_traj, "root": root, "data": data}
+
+            size = store.chunk_size(group) if store else None
+            if size is None:
+                size = chunk_size or _chunk_size(
+                    program, inputs_for(np.arange(1), data), n_traj, budget or default_memory_budget()
+                )
+                size = lanes * math.ceil(min(size, n_traj) / lanes)
+            for start in range(0, n_traj, size):
+                keep = int(min(size, n_traj - start))
+                index = start + np.arange(keep)
+                global_index = traj_cell[index] * n_replicas + traj_rep[index]
+                mine = shard is None or chunk_number % shard[1] == shard[0]
+                chunk_number += 1
+                if store is not None and store.has(group, start, size):
+                    _, entries = store.load(group, start, size)
+                    bar.update(keep * n_steps)
+                elif not mine:
+                    complete = False
+                    continue
+                else:
+                    sel = np.minimum(np.arange(start, start + size), n_traj - 1)  # pad by repeating a trajectory
+                    entries = _run_chunk(program, inputs_for(sel, data), keep, ctx, n_slots, bar)
+                    if store is not None:
+                        store.save(group, start, size, global_index, entries)
+                for name, dims, values, coords in entries:
+                    outputs.put(name, dims, global_index, values, coords)
+    elapsed = time.perf_counter() - started
+    if not complete:
+        return None  # other shards still owe chunks; a call without ``shard`` assembles the result
+
+    shape = (*g.shape, n_replicas)
+    lead = (*g.axes, "replica")
+    data_vars = {
+        name: (lead + outputs.dims[name], buf.reshape(shape + buf.shape[1:])) for name, buf in outputs.vars.items()
+    }
+    coords: dict[str, Any] = {a: v for a, v in zip(g.axes, g.values)}
+    coords["replica"] = np.arange(n_replicas)
+    if record_every is not None:
+        coords["time"] = times
+    coords.update(outputs.coords)
     attrs = {
         "config": json.dumps(config),
         "seed": seed,

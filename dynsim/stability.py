@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -356,7 +357,7 @@ def _phase_dataset(ds: xr.Dataset) -> xr.Dataset:
 
 
 def _simulate_phases(
-    lrs, second, chi, batch_size, n_data, noise_var, c0, n_replicas, n_steps, seed, level, refine, progress
+    lrs, second, chi, batch_size, n_data, noise_var, c0, n_replicas, n_steps, seed, level, refine, progress, checkpoint
 ):
     import dynsim as ds
 
@@ -368,7 +369,7 @@ def _simulate_phases(
         "ms_minus": ds.observables.time_average(lambda m: m["sq_minus"], n_batches=8),
     }
 
-    def run(lr_values, second_values, steps, run_seed):
+    def run(lr_values, second_values, steps, run_seed, part):
         res = ds.simulate(
             dynamics,
             grid={"lr": lr_values, name: second_values},
@@ -377,13 +378,14 @@ def _simulate_phases(
             seed=run_seed,
             observables=observables,
             progress=progress,
+            checkpoint=None if checkpoint is None else os.path.join(checkpoint, part),
         )
         return _summarise(res, steps, level)
 
-    out = run(lrs, second, n_steps, seed)
+    out = run(lrs, second, n_steps, seed, "main")
     out["refined"] = (out.phase.dims, np.zeros(out.phase.shape, dtype=bool))
     steps = n_steps
-    for _ in range(refine):
+    for round_ in range(refine):
         steps *= 4
         undecided = out.phase.values == UNDECIDED
         if not undecided.any():
@@ -391,7 +393,7 @@ def _simulate_phases(
         for j in np.flatnonzero(undecided.any(axis=0)):
             rows = np.flatnonzero(undecided[:, j])
             # same seed: a finite dataset must stay the one of the first pass (and of the theory)
-            again = run(lrs[rows], second[j : j + 1], steps, seed)
+            again = run(lrs[rows], second[j : j + 1], steps, seed, f"refine{round_}-{j}")
             for var in again.data_vars:
                 out[var].values[rows, j] = again[var].values[:, 0]
             out["refined"].values[rows, j] = True
@@ -440,6 +442,7 @@ def saddle_phases(
     level: float = 0.99,
     refine: int = 0,
     progress: bool | None = None,
+    checkpoint: str | None = None,
     **theory_options: Any,
 ) -> xr.Dataset:
     """Phase diagram of SGD at the rank-1 saddle over ``(lr, mu)`` (or ``(lr, a)``), seed 004 Figs. 1b, 3, 4.
@@ -454,7 +457,8 @@ def saddle_phases(
     (phase -1). ``refine=r`` reruns undecided cells up to ``r`` times with 4x more steps
     (the sign of ``Lambda`` decides faster the longer the run). ``Lambda_+-`` are estimated
     as ``mean log|mode_T/mode_0| / T`` with standard errors, ``E(1 - lr chi)^2`` as a time
-    average.
+    average. ``checkpoint``: a folder where each simulation of the call checkpoints its chunks
+    (in a subfolder) and resumes from them (:func:`dynsim.simulate`).
 
     Returns an ``xarray.Dataset`` with ``Lambda_plus``, ``Lambda_minus``, ``ms_minus``,
     ``phase`` (indices into :data:`PHASES`) and, for simulations, the shares and intervals.
@@ -496,6 +500,7 @@ def saddle_phases(
         level,
         refine,
         progress,
+        checkpoint,
     )
     ds.phase.attrs["labels"] = ", ".join(f"{i}: {p}" for i, p in enumerate(PHASES)) + ", -1: undecided"
     ds.attrs.update(

@@ -11,7 +11,17 @@ def parse(parser: argparse.ArgumentParser, argv=None, *, seed: int = 0) -> argpa
     parser.add_argument("--seed", type=int, default=seed)
     parser.add_argument("--out", default="figures", help="folder for the figures")
     parser.add_argument("--results", default="results", help="folder for the NetCDF results")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="checkpoint every finished chunk under the results folder and resume from it",
+    )
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     os.makedirs(args.results, exist_ok=True)
     return args
+
+
+def checkpoint(args: argparse.Namespace, name: str) -> str | None:
+    """The checkpoint folder of one simulation of the experiment when ``--resume`` is given, else None."""
+    return os.path.join(args.results, "checkpoints", name) if args.resume else None

@@ -51,7 +51,7 @@ def rank_of_last_layer(res: xr.Dataset, width: int) -> np.ndarray:
     return ds.measure.numerical_rank(U, TOL) / min(width, U.shape[-1])
 
 
-def train(problem, dynamics, lrs, mus, args):
+def train(problem, dynamics, lrs, mus, args, name):
     return ds.simulate(
         dynamics,
         grid={"lr": lrs, "mu": mus},
@@ -59,6 +59,7 @@ def train(problem, dynamics, lrs, mus, args):
         n_steps=args.steps,
         seed=args.seed,
         observables={"theta": ds.observables.final_state(), "diverged": ds.observables.diverged(bound=1e4)},
+        checkpoint=_cli.checkpoint(args, f"fig7_{name}"),
     )
 
 
@@ -101,7 +102,7 @@ def main(argv=None) -> None:
     for ax, (opt, activation, lr_axis) in zip(axes.ravel(), runs):
         problem = ds.problems.two_layer_net(args.width, args.width, activation)
         dynamics = ds.dynamics.sgd(problem) if opt == "SGD" else ds.dynamics.from_optax(problem, optax.adam)
-        res = train(problem, dynamics, lr_axis, mus, args)
+        res = train(problem, dynamics, lr_axis, mus, args, f"{opt}_{activation}")
         rank = rank_of_last_layer(res, args.width)
         rank = np.where(res.diverged.values, np.nan, rank)
         mean_rank = np.nanmean(rank, axis=-1)

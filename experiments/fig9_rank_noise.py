@@ -115,6 +115,7 @@ def main(argv=None) -> None:
         n_steps=args.steps,
         seed=args.seed,
         observables=observables,
+        checkpoint=_cli.checkpoint(args, "fig9_dynamic"),
     )
     dyn_eval = evaluate(res, features, data)
     print(f"dynamic noise: trained {res.diverged.size} models in {time.perf_counter() - started:.0f} s")
@@ -131,6 +132,7 @@ def main(argv=None) -> None:
             n_steps=args.steps,
             seed=args.seed,
             observables=observables,
+            checkpoint=_cli.checkpoint(args, f"fig9_static_{p}"),
         )
         static.append(evaluate(r, feat, data).expand_dims(label_noise=[p]).transpose("lr", "label_noise", "replica"))
     stat_eval = xr.concat(static, "label_noise")
@@ -144,6 +146,7 @@ def main(argv=None) -> None:
         n_steps=args.steps,
         seed=args.seed,
         observables=observables,
+        checkpoint=_cli.checkpoint(args, "fig9_batch"),
     )
     batch_eval = evaluate(res_s, features, data).isel(lr=0)
     print(f"batch sizes done at {time.perf_counter() - started:.0f} s")

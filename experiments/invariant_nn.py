@@ -88,6 +88,7 @@ def train(task: str, data: dict, args) -> tuple:
         record_every=EVERY * steps_per_epoch,
         seed=args.seed,
         observables=observables,
+        checkpoint=_cli.checkpoint(args, f"invariant_nn_{task}"),
     )
     res = res.assign_coords(epoch=("time", res.time.values / steps_per_epoch))
     return problem, dynamics, res, steps_per_epoch

@@ -120,7 +120,13 @@ def sweep(args, problem):
         "orbit": ds.observables.last_values(args.tail, lambda th: jnp.mod(th[0] + th[1], TWO_PI)),
     }
     res = ds.simulate(
-        dyn, grid={"lr": lrs}, n_replicas=args.starts, n_steps=args.steps, seed=args.seed, observables=observables
+        dyn,
+        grid={"lr": lrs},
+        n_replicas=args.starts,
+        n_steps=args.steps,
+        seed=args.seed,
+        observables=observables,
+        checkpoint=_cli.checkpoint(args, "invariant_sinsin_sweep"),
     )
     period = ds.measure.detect_period(
         res.orbit.values[..., None], tol=1e-7, max_period=args.tail // 2, window=args.tail // 2, period_of_space=TWO_PI

@@ -70,6 +70,7 @@ def run_pair(lrs, second, args, **kw):
         n_steps=args.steps,
         seed=args.seed,
         refine=args.refine,
+        checkpoint=_cli.checkpoint(args, f"phase_{args.diagram}-" + "-".join(f"{k}{v}" for k, v in sorted(kw.items()))),
         **kw,
     )
     return theory, sim

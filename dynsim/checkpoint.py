@@ -1,0 +1,95 @@
+"""Chunk checkpoints: a run that is interrupted resumes where it stopped, and hosts can share a run.
+
+A checkpoint is a folder. ``config.json`` fingerprints the run (dynamics, grid, steps, replicas,
+seed, records, observables); each finished chunk of trajectories is one ``.npz`` file holding its
+outputs and the global indices of its trajectories, written to a temporary name and renamed, so a
+killed process never leaves a half-written chunk. A rerun of the same call loads the chunks that
+exist and computes the others; a checkpoint written by a different configuration is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Checkpoint"]
+
+_CHUNK = re.compile(r"chunk-(\d+)-(\d+)-(\d+)\.npz$")
+
+
+def _atomic_write(path: str, write) -> None:
+    folder = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class Checkpoint:
+    """The checkpoint folder of one :func:`dynsim.simulate` configuration."""
+
+    def __init__(self, path: str | os.PathLike, config: dict[str, Any]):
+        self.path = os.fspath(path)
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise ValueError(f"checkpoint {self.path!r} exists and is not a folder")
+        os.makedirs(self.path, exist_ok=True)
+        config_path = os.path.join(self.path, "config.json")
+        text = json.dumps(config, sort_keys=True)
+        if os.path.exists(config_path):
+            with open(config_path) as fh:
+                stored = json.load(fh)
+            if stored != json.loads(text):
+                keys = sorted(k for k in set(stored) | set(config) if stored.get(k) != json.loads(text).get(k))
+                raise ValueError(
+                    f"checkpoint {self.path!r} belongs to a different run (differs in {keys}); "
+                    "use another folder or delete this one"
+                )
+        else:
+            _atomic_write(config_path, lambda tmp: open(tmp, "w").write(text))
+
+    def chunk_size(self, group: int) -> int | None:
+        """The chunk size this group was started with, if any of its chunks exist."""
+        for name in os.listdir(self.path):
+            m = _CHUNK.match(name)
+            if m and int(m.group(1)) == group:
+                return int(m.group(3))
+        return None
+
+    def _file(self, group: int, start: int, size: int) -> str:
+        return os.path.join(self.path, f"chunk-{group:04d}-{start:012d}-{size:09d}.npz")
+
+    def has(self, group: int, start: int, size: int) -> bool:
+        return os.path.exists(self._file(group, start, size))
+
+    def save(self, group: int, start: int, size: int, index: np.ndarray, entries: list) -> None:
+        """Store a chunk: ``entries`` are ``(name, dims, values, coords)``, values over its trajectories."""
+        meta = [
+            {"name": n, "dims": list(d), "coords": {k: np.asarray(c).tolist() for k, c in co.items()}}
+            for n, d, _, co in entries
+        ]
+        arrays = {f"v{i}": np.asarray(e[2]) for i, e in enumerate(entries)}
+
+        def write(tmp):
+            with open(tmp, "wb") as fh:
+                np.savez(fh, index=index, meta=np.array(json.dumps(meta)), **arrays)
+
+        _atomic_write(self._file(group, start, size), write)
+
+    def load(self, group: int, start: int, size: int) -> tuple[np.ndarray, list]:
+        with np.load(self._file(group, start, size)) as z:
+            meta = json.loads(str(z["meta"]))
+            entries = [
+                (m["name"], tuple(m["dims"]), z[f"v{i}"], {k: np.asarray(c) for k, c in m["coords"].items()})
+                for i, m in enumerate(meta)
+            ]
+            return z["index"], entries

@@ -1,0 +1,131 @@
+"""Longer than a run (checkpoint, resume after SIGKILL), many hosts (shards), many devices (sharding)."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import dynsim as ds
+
+RUN = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import dynsim as ds
+
+    def run(n_steps=4000, **kw):
+        problem = ds.problems.rank1_saddle()
+        dyn = ds.dynamics.saddle_modes(problem)
+        return ds.simulate(dyn, grid={"lr": np.linspace(0.1, 1.5, 8), "mu": [0.1, 0.5]}, n_replicas=64,
+                           n_steps=n_steps, seed=3, chunk_size=64, progress=False,
+                           observables={"modes": ds.observables.final_state(),
+                                        "ms": ds.observables.time_average(lambda m: m["sq_minus"], n_batches=4)},
+                           **kw)
+
+    if __name__ == "__main__":
+        run(n_steps=int(sys.argv[2]), checkpoint=sys.argv[1])
+    """
+)
+
+
+@pytest.fixture
+def runner(tmp_path, monkeypatch):
+    (tmp_path / "ckrun.py").write_text(RUN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import ckrun
+
+    return tmp_path / "ckrun.py", ckrun.run
+
+
+def _same(a: xr.Dataset, b: xr.Dataset):
+    xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())
+    assert ds.io.config(a) == ds.io.config(b)
+
+
+def test_resume_after_sigkill_gives_the_uninterrupted_result(runner, tmp_path):
+    script, run = runner
+    folder = tmp_path / "ck"
+    steps = 40_000
+    proc = subprocess.Popen([sys.executable, str(script), str(folder), str(steps)])
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        done = [f for f in os.listdir(folder) if f.endswith(".npz")] if folder.exists() else []
+        if len(done) >= 3:
+            break
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = sorted(f for f in os.listdir(folder) if f.endswith(".npz"))
+    assert 3 <= len(partial) < 16, partial  # killed mid-way, no temporary files left as chunks
+    resumed = run(n_steps=steps, checkpoint=folder)
+    fresh = run(n_steps=steps)
+    _same(resumed, fresh)
+    assert len([f for f in os.listdir(folder) if f.endswith(".npz")]) == 16
+    ds.io.save(resumed, tmp_path / "a.nc")
+    ds.io.save(fresh, tmp_path / "b.nc")
+    _same(ds.io.load(tmp_path / "a.nc"), ds.io.load(tmp_path / "b.nc"))
+
+
+def test_a_different_configuration_is_refused(runner, tmp_path):
+    _, run = runner
+    run(n_steps=100, checkpoint=tmp_path / "ck")
+    with pytest.raises(ValueError, match=r"belongs to a different run \(differs in \['n_steps'\]\)"):
+        run(n_steps=200, checkpoint=tmp_path / "ck")
+
+
+def test_shards_share_a_checkpoint(runner, tmp_path):
+    _, run = runner
+    folder = tmp_path / "ck"
+    assert run(n_steps=300, checkpoint=folder, shard=(0, 3)) is None
+    assert run(n_steps=300, checkpoint=folder, shard=(2, 3)) is None
+    last = run(n_steps=300, checkpoint=folder, shard=(1, 3))  # the last shard finds every chunk and assembles
+    _same(last, run(n_steps=300))
+    with pytest.raises(ValueError, match="shard needs a checkpoint"):
+        run(n_steps=300, shard=(0, 2))
+
+
+def test_four_devices_give_bitwise_the_one_device_result(tmp_path):
+    script = textwrap.dedent(
+        """
+        import jax, numpy as np, xarray as xr
+        import dynsim as ds
+        assert len(jax.devices()) == 4, jax.devices()
+        problem = ds.problems.rank1_saddle(n_data=16, width=2)
+        dyn = ds.dynamics.sgd(problem, batch_size=2)
+        kw = dict(grid={"lr": np.linspace(0.1, 1.2, 6), "mu": [0.2, 0.7]}, n_replicas=20, n_steps=60,
+                  record_every=20, observables={"ld": ds.observables.log_distance(problem.fixed_point),
+                                                "s": ds.observables.final_state()}, progress=False)
+        one = ds.simulate(dyn, **kw)
+        four = ds.simulate(dyn, devices=4, chunk_size=96, **kw)
+        xr.testing.assert_identical(one.drop_attrs(), four.drop_attrs())
+        print("identical")
+        """
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "identical" in out.stdout
+
+
+def test_bad_devices():
+    with pytest.raises(ValueError, match="devices=99"):
+        ds.simulate(ds.dynamics.gd(ds.problems.quadratic(1.0)), grid={"lr": [0.1]}, n_steps=2, devices=99)
+    with pytest.raises(TypeError, match="devices must be"):
+        ds.simulate(ds.dynamics.gd(ds.problems.quadratic(1.0)), grid={"lr": [0.1]}, n_steps=2, devices=["gpu"])
+
+
+def test_checkpoint_chunks_are_complete_files(runner, tmp_path):
+    _, run = runner
+    run(n_steps=50, checkpoint=tmp_path / "ck")
+    files = os.listdir(tmp_path / "ck")
+    assert "config.json" in files and not any(f.endswith(".tmp") for f in files)
+    with np.load(tmp_path / "ck" / sorted(f for f in files if f.endswith(".npz"))[0]) as z:
+        assert z["index"].shape == (64,)
