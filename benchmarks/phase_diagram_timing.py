@@ -4,8 +4,8 @@ Workload: the default lambda-mu diagram of ``experiments/phase_diagram.py`` (ran
 Gaussian data, S = 1, N = infinity): per cell and replica, ``n_steps`` SGD steps in the mode
 coordinates, ``log|w -+ u| += log|1 -+ lr chi_t|`` with ``chi_t = x (mu x + (1 - mu) eps)``,
 ``x ~ N(0, 1)``, ``eps ~ N(0, 4)``. The NumPy baseline draws the same law, vectorized over
-all trajectories of the grid. Writes the Markdown table to ``benchmarks/RESULTS.md``
-(``--write``) with the device's name.
+all trajectories of the grid. Writes the Markdown table to ``benchmarks/RESULTS_phase_diagram.md``
+(``--write``) with the device's name (``benchmarks/run.py`` owns ``RESULTS.md``).
 
     python benchmarks/phase_diagram_timing.py [--lr-points 72 --mu-points 41 --replicas 256 --steps 1000]
 """
@@ -45,7 +45,7 @@ def main(argv=None) -> None:
     parser.add_argument("--replicas", type=int, default=256)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--numpy-steps", type=int, default=100, help="NumPy runs this many steps (it is scaled)")
-    parser.add_argument("--write", action="store_true", help="write benchmarks/RESULTS.md")
+    parser.add_argument("--write", action="store_true", help="write benchmarks/RESULTS_phase_diagram.md")
     args = parser.parse_args(argv)
 
     lrs = np.linspace(0.02, 3.0, args.lr_points)
@@ -96,7 +96,7 @@ def main(argv=None) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS_phase_diagram.md")
         with open(path, "w") as fh:
             fh.write(text)
         print(f"wrote {path}")

@@ -15,13 +15,17 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+SMALL = 64
+"""Leaves with more elements than this are left alone: large arrays (network weights) come out of
+matrix products, which XLA stores anyway, and an extra division would cost a full pass over them."""
+
 
 def materialize(tree, anchor):
-    """``tree`` with every floating-point leaf divided by ``1.0`` built from the integer ``anchor``."""
+    """``tree`` with every small floating-point leaf divided by ``1.0`` built from the integer ``anchor``."""
     one = jnp.asarray(anchor).astype(jnp.float32) * 0 + 1  # x * 0 is not folded: it is NaN for x = inf
 
     def store(x):
-        if jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+        if jnp.issubdtype(jnp.result_type(x), jnp.inexact) and jnp.size(x) <= SMALL:
             return x / one.astype(jnp.result_type(x))
         return x
 

@@ -281,22 +281,33 @@ def time_average(
     def init(view: View, ctx: Context):
         value = jnp.asarray(evaluate(view))
         zeros = jnp.zeros((n_batches, *value.shape), value.dtype)
-        return {"sum": zeros, "comp": zeros}
+        return {"sum": zeros, "comp": zeros, "run": zeros[0], "run_comp": zeros[0]}
 
     def update(acc, view: View, t, ctx: Context):
+        # Kahan summation into a running batch sum, stored into its slot when the batch ends. t is
+        # the same for every trajectory, so the end of a batch is a scalar condition and the store
+        # a real branch (not a select): each step touches two numbers per value, not 2 n_batches.
         value = jnp.asarray(evaluate(view))
-        # t is the same for every trajectory, so the batch is a scalar index: one element is
-        # read and written per step (Kahan summation into the current batch only)
-        b = jnp.clip(_batch_index(t, discard, ctx.n_steps, n_batches), 0, n_batches - 1)
-        s_old, c_old = acc["sum"][b], acc["comp"][b]
-        y = value.astype(s_old.dtype) - c_old
-        s_new = s_old + y
-        c_new = jnp.where(jnp.isfinite(s_new), (s_new - s_old) - y, c_old)
+        run, run_comp = acc["run"], acc["run_comp"]
+        y = value.astype(run.dtype) - run_comp
+        new = run + y
+        new_comp = jnp.where(jnp.isfinite(new), (new - run) - y, run_comp)
         active = t > discard
-        return {
-            "sum": acc["sum"].at[b].set(jnp.where(active, s_new, s_old)),
-            "comp": acc["comp"].at[b].set(jnp.where(active, c_new, c_old)),
-        }
+        run = jnp.where(active, new, run)
+        run_comp = jnp.where(active, new_comp, run_comp)
+        b = jnp.clip(_batch_index(t, discard, ctx.n_steps, n_batches), 0, n_batches - 1)
+        ends = (t == ctx.n_steps) | (_batch_index(t + 1, discard, ctx.n_steps, n_batches) != b)
+
+        def store(a):
+            return {
+                "sum": a["sum"].at[b].set(run),
+                "comp": a["comp"].at[b].set(run_comp),
+                "run": jnp.zeros_like(run),
+                "run_comp": jnp.zeros_like(run_comp),
+            }
+
+        acc = {**acc, "run": run, "run_comp": run_comp}
+        return jax.lax.cond(active & ends, store, lambda a: a, acc)
 
     def finalize(acc, status, ctx: Context):
         t = np.arange(discard + 1, ctx.n_steps + 1)

@@ -1,0 +1,269 @@
+"""Throughput of dynsim against the code a user would otherwise write (NumPy, PyTorch), in the same run.
+
+Trajectory-steps per second (float32) for
+  (a) SGD on 1-D regression (N = 100, S = 1),
+  (b) the rank-1 saddle in mode coordinates (Gaussian data, S = 1, N = infinity),
+  (c) a grid of 400 200-200-200 tanh nets (fresh samples, batch 1, mean MSE, SGD),
+  (d) ``dynsim.lyapunov.spectrum`` with k = 8 on the nets of (c), relative to their base step,
+and the end-to-end time of the default phase diagram. The baselines are vectorized over trajectories
+(NumPy; PyTorch on CUDA when present, else CPU) with hand-written gradients. Prints a table and
+rewrites ``benchmarks/RESULTS.md`` with the device's name.
+
+    python benchmarks/run.py            # CPU sizes
+    python benchmarks/run.py --gpu      # GPU sizes (4M trajectories for (a) and (b))
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import jax
+import numpy as np
+
+import dynsim as ds
+
+try:
+    import torch
+except ImportError:  # pragma: no cover - optional baseline
+    torch = None
+
+
+def best(fn, repeats=3):
+    fn()  # warm-up: compilation, caches
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def torch_device():
+    return "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
+
+
+def sync():
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+# --------------------------------------------------------------------------- (a) 1-D regression
+
+
+def regression(m, steps):
+    problem = ds.problems.linear_regression_1d(n_data=100, noise_std=0.5)
+    dyn = ds.dynamics.sgd(problem)
+    data = ds.dynamics.bind(dyn, {"lr": 0.1}).hp["data"]
+    x, y = np.asarray(data["x"], np.float32), np.asarray(data["y"], np.float32)
+    obs = {"w": ds.observables.final_state()}
+
+    def run_dynsim():
+        ds.simulate(dyn, grid={"lr": [0.1]}, n_replicas=m, n_steps=steps, observables=obs, progress=False)
+
+    def run_numpy():
+        rng = np.random.default_rng(0)
+        w = np.ones(m, np.float32)
+        for _ in range(steps):
+            i = rng.integers(0, 100, size=m)
+            xi = x[i]
+            w -= np.float32(0.1) * xi * (xi * w - y[i])
+
+    def run_torch():
+        dev = torch_device()
+        xt, yt = torch.tensor(x, device=dev), torch.tensor(y, device=dev)
+        w = torch.ones(m, device=dev)
+        for _ in range(steps):
+            i = torch.randint(0, 100, (m,), device=dev)
+            xi = xt[i]
+            w -= 0.1 * xi * (xi * w - yt[i])
+        sync()
+
+    return m * steps, run_dynsim, run_numpy, run_torch
+
+
+# --------------------------------------------------------------------------- (b) rank-1 saddle
+
+
+def saddle(m, steps):
+    dyn = ds.dynamics.saddle_modes(ds.problems.rank1_saddle())
+    obs = {"modes": ds.observables.final_state()}
+    lrs = np.linspace(0.05, 3.0, 16)
+    reps = m // 16
+
+    def run_dynsim():
+        ds.simulate(dyn, grid={"lr": lrs, "mu": [0.1]}, n_replicas=reps, n_steps=steps, observables=obs, progress=False)
+
+    lr = np.repeat(lrs, reps).astype(np.float32)
+
+    def run_numpy():
+        rng = np.random.default_rng(0)
+        plus, minus = np.zeros_like(lr), np.zeros_like(lr)
+        for _ in range(steps):
+            xx = rng.standard_normal(lr.size, dtype=np.float32)
+            eps = 2 * rng.standard_normal(lr.size, dtype=np.float32)
+            chi = xx * (0.1 * xx + 0.9 * eps)
+            plus += np.log(np.abs(1 + lr * chi))
+            minus += np.log(np.abs(1 - lr * chi))
+
+    def run_torch():
+        dev = torch_device()
+        lrt = torch.tensor(lr, device=dev)
+        plus, minus = torch.zeros_like(lrt), torch.zeros_like(lrt)
+        for _ in range(steps):
+            xx = torch.randn(lrt.shape, device=dev)
+            chi = xx * (0.1 * xx + 0.9 * 2 * torch.randn(lrt.shape, device=dev))
+            plus += torch.log(torch.abs(1 + lrt * chi))
+            minus += torch.log(torch.abs(1 - lrt * chi))
+        sync()
+
+    return reps * 16 * steps, run_dynsim, run_numpy, run_torch
+
+
+# --------------------------------------------------------------------------- (c) 200-200-200 nets
+
+
+def nets(cells, steps, d=200):
+    problem = ds.problems.two_layer_net(d, d, "tanh")
+    dyn = ds.dynamics.sgd(problem)
+    side = int(np.sqrt(cells))
+    grid = {"lr": np.linspace(0.01, 0.25, side), "mu": np.linspace(0, 0.9, cells // side)}
+    obs = {"theta": ds.observables.final_state()}
+    lr = np.repeat(grid["lr"], cells // side).astype(np.float32)[:, None]
+    mu = np.tile(grid["mu"], side).astype(np.float32)[:, None]
+
+    def run_dynsim():
+        ds.simulate(dyn, grid=grid, n_steps=steps, observables=obs, progress=False)
+
+    def step_numpy(W, U, rng):
+        x = rng.standard_normal((cells, d), dtype=np.float32)
+        y = mu * x + (1 - mu) * 2 * rng.standard_normal((cells, d), dtype=np.float32)
+        h = np.tanh(np.einsum("cij,cj->ci", W, x))
+        r = np.einsum("cij,cj->ci", U, h) - y
+        df = 2 * r / d
+        dh = np.einsum("cji,cj->ci", U, df) * (1 - h * h)
+        U -= lr[:, :, None] * df[:, :, None] * h[:, None, :]
+        W -= lr[:, :, None] * dh[:, :, None] * x[:, None, :]
+
+    def run_numpy():
+        rng = np.random.default_rng(0)
+        W = rng.uniform(-1, 1, (cells, d, d)).astype(np.float32) / np.sqrt(d)
+        U = rng.uniform(-1, 1, (cells, d, d)).astype(np.float32) / np.sqrt(d)
+        for _ in range(steps):
+            step_numpy(W, U, rng)
+
+    def run_torch():
+        dev = torch_device()
+        lrt, mut = torch.tensor(lr, device=dev), torch.tensor(mu, device=dev)
+        W = (torch.rand(cells, d, d, device=dev) * 2 - 1) / d**0.5
+        U = (torch.rand(cells, d, d, device=dev) * 2 - 1) / d**0.5
+        for _ in range(steps):
+            x = torch.randn(cells, d, device=dev)
+            y = mut * x + (1 - mut) * 2 * torch.randn(cells, d, device=dev)
+            h = torch.tanh(torch.bmm(W, x[:, :, None])[:, :, 0])
+            r = torch.bmm(U, h[:, :, None])[:, :, 0] - y
+            df = 2 * r / d
+            dh = torch.bmm(U.transpose(1, 2), df[:, :, None])[:, :, 0] * (1 - h * h)
+            U -= lrt[:, :, None] * df[:, :, None] * h[:, None, :]
+            W -= lrt[:, :, None] * dh[:, :, None] * x[:, None, :]
+        sync()
+
+    return cells * steps, run_dynsim, run_numpy, run_torch
+
+
+def spectrum_cost(cells, steps, k=8, d=200):
+    """Seconds per step of ``spectrum`` (k tangents + QR) and of the plain step, on ``cells`` replicas of one net."""
+    problem = ds.problems.two_layer_net(d, d, "tanh")
+    bound = ds.dynamics.bind(ds.dynamics.sgd(problem), {"lr": 0.1, "mu": 0.1})
+    x0 = bound.init(jax.random.key(0))
+
+    def run_spectrum():
+        ds.lyapunov.spectrum(bound.step, x0, 0, steps, k, n_replicas=cells, n_records=1)
+
+    def run_base():
+        ds.simulate(
+            ds.dynamics.sgd(problem),
+            grid={"lr": [0.1], "mu": [0.1]},
+            n_replicas=cells,
+            n_steps=steps,
+            observables={"theta": ds.observables.final_state()},
+            progress=False,
+        )
+
+    return best(run_spectrum, 1) / steps, best(run_base, 1) / steps
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpu", action="store_true", help="GPU sizes")
+    parser.add_argument("--no-write", action="store_true", help="do not rewrite benchmarks/RESULTS.md")
+    args = parser.parse_args(argv)
+    sizes = (
+        dict(a=(4 * 2**20, 1000), b=(4 * 2**20, 1000), c=(400, 200), d=(400, 50))
+        if args.gpu
+        else dict(a=(2**18, 1000), b=(2**16, 1000), c=(400, 20), d=(64, 5))
+    )
+    device = jax.devices()[0]
+    name = f"{device.platform}: {device.device_kind}" + (
+        f" ({os.cpu_count()} cores, {platform.machine()})" if device.platform == "cpu" else ""
+    )
+    rows = []
+    for label, build, size in (
+        ("(a) SGD, 1-D regression", regression, sizes["a"]),
+        ("(b) rank-1 saddle, modes", saddle, sizes["b"]),
+        ("(c) 400 nets 200-200-200, tanh", nets, sizes["c"]),
+    ):
+        work, run_ds, run_np, run_pt = build(*size)
+        t_ds = best(run_ds)
+        t_np = best(run_np, 1)
+        t_pt = best(run_pt, 1) if torch is not None else float("nan")
+        rows.append((label, f"{size[0]:,} x {size[1]}", work / t_ds, work / t_np, work / t_pt))
+        print(f"{label}: dynsim {work / t_ds:.3g}, NumPy {work / t_np:.3g}, PyTorch {work / t_pt:.3g} traj-steps/s")
+    t_spec, t_base = spectrum_cost(*sizes["d"])
+    print(f"(d) spectrum k = 8: {t_spec / t_base:.1f}x the base step ({t_spec:.3g} s vs {t_base:.3g} s per step)")
+    lrs, mus = np.linspace(0.02, 3.0, 72), np.linspace(0.0, 1.0, 41)
+    start = time.perf_counter()
+    ds.stability.saddle_phases(lrs, mus)
+    ds.stability.saddle_phases(lrs, mus, method="simulation", n_replicas=256, n_steps=1000, refine=1, progress=False)
+    phase_time = time.perf_counter() - start
+
+    torch_name = "not installed" if torch is None else f"{torch.__version__} on {torch_device()}"
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Device: **{name}**; dynsim {ds.__version__}, JAX {jax.__version__}, NumPy {np.__version__}, "
+        f"PyTorch {torch_name}. `python benchmarks/run.py{' --gpu' if args.gpu else ''}`, float32, best of 3 "
+        "(compilation excluded).",
+        "",
+        "| workload | trajectories x steps | dynsim (traj-steps/s) | NumPy | PyTorch | dynsim / NumPy "
+        "| dynsim / PyTorch |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, shape, r_ds, r_np, r_pt in rows:
+        lines.append(
+            f"| {label} | {shape} | {r_ds:.3g} | {r_np:.3g} | {r_pt:.3g} | {r_ds / r_np:.2f} | {r_ds / r_pt:.2f} |"
+        )
+    lines += [
+        "",
+        f"(d) `lyapunov.spectrum` with k = 8 tangent vectors on {sizes['d'][0]} replicas of the net of (c): "
+        f"{t_spec / t_base:.1f}x the time of the base SGD step (target: at most k + 1 = 9x).",
+        "",
+        f"Default phase diagram (72 x 41 cells, theory + simulation with 256 replicas x 1000 steps and one "
+        f"refinement): {phase_time:.1f} s end to end.",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_write:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+        with open(path, "w") as fh:
+            fh.write(text)
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
