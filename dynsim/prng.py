@@ -196,7 +196,7 @@ def _mulhi32(a, b):
 def uniform_index(k: jax.Array, shape, n) -> jax.Array:
     """Indices uniform on ``{0, ..., n-1}``: ``floor(b * n / 2**32)`` for 32 random bits ``b``.
 
-    One hash per pair of indices (``jax.random.randint`` spends four). Each index has
+    One hash per index (``jax.random.randint`` spends four). Each index has
     probability ``floor(2**32/n)/2**32`` or ``ceil(2**32/n)/2**32``, i.e. within
     ``2**-32`` of ``1/n``. ``n`` may be a traced integer (``1 <= n < 2**31``).
     """

@@ -96,6 +96,18 @@ def test_chunk_size_invariance_property(chunk):
     xr.testing.assert_identical(_saddle_run(chunk_size=40).drop_attrs(), _saddle_run(chunk_size=chunk).drop_attrs())
 
 
+def test_blocks_of_steps_change_nothing(monkeypatch):
+    """Steps run in blocks that double while calls are fast; results are those of one step per call."""
+    from dynsim import engine
+
+    grown = _saddle_run(chunk_size=40)  # fast calls: blocks of 1, 2, 4, ... steps
+    monkeypatch.setattr(engine, "_MIN_CALL_SECONDS", 0.0)
+    monkeypatch.setattr(engine, "_PROGRESS_BLOCKS", 10**9)  # one step per call throughout
+    single = _saddle_run(chunk_size=40)
+    for name in grown.data_vars:
+        np.testing.assert_array_equal(grown[name].values, single[name].values)
+
+
 def _normal_draws():
     """A hand-built dynamics whose state is a fresh N(0, 1) draw every step."""
     return Dynamics(
