@@ -325,7 +325,7 @@ def _program(spec: _Spec) -> _Program:
 
 def default_memory_budget() -> int:
     """Bytes a chunk of trajectories may use: half the free accelerator memory, or 1 GiB on CPU."""
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]
     stats = None
     try:
         stats = device.memory_stats()
@@ -489,7 +489,7 @@ def _device_list(devices) -> list | None:
     if devices is None:
         return None
     if isinstance(devices, int) and not isinstance(devices, bool):
-        available = jax.devices()
+        available = jax.local_devices()  # in a multi-host run, this process's devices
         if not 1 <= devices <= len(available):
             raise ValueError(f"devices={devices}: between 1 and the {len(available)} available devices")
         return available[:devices]
@@ -662,7 +662,7 @@ def simulate(
     started = time.perf_counter()
     float_dtype = jnp.result_type(float)
     chunk_number = 0
-    complete = True
+    owed = []  # chunks of other shards, not in the checkpoint when this shard passed them
     with tqdm(
         total=total, unit="traj-step", unit_scale=True, delay=2.0, disable=disable, desc="dynsim", mininterval=1.0
     ) as bar:
@@ -710,7 +710,7 @@ def simulate(
                     _, entries = store.load(group, start, size)
                     bar.update(keep * n_steps)
                 elif not mine:
-                    complete = False
+                    owed.append((group, start, size, global_index))
                     continue
                 else:
                     sel = np.minimum(np.arange(start, start + size), n_traj - 1)  # pad by repeating a trajectory
@@ -720,6 +720,15 @@ def simulate(
                 for name, dims, values, coords in entries:
                     outputs.put(name, dims, global_index, values, coords)
     elapsed = time.perf_counter() - started
+    # Shards finishing together each pass the others' chunks before they are written: look again.
+    for group, start, size, global_index in owed:
+        if not store.has(group, start, size):
+            complete = False
+            break
+        for name, dims, values, coords in store.load(group, start, size)[1]:
+            outputs.put(name, dims, global_index, values, coords)
+    else:
+        complete = True
     if not complete:
         return None  # other shards still owe chunks; a call without ``shard`` assembles the result
 
@@ -739,7 +748,7 @@ def simulate(
         "dynsim_version": __version__,
         "jax_version": jax.__version__,
         "backend": jax.default_backend(),
-        "device": str(jax.devices()[0].device_kind),
+        "device": str(jax.local_devices()[0].device_kind),
         "x64": int(bool(jax.config.jax_enable_x64)),
         "elapsed_seconds": elapsed,
     }

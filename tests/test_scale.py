@@ -129,3 +129,47 @@ def test_checkpoint_chunks_are_complete_files(runner, tmp_path):
     assert "config.json" in files and not any(f.endswith(".tmp") for f in files)
     with np.load(tmp_path / "ck" / sorted(f for f in files if f.endswith(".npz"))[0]) as z:
         assert z["index"].shape == (64,)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_with_jax_distributed_give_the_one_process_result(tmp_path):
+    """experiments/cluster_sweep.py as two jax.distributed processes of 2 devices each, then as one."""
+    script = os.path.join(os.path.dirname(__file__), "..", "experiments", "cluster_sweep.py")
+    size = ["--lr-points", "6", "--mu-points", "4", "--replicas", "16", "--steps", "50", "--chunk-size", "16"]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    address = f"127.0.0.1:{_free_port()}"
+    many = tmp_path / "many"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, script, *size, "--results", str(many), "--out", str(many), "--coordinator", address]
+            + ["--num-processes", "2", "--process-id", str(i)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    assert sum("assembled" in o[0] for o in outs) >= 1, outs
+    chunks = [f for f in os.listdir(many / "checkpoints" / "cluster_sweep") if f.endswith(".npz")]
+    assert len(chunks) == 24  # 6 x 4 cells x 16 replicas in chunks of 16 (one 8-lane block per device)
+
+    one = tmp_path / "one"
+    out = subprocess.run(
+        [sys.executable, script, *size, "--results", str(one), "--out", str(one)],
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    _same(ds.io.load(many / "cluster_sweep.nc"), ds.io.load(one / "cluster_sweep.nc"))
