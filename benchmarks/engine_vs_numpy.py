@@ -14,11 +14,11 @@ separately).
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import jax
 import numpy as np
+from _common import best_of, device_name
 
 import dynsim as ds
 
@@ -37,15 +37,6 @@ def numpy_sgd(x: np.ndarray, y: np.ndarray, n_traj: int, n_steps: int, seed: int
     return w
 
 
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=1000)
@@ -59,11 +50,7 @@ def main(argv=None) -> None:
     data = ds.dynamics.bind(dyn, {"lr": LR}).hp["data"]
     x, y = np.asarray(data["x"], np.float32), np.asarray(data["y"], np.float32)
 
-    device = jax.devices()[0]
-    print(
-        f"# dynsim {ds.__version__}, jax {jax.__version__}, numpy {np.__version__}, "
-        f"{device.platform}: {device.device_kind}, {platform.processor() or platform.machine()}"
-    )
+    print(f"# dynsim {ds.__version__}, jax {jax.__version__}, numpy {np.__version__}, {device_name()}")
     print(f"# SGD on 1-D regression (N = {N_DATA}, S = 1), {args.steps} steps, float32, best of {args.repeats}\n")
     print(
         "| trajectories | dynsim (traj-steps/s) | NumPy (traj-steps/s) | dynsim / NumPy "
@@ -80,8 +67,8 @@ def main(argv=None) -> None:
         start = time.perf_counter()
         run_dynsim()
         first = time.perf_counter() - start
-        t_ds = best_of(run_dynsim, args.repeats)
-        t_np = best_of(lambda m=m: numpy_sgd(x, y, m, args.steps), args.repeats)
+        t_ds = best_of(run_dynsim, args.repeats, warm_up=False)
+        t_np = best_of(lambda m=m: numpy_sgd(x, y, m, args.steps), args.repeats, warm_up=False)
         rate_ds, rate_np = m * args.steps / t_ds, m * args.steps / t_np
         print(f"| {m:,} | {rate_ds:.3g} | {rate_np:.3g} | {rate_ds / rate_np:.2f} | {first:.2f} |")
 

@@ -13,12 +13,11 @@ all trajectories of the grid. Writes the Markdown table to ``benchmarks/RESULTS_
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import jax
 import numpy as np
+from _common import device_name, write_results
 
 import dynsim as ds
 
@@ -69,10 +68,7 @@ def main(argv=None) -> None:
     numpy_modes(lrs, mus, args.replicas, args.numpy_steps)
     t_np = (time.perf_counter() - start) * args.steps / args.numpy_steps
 
-    device = jax.devices()[0]
-    name = f"{device.platform}: {device.device_kind}" + (
-        f" ({os.cpu_count()} cores, {platform.machine()})" if device.platform == "cpu" else ""
-    )
+    name = device_name()
     rate_ds, rate_np = traj * args.steps / t_ds, traj * args.steps / t_np
     lines = [
         "# Benchmarks",
@@ -96,10 +92,7 @@ def main(argv=None) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS_phase_diagram.md")
-        with open(path, "w") as fh:
-            fh.write(text)
-        print(f"wrote {path}")
+        write_results("RESULTS_phase_diagram.md", text)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,11 @@ rewrites ``benchmarks/RESULTS.md`` with the device's name.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import jax
 import numpy as np
+from _common import best_of, device_name, write_results
 
 import dynsim as ds
 
@@ -29,16 +28,6 @@ try:
     import torch
 except ImportError:  # pragma: no cover - optional baseline
     torch = None
-
-
-def best(fn, repeats=3):
-    fn()  # warm-up: compilation, caches
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def torch_device():
@@ -193,7 +182,7 @@ def spectrum_cost(cells, steps, k=8, d=200):
             progress=False,
         )
 
-    return best(run_spectrum, 1) / steps, best(run_base, 1) / steps
+    return best_of(run_spectrum, 1) / steps, best_of(run_base, 1) / steps
 
 
 # --------------------------------------------------------------------------- main
@@ -209,10 +198,7 @@ def main(argv=None) -> None:
         if args.gpu
         else dict(a=(2**18, 1000), b=(2**16, 1000), c=(400, 20), d=(64, 5))
     )
-    device = jax.devices()[0]
-    name = f"{device.platform}: {device.device_kind}" + (
-        f" ({os.cpu_count()} cores, {platform.machine()})" if device.platform == "cpu" else ""
-    )
+    name = device_name()
     rows = []
     for label, build, size in (
         ("(a) SGD, 1-D regression", regression, sizes["a"]),
@@ -220,9 +206,9 @@ def main(argv=None) -> None:
         ("(c) 400 nets 200-200-200, tanh", nets, sizes["c"]),
     ):
         work, run_ds, run_np, run_pt = build(*size)
-        t_ds = best(run_ds)
-        t_np = best(run_np, 1)
-        t_pt = best(run_pt, 1) if torch is not None else float("nan")
+        t_ds = best_of(run_ds)
+        t_np = best_of(run_np, 1)
+        t_pt = best_of(run_pt, 1) if torch is not None else float("nan")
         rows.append((label, f"{size[0]:,} x {size[1]}", work / t_ds, work / t_np, work / t_pt))
         print(f"{label}: dynsim {work / t_ds:.3g}, NumPy {work / t_np:.3g}, PyTorch {work / t_pt:.3g} traj-steps/s")
     t_spec, t_base = spectrum_cost(*sizes["d"])
@@ -260,10 +246,7 @@ def main(argv=None) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
-        with open(path, "w") as fh:
-            fh.write(text)
-        print(f"wrote {path}")
+        write_results("RESULTS.md", text)
 
 
 if __name__ == "__main__":
