@@ -6,8 +6,10 @@ Trajectory-steps per second (float32) for
   (c) a grid of 400 200-200-200 tanh nets (fresh samples, batch 1, mean MSE, SGD),
   (d) ``dynsim.lyapunov.spectrum`` with k = 8 on the nets of (c), relative to their base step,
 and the end-to-end time of the default phase diagram. The baselines are vectorized over trajectories
-(NumPy; PyTorch on CUDA when present, else CPU) with hand-written gradients. Prints a table and
-rewrites ``benchmarks/RESULTS.md`` with the device's name.
+(NumPy; PyTorch on CUDA when present, else CPU) with hand-written gradients, and run at most
+``BASELINE_STEPS`` steps (their rate per step does not depend on the count). With ``--gpu``, also
+the ``--preset paper`` phase diagram and the issue's sizes. Prints a table and rewrites
+``benchmarks/RESULTS.md`` with the device's name.
 
     python benchmarks/run.py            # CPU sizes
     python benchmarks/run.py --gpu      # GPU sizes (4M trajectories for (a) and (b))
@@ -30,6 +32,10 @@ except ImportError:  # pragma: no cover - optional baseline
     torch = None
 
 
+BASELINE_STEPS = 100
+"""NumPy and PyTorch run at most this many steps (their rate per step does not depend on the count)."""
+
+
 def torch_device():
     return "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
 
@@ -43,6 +49,7 @@ def sync():
 
 
 def regression(m, steps):
+    base = min(steps, BASELINE_STEPS)
     problem = ds.problems.linear_regression_1d(n_data=100, noise_std=0.5)
     dyn = ds.dynamics.sgd(problem)
     data = ds.dynamics.bind(dyn, {"lr": 0.1}).hp["data"]
@@ -55,7 +62,7 @@ def regression(m, steps):
     def run_numpy():
         rng = np.random.default_rng(0)
         w = np.ones(m, np.float32)
-        for _ in range(steps):
+        for _ in range(base):
             i = rng.integers(0, 100, size=m)
             xi = x[i]
             w -= np.float32(0.1) * xi * (xi * w - y[i])
@@ -64,19 +71,20 @@ def regression(m, steps):
         dev = torch_device()
         xt, yt = torch.tensor(x, device=dev), torch.tensor(y, device=dev)
         w = torch.ones(m, device=dev)
-        for _ in range(steps):
+        for _ in range(base):
             i = torch.randint(0, 100, (m,), device=dev)
             xi = xt[i]
             w -= 0.1 * xi * (xi * w - yt[i])
         sync()
 
-    return m * steps, run_dynsim, run_numpy, run_torch
+    return m * steps, run_dynsim, m * base, run_numpy, run_torch
 
 
 # --------------------------------------------------------------------------- (b) rank-1 saddle
 
 
 def saddle(m, steps):
+    base = min(steps, BASELINE_STEPS)
     dyn = ds.dynamics.saddle_modes(ds.problems.rank1_saddle())
     obs = {"modes": ds.observables.final_state()}
     lrs = np.linspace(0.05, 3.0, 16)
@@ -91,7 +99,7 @@ def saddle(m, steps):
     def run_numpy():
         rng = np.random.default_rng(0)
         plus, minus = np.zeros_like(lr), np.zeros_like(lr)
-        for _ in range(steps):
+        for _ in range(base):
             xx = rng.standard_normal(lr.size, dtype=np.float32)
             eps = 2 * rng.standard_normal(lr.size, dtype=np.float32)
             chi = xx * (0.1 * xx + 0.9 * eps)
@@ -102,20 +110,21 @@ def saddle(m, steps):
         dev = torch_device()
         lrt = torch.tensor(lr, device=dev)
         plus, minus = torch.zeros_like(lrt), torch.zeros_like(lrt)
-        for _ in range(steps):
+        for _ in range(base):
             xx = torch.randn(lrt.shape, device=dev)
             chi = xx * (0.1 * xx + 0.9 * 2 * torch.randn(lrt.shape, device=dev))
             plus += torch.log(torch.abs(1 + lrt * chi))
             minus += torch.log(torch.abs(1 - lrt * chi))
         sync()
 
-    return reps * 16 * steps, run_dynsim, run_numpy, run_torch
+    return reps * 16 * steps, run_dynsim, reps * 16 * base, run_numpy, run_torch
 
 
 # --------------------------------------------------------------------------- (c) 200-200-200 nets
 
 
 def nets(cells, steps, d=200):
+    base = min(steps, BASELINE_STEPS)
     problem = ds.problems.two_layer_net(d, d, "tanh")
     dyn = ds.dynamics.sgd(problem)
     side = int(np.sqrt(cells))
@@ -141,7 +150,7 @@ def nets(cells, steps, d=200):
         rng = np.random.default_rng(0)
         W = rng.uniform(-1, 1, (cells, d, d)).astype(np.float32) / np.sqrt(d)
         U = rng.uniform(-1, 1, (cells, d, d)).astype(np.float32) / np.sqrt(d)
-        for _ in range(steps):
+        for _ in range(base):
             step_numpy(W, U, rng)
 
     def run_torch():
@@ -149,7 +158,7 @@ def nets(cells, steps, d=200):
         lrt, mut = torch.tensor(lr, device=dev), torch.tensor(mu, device=dev)
         W = (torch.rand(cells, d, d, device=dev) * 2 - 1) / d**0.5
         U = (torch.rand(cells, d, d, device=dev) * 2 - 1) / d**0.5
-        for _ in range(steps):
+        for _ in range(base):
             x = torch.randn(cells, d, device=dev)
             y = mut * x + (1 - mut) * 2 * torch.randn(cells, d, device=dev)
             h = torch.tanh(torch.bmm(W, x[:, :, None])[:, :, 0])
@@ -160,7 +169,10 @@ def nets(cells, steps, d=200):
             W -= lrt[:, :, None] * dh[:, :, None] * x[:, None, :]
         sync()
 
-    return cells * steps, run_dynsim, run_numpy, run_torch
+    return cells * steps, run_dynsim, cells * base, run_numpy, run_torch
+
+
+NET_BYTES = 2 * 2 * 200 * 200 * 4
 
 
 def spectrum_cost(cells, steps, k=8, d=200):
@@ -205,12 +217,12 @@ def main(argv=None) -> None:
         ("(b) rank-1 saddle, modes", saddle, sizes["b"]),
         ("(c) 400 nets 200-200-200, tanh", nets, sizes["c"]),
     ):
-        work, run_ds, run_np, run_pt = build(*size)
-        t_ds = best_of(run_ds)
-        t_np = best_of(run_np, 1)
-        t_pt = best_of(run_pt, 1) if torch is not None else float("nan")
-        rows.append((label, f"{size[0]:,} x {size[1]}", work / t_ds, work / t_np, work / t_pt))
-        print(f"{label}: dynsim {work / t_ds:.3g}, NumPy {work / t_np:.3g}, PyTorch {work / t_pt:.3g} traj-steps/s")
+        work, run_ds, base_work, run_np, run_pt = build(*size)
+        r_ds = work / best_of(run_ds)
+        r_np = base_work / best_of(run_np, 1)
+        r_pt = base_work / best_of(run_pt, 1) if torch is not None else float("nan")
+        rows.append((label, f"{size[0]:,} x {size[1]}", r_ds, r_np, r_pt))
+        print(f"{label}: dynsim {r_ds:.3g}, NumPy {r_np:.3g}, PyTorch {r_pt:.3g} traj-steps/s")
     t_spec, t_base = spectrum_cost(*sizes["d"])
     print(f"(d) spectrum k = 8: {t_spec / t_base:.1f}x the base step ({t_spec:.3g} s vs {t_base:.3g} s per step)")
     lrs, mus = np.linspace(0.02, 3.0, 72), np.linspace(0.0, 1.0, 41)
@@ -218,6 +230,15 @@ def main(argv=None) -> None:
     ds.stability.saddle_phases(lrs, mus)
     ds.stability.saddle_phases(lrs, mus, method="simulation", n_replicas=256, n_steps=1000, refine=1, progress=False)
     phase_time = time.perf_counter() - start
+    paper = None
+    if args.gpu:  # experiments/phase_diagram.py --preset paper: 256 x 256 cells x 1024 replicas x 1e4 steps
+        lrs, mus = np.linspace(0.02, 3.0, 256), np.linspace(0.0, 1.0, 256)
+        start = time.perf_counter()
+        ds.stability.saddle_phases(lrs, mus)
+        t_theory = time.perf_counter() - start
+        start = time.perf_counter()
+        ds.stability.saddle_phases(lrs, mus, method="simulation", n_replicas=1024, n_steps=10_000, progress=False)
+        paper = (t_theory, time.perf_counter() - start)
 
     torch_name = "not installed" if torch is None else f"{torch.__version__} on {torch_device()}"
     lines = [
@@ -243,6 +264,19 @@ def main(argv=None) -> None:
         f"Default phase diagram (72 x 41 cells, theory + simulation with 256 replicas x 1000 steps and one "
         f"refinement): {phase_time:.1f} s end to end.",
     ]
+    nets_rate = rows[2][2]
+    lines += [
+        "",
+        f"(c) moves at least {NET_BYTES * 1e-3:.0f} kB per net-step (read and write both weight matrices): "
+        f"{nets_rate * NET_BYTES * 1e-9:.3g} GB/s effective, to compare with the device's memory bandwidth.",
+    ]
+    if paper is not None:
+        lines += [
+            "",
+            f"`--preset paper` phase diagram (256 x 256 cells x 1024 replicas x 1e4 steps = 6.7e11 "
+            f"trajectory-steps): theory {paper[0]:.1f} s, simulation {paper[1]:.1f} s "
+            f"({256 * 256 * 1024 * 10_000 / paper[1]:.3g} traj-steps/s); target < 5 s end to end.",
+        ]
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
