@@ -22,6 +22,14 @@ def parse(parser: argparse.ArgumentParser, argv=None, *, seed: int = 0) -> argpa
     return args
 
 
+def save_figure(fig, args: argparse.Namespace, filename: str, *, dpi: int = 110) -> str:
+    """Lay out ``fig``, save it as ``<args.out>/<filename>`` and return that path."""
+    fig.tight_layout()
+    path = os.path.join(args.out, filename)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
 def checkpoint(args: argparse.Namespace, name: str) -> str | None:
     """The checkpoint folder of one simulation of the experiment when ``--resume`` is given, else None."""
     return os.path.join(args.results, "checkpoints", name) if args.resume else None

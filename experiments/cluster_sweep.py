@@ -95,9 +95,7 @@ def main(argv=None) -> None:
     ax.contour(lrs, mus, theory.Lambda_minus.values.T, levels=[0.0], colors="k", linewidths=1.0)
     fig.colorbar(mesh, ax=ax, label="share of replicas with |w - u| shrunk")
     ax.set(xlabel="learning rate", ylabel="mu", title=f"{count} process(es); black: Lambda_- = 0 (quadrature)")
-    fig.tight_layout()
-    figure = os.path.join(args.out, "cluster_sweep.png")
-    fig.savefig(figure, dpi=130)
+    figure = _cli.save_figure(fig, args, "cluster_sweep.png", dpi=130)
     print(f"process {me}/{count} assembled {path} and {figure}")
 
 

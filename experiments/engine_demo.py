@@ -109,9 +109,7 @@ def main(argv=None) -> None:
         f"learning rates, one compiled program ({elapsed:.1f} s)",
         fontsize=10,
     )
-    fig.tight_layout()
-    path = os.path.join(args.out, "engine_demo_lyapunov.png")
-    fig.savefig(path, dpi=130)
+    path = _cli.save_figure(fig, args, "engine_demo_lyapunov.png", dpi=130)
     print(f"diverged trajectories: {int(res.diverged.sum())}")
     print(f"wrote {path} and {os.path.join(args.results, 'engine_demo.nc')} in {elapsed:.1f} s")
 

@@ -125,9 +125,7 @@ def main(argv=None) -> None:
     ax.set_xlabel("log10 |w|, log10 |u|")
     ax.set_title("parameters collapse onto the saddle", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(args.out, "fig1a_tanh_saddle.png")
-    fig.savefig(path, dpi=110)
+    path = _cli.save_figure(fig, args, "fig1a_tanh_saddle.png")
     print(f"minima: {[np.round(m, 4).tolist() for m in minima]}, loss {f(minima[0]):.4f}; saddle loss {f([0, 0]):.4f}")
     print(
         f"Lambda+ = {lam_plus:.4f} ± {se_plus:.4f}, Lambda- = {lam_minus:.4f} ± {se_minus:.4f} (Monte Carlo); "

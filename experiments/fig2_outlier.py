@@ -111,9 +111,7 @@ def main(argv=None) -> None:
         f"{args.seed}) and one outlier",
         fontsize=10,
     )
-    fig.tight_layout()
-    path = os.path.join(args.out, "fig2_outlier.png")
-    fig.savefig(path, dpi=110)
+    path = _cli.save_figure(fig, args, "fig2_outlier.png")
     ds.io.save(
         xr.Dataset({f"m_N{n}": (("lr", "c"), m) for n, m in maps.items()}, coords={"lr": lrs, "c": cs}),
         os.path.join(args.results, "fig2_outlier.nc"),

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 
 import matplotlib
 
@@ -208,9 +207,7 @@ def main(argv=None) -> None:
         "(see README); its claim is tested on the closest dataset",
         fontsize=10,
     )
-    fig.tight_layout()
-    path = os.path.join(args.out, "fig5_swish.png")
-    fig.savefig(path, dpi=110)
+    path = _cli.save_figure(fig, args, "fig5_swish.png")
     print(
         f"  C in phase III (both finite-data exponents < 0) for lr in "
         f"{lrs[c_attractive].round(3).tolist() if c_attractive.any() else 'none of the grid'}"

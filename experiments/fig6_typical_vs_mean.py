@@ -77,9 +77,7 @@ def main(argv=None) -> None:
         "(red); green: 200 runs",
         fontsize=10,
     )
-    fig.tight_layout()
-    path = os.path.join(args.out, "fig6_typical_vs_mean.png")
-    fig.savefig(path, dpi=110)
+    path = _cli.save_figure(fig, args, "fig6_typical_vs_mean.png")
     print(f"wrote {path}")
 
 

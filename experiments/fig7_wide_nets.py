@@ -147,9 +147,7 @@ def main(argv=None) -> None:
         f"{args.seeds} seeds per cell (mean rank; dashed: 1-D theory line)",
         fontsize=11,
     )
-    fig.tight_layout()
-    path = os.path.join(args.out, "fig7_wide_nets.png")
-    fig.savefig(path, dpi=100)
+    path = _cli.save_figure(fig, args, "fig7_wide_nets.png", dpi=100)
     out = xr.Dataset(
         {f"rank_{o}_{a}": ((f"lr_{o}", "mu"), r) for (o, a), (r, _) in summary.items()}
         | {f"exponent_{a}": (("lr_SGD", "mu"), e) for a, e in exponents.items()},

@@ -172,9 +172,7 @@ def main(argv=None) -> None:
         f"{args.seeds} seed(s) per cell",
         fontsize=11,
     )
-    fig.tight_layout()
-    path = os.path.join(args.out, "fig9_rank_noise.png")
-    fig.savefig(path, dpi=100)
+    path = _cli.save_figure(fig, args, "fig9_rank_noise.png", dpi=100)
     for name, ev in (("dynamic", dyn_eval), ("static", stat_eval)):
         ds.io.save(ev, os.path.join(args.results, f"fig9_rank_noise_{name}.nc"))
     ds.io.save(batch_eval, os.path.join(args.results, "fig9_rank_noise_batch.nc"))

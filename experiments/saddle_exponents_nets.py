@@ -21,7 +21,6 @@ Data: x ~ N(0, 1), y = mu x + (1 - mu) eps, eps ~ N(0, 4), mu = 0.1; S = 1, fres
 from __future__ import annotations
 
 import argparse
-import os
 
 import matplotlib
 
@@ -132,9 +131,7 @@ def main(argv=None) -> None:
         f"{args.replicas} replicas x {args.steps} steps (± 2 s.e.)",
         fontsize=10,
     )
-    fig.tight_layout()
-    path = os.path.join(args.out, "saddle_exponents_nets.png")
-    fig.savefig(path, dpi=110)
+    path = _cli.save_figure(fig, args, "saddle_exponents_nets.png")
     print(f"wrote {path}")
 
 

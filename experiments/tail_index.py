@@ -95,9 +95,7 @@ def main(argv=None) -> None:
     ax.set_xlabel("learning rate λ")
     ax.set_ylabel("Kesten tail index κ")
     ax.set_title("Gaussian data, N = ∞: larger λ, heavier tail (κ solves E|1 - λx²|^κ = 1)", fontsize=9)
-    fig.tight_layout()
-    path = os.path.join(args.out, "tail_index.png")
-    fig.savefig(path, dpi=110)
+    path = _cli.save_figure(fig, args, "tail_index.png")
     print("kappa(lr), Gaussian: " + ", ".join(f"{lam:.1f}: {kap:.3f}" for lam, kap in zip(lrs[::3], kappas[::3])))
     print(f"wrote {path}")
 
