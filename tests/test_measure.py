@@ -44,17 +44,16 @@ def test_sliced_wasserstein1_of_a_shift():
     assert abs(d - 2 / np.pi) < 4 * se + 0.005
 
 
-def test_detect_period_of_the_eos_toy():
+def test_detect_period_of_the_eos_toy(x64):
     # GD on tanh(20 t1^2 + t2^2) at lr = 2/39: a 2-cycle at t1 = +-0.0892893115, t2 -> 0 (seed 001, Ex. 2)
-    with jax.enable_x64(True):
-        f = lambda th: jnp.tanh(20 * th[0] ** 2 + th[1] ** 2)  # noqa: E731
-        lr = 2 / 39
-        step = jax.jit(lambda th: th - lr * jax.grad(f)(th))
-        th = jnp.array([0.3, 0.2])
-        orbit = []
-        for _ in range(3000):
-            th = step(th)
-            orbit.append(np.asarray(th))
+    f = lambda th: jnp.tanh(20 * th[0] ** 2 + th[1] ** 2)  # noqa: E731
+    lr = 2 / 39
+    step = jax.jit(lambda th: th - lr * jax.grad(f)(th))
+    th = jnp.array([0.3, 0.2])
+    orbit = []
+    for _ in range(3000):
+        th = step(th)
+        orbit.append(np.asarray(th))
     found = M.detect_period(np.array(orbit), tol=1e-8, max_period=16)
     assert int(found.period) == 2
     np.testing.assert_allclose(np.sort(np.abs(found.points[:2, 0])), [0.0892893115] * 2, atol=1e-8)
