@@ -105,7 +105,8 @@ def main(argv=None) -> None:
         res = train(problem, dynamics, lr_axis, mus, args, f"{opt}_{activation}")
         rank = rank_of_last_layer(res, args.width)
         rank = np.where(res.diverged.values, np.nan, rank)
-        mean_rank = np.nanmean(rank, axis=-1)
+        kept = np.sum(~np.isnan(rank), axis=-1)
+        mean_rank = np.where(kept > 0, np.nansum(rank, axis=-1) / np.maximum(kept, 1), np.nan)  # NaN: all diverged
         summary[(opt, activation)] = (mean_rank, res.diverged.values.mean(-1))
         mesh = ax.pcolormesh(lr_axis, mus, mean_rank.T, cmap="viridis", vmin=0, vmax=1, shading="nearest")
         if opt == "SGD":
