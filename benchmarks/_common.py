@@ -1,4 +1,4 @@
-"""What every benchmark shares: best-of timing, the device's name, writing a results file."""
+"""What every benchmark shares: best-of timing, the device's name and memory bandwidth, writing a results file."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import platform
 import time
 
 import jax
+import jax.numpy as jnp
 
 
 def best_of(fn, repeats: int = 3, *, warm_up: bool = True) -> float:
@@ -26,6 +27,22 @@ def device_name() -> str:
     device = jax.local_devices()[0]
     extra = f" ({os.cpu_count()} cores, {platform.machine()})" if device.platform == "cpu" else ""
     return f"{device.platform}: {device.device_kind}{extra}"
+
+
+def memory_bandwidth(n_bytes: int = 1 << 29) -> float:
+    """Bytes per second that JAX's first device streams through ``x <- 2 x + 1`` (read + write, float32).
+
+    The array (``n_bytes``, default 512 MiB) is far larger than any cache and is updated in place
+    (donated, as the engine's carry is: a fresh output buffer would time the page faults of its
+    first touch on CPU), so this is the bound of a kernel that reads and writes its operands once.
+    """
+    axpy = jax.jit(lambda x: 2 * x + 1, donate_argnums=0)
+    x = [jnp.ones(n_bytes // 4, jnp.float32)]
+
+    def call():
+        x[0] = axpy(x[0]).block_until_ready()
+
+    return 2 * n_bytes / best_of(call, 5)
 
 
 def write_results(filename: str, text: str) -> None:

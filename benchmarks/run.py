@@ -7,9 +7,16 @@ Trajectory-steps per second (float32) for
   (d) ``dynsim.lyapunov.spectrum`` with k = 8 on the nets of (c), relative to their base step,
 and the end-to-end time of the default phase diagram. The baselines are vectorized over trajectories
 (NumPy; PyTorch on CUDA when present, else CPU) with hand-written gradients, and run at most
-``BASELINE_STEPS`` steps (their rate per step does not depend on the count). With ``--gpu``, also
-the ``--preset paper`` phase diagram and the issue's sizes. Prints a table and rewrites
-``benchmarks/RESULTS.md`` with the device's name.
+``BASELINE_STEPS`` steps (their rate per step does not depend on the count).
+
+Each of (a)-(c) is also set against its memory bound: the engine runs one step per pass over the
+ensemble, so every trajectory-step reads and writes at least its state, alive flag and divergence
+step and reads its run key and traced hyperparameters (:func:`engine_bytes`); at the device's
+measured bandwidth (:func:`_common.memory_bandwidth`) that caps the rate at ``bandwidth / bytes``.
+
+With ``--gpu``: the issue's sizes, the ``--preset paper`` phase diagram, and (a)-(c) at several
+chunk sizes (a chunk whose state fits in the GPU's L2 cache may beat the HBM bound). Prints a table and
+rewrites ``benchmarks/RESULTS.md`` with the device's name.
 
     python benchmarks/run.py            # CPU sizes
     python benchmarks/run.py --gpu      # GPU sizes (4M trajectories for (a) and (b))
@@ -19,10 +26,12 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import numpy as np
-from _common import best_of, device_name, write_results
+from _common import best_of, device_name, memory_bandwidth, write_results
 
 import dynsim as ds
 
@@ -34,6 +43,27 @@ except ImportError:  # pragma: no cover - optional baseline
 
 BASELINE_STEPS = 100
 """NumPy and PyTorch run at most this many steps (their rate per step does not depend on the count)."""
+
+
+class Workload(NamedTuple):
+    work: int  # trajectory-steps of one dynsim call
+    run_dynsim: Callable[[], object]
+    base_work: int  # trajectory-steps of one baseline call
+    run_numpy: Callable[[], object]
+    run_torch: Callable[[], object]
+    bytes_per_step: int  # engine_bytes of the dynamics
+
+
+def engine_bytes(dyn, hp: dict, traced: int) -> int:
+    """Bytes one engine step moves per trajectory at least, with one step per pass over the ensemble.
+
+    Reads and writes the state (``dyn.init``'s leaves), the alive flag (1 B) and the divergence
+    step (4 B); reads the run key (8 B) and the ``traced`` float32 hyperparameters of the grid.
+    Data shared by all trajectories (a finite dataset) stays in cache and is not counted.
+    """
+    state = jax.eval_shape(ds.dynamics.bind(dyn, hp).init, jax.random.key(0))
+    state_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(state))
+    return 2 * (state_bytes + 1 + 4) + 8 + 4 * traced
 
 
 def torch_device():
@@ -48,7 +78,7 @@ def sync():
 # --------------------------------------------------------------------------- (a) 1-D regression
 
 
-def regression(m, steps):
+def regression(m, steps, chunk_size=None):
     base = min(steps, BASELINE_STEPS)
     problem = ds.problems.linear_regression_1d(n_data=100, noise_std=0.5)
     dyn = ds.dynamics.sgd(problem)
@@ -57,7 +87,9 @@ def regression(m, steps):
     obs = {"w": ds.observables.final_state()}
 
     def run_dynsim():
-        ds.simulate(dyn, grid={"lr": [0.1]}, n_replicas=m, n_steps=steps, observables=obs, progress=False)
+        ds.simulate(
+            dyn, grid={"lr": [0.1]}, n_replicas=m, n_steps=steps, observables=obs, progress=False, chunk_size=chunk_size
+        )
 
     def run_numpy():
         rng = np.random.default_rng(0)
@@ -77,13 +109,13 @@ def regression(m, steps):
             w -= 0.1 * xi * (xi * w - yt[i])
         sync()
 
-    return m * steps, run_dynsim, m * base, run_numpy, run_torch
+    return Workload(m * steps, run_dynsim, m * base, run_numpy, run_torch, engine_bytes(dyn, {"lr": 0.1}, 1))
 
 
 # --------------------------------------------------------------------------- (b) rank-1 saddle
 
 
-def saddle(m, steps):
+def saddle(m, steps, chunk_size=None):
     base = min(steps, BASELINE_STEPS)
     dyn = ds.dynamics.saddle_modes(ds.problems.rank1_saddle())
     obs = {"modes": ds.observables.final_state()}
@@ -91,7 +123,15 @@ def saddle(m, steps):
     reps = m // 16
 
     def run_dynsim():
-        ds.simulate(dyn, grid={"lr": lrs, "mu": [0.1]}, n_replicas=reps, n_steps=steps, observables=obs, progress=False)
+        ds.simulate(
+            dyn,
+            grid={"lr": lrs, "mu": [0.1]},
+            n_replicas=reps,
+            n_steps=steps,
+            observables=obs,
+            progress=False,
+            chunk_size=chunk_size,
+        )
 
     lr = np.repeat(lrs, reps).astype(np.float32)
 
@@ -117,13 +157,14 @@ def saddle(m, steps):
             minus += torch.log(torch.abs(1 - lrt * chi))
         sync()
 
-    return reps * 16 * steps, run_dynsim, reps * 16 * base, run_numpy, run_torch
+    bytes_per_step = engine_bytes(dyn, {"lr": 1.0, "mu": 0.1}, 2)
+    return Workload(reps * 16 * steps, run_dynsim, reps * 16 * base, run_numpy, run_torch, bytes_per_step)
 
 
 # --------------------------------------------------------------------------- (c) 200-200-200 nets
 
 
-def nets(cells, steps, d=200):
+def nets(cells, steps, chunk_size=None, d=200):
     base = min(steps, BASELINE_STEPS)
     problem = ds.problems.two_layer_net(d, d, "tanh")
     dyn = ds.dynamics.sgd(problem)
@@ -134,7 +175,7 @@ def nets(cells, steps, d=200):
     mu = np.tile(grid["mu"], side).astype(np.float32)[:, None]
 
     def run_dynsim():
-        ds.simulate(dyn, grid=grid, n_steps=steps, observables=obs, progress=False)
+        ds.simulate(dyn, grid=grid, n_steps=steps, observables=obs, progress=False, chunk_size=chunk_size)
 
     def step_numpy(W, U, rng):
         x = rng.standard_normal((cells, d), dtype=np.float32)
@@ -169,10 +210,8 @@ def nets(cells, steps, d=200):
             W -= lrt[:, :, None] * dh[:, :, None] * x[:, None, :]
         sync()
 
-    return cells * steps, run_dynsim, cells * base, run_numpy, run_torch
-
-
-NET_BYTES = 2 * 2 * 200 * 200 * 4
+    bytes_per_step = engine_bytes(dyn, {"lr": 0.1, "mu": 0.1}, 2)
+    return Workload(cells * steps, run_dynsim, cells * base, run_numpy, run_torch, bytes_per_step)
 
 
 def spectrum_cost(cells, steps, k=8, d=200):
@@ -211,20 +250,33 @@ def main(argv=None) -> None:
         else dict(a=(2**18, 1000), b=(2**16, 1000), c=(400, 20), d=(64, 5))
     )
     name = device_name()
+    bandwidth = memory_bandwidth()
+    print(f"{name}: {bandwidth * 1e-9:.3g} GB/s memory bandwidth (x <- 2x + 1, 512 MiB)")
     rows = []
     for label, build, size in (
         ("(a) SGD, 1-D regression", regression, sizes["a"]),
         ("(b) rank-1 saddle, modes", saddle, sizes["b"]),
         ("(c) 400 nets 200-200-200, tanh", nets, sizes["c"]),
     ):
-        work, run_ds, base_work, run_np, run_pt = build(*size)
-        r_ds = work / best_of(run_ds)
-        r_np = base_work / best_of(run_np, 1)
-        r_pt = base_work / best_of(run_pt, 1) if torch is not None else float("nan")
-        rows.append((label, f"{size[0]:,} x {size[1]}", r_ds, r_np, r_pt))
+        w = build(*size)
+        r_ds = w.work / best_of(w.run_dynsim)
+        r_np = w.base_work / best_of(w.run_numpy)
+        r_pt = w.base_work / best_of(w.run_torch) if torch is not None else float("nan")
+        rows.append((label, f"{size[0]:,} x {size[1]}", r_ds, r_np, r_pt, w.bytes_per_step))
         print(f"{label}: dynsim {r_ds:.3g}, NumPy {r_np:.3g}, PyTorch {r_pt:.3g} traj-steps/s")
     t_spec, t_base = spectrum_cost(*sizes["d"])
     print(f"(d) spectrum k = 8: {t_spec / t_base:.1f}x the base step ({t_spec:.3g} s vs {t_base:.3g} s per step)")
+    chunks = []
+    if args.gpu:  # does a chunk that stays in L2 beat the HBM bound?
+        for label, build, size, chunk_sizes in (
+            ("(a)", regression, sizes["a"], (2**18, 2**20, 2**22)),
+            ("(b)", saddle, sizes["b"], (2**18, 2**20, 2**22)),
+            ("(c)", nets, sizes["c"], (50, 100, 200, 400)),
+        ):
+            for chunk in chunk_sizes:
+                w = build(*size, chunk_size=chunk)
+                chunks.append((label, chunk, w.work / best_of(w.run_dynsim)))
+                print(f"{label} in chunks of {chunk:,}: {chunks[-1][2]:.3g} traj-steps/s")
     lrs, mus = np.linspace(0.02, 3.0, 72), np.linspace(0.0, 1.0, 41)
     start = time.perf_counter()
     ds.stability.saddle_phases(lrs, mus)
@@ -246,16 +298,29 @@ def main(argv=None) -> None:
         "",
         f"Device: **{name}**; dynsim {ds.__version__}, JAX {jax.__version__}, NumPy {np.__version__}, "
         f"PyTorch {torch_name}. `python benchmarks/run.py{' --gpu' if args.gpu else ''}`, float32, best of 3 "
-        "(compilation excluded).",
+        "calls for every implementation (compilation excluded).",
         "",
         "| workload | trajectories x steps | dynsim (traj-steps/s) | NumPy | PyTorch | dynsim / NumPy "
-        "| dynsim / PyTorch |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| dynsim / PyTorch | bytes / traj-step | memory bound | dynsim / bound |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for label, shape, r_ds, r_np, r_pt in rows:
+    for label, shape, r_ds, r_np, r_pt, n_bytes in rows:
+        bound = bandwidth / n_bytes
         lines.append(
-            f"| {label} | {shape} | {r_ds:.3g} | {r_np:.3g} | {r_pt:.3g} | {r_ds / r_np:.2f} | {r_ds / r_pt:.2f} |"
+            f"| {label} | {shape} | {r_ds:.3g} | {r_np:.3g} | {r_pt:.3g} | {r_ds / r_np:.2f} | {r_ds / r_pt:.2f} "
+            f"| {n_bytes:,} | {bound:.3g} | {r_ds / bound:.2f} |"
         )
+    lines += [
+        "",
+        f"Memory bound: the measured bandwidth, {bandwidth * 1e-9:.3g} GB/s (`x <- 2x + 1` on 512 MiB, read + "
+        "write), over the bytes one step of the engine reads and writes per trajectory at least "
+        "(`engine_bytes`: state, alive flag and divergence step both ways, run key and traced "
+        "hyperparameters read). The engine makes one pass over the ensemble per step, so no chunk "
+        "larger than the caches runs faster than this.",
+    ]
+    if chunks:
+        lines += ["", "| workload | trajectories per chunk | dynsim (traj-steps/s) |", "|---|---:|---:|"]
+        lines += [f"| {label} | {chunk:,} | {rate:.3g} |" for label, chunk, rate in chunks]
     lines += [
         "",
         f"(d) `lyapunov.spectrum` with k = 8 tangent vectors on {sizes['d'][0]} replicas of the net of (c): "
@@ -263,12 +328,6 @@ def main(argv=None) -> None:
         "",
         f"Default phase diagram (72 x 41 cells, theory + simulation with 256 replicas x 1000 steps and one "
         f"refinement): {phase_time:.1f} s end to end.",
-    ]
-    nets_rate = rows[2][2]
-    lines += [
-        "",
-        f"(c) moves at least {NET_BYTES * 1e-3:.0f} kB per net-step (read and write both weight matrices): "
-        f"{nets_rate * NET_BYTES * 1e-9:.3g} GB/s effective, to compare with the device's memory bandwidth.",
     ]
     if paper is not None:
         lines += [
