@@ -206,7 +206,7 @@ class _Program:
         def step_one(state, run_key, alive, div_step, acc, traced, data, t):
             hp = hp_of(traced, data)
             key = prng.step_key(prng.wrap(*run_key), t)
-            new = materialize(dyn.step(state, key, hp), t)  # computed once, read by many
+            new = materialize(dyn.step(state, key, hp))  # computed once, read by many
             ok = _is_good(new, dyn.params_of(new), spec.bound)
             keep = alive & ok
             state = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, state)

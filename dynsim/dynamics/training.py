@@ -95,7 +95,7 @@ def _minibatch(problem: Problem, key, data, hp, batch_size, replace: bool):
         return None
     if problem.kind == "stream":
         # stored once, whatever their size: several parts of the step read the fresh samples
-        return materialize(draw_dataset(problem, key, batch_size), jax.random.key_data(key)[0], small=None)
+        return materialize(draw_dataset(problem, key, batch_size), small=None)
     if batch_size is FULL_BATCH:
         return data
     n = hp["n_data"]
