@@ -20,6 +20,7 @@ rewrites ``benchmarks/RESULTS.md`` with the device's name.
 
     python benchmarks/run.py            # CPU sizes
     python benchmarks/run.py --gpu      # GPU sizes (4M trajectories for (a) and (b))
+    python benchmarks/run.py --smoke    # every branch of --gpu at tiny sizes (a minute on CPU)
 """
 
 from __future__ import annotations
@@ -239,24 +240,63 @@ def spectrum_cost(cells, steps, k=8, d=200):
 # --------------------------------------------------------------------------- main
 
 
+PRESETS = {
+    "cpu": dict(
+        a=(2**18, 1000), b=(2**16, 1000), c=(400, 20), d=(64, 5), chunks=None, diagram=(72, 41, 256, 1000), paper=None
+    ),
+    "gpu": dict(
+        a=(4 * 2**20, 1000),
+        b=(4 * 2**20, 1000),
+        c=(400, 200),
+        d=(400, 50),
+        chunks=dict(a=(2**18, 2**20, 2**22), b=(2**18, 2**20, 2**22), c=(50, 100, 200, 400)),
+        diagram=(72, 41, 256, 1000),
+        paper=(256, 256, 1024, 10_000),  # experiments/phase_diagram.py --preset paper
+    ),
+    # every branch of --gpu at tiny sizes, to check the script before spending device time on it
+    "smoke": dict(
+        a=(2**10, 20),
+        b=(2**10, 20),
+        c=(16, 2),
+        d=(4, 2),
+        chunks=dict(a=(2**8, 2**10), b=(2**8, 2**10), c=(8, 16)),
+        diagram=(8, 5, 16, 50),
+        paper=(8, 8, 16, 100),
+    ),
+}
+"""Sizes: (trajectories, steps) of (a)-(c), (replicas, steps) of (d), chunk sizes to scan, and the
+phase diagrams as (lr points, mu points, replicas, steps)."""
+
+
+def diagram_seconds(n_lr, n_mu, n_replicas, n_steps, refine=0):
+    """Seconds for the theory and for the simulation of a saddle phase diagram, end to end."""
+    lrs, mus = np.linspace(0.02, 3.0, n_lr), np.linspace(0.0, 1.0, n_mu)
+    start = time.perf_counter()
+    ds.stability.saddle_phases(lrs, mus)
+    theory = time.perf_counter() - start
+    ds.stability.saddle_phases(
+        lrs, mus, method="simulation", n_replicas=n_replicas, n_steps=n_steps, refine=refine, progress=False
+    )
+    return theory, time.perf_counter() - start - theory
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gpu", action="store_true", help="GPU sizes")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--gpu", action="store_true", help="GPU sizes, chunk-size scan, --preset paper diagram")
+    mode.add_argument("--smoke", action="store_true", help="every branch of --gpu at tiny sizes; writes nothing")
     parser.add_argument("--no-write", action="store_true", help="do not rewrite benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
-    sizes = (
-        dict(a=(4 * 2**20, 1000), b=(4 * 2**20, 1000), c=(400, 200), d=(400, 50))
-        if args.gpu
-        else dict(a=(2**18, 1000), b=(2**16, 1000), c=(400, 20), d=(64, 5))
-    )
+    preset = "gpu" if args.gpu else "smoke" if args.smoke else "cpu"
+    sizes = PRESETS[preset]
     name = device_name()
-    bandwidth = memory_bandwidth()
-    print(f"{name}: {bandwidth * 1e-9:.3g} GB/s memory bandwidth (x <- 2x + 1, 512 MiB)")
+    bandwidth = memory_bandwidth(1 << 24 if args.smoke else 1 << 29)
+    print(f"{name}: {bandwidth * 1e-9:.3g} GB/s memory bandwidth (x <- 2x + 1)")
     rows = []
     for label, build, size in (
         ("(a) SGD, 1-D regression", regression, sizes["a"]),
         ("(b) rank-1 saddle, modes", saddle, sizes["b"]),
-        ("(c) 400 nets 200-200-200, tanh", nets, sizes["c"]),
+        (f"(c) {sizes['c'][0]} nets 200-200-200, tanh", nets, sizes["c"]),
     ):
         w = build(*size)
         r_ds = w.work / best_of(w.run_dynsim)
@@ -267,38 +307,23 @@ def main(argv=None) -> None:
     t_spec, t_base = spectrum_cost(*sizes["d"])
     print(f"(d) spectrum k = 8: {t_spec / t_base:.1f}x the base step ({t_spec:.3g} s vs {t_base:.3g} s per step)")
     chunks = []
-    if args.gpu:  # does a chunk that stays in L2 beat the HBM bound?
-        for label, build, size, chunk_sizes in (
-            ("(a)", regression, sizes["a"], (2**18, 2**20, 2**22)),
-            ("(b)", saddle, sizes["b"], (2**18, 2**20, 2**22)),
-            ("(c)", nets, sizes["c"], (50, 100, 200, 400)),
-        ):
-            for chunk in chunk_sizes:
-                w = build(*size, chunk_size=chunk)
-                chunks.append((label, chunk, w.work / best_of(w.run_dynsim)))
-                print(f"{label} in chunks of {chunk:,}: {chunks[-1][2]:.3g} traj-steps/s")
-    lrs, mus = np.linspace(0.02, 3.0, 72), np.linspace(0.0, 1.0, 41)
-    start = time.perf_counter()
-    ds.stability.saddle_phases(lrs, mus)
-    ds.stability.saddle_phases(lrs, mus, method="simulation", n_replicas=256, n_steps=1000, refine=1, progress=False)
-    phase_time = time.perf_counter() - start
-    paper = None
-    if args.gpu:  # experiments/phase_diagram.py --preset paper: 256 x 256 cells x 1024 replicas x 1e4 steps
-        lrs, mus = np.linspace(0.02, 3.0, 256), np.linspace(0.0, 1.0, 256)
-        start = time.perf_counter()
-        ds.stability.saddle_phases(lrs, mus)
-        t_theory = time.perf_counter() - start
-        start = time.perf_counter()
-        ds.stability.saddle_phases(lrs, mus, method="simulation", n_replicas=1024, n_steps=10_000, progress=False)
-        paper = (t_theory, time.perf_counter() - start)
+    for label, build in (("(a)", regression), ("(b)", saddle), ("(c)", nets)):  # does a chunk in L2 beat HBM?
+        for chunk in (sizes["chunks"] or {}).get(label[1], ()):
+            w = build(*sizes[label[1]], chunk_size=chunk)
+            chunks.append((label, chunk, w.work / best_of(w.run_dynsim)))
+            print(f"{label} in chunks of {chunk:,}: {chunks[-1][2]:.3g} traj-steps/s")
+    n_lr, n_mu, n_replicas, n_steps = sizes["diagram"]
+    phase_time = sum(diagram_seconds(*sizes["diagram"], refine=1))
+    paper = diagram_seconds(*sizes["paper"]) if sizes["paper"] else None
 
     torch_name = "not installed" if torch is None else f"{torch.__version__} on {torch_device()}"
+    command = "python benchmarks/run.py" + {"cpu": "", "gpu": " --gpu", "smoke": " --smoke"}[preset]
     lines = [
         "# Benchmarks",
         "",
         f"Device: **{name}**; dynsim {ds.__version__}, JAX {jax.__version__}, NumPy {np.__version__}, "
-        f"PyTorch {torch_name}. `python benchmarks/run.py{' --gpu' if args.gpu else ''}`, float32, best of 3 "
-        "calls for every implementation (compilation excluded).",
+        f"PyTorch {torch_name}. `{command}`, float32, best of 3 calls for every implementation "
+        "(compilation excluded).",
         "",
         "| workload | trajectories x steps | dynsim (traj-steps/s) | NumPy | PyTorch | dynsim / NumPy "
         "| dynsim / PyTorch | bytes / traj-step | memory bound | dynsim / bound |",
@@ -312,8 +337,8 @@ def main(argv=None) -> None:
         )
     lines += [
         "",
-        f"Memory bound: the measured bandwidth, {bandwidth * 1e-9:.3g} GB/s (`x <- 2x + 1` on 512 MiB, read + "
-        "write), over the bytes one step of the engine reads and writes per trajectory at least "
+        f"Memory bound: the measured bandwidth, {bandwidth * 1e-9:.3g} GB/s (`x <- 2x + 1`, read + write), "
+        "over the bytes one step of the engine reads and writes per trajectory at least "
         "(`engine_bytes`: state, alive flag and divergence step both ways, run key and traced "
         "hyperparameters read). The engine makes one pass over the ensemble per step, so no chunk "
         "larger than the caches runs faster than this.",
@@ -326,19 +351,21 @@ def main(argv=None) -> None:
         f"(d) `lyapunov.spectrum` with k = 8 tangent vectors on {sizes['d'][0]} replicas of the net of (c): "
         f"{t_spec / t_base:.1f}x the time of the base SGD step (target: at most k + 1 = 9x).",
         "",
-        f"Default phase diagram (72 x 41 cells, theory + simulation with 256 replicas x 1000 steps and one "
-        f"refinement): {phase_time:.1f} s end to end.",
+        f"Phase diagram ({n_lr} x {n_mu} cells, theory + simulation with {n_replicas} replicas x {n_steps} "
+        f"steps and one refinement): {phase_time:.1f} s end to end.",
     ]
     if paper is not None:
+        n_lr, n_mu, n_replicas, n_steps = sizes["paper"]
+        work = n_lr * n_mu * n_replicas * n_steps
         lines += [
             "",
-            f"`--preset paper` phase diagram (256 x 256 cells x 1024 replicas x 1e4 steps = 6.7e11 "
-            f"trajectory-steps): theory {paper[0]:.1f} s, simulation {paper[1]:.1f} s "
-            f"({256 * 256 * 1024 * 10_000 / paper[1]:.3g} traj-steps/s); target < 5 s end to end.",
+            f"`--preset paper` phase diagram ({n_lr} x {n_mu} cells x {n_replicas} replicas x {n_steps} steps = "
+            f"{work:.2g} trajectory-steps): theory {paper[0]:.1f} s, simulation {paper[1]:.1f} s "
+            f"({work / paper[1]:.3g} traj-steps/s); target < 5 s end to end.",
         ]
     text = "\n".join(lines) + "\n"
     print(text)
-    if not args.no_write:
+    if not (args.no_write or args.smoke):
         write_results("RESULTS.md", text)
 
 
