@@ -180,6 +180,36 @@ def test_far_above_two_over_h_everything_diverges_without_nan():
     assert np.all(np.isfinite(res.w.values))
 
 
+def test_a_large_state_diverges_at_the_exact_step_and_keeps_its_last_finite_value():
+    """A 12 x 12 matrix (checked by a dot product with zeros, not elementwise) doubling every
+    step: its one entry 2^10 overflows float32 (2^128) at step 118; a NaN written into another
+    cell's matrix at step ``nan_at`` stops it there; halving never diverges."""
+
+    def init(key, hp):
+        m = jnp.ones((12, 12), jnp.float32).at[3, 4].set(2.0**10)
+        return {"m": m, "t": jnp.zeros((), jnp.int32)}
+
+    def step(state, key, hp):
+        t = state["t"] + 1
+        m = state["m"] * hp["factor"]
+        m = m.at[0, 0].set(jnp.where(t == hp["nan_at"], jnp.nan, m[0, 0]))
+        return {"m": m, "t": t}
+
+    res = ds.simulate(
+        Dynamics(init=init, step=step),
+        grid={"factor": [2.0, 0.5], "nan_at": [0.0, 37.0]},
+        n_steps=200,
+        observables={"div": obs.diverged(), "state": obs.final_state()},
+    )
+    assert res.div_step.sel(factor=2.0, nan_at=0.0).item() == 118
+    assert res.div_step.sel(factor=0.5, nan_at=37.0).item() == 37
+    assert res.div_step.sel(factor=2.0, nan_at=37.0).item() == 37
+    assert not res.div.sel(factor=0.5, nan_at=0.0).item()
+    last = res.state_m.sel(factor=2.0, nan_at=0.0).squeeze().values  # frozen at step 117
+    assert last[3, 4] == 2.0**127 and last[0, 0] == 2.0**117
+    assert res.state_m.sel(factor=0.5, nan_at=37.0).squeeze().values[0, 0] == 0.5**36
+
+
 def test_gd_on_quadratic_diverges_iff_lr_above_two_over_lambda_max():
     P = np.diag([1.0, 4.0])  # 2 / lambda_max = 0.5
     problem = ds.problems.quadratic(P, theta0=[1.0, 1.0])
