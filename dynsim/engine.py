@@ -171,7 +171,8 @@ def _all_finite(leaf) -> jax.Array:
         return jnp.all(jnp.isfinite(leaf))
     flat = jnp.ravel(leaf)
     zeros = (jax.lax.iota(jnp.float32, flat.size) * 0).astype(flat.dtype)  # an iota in float16 reaches inf
-    return jnp.isfinite(jnp.dot(flat, zeros))
+    # HIGHEST: no TF32 on GPUs, whose rounding would carry a finite 3.4e38 to infinity
+    return jnp.isfinite(jnp.dot(flat, zeros, precision=jax.lax.Precision.HIGHEST))
 
 
 def _is_good(state, params, bound):
