@@ -307,12 +307,11 @@ def main(argv=None) -> None:
     t_spec, t_base = spectrum_cost(*sizes["d"])
     print(f"(d) spectrum k = 8: {t_spec / t_base:.1f}x the base step ({t_spec:.3g} s vs {t_base:.3g} s per step)")
     chunks = []
-    for label, build in (("(a)", regression), ("(b)", saddle), ("(c)", nets)):  # does a chunk in L2 beat HBM?
-        for chunk in (sizes["chunks"] or {}).get(label[1], ()):
-            w = build(*sizes[label[1]], chunk_size=chunk)
-            chunks.append((label, chunk, w.work / best_of(w.run_dynsim)))
-            print(f"{label} in chunks of {chunk:,}: {chunks[-1][2]:.3g} traj-steps/s")
-    n_lr, n_mu, n_replicas, n_steps = sizes["diagram"]
+    for workload, build in (("a", regression), ("b", saddle), ("c", nets)):  # does a chunk in L2 beat HBM?
+        for chunk in (sizes["chunks"] or {}).get(workload, ()):
+            w = build(*sizes[workload], chunk_size=chunk)
+            chunks.append((f"({workload})", chunk, w.work / best_of(w.run_dynsim)))
+            print(f"({workload}) in chunks of {chunk:,}: {chunks[-1][2]:.3g} traj-steps/s")
     phase_time = sum(diagram_seconds(*sizes["diagram"], refine=1))
     paper = diagram_seconds(*sizes["paper"]) if sizes["paper"] else None
 
@@ -351,8 +350,8 @@ def main(argv=None) -> None:
         f"(d) `lyapunov.spectrum` with k = 8 tangent vectors on {sizes['d'][0]} replicas of the net of (c): "
         f"{t_spec / t_base:.1f}x the time of the base SGD step (target: at most k + 1 = 9x).",
         "",
-        f"Phase diagram ({n_lr} x {n_mu} cells, theory + simulation with {n_replicas} replicas x {n_steps} "
-        f"steps and one refinement): {phase_time:.1f} s end to end.",
+        "Phase diagram ({} x {} cells, theory + simulation with {} replicas x {} steps and one refinement): "
+        "{:.1f} s end to end.".format(*sizes["diagram"], phase_time),
     ]
     if paper is not None:
         n_lr, n_mu, n_replicas, n_steps = sizes["paper"]
