@@ -1,10 +1,20 @@
-"""Curvature and gradient statistics of a loss: Hessian-vector products, sharpness, gradient noise.
+"""Curvature and gradient statistics of a loss: Hessian-vector products, sharpness, gradient noise,
+and the step diagnostics of unstable convergence.
 
 Operators and algorithms are kept apart: :func:`hvp` gives the Hessian as a matvec on
 pytrees; :func:`power_iteration` and :func:`lanczos` find its top eigenvalue from any
 matvec; :func:`sharpness` puts them together, warm-startable and vmappable over a leading
 axis of parameters (one per trajectory). :func:`gradient_noise` is the per-example noise
 ``sigma(theta)`` of seed 000, eq. (1).
+
+Seed 001 (Ahn, Zhang & Sra) reads the stability of a GD step ``theta -> theta - lr grad f``
+from two numbers that cost one extra gradient: the relative progress ratio ``RP``
+(Def. 1) and the directional smoothness ``L(theta; lr grad f)`` (Def. 2), tied by the exact
+identity of Thm 2, ``RP = -1 + (lr/2) Lbar`` (:func:`gd_progress`,
+:func:`directional_smoothness`, :func:`smoothness_profile`,
+:func:`averaged_directional_smoothness`); the segment sharpness ``L_t`` of Prop. 1 and
+Cor. 1 (:func:`segment_sharpness`); and for SGD the expected relative progress of Def. 3
+against its approximation, eq. (6) (:func:`sgd_progress`).
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from dynsim._validate import check_choice, check_int
@@ -29,6 +40,14 @@ __all__ = [
     "gradient_noise",
     "Minimum",
     "newton_minimize",
+    "Progress",
+    "gd_progress",
+    "directional_smoothness",
+    "smoothness_profile",
+    "averaged_directional_smoothness",
+    "segment_sharpness",
+    "SGDProgress",
+    "sgd_progress",
 ]
 
 
@@ -259,3 +278,231 @@ def newton_minimize(loss_fn: Callable[[jax.Array], jax.Array], x0: jax.Array, n_
 
     x, _ = jax.lax.scan(body, x0, None, length=n_iter)
     return Minimum(x, loss_fn(x), jnp.linalg.norm(grad(x)), jnp.linalg.eigvalsh(hess(x)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Seed 001: relative progress and directional smoothness of a GD step
+# ---------------------------------------------------------------------------------------------
+
+
+def _value_and_flat_grad(loss_fn, unravel, *args):
+    def fn(flat):
+        value, grad = jax.value_and_grad(loss_fn)(unravel(flat), *args)
+        return value, ravel_pytree(grad)[0]
+
+    return fn
+
+
+def _gauss_legendre01(n_nodes: int, dtype):
+    """Nodes and weights of the ``n_nodes``-point Gauss-Legendre rule on ``[0, 1]``."""
+    x, w = np.polynomial.legendre.leggauss(n_nodes)
+    return jnp.asarray((x + 1) / 2, dtype), jnp.asarray(w / 2, dtype)
+
+
+class Progress(NamedTuple):
+    """Diagnostics of one GD step ``theta' = theta - lr g``, ``g = grad f(theta)`` (seed 001, Sec. 4).
+
+    ``loss`` ``f(theta)``; ``next_loss`` ``f(theta')``; ``grad_norm_sq`` ``|g|^2``;
+    ``relative_progress`` ``RP = (f(theta') - f(theta)) / (lr |g|^2)`` (Def. 1), NaN where
+    the loss change is below float rounding (``lr |g|^2 <= 1000 eps (|f| + |f'|)``: at and near
+    stationary points RP is 0/0); ``directional_smoothness``
+    ``L(theta; lr g) = <g, g - g'> / (lr |g|^2)`` with ``g' = grad f(theta')`` (Def. 2), NaN where
+    ``g = 0``; ``gradient_alignment`` ``<g', g> / |g|^2``, which is ``-1`` when consecutive
+    gradients are opposite (eq. 3: then ``(lr/2) L = 1``).
+
+    Stable regime: ``RP ~ -1`` and ``(lr/2) L << 1``. Unstable convergence (edge of stability):
+    ``RP`` oscillates near 0 and ``(lr/2) L`` near 1 (eq. 5: ``RP ~ -1 + (lr/2) L``, exact for
+    quadratics).
+    """
+
+    loss: jax.Array
+    next_loss: jax.Array
+    grad_norm_sq: jax.Array
+    relative_progress: jax.Array
+    directional_smoothness: jax.Array
+    gradient_alignment: jax.Array
+
+
+def gd_progress(loss_fn: Callable[..., jax.Array], params: Any, lr, *args) -> Progress:
+    """:class:`Progress` of the GD step from ``params`` (seed 001, Defs. 1 and 2): two gradient evaluations.
+
+    ``loss_fn(params, *args)`` is the full-batch loss; ``lr`` may be traced (e.g. a grid value).
+    """
+    flat, unravel = ravel_pytree(params)
+    value_grad = _value_and_flat_grad(loss_fn, unravel, *args)
+    f0, g = value_grad(flat)
+    lr = jnp.asarray(lr, flat.dtype)
+    f1, g1 = value_grad(flat - lr * g)
+    gg = jnp.vdot(g, g)
+    step = lr * gg
+    eps = jnp.finfo(flat.dtype).eps
+    resolvable = step > 1000 * eps * (jnp.abs(f0) + jnp.abs(f1))
+    safe_step = jnp.where(gg > 0, step, 1.0)
+    rp = jnp.where(resolvable & (gg > 0), (f1 - f0) / safe_step, jnp.nan)
+    smooth = jnp.where(gg > 0, jnp.vdot(g, g - g1) / safe_step, jnp.nan)
+    align = jnp.where(gg > 0, jnp.vdot(g1, g) / jnp.where(gg > 0, gg, 1.0), jnp.nan)
+    return Progress(f0, f1, gg, rp, smooth, align)
+
+
+def directional_smoothness(loss_fn: Callable[..., jax.Array], params: Any, v: Any, *args) -> jax.Array:
+    """``L(theta; v) = <v, grad f(theta) - grad f(theta - v)> / |v|^2`` for the update ``theta -> theta - v``
+    (seed 001, Def. 2).
+
+    It equals ``int_0^1 vhat^T H(theta - s v) vhat ds`` (the Hessian's Rayleigh quotient along the
+    step, averaged over the segment), so it lies between the least and the largest eigenvalue
+    met on the segment; for a quadratic it is ``vhat^T P vhat`` whatever the step length.
+    ``v`` is a pytree like ``params``.
+    """
+    flat, unravel = ravel_pytree(params)
+    vflat = ravel_pytree(v)[0].astype(flat.dtype)
+    grad = jax.grad(loss_fn)
+    g0 = ravel_pytree(grad(params, *args))[0]
+    g1 = ravel_pytree(grad(unravel(flat - vflat), *args))[0]
+    vv = jnp.vdot(vflat, vflat)
+    return jnp.where(vv > 0, jnp.vdot(vflat, g0 - g1) / jnp.where(vv > 0, vv, 1.0), jnp.nan)
+
+
+def _step_inner(loss_fn, params, lr, *args):
+    """``tau -> <g, g - grad f(theta - lr tau g)>`` and ``|g|^2``, on flat vectors."""
+    flat, unravel = ravel_pytree(params)
+    grad = jax.grad(loss_fn)
+    g = ravel_pytree(grad(params, *args))[0]
+    lr = jnp.asarray(lr, flat.dtype)
+
+    def inner(tau):
+        return jnp.vdot(g, g - ravel_pytree(grad(unravel(flat - lr * tau * g), *args))[0])
+
+    return inner, jnp.vdot(g, g)
+
+
+def smoothness_profile(loss_fn: Callable[..., jax.Array], params: Any, lr, taus, *args) -> jax.Array:
+    """``L(theta; lr tau grad f(theta))`` for each ``tau`` in ``taus`` (seed 001, Exp. 5; one gradient each).
+
+    Seed 001 evaluates ``tau = 0.01, 0.02, ..., 1`` and finds the profile nearly flat at the edge
+    of stability, which is what makes eq. (5) a good approximation of Thm 2.
+    """
+    taus = jnp.asarray(taus)
+    if taus.ndim != 1 or taus.shape[0] == 0:
+        raise ValueError(f"taus must be a non-empty 1-D array, got shape {taus.shape}")
+    inner, gg = _step_inner(loss_fn, params, lr, *args)
+    dtype = gg.dtype
+    taus = taus.astype(dtype)
+    values = jax.lax.map(inner, taus)
+    denom = jnp.asarray(lr, dtype) * taus * gg
+    return jnp.where(denom != 0, values / jnp.where(denom != 0, denom, 1.0), jnp.nan)
+
+
+def averaged_directional_smoothness(
+    loss_fn: Callable[..., jax.Array], params: Any, lr, *args, n_nodes: int = 32
+) -> jax.Array:
+    """``Lbar(theta) = 2 int_0^1 tau L(theta; lr tau grad f(theta)) dtau`` (seed 001, Thm 2).
+
+    Thm 2 is the exact identity ``RP(theta) = -1 + (lr/2) Lbar(theta)``. Computed as
+    ``(2 / (lr |g|^2)) int_0^1 <g, g - grad f(theta - lr tau g)> dtau`` (``tau L`` times
+    ``lr |g|^2`` is that inner product) by ``n_nodes``-point Gauss-Legendre quadrature on
+    ``[0, 1]``: exact for polynomial losses of degree up to ``2 n_nodes``, and to float rounding
+    for smooth nets with 32 nodes.
+    """
+    n_nodes = check_int("n_nodes", n_nodes, minimum=1)
+    inner, gg = _step_inner(loss_fn, params, lr, *args)
+    nodes, weights = _gauss_legendre01(n_nodes, gg.dtype)
+    integral = jnp.vdot(weights, jax.lax.map(inner, nodes))
+    denom = jnp.asarray(lr, gg.dtype) * gg
+    return jnp.where(gg > 0, 2 * integral / jnp.where(gg > 0, denom, 1.0), jnp.nan)
+
+
+def segment_sharpness(
+    loss_fn: Callable[..., jax.Array], start: Any, end: Any, *args, n_points: int = 11, n_iter: int = 30
+) -> jax.Array:
+    """``max_s lambda_max(H(start + s (end - start)))`` over ``n_points`` equally spaced ``s`` in ``[0, 1]``.
+
+    A lower estimate of the segment smoothness ``L_t = sup`` over the segment ``[theta_t, theta_{t+1}]``
+    of seed 001, Prop. 1 and Cor. 1, which bounds every GD step: ``(2/lr)(RP_t + 1) <= L_t``.
+    Each point costs one :func:`sharpness` (Lanczos, ``n_iter`` steps).
+    """
+    n_points = check_int("n_points", n_points, minimum=2)
+    a, unravel = ravel_pytree(start)
+    b = ravel_pytree(end)[0].astype(a.dtype)
+    s = jnp.linspace(0.0, 1.0, n_points, dtype=a.dtype)
+
+    def at(si):
+        return sharpness(loss_fn, unravel(a + si * (b - a)), *args, n_iter=n_iter).value
+
+    return jnp.max(jax.lax.map(at, s))
+
+
+class SGDProgress(NamedTuple):
+    """Expected relative progress of one SGD step from ``theta`` over ``M`` minibatches (seed 001, Sec. 5).
+
+    ``expected``: ``E[RP] = (E f(theta - lr g_B) - f(theta)) / (lr |grad f|^2)`` (Def. 3, full-batch
+    ``f`` and ``grad f``, the mean over the minibatches ``B``); ``predicted``: the right side of
+    eq. (6), ``-1 + (1/2) E <g_B, grad f(theta) - grad f(theta - lr g_B)> / |grad f|^2``; each with
+    its standard error over the ``M`` minibatches. ``exact``: the finite-sample identity of
+    App. C, ``mean_B [-<g_B, grad f>/|grad f|^2 + int_0^1 <g_B, grad f - grad f(theta - s lr g_B)> ds
+    / |grad f|^2]``, equal to ``expected`` up to quadrature and rounding (NaN unless ``n_nodes``
+    is given). ``fraction_descending``: the share of minibatch steps that lower ``f`` (Remark 6),
+    with its binomial standard error. ``m``: the number of minibatches.
+    """
+
+    expected: jax.Array
+    expected_stderr: jax.Array
+    predicted: jax.Array
+    predicted_stderr: jax.Array
+    exact: jax.Array
+    fraction_descending: jax.Array
+    fraction_descending_stderr: jax.Array
+    m: int
+
+
+def sgd_progress(
+    loss_fn: Callable[[Any, Any], jax.Array],
+    params: Any,
+    lr,
+    data: Any,
+    batches: Any,
+    *,
+    n_nodes: int | None = None,
+    chunk: int = 8,
+) -> SGDProgress:
+    """:class:`SGDProgress` at ``params`` (seed 001, Def. 3 and eq. 6).
+
+    ``loss_fn(params, batch)`` is the mean loss over a batch (a pytree of arrays with the
+    example axis first); ``data`` is the full training set, ``batches`` a pytree of ``M``
+    minibatches stacked on a leading axis (e.g. ``data`` indexed by an ``(M, B)`` array).
+    Each minibatch costs one minibatch gradient and one full-batch loss and gradient, plus
+    ``n_nodes`` full-batch gradients for ``exact``; minibatches run ``chunk`` at a time.
+    """
+    m = int(jax.tree_util.tree_leaves(batches)[0].shape[0])
+    if m < 2:
+        raise ValueError(f"batches must stack at least 2 minibatches on the leading axis, got {m}")
+    chunk = check_int("chunk", chunk, minimum=1)
+    if n_nodes is not None:
+        n_nodes = check_int("n_nodes", n_nodes, minimum=1)
+    flat, unravel = ravel_pytree(params)
+    full = _value_and_flat_grad(loss_fn, unravel, data)
+    f0, grad_f = full(flat)
+    lr = jnp.asarray(lr, flat.dtype)
+    gg = jnp.vdot(grad_f, grad_f)
+
+    def one(batch):
+        g = ravel_pytree(jax.grad(loss_fn)(params, batch))[0]
+        f1, g1 = full(flat - lr * g)
+        if n_nodes is None:
+            exact = jnp.nan
+        else:
+            nodes, weights = _gauss_legendre01(n_nodes, flat.dtype)
+            grads = jax.lax.map(lambda s: full(flat - s * lr * g)[1], nodes)
+            exact = -jnp.vdot(g, grad_f) + jnp.vdot(weights, (grad_f[None, :] - grads) @ g)
+        return f1, jnp.vdot(g, grad_f - g1), exact
+
+    f1, inner, exact = jax.lax.map(one, batches, batch_size=min(chunk, m))
+    rp = (f1 - f0) / (lr * gg)
+    rhs = -1 + 0.5 * inner / gg
+    descend = (f1 < f0).astype(flat.dtype)
+
+    def mean_se(x):
+        return jnp.mean(x), jnp.std(x, ddof=1) / jnp.sqrt(m)
+
+    (e, e_se), (p, p_se) = mean_se(rp), mean_se(rhs)
+    frac = jnp.mean(descend)
+    return SGDProgress(e, e_se, p, p_se, jnp.mean(exact) / gg, frac, jnp.sqrt(frac * (1 - frac) / m), m)

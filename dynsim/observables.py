@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dynsim._validate import check_int, check_nonnegative, check_positive
+from dynsim._validate import LEARNING_RATE_NAMES, check_int, check_nonnegative, check_positive
 from dynsim.problems.base import Problem, objective
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "grad_norm",
     "sharpness",
     "gradient_noise",
+    "progress",
     "time_average",
     "histogram",
     "histogram2d",
@@ -242,6 +243,65 @@ def gradient_noise(problem: Problem | None = None, *, m: int | None = None, **ov
 
     return Observable(
         "gradient_noise", record=record, check=_check_objective(problem, "gradient_noise"), config={"m": m, **overrides}
+    )
+
+
+def _learning_rate(hp, what: str):
+    for name in LEARNING_RATE_NAMES:
+        if name in hp:
+            return hp[name]
+    raise ValueError(f"{what}: the dynamics has no learning rate (a hyperparameter named one of {LEARNING_RATE_NAMES})")
+
+
+def progress(problem: Problem | None = None, *, taus: Sequence[float] | None = None, **overrides) -> Observable:
+    """Seed 001's diagnostics of the GD step ``theta -> theta - lr grad F(theta)`` at each record time.
+
+    ``lr`` is the cell's learning rate (hyperparameter ``lr`` or ``learning_rate``); ``F`` the
+    training objective (overrides as in :func:`loss`). Outputs ``key_relative_progress``
+    (``RP``, Def. 1), ``key_directional_smoothness`` (``L(theta; lr grad F)``, Def. 2) and
+    ``key_gradient_alignment`` (``<g', g>/|g|^2``), see :class:`dynsim.curvature.Progress`;
+    with ``taus``, also ``key_profile``, ``L(theta; lr tau grad F)`` for each ``tau`` (Exp. 5,
+    dimension ``key_profile_dim0``). Two gradients per record, plus one per ``tau``.
+    """
+    from dynsim.curvature import gd_progress, smoothness_profile
+
+    taus = None if taus is None else np.asarray(taus, dtype=float)
+    if taus is not None and (taus.ndim != 1 or taus.size == 0 or not np.all(taus > 0)):
+        raise ValueError(f"taus must be a non-empty 1-D sequence of positive numbers, got {taus!r}")
+
+    def record(v: View):
+        hp = _with(v.hp, overrides)
+        p = _problem_of(problem, v)
+        lr = _learning_rate(v.hp, "progress")
+
+        def fn(q):
+            return objective(p, q, v.data, hp)
+
+        out = gd_progress(fn, v.params, lr)
+        values = {
+            "relative_progress": out.relative_progress,
+            "directional_smoothness": out.directional_smoothness,
+            "gradient_alignment": out.gradient_alignment,
+        }
+        if taus is not None:
+            values["profile"] = smoothness_profile(fn, v.params, lr, taus)
+        return values
+
+    check_objective = _check_objective(problem, "progress")
+
+    def check(dynamics, ctx: Context):
+        check_objective(dynamics, ctx)
+        names = dynamics.hyperparams
+        if names is not None and not any(n in names for n in LEARNING_RATE_NAMES):
+            raise ValueError(
+                f"progress: dynamics {dynamics.name!r} has no learning rate (one of {LEARNING_RATE_NAMES})"
+            )
+
+    return Observable(
+        "progress",
+        record=record,
+        check=check,
+        config={"taus": None if taus is None else taus.tolist(), **overrides},
     )
 
 
@@ -535,6 +595,7 @@ NAMED: Mapping[str, Callable[[], Observable]] = MappingProxyType(
         "trajectory": trajectory,
         "loss": loss,
         "grad_norm": grad_norm,
+        "progress": progress,
         "diverged": diverged,
     }
 )

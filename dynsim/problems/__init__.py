@@ -13,7 +13,7 @@ from .classification import (
     mlp_classifier,
     mlp_forward,
 )
-from .deterministic import quadratic, sin_product
+from .deterministic import flattened_quadratic, quadratic, sin_product, single_neuron
 from .nets import ACTIVATIONS, C0, activation_fn, scalar_net, two_layer_net
 from .regression import linear_regression_1d
 from .saddle import rank1_saddle
@@ -26,6 +26,8 @@ __all__ = [
     "linear_regression_1d",
     "rank1_saddle",
     "quadratic",
+    "flattened_quadratic",
+    "single_neuron",
     "sin_product",
     "load_digits",
     "load_mnist1d",

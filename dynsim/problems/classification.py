@@ -24,17 +24,24 @@ __all__ = [
 ]
 
 
-def load_digits(*, test_size: int = 500, seed: int = 0) -> dict[str, np.ndarray]:
+def load_digits(*, test_size: int = 500, seed: int = 0, standardize: bool = False) -> dict[str, np.ndarray]:
     """scikit-learn's 8x8 digits (1797 images, 10 classes), pixels / 16, split into train and test.
 
-    Returns ``{"x", "y", "x_test", "y_test"}`` (float32 inputs, int32 labels). Needs
-    ``scikit-learn`` (``pip install -e ".[experiments]"``).
+    Returns ``{"x", "y", "x_test", "y_test"}`` (float32 inputs, int32 labels). ``standardize=True``
+    centres each pixel and divides it by its standard deviation (plus 1e-8, for the constant
+    pixels), both taken over the training part. Needs ``scikit-learn``
+    (``pip install -e ".[experiments]"``).
     """
     from sklearn.datasets import load_digits as sk_load_digits
 
+    check_int("test_size", test_size, minimum=0, maximum=1796)
     data = sk_load_digits()
     order = np.random.default_rng(seed).permutation(len(data.target))
-    x, y = (data.data / 16.0).astype(np.float32)[order], data.target.astype(np.int32)[order]
+    x, y = (data.data / 16.0)[order], data.target.astype(np.int32)[order]
+    if standardize:
+        train = x[test_size:]
+        x = (x - train.mean(axis=0)) / (train.std(axis=0) + 1e-8)
+    x = x.astype(np.float32)
     return {"x": x[test_size:], "y": y[test_size:], "x_test": x[:test_size], "y_test": y[:test_size]}
 
 
@@ -84,15 +91,21 @@ def mlp_classifier(
     bias: bool = True,
     scale_invariant: bool = False,
     weight_decay: float = 0.0,
+    loss: str = "cross_entropy",
+    init: str = "he_normal",
 ) -> Problem:
-    """An MLP classifier on the fixed dataset ``(x, y)`` with cross-entropy and coupled weight decay.
+    """An MLP classifier on the fixed dataset ``(x, y)`` with coupled weight decay.
 
-    Per-sample loss ``l_i(theta) + (gamma / 2) |theta|^2`` with ``l_i = logsumexp(f(x_i)) - f(x_i)_{y_i}``
-    and ``gamma = hp["weight_decay"]``, so SGD is ``theta <- theta - lr (g_B + gamma theta)``
-    (seed 000, Sec. 0). ``scale_invariant=True`` uses each weight matrix as
-    ``W s / |W|_F`` with ``s = sqrt(2 fan_out)`` (hidden) or ``sqrt(fan_out)`` (last layer), and no
-    biases: the loss is invariant to the scale of every ``W``, as batch norm makes it in a
-    ResNet (the digest's calibrated substitute S1). He-normal initialisation.
+    Per-sample loss ``l_i(theta) + (gamma / 2) |theta|^2`` with ``gamma = hp["weight_decay"]``, so
+    SGD is ``theta <- theta - lr (g_B + gamma theta)`` (seed 000, Sec. 0), and
+    ``l_i = logsumexp(f(x_i)) - f(x_i)_{y_i}`` (``loss="cross_entropy"``) or
+    ``l_i = 0.5 |f(x_i) - e_{y_i}|^2`` (``loss="mse"``, one-hot targets: the square loss of the
+    edge-of-stability experiments that seed 001 repeats). ``scale_invariant=True`` uses each
+    weight matrix as ``W s / |W|_F`` with ``s = sqrt(2 fan_out)`` (hidden) or ``sqrt(fan_out)``
+    (last layer), and no biases: the loss is invariant to the scale of every ``W``, as batch norm
+    makes it in a ResNet (the digest's calibrated substitute S1). ``init="he_normal"``:
+    ``W ~ N(0, 2/fan_in)``, zero biases; ``init="uniform"``: ``W, b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))``,
+    PyTorch's default for a linear layer.
 
     Parameters are ``{"W0", "b0", "W1", ...}``; hyperparameter ``weight_decay`` (traced).
     """
@@ -102,6 +115,8 @@ def mlp_classifier(
         raise ValueError(f"x must be (N, d) and y (N,), got {x.shape} and {y.shape}")
     check_choice("activation", activation, ("relu", "tanh", "linear"))
     check_nonnegative("weight_decay", weight_decay)
+    loss_name = check_choice("loss", loss, ("cross_entropy", "mse"))
+    init_name = check_choice("init", init, ("he_normal", "uniform"))
     n_classes = int(y.max()) + 1 if n_classes is None else check_int("n_classes", n_classes, minimum=2)
     sizes = [x.shape[1], *[check_int("width", w, minimum=1) for w in widths], n_classes]
     use_bias = bias and not scale_invariant
@@ -109,23 +124,36 @@ def mlp_classifier(
     def forward(params, xi):
         return mlp_forward(params, xi, activation=activation, scale_invariant=scale_invariant)
 
-    def loss(params, s, hp):
-        decay = 0.5 * hp["weight_decay"] * sum(jnp.sum(p**2) for p in jax.tree_util.tree_leaves(params))
-        return cross_entropy(forward(params, s["x"]), s["y"]) + decay
+    def data_loss(logits, label):
+        if loss_name == "mse":
+            return 0.5 * jnp.sum((logits - jax.nn.one_hot(label, n_classes, dtype=logits.dtype)) ** 2)
+        return cross_entropy(logits, label)
 
-    def init(key, hp):
+    def sample_loss(params, s, hp):
+        decay = 0.5 * hp["weight_decay"] * sum(jnp.sum(p**2) for p in jax.tree_util.tree_leaves(params))
+        return data_loss(forward(params, s["x"]), s["y"]) + decay
+
+    def init_params(key, hp):
         dtype = jnp.result_type(float)
         params = {}
-        keys = jax.random.split(key, len(sizes) - 1)
+        n_layers = len(sizes) - 1
+        keys = jax.random.split(key, n_layers if init_name == "he_normal" else 2 * n_layers)
         for layer, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            params[f"W{layer}"] = jax.random.normal(keys[layer], (fan_in, fan_out), dtype) * jnp.sqrt(2.0 / fan_in)
-            if use_bias:
-                params[f"b{layer}"] = jnp.zeros((fan_out,), dtype)
+            if init_name == "uniform":
+                bound = 1.0 / np.sqrt(fan_in)
+                kw, kb = keys[2 * layer], keys[2 * layer + 1]
+                params[f"W{layer}"] = jax.random.uniform(kw, (fan_in, fan_out), dtype, -bound, bound)
+                if use_bias:
+                    params[f"b{layer}"] = jax.random.uniform(kb, (fan_out,), dtype, -bound, bound)
+            else:
+                params[f"W{layer}"] = jax.random.normal(keys[layer], (fan_in, fan_out), dtype) * jnp.sqrt(2.0 / fan_in)
+                if use_bias:
+                    params[f"b{layer}"] = jnp.zeros((fan_out,), dtype)
         return params
 
     return Problem(
-        loss=loss,
-        init=init,
+        loss=sample_loss,
+        init=init_params,
         n_data=x.shape[0],
         hyperparams={"weight_decay": weight_decay},
         name=f"mlp_classifier({'-'.join(map(str, sizes))}{', scale-invariant' if scale_invariant else ''})",
