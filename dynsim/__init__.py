@@ -9,7 +9,7 @@ res = ds.simulate(ds.dynamics.sgd(problem), grid={"lr": [0.5, 1.0, 3.0]},
 
 __version__ = "0.1.0"
 
-from dynsim import curvature, dynamics, io, lyapunov, measure, observables, prng, problems, stability  # noqa: E402
+from dynsim import curvature, dynamics, io, lojasiewicz, lyapunov, measure, observables, prng, problems, stability  # noqa: E402
 from dynsim.engine import simulate  # noqa: E402
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "curvature",
     "dynamics",
     "io",
+    "lojasiewicz",
     "lyapunov",
     "measure",
     "observables",

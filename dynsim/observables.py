@@ -47,6 +47,7 @@ __all__ = [
     "histogram2d",
     "last_values",
     "converged",
+    "ball_exit",
     "diverged",
     "from_name",
     "NAMED",
@@ -554,6 +555,50 @@ def converged(point, eps: float) -> Observable:
         update=update,
         finalize=finalize,
         config={"eps": eps, "point": np.asarray(jax.tree_util.tree_leaves(point), dtype=float).tolist()},
+    )
+
+
+def ball_exit(center, radii: Sequence[float]) -> Observable:
+    """First exit from the closed balls ``|theta - center| <= r``, one per radius (seed 003's confinement events).
+
+    Outputs ``key``, the first step ``0 <= t <= n_steps`` with ``|theta_t - center| > r`` (-1 if
+    the trajectory never left), over dimension ``key_radius``, and ``key_max_distance``
+    (``max_t |theta_t - center|``). ``P(never leave B(theta_0, R - 1))`` is the share of -1; an
+    exit from ``R - 1`` at the step that also leaves ``R`` is a jump over the shell, otherwise a
+    landing on it (seed 003, eqs. 3.14-3.15).
+    """
+    center_leaves = jax.tree_util.tree_leaves(center)
+    radii = np.asarray(radii, dtype=float)
+    if radii.ndim != 1 or radii.size == 0 or not np.all(np.isfinite(radii)) or np.any(radii < 0):
+        raise ValueError(f"radii must be a non-empty 1-D sequence of finite numbers >= 0, got {radii!r}")
+
+    def distance(view: View):
+        return jnp.sqrt(jnp.sum(_flat(_difference(view.params, center)) ** 2))
+
+    def first_exit(steps, dist, t):
+        outside = dist > jnp.asarray(radii, dist.dtype)
+        return jnp.where((steps < 0) & outside, t, steps).astype(jnp.int32)
+
+    def init(view: View, ctx: Context):
+        dist = distance(view)
+        return {"step": first_exit(jnp.full(radii.shape, -1, jnp.int32), dist, 0), "max": dist}
+
+    def update(acc, view: View, t, ctx: Context):
+        dist = distance(view)
+        return {"step": first_exit(acc["step"], dist, t), "max": jnp.maximum(acc["max"], dist)}
+
+    def finalize(acc, status, ctx: Context):
+        return {
+            "": (("radius",), np.asarray(acc["step"]), {"radius": radii}),
+            "max_distance": ((), np.asarray(acc["max"])),
+        }
+
+    return Observable(
+        "ball_exit",
+        init=init,
+        update=update,
+        finalize=finalize,
+        config={"center": np.asarray(center_leaves, dtype=float).ravel().tolist(), "radii": radii.tolist()},
     )
 
 

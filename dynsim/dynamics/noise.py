@@ -9,8 +9,8 @@ the gradient; gradient noises are added to the (minibatch) gradient ``g``:
 * :func:`gaussian_noise`: ``g + s * xi``, ``xi ~ N(0, I)``;
 * :func:`student_t_noise`: ``g + s * xi``, ``xi_i ~ t_df`` i.i.d.;
 * :func:`alpha_stable_noise`: ``g + s * xi``, ``xi_i`` symmetric alpha-stable;
-* :func:`multiplicative_noise`: ``g + sqrt(sigma F(theta)) Z``, ``Z ~ N(0, I/d)``
-  (the "ML" noise of seed 003, eq. 2.10);
+* :func:`multiplicative_noise`: ``g + sqrt(sigma F(theta)) Z``, ``Z ~ N(0, I/d)``, uniform on
+  the sphere, or sparse (the "ML" noise of seed 003, eq. 2.10);
 * :func:`label_noise`: ``y_j <- y_j + s * xi_j`` for each sample of the batch, redrawn
   every step (dynamic label noise).
 """
@@ -122,21 +122,49 @@ def alpha_stable_noise(scale: float = 1.0, alpha: float = 1.5, *, name: str = "n
     return Noise("gradient", apply, {name: scale, "alpha": alpha}, "alpha_stable")
 
 
-def multiplicative_noise(sigma: float = 1.0, *, name: str = "noise") -> Noise:
-    """Multiplicative ("ML") noise ``g + sqrt(sigma * F(theta)) Z``, ``Z ~ N(0, I/d)`` (seed 003, eq. 2.10).
+def multiplicative_noise(
+    sigma: float = 1.0, *, law: str = "gaussian", p: float | None = None, name: str = "noise"
+) -> Noise:
+    """Multiplicative ("ML") noise ``g + sqrt(sigma F(theta)) Z``, ``E Z = 0``, ``E|Z|^2 = 1`` (seed 003, eq. 2.10).
 
     ``F`` is the training objective at the current parameters (it must be >= 0; negative
-    values are clipped at 0), ``d`` the number of parameters, ``sigma = hp[name]``.
-    ``E|Z|^2 = 1``, so the noise covariance has trace ``sigma F(theta)`` and vanishes where
-    ``F = 0``. On ``F = |theta|^2 / 2`` one GD step gives exactly
-    ``E[F(theta')] = ((1 - lr)^2 + lr^2 sigma / 2) F(theta)`` (seed 003 digest, Sec. 4).
+    values are clipped at 0), ``d`` the number of parameters, ``sigma = hp[name]``. The law of
+    ``Z``: ``"gaussian"``, ``N(0, I/d)``; ``"sphere"``, uniform on the unit sphere;
+    ``"sparse"``, ``B U / sqrt(p)`` with ``B ~ Bernoulli(p)`` and ``U`` uniform on the sphere
+    (rare, large kicks: the law that makes the Markov bounds of seed 003's Thm 3.1 nearly
+    tight). The noise covariance has trace ``sigma F(theta)`` and vanishes where ``F = 0``. On
+    ``F = |theta|^2 / 2`` one GD step gives exactly ``E[F(theta')] = ((1 - lr)^2 + lr^2 sigma / 2)
+    F(theta)`` (seed 003 digest, Sec. 2.4), whatever the law.
     """
     check_nonnegative("sigma", sigma)
+    if law not in ("gaussian", "sphere", "sparse"):
+        raise ValueError(f"law must be 'gaussian', 'sphere' or 'sparse', got {law!r}")
+    if law == "sparse":
+        if p is None or not 0 < p <= 1:
+            raise ValueError(f"law='sparse' needs a probability 0 < p <= 1, got p={p!r}")
+        p = float(p)
+    elif p is not None:
+        raise ValueError(f"p is the kick probability of law='sparse'; law={law!r} takes none")
 
     def apply(key, grads, hp, objective):
         d = sum(int(np.prod(jnp.shape(leaf))) for leaf in jax.tree_util.tree_leaves(grads))
-        amplitude = jnp.sqrt(jnp.maximum(hp[name] * objective(), 0.0) / d)
-        return _add_to_leaves(key, grads, lambda k, shape, dt: amplitude.astype(dt) * jax.random.normal(k, shape, dt))
+        variance = jnp.maximum(hp[name] * objective(), 0.0)
+        if law == "gaussian":
+            amplitude = jnp.sqrt(variance / d)
+            return _add_to_leaves(
+                key, grads, lambda k, shape, dt: amplitude.astype(dt) * jax.random.normal(k, shape, dt)
+            )
+        k_dir, k_kick = jax.random.split(key)
+        leaves, treedef = jax.tree_util.tree_flatten(grads)
+        draws = [
+            jax.random.normal(k, jnp.shape(x), jnp.result_type(x))
+            for k, x in zip(jax.random.split(k_dir, len(leaves)), leaves)
+        ]
+        norm = jnp.sqrt(sum(jnp.sum(z**2) for z in draws))
+        scale = jnp.sqrt(variance) / jnp.where(norm > 0, norm, 1.0)
+        if law == "sparse":
+            scale = jnp.where(jax.random.uniform(k_kick) < p, scale / np.sqrt(p), 0.0)
+        return jax.tree_util.tree_unflatten(treedef, [x + scale.astype(x.dtype) * z for x, z in zip(leaves, draws)])
 
     return Noise("gradient", apply, {name: sigma}, "multiplicative")
 

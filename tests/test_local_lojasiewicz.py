@@ -1,0 +1,164 @@
+"""Seed 003 (SGD under a local Łojasiewicz condition): bounds, exponents, ball exits, and the theorems on quadratics.
+
+Known answers: the digest's worked values of ``rho``, the step-size bounds and ``B_exit`` (corrected
+and as printed); the Lyapunov exponent of ML-noise SGD against Monte Carlo; the exact contraction
+``E F(theta_k) = rho^k F_0`` on ``|theta|^2/2`` for every noise law; exact ball-exit steps of a
+deterministic orbit; the exact exit probabilities (3/4, 1/2, 0) of Thm 4.1's aligned noise; the
+exact second-moment recursion of Robbins-Monro SGD (Lemma 4.2).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import dynsim as ds
+from dynsim import lojasiewicz as lj
+
+ALPHA, C_L = 2.0, 1.0  # F = |theta|^2 / 2
+
+
+@pytest.fixture(scope="module")
+def experiment():
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "experiments")
+    sys.path.insert(0, os.path.abspath(path))
+    try:
+        yield importlib.import_module("local_lojasiewicz")
+    finally:
+        sys.path.remove(os.path.abspath(path))
+
+
+def test_step_sizes_and_rates_match_the_worked_values():
+    for sigma, eta_max, ms in [(0.5, 0.2, 1.6), (2, 0.125, 1.0), (8, 0.05, 0.4), (32, 1 / 68, 4 / 34)]:
+        assert lj.max_learning_rate(ALPHA, C_L, sigma) == pytest.approx(eta_max, rel=1e-12)
+        assert lj.mean_square_threshold(ALPHA, C_L, sigma) == pytest.approx(ms, rel=1e-12)
+        # rho(eta_max) = 1 - 7 alpha^2 / (32 C_L (2 C_L + sigma)), and rho = 1 at the mean-square threshold
+        rho = lj.contraction_rate(eta_max, ALPHA, C_L, sigma)
+        assert rho == pytest.approx(1 - 7 * ALPHA**2 / (32 * C_L * (2 * C_L + sigma)), rel=1e-12)
+        assert lj.contraction_rate(ms, ALPHA, C_L, sigma) == pytest.approx(1.0, rel=1e-12)
+
+
+def test_exit_bounds_match_the_digest_table():
+    x0 = np.array([0.01, 0.05, 0.1, 0.2, 0.4])
+    f0, m0 = x0**2 / 2, (1 - x0) ** 2 / 2  # R = 2
+    got = [lj.exit_probability_bound(0.05, ALPHA, C_L, 8.0, f, m) for f, m in zip(f0, m0)]
+    printed = [lj.exit_probability_bound(0.05, ALPHA, C_L, 8.0, f, m, printed=True) for f, m in zip(f0, m0)]
+    np.testing.assert_allclose(got, [0.0346, 0.1965, 0.4639, 1.322, 5.976], rtol=2e-3)
+    np.testing.assert_allclose(printed, [0.0012, 0.0320, 0.1401, 0.6853, 4.592], rtol=2e-2)
+    # the tail after K steps shrinks like rho^(K/2)
+    tail = lj.exit_probability_bound(0.05, ALPHA, C_L, 8.0, f0[1], m0[1], after=400)
+    assert tail < 1e-8
+
+
+def test_quadratic_exponent_against_monte_carlo_and_the_thresholds():
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal(2_000_000)
+    for lr, sigma in [(0.05, 8.0), (0.7, 2.0), (1.9, 0.5), (3.0, 2.0)]:
+        samples = np.log(np.abs(1 - lr - lr * np.sqrt(sigma / 2) * z))
+        se = samples.std() / np.sqrt(z.size)
+        assert abs(lj.quadratic_exponent(lr, sigma) - samples.mean()) < 4 * se + 1e-7
+    for sigma, root, at_max in [(0.5, 2.262, -0.2311), (2, 1.731, -0.1441), (8, 0.943, -0.0569), (128, 0.213, -0.0043)]:
+        assert lj.quadratic_exponent_threshold(sigma) == pytest.approx(root, abs=1e-3)
+        assert lj.quadratic_exponent(lj.max_learning_rate(ALPHA, C_L, sigma), sigma) == pytest.approx(at_max, abs=1e-4)
+        assert abs(lj.quadratic_exponent(lj.quadratic_exponent_threshold(sigma), sigma)) < 1e-9
+        # Jensen: 2 lambda <= log rho where rho < 1
+        lrs = np.linspace(0.01, 0.99, 50) * lj.mean_square_threshold(ALPHA, C_L, sigma)
+        assert np.all(2 * lj.quadratic_exponent(lrs, sigma) <= np.log(lj.contraction_rate(lrs, ALPHA, C_L, sigma)))
+
+
+@pytest.mark.parametrize("noise", [{}, {"law": "sphere"}, {"law": "sparse", "p": 0.2}])
+def test_contraction_is_exact_on_the_isotropic_quadratic_for_every_noise_law(x64, noise):
+    sigma, lr, d = 2.0, 0.3, 3
+    problem = ds.problems.quadratic(np.eye(d), theta0=np.full(d, 0.5))
+    res = ds.simulate(
+        ds.dynamics.gd(problem, noise=[ds.dynamics.multiplicative_noise(sigma, **noise)]),
+        grid={"lr": [lr]},
+        n_replicas=40_000,
+        n_steps=6,
+        record_every=1,
+        observables={"loss": ds.observables.loss()},
+    )
+    loss = res.loss.values[0]  # (replica, time)
+    rho = lj.contraction_rate(lr, ALPHA, C_L, sigma)
+    expected = rho**res.time.values * loss[0, 0]
+    se = loss.std(axis=0, ddof=1) / np.sqrt(loss.shape[0])
+    assert np.all(np.abs(loss.mean(axis=0) - expected) <= 4 * se + 1e-15)
+
+
+def test_ball_exit_records_the_first_step_outside_each_ball(x64):
+    # GD at lr = 2.5 on theta^2/2: theta_t = (-1.5)^t, so |theta_t| > r first at t = ceil(log r / log 1.5) (+ ties)
+    radii = [0.5, 1.0, 1.4, 1.6, 3.0, 10.0, 1e6]
+    res = ds.simulate(
+        ds.dynamics.gd(ds.problems.quadratic(1.0, theta0=1.0)),
+        grid={"lr": [2.5]},
+        n_steps=12,
+        observables={"exit": ds.observables.ball_exit(0.0, radii)},
+    )
+    dist = 1.5 ** np.arange(13)
+    expected = [int(np.argmax(dist > r)) if np.any(dist > r) else -1 for r in radii]
+    assert res.exit.values[0, 0].tolist() == expected
+    assert res.exit_max_distance.values[0, 0] == pytest.approx(1.5**12)
+    assert res.exit_radius.values.tolist() == radii
+
+
+def test_aligned_noise_exits_with_probability_three_quarters_half_or_zero(x64, experiment):
+    """Thm 4.1 says "exits almost surely"; the exact law is 3/4 for 0.5 < r < 1.125, 1/2 up to 1.5, 0 beyond."""
+    radii = [0.8, 1.12, 1.125, 1.3, 1.49, 1.5, 1.8]
+    res = ds.simulate(
+        experiment.robbins_monro("rademacher", aligned=True),
+        grid={"q": [1.0]},
+        n_replicas=4000,
+        n_steps=3000,
+        observables={"exit": ds.observables.ball_exit(0.5, radii)},
+    )
+    left = (res.exit.values[0] >= 0).mean(axis=0)
+    exact = np.array([0.75, 0.75, 0.5, 0.5, 0.5, 0.0, 0.0])
+    se = np.sqrt(exact * (1 - exact) / 4000)
+    assert np.all(np.abs(left - exact) <= 4 * se)
+    # the 1/2 and 3/4 are the same runs at every radius below 1.125 (jumps are decided at steps 0 and 1)
+    steps = res.exit.values[0]
+    assert np.array_equal(steps[:, 0] >= 0, steps[:, 1] >= 0)
+
+
+def test_robbins_monro_second_moment_follows_its_exact_recursion(x64, experiment):
+    q, gamma, n0, k = 0.75, 1.5, 2.0, 400
+    res = ds.simulate(
+        experiment.robbins_monro("normal", aligned=False),
+        grid={"q": [q], "gamma": [gamma], "n0": [n0]},
+        n_replicas=20_000,
+        n_steps=k,
+        observables={"theta": ds.observables.final_state()},
+    )
+    f = res.theta.values.ravel() ** 2 / 2
+    m = 0.25
+    for j in range(k):
+        lr = gamma / (j + n0) ** q
+        m = (1 - lr) ** 2 * m + lr**2
+    assert abs(f.mean() - m / 2) <= 4 * f.std(ddof=1) / np.sqrt(f.size)
+
+
+def test_bad_input_is_refused_with_a_clear_message():
+    with pytest.raises(ValueError, match="rho < 1"):
+        lj.exit_probability_bound(1.5, ALPHA, C_L, 2.0, 0.01, 0.5)
+    with pytest.raises(ValueError, match="alpha"):
+        lj.contraction_rate(0.1, 0.0, C_L, 2.0)
+    with pytest.raises(ValueError, match="law"):
+        ds.dynamics.multiplicative_noise(1.0, law="cauchy")
+    with pytest.raises(ValueError, match="p"):
+        ds.dynamics.multiplicative_noise(1.0, law="sparse")
+    with pytest.raises(ValueError, match="radii"):
+        ds.observables.ball_exit(0.0, [])
+    with pytest.raises(ValueError, match="lr"):
+        lj.quadratic_exponent(-0.1, 2.0)
+
+
+def test_bounds_accept_arrays():
+    lrs = np.array([0.01, 0.05])
+    out = lj.exit_probability_bound(lrs, ALPHA, C_L, 8.0, 1e-3, 0.4)
+    assert out.shape == (2,) and np.all(np.isfinite(out))
+    assert jax.numpy.asarray(lj.contraction_rate(lrs, ALPHA, C_L, 8.0)).shape == (2,)
