@@ -9,7 +9,19 @@ res = ds.simulate(ds.dynamics.sgd(problem), grid={"lr": [0.5, 1.0, 3.0]},
 
 __version__ = "0.1.0"
 
-from dynsim import curvature, dynamics, io, lojasiewicz, lyapunov, measure, observables, prng, problems, stability  # noqa: E402
+from dynsim import (  # noqa: E402
+    curvature,
+    dynamics,
+    io,
+    lojasiewicz,
+    lyapunov,
+    measure,
+    observables,
+    optim,
+    prng,
+    problems,
+    stability,
+)
 from dynsim.engine import simulate  # noqa: E402
 
 __all__ = [
@@ -21,6 +33,7 @@ __all__ = [
     "lyapunov",
     "measure",
     "observables",
+    "optim",
     "prng",
     "problems",
     "simulate",

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dynsim._validate import LEARNING_RATE_NAMES, check_int, check_nonnegative, check_positive
+from dynsim._validate import LEARNING_RATE_NAMES, check_int, check_nonnegative, check_positive, check_real
 from dynsim.problems.base import Problem, objective
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "last_values",
     "converged",
     "ball_exit",
+    "hitting_time",
     "diverged",
     "from_name",
     "NAMED",
@@ -556,6 +557,31 @@ def converged(point, eps: float) -> Observable:
         finalize=finalize,
         config={"eps": eps, "point": np.asarray(jax.tree_util.tree_leaves(point), dtype=float).tolist()},
     )
+
+
+def hitting_time(fn: Callable[[Any], Any], level: float) -> Observable:
+    """First step ``t`` (``0 <= t <= n_steps``) with ``fn(theta_t) <= level``; -1 if it never happens.
+
+    ``fn`` returns a scalar (for an array, its largest entry counts).
+
+    E.g. ``hitting_time(lambda p: |grad f(p)|, eps)`` is the iteration complexity ``T_eps`` of one
+    run (seed 002, eq. 3.7); the median over replicas is the stochastic ``T_eps`` of eq. 3.8.
+    """
+    level = check_real("level", level)
+
+    def hit(view: View):
+        return jnp.max(jnp.asarray(fn(view.params))) <= level
+
+    def init(view: View, ctx: Context):
+        return jnp.where(hit(view), 0, -1).astype(jnp.int32)
+
+    def update(acc, view: View, t, ctx: Context):
+        return jnp.where((acc < 0) & hit(view), t, acc).astype(jnp.int32)
+
+    def finalize(acc, status, ctx: Context):
+        return {"": ((), np.asarray(acc))}
+
+    return Observable("hitting_time", init=init, update=update, finalize=finalize, config={"level": level})
 
 
 def ball_exit(center, radii: Sequence[float]) -> Observable:

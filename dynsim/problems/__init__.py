@@ -13,7 +13,14 @@ from .classification import (
     mlp_classifier,
     mlp_forward,
 )
-from .deterministic import flattened_quadratic, quadratic, sin_product, single_neuron
+from .deterministic import (
+    exploding_function,
+    flattened_quadratic,
+    quadratic,
+    sin_product,
+    single_neuron,
+    slow_function,
+)
 from .nets import ACTIVATIONS, C0, activation_fn, scalar_net, two_layer_net
 from .regression import linear_regression_1d
 from .saddle import rank1_saddle
@@ -28,6 +35,8 @@ __all__ = [
     "quadratic",
     "flattened_quadratic",
     "single_neuron",
+    "exploding_function",
+    "slow_function",
     "sin_product",
     "load_digits",
     "load_mnist1d",

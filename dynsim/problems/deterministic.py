@@ -1,5 +1,6 @@
-"""Data-free objectives: quadratics, ``100 sin(t1) sin(t2)`` (seed 000, Sec. 3.4), and the toys of
-seed 001 (Examples 1-3): a quadratic flattened by ``tanh`` and single-neuron networks."""
+"""Data-free objectives: quadratics, ``100 sin(t1) sin(t2)`` (seed 000, Sec. 3.4), the toys of seed 001
+(Examples 1-3: a quadratic flattened by ``tanh``, single-neuron networks), and the two functions of
+seed 002's lower bound for GD under (L0, L1)-smoothness (Thm 3.4.2)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dynsim._validate import check_nonnegative, check_positive, check_real
 from .base import Problem
 from .nets import activation_fn
 
-__all__ = ["quadratic", "flattened_quadratic", "single_neuron", "sin_product"]
+__all__ = ["quadratic", "flattened_quadratic", "single_neuron", "exploding_function", "slow_function", "sin_product"]
 
 
 def quadratic(P, *, theta0=None, init_std: float = 1.0) -> Problem:
@@ -111,6 +112,53 @@ def single_neuron(
         return (theta[0] * sigma(theta[1] * x) - y) ** 2
 
     return Problem(loss=loss, init=_fixed_or_uniform(theta0, 2, box), name=f"single_neuron({activation})")
+
+
+def exploding_function(l1: float, m: float) -> Problem:
+    """The 1-D function that forces GD to take small steps (seed 002, proof of Thm 3.4.2).
+
+    ``f(x) = l1 x^2 / 2 + 1 / (2 l1)`` for ``|x| <= 1/l1`` and ``exp(l1 |x| - 1) / l1`` beyond: C^2,
+    ``(L0, L1) = (l1, l1)``-smooth (the thesis prints ``(1, l1)``; the quadratic piece needs
+    ``L0 = l1``), minimum ``1/(2 l1)`` at 0. It starts at ``x0 = (log m + 1) / l1``, where
+    ``f'(x0) = m``. GD with a step ``h > 2 x0 / m`` moves farther out and diverges.
+    """
+    l1, m = check_positive("l1", l1), check_positive("m", m)
+    if m <= 1:
+        raise ValueError(f"m must be > 1 (the gradient norm at the start), got {m}")
+    x0 = (np.log(m) + 1) / l1
+
+    def loss(theta, sample, hp):
+        x = theta[0]
+        inner = jnp.clip(x, -1 / l1, 1 / l1)
+        outer = jnp.maximum(jnp.abs(x), 1 / l1)
+        return jnp.where(jnp.abs(x) <= 1 / l1, l1 * inner**2 / 2 + 1 / (2 * l1), jnp.exp(l1 * outer - 1) / l1)
+
+    return Problem(
+        loss=loss, init=_fixed_or_uniform([x0], 1, 1.0), fixed_point=np.zeros(1), name=f"exploding({l1}, {m})"
+    )
+
+
+def slow_function(eps: float, delta: float) -> Problem:
+    """The 1-D function on which small GD steps are slow (seed 002, proof of Thm 3.4.2).
+
+    ``f(x) = (eps/4)(6 x^2 - x^4)`` for ``|x| <= 1`` and ``2 eps (|x| - 1) + 5 eps / 4`` beyond: C^2,
+    ``f'' <= 3 eps``, minimum 0 at 0. From ``x0 = 1 + delta / eps`` (``f(x0) = 2 delta + 5 eps / 4``)
+    the gradient is exactly ``2 eps`` until ``|x| <= 1``, so GD with step ``h`` needs
+    ``delta / (2 eps^2 h)`` steps before ``|f'|`` can drop below ``2 eps``.
+    """
+    eps, delta = check_positive("eps", eps), check_positive("delta", delta)
+
+    def loss(theta, sample, hp):
+        x = theta[0]
+        inner = jnp.clip(x, -1.0, 1.0)
+        return jnp.where(jnp.abs(x) <= 1, eps / 4 * (6 * inner**2 - inner**4), 2 * eps * (jnp.abs(x) - 1) + 5 * eps / 4)
+
+    return Problem(
+        loss=loss,
+        init=_fixed_or_uniform([1 + delta / eps], 1, 1.0),
+        fixed_point=np.zeros(1),
+        name=f"slow({eps}, {delta})",
+    )
 
 
 def sin_product(scale: float = 100.0, *, low: float = -np.pi, high: float = np.pi) -> Problem:

@@ -1,0 +1,161 @@
+"""Seed 002 (thesis chs. 3-4): the clipping optimizers, the lower-bound functions, hitting times, clipped bias.
+
+Known answers: each optimizer against a direct NumPy implementation of its formula; the exact
+constants of the exploding and slow functions (``f'(x0) = M``, ``(L0, L1) = (L1, L1)``, the
+divergence threshold ``2 x0 / M``, the exact number of GD steps on the slow function's ramp);
+Lemma 4.7.1's bias and second-moment bounds for a clipped heavy-tailed gradient by Monte Carlo.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import dynsim as ds
+
+
+def _run(opt, grads, x0):
+    params = jnp.asarray(x0)
+    state = opt.init(params)
+    out = []
+    for g in grads:
+        updates, state = opt.update(jnp.asarray(g), state, params)
+        params = optax.apply_updates(params, updates)
+        out.append(np.asarray(params))
+    return np.array(out)
+
+
+@pytest.fixture
+def grads():
+    rng = np.random.default_rng(0)
+    return rng.standard_t(1.5, size=(40, 3)) * np.array([1.0, 0.1, 5.0])
+
+
+def test_clipped_normalized_and_coordinate_clipped_sgd_follow_their_formulas(x64, grads):
+    lr, tau, beta = 0.3, 0.7, 0.5
+    x = np.zeros(3)
+    want_clip, want_norm, want_coord = [], [], []
+    xc, xn, xk = x.copy(), x.copy(), x.copy()
+    for g in grads:
+        xc = xc - lr * min(1.0, tau / np.linalg.norm(g)) * g  # thesis eq. 3.5
+        xn = xn - lr * g / (np.linalg.norm(g) + beta)  # eq. 3.6
+        xk = xk - lr * np.clip(g, -tau, tau)  # CClip
+        want_clip.append(xc)
+        want_norm.append(xn)
+        want_coord.append(xk)
+    np.testing.assert_allclose(_run(ds.optim.clipped_sgd(lr, tau), grads, x), want_clip, rtol=1e-12)
+    np.testing.assert_allclose(_run(ds.optim.normalized_sgd(lr, beta), grads, x), want_norm, rtol=1e-12)
+    np.testing.assert_allclose(_run(ds.optim.coordinate_clipped_sgd(lr, tau), grads, x), want_coord, rtol=1e-12)
+
+
+def test_acclip_follows_algorithm_1(x64, grads):
+    lr, b1, b2, alpha, eps, tau0 = 0.05, 0.8, 0.95, 1.5, 1e-5, 2.0
+    x, m, ta = np.zeros(3), np.zeros(3), np.full(3, tau0**alpha)
+    want = []
+    for g in grads:
+        m = b1 * m + (1 - b1) * g
+        ta = b2 * ta + (1 - b2) * np.abs(g) ** alpha
+        x = x - lr * np.minimum(ta ** (1 / alpha) / (np.abs(m) + eps), 1.0) * m
+        want.append(x)
+    got = _run(ds.optim.acclip(lr, b1=b1, b2=b2, alpha=alpha, eps=eps, tau0=tau0), grads, np.zeros(3))
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_normalized_and_clipped_step_sizes_are_within_a_factor_two(grads):
+    # h_c = min(eta_c, gamma eta_c / |g|) with eta_c = eta_n / beta, gamma = beta; h_n = eta_n / (|g| + beta)
+    eta_n, beta = 0.2, 0.7
+    norms = np.linalg.norm(grads, axis=1)
+    h_c = np.minimum(eta_n / beta, beta * (eta_n / beta) / norms)
+    h_n = eta_n / (norms + beta)
+    assert np.all(h_c / 2 <= h_n) and np.all(h_n <= h_c)
+
+
+def test_optimizers_run_through_from_optax_with_traced_hyperparameters(x64):
+    problem = ds.problems.quadratic(np.eye(2), theta0=(3.0, -4.0))  # |grad| = 5 at the start
+    res = ds.simulate(
+        ds.dynamics.from_optax(problem, ds.optim.clipped_sgd, batch_size=None, threshold=1.0),
+        grid={"lr": [0.1], "threshold": [0.5, 10.0]},
+        n_steps=1,
+        observables={"x": ds.observables.final_state()},
+    )
+    # clipped: moves 0.1 * 0.5 along -grad/|grad|; unclipped: plain GD
+    np.testing.assert_allclose(res.x.values[0, 0, 0], [3 - 0.05 * 3 / 5, -4 + 0.05 * 4 / 5], rtol=1e-12)
+    np.testing.assert_allclose(res.x.values[0, 1, 0], [3 * 0.9, -4 * 0.9], rtol=1e-12)
+
+
+@pytest.mark.parametrize("l1,m", [(2.0, 100.0), (10.0, 1e3), (10.0, 1e5)])
+def test_exploding_function_constants_and_its_gd_threshold(x64, l1, m):
+    problem = ds.problems.exploding_function(l1, m)
+    f = lambda x: problem.loss(jnp.atleast_1d(x), None, {})  # noqa: E731
+    x0 = float(problem.init(None, {})[0])
+    assert float(jax.grad(f)(x0)) == pytest.approx(m, rel=1e-12)
+    # (L0, L1) = (l1, l1): |f''| <= l1 + l1 |f'| everywhere, with equality in the quadratic piece
+    xs = np.linspace(-2 * x0, 2 * x0, 2001)
+    d1 = np.array([float(jax.grad(f)(x)) for x in xs[::20]])
+    d2 = np.array([float(jax.grad(jax.grad(f))(x)) for x in xs[::20]])
+    assert np.all(np.abs(d2) <= l1 + l1 * np.abs(d1) + 1e-9)
+    assert float(jax.grad(jax.grad(f))(0.0)) == pytest.approx(l1)
+    h = 2 * x0 / m  # one GD step from x0 lands at -x0 exactly: beyond it, farther out
+    hit = ds.observables.hitting_time(lambda x: jnp.abs(jax.grad(f)(x[0])), 1e-3)
+    res = ds.simulate(
+        ds.dynamics.gd(problem),
+        grid={"lr": [0.99 * h, 1.01 * h]},
+        n_steps=40_000,
+        observables={"hit": hit, "diverged": ds.observables.diverged()},
+    )
+    assert res.hit.values[0, 0] > 0 and res.diverged_step.values[0, 0] == -1
+    assert res.diverged_step.values[1, 0] > 0
+
+
+def test_slow_function_holds_gd_on_its_ramp_for_the_exact_number_of_steps(x64):
+    eps, delta, lr = 0.05, 1.0, 0.01
+    problem = ds.problems.slow_function(eps, delta)
+    f = lambda x: problem.loss(jnp.atleast_1d(x), None, {})  # noqa: E731
+    assert float(f(0.0)) == 0.0
+    assert float(f(1 + delta / eps)) == pytest.approx(2 * delta + 5 * eps / 4, rel=1e-12)
+    hit = ds.observables.hitting_time(lambda x: jnp.abs(jax.grad(f)(x[0])), 2 * eps * (1 - 1e-9))
+    res = ds.simulate(ds.dynamics.gd(problem), grid={"lr": [lr]}, n_steps=30_000, observables={"hit": hit})
+    # the ramp |x| > 1 has slope 2 eps: GD moves 2 eps lr per step over the distance delta / eps
+    ramp = int(np.ceil(delta / eps / (2 * eps * lr)))
+    assert ramp <= int(res.hit.values[0, 0]) <= ramp + 1
+
+
+def test_hitting_time_is_the_first_step_below_the_level(x64):
+    res = ds.simulate(
+        ds.dynamics.gd(ds.problems.quadratic(1.0, theta0=1.0)),
+        grid={"lr": [0.5]},
+        n_steps=20,
+        observables={
+            "hit": ds.observables.hitting_time(lambda x: jnp.abs(x[0]), 0.01),
+            "never": ds.observables.hitting_time(lambda x: jnp.abs(x[0]), -1.0),
+        },
+    )
+    assert int(res.hit.values[0, 0]) == int(np.ceil(np.log(0.01) / np.log(0.5)))  # |x_t| = 2^-t
+    assert int(res.never.values[0, 0]) == -1
+
+
+def test_clipped_heavy_tailed_gradient_obeys_lemma_4_7_1():
+    """bias |E ghat - grad f| <= G^a tau^(1-a) and E|ghat|^2 <= G^a tau^(2-a), with E|g|^a <= G^a."""
+    rng = np.random.default_rng(1)
+    alpha, grad, n = 1.5, np.array([0.3, -0.2]), 2_000_000
+    g = grad + rng.standard_t(2.5, size=(n, 2))  # finite alpha-moment for alpha < 2.5
+    g_alpha = np.mean(np.linalg.norm(g, axis=1) ** alpha)  # G^alpha, estimated
+    for tau in [0.5, 1.0, 3.0, 10.0]:
+        norms = np.linalg.norm(g, axis=1)
+        ghat = np.minimum(1.0, tau / norms)[:, None] * g
+        bias = np.linalg.norm(ghat.mean(axis=0) - grad)
+        second = np.mean(np.sum(ghat**2, axis=1))
+        assert bias <= g_alpha * tau ** (1 - alpha)
+        assert second <= g_alpha * tau ** (2 - alpha)
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="m must be > 1"):
+        ds.problems.exploding_function(2.0, 0.5)
+    with pytest.raises(ValueError, match="eps"):
+        ds.problems.slow_function(0.0, 1.0)
+    with pytest.raises(TypeError, match="level"):
+        ds.observables.hitting_time(lambda x: x, "low")
