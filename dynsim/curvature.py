@@ -440,7 +440,8 @@ class SGDProgress(NamedTuple):
     its standard error over the ``M`` minibatches. ``exact``: the finite-sample identity of
     App. C, ``mean_B [-<g_B, grad f>/|grad f|^2 + int_0^1 <g_B, grad f - grad f(theta - s lr g_B)> ds
     / |grad f|^2]``, equal to ``expected`` up to quadrature and rounding (NaN unless ``n_nodes``
-    is given). ``fraction_descending``: the share of minibatch steps that lower ``f`` (Remark 6),
+    is given); all three are NaN where ``grad f = 0``. ``fraction_descending``: the share of
+    minibatch steps that lower ``f`` (Remark 6),
     with its binomial standard error. ``m``: the number of minibatches.
     """
 
@@ -496,6 +497,7 @@ def sgd_progress(
         return f1, jnp.vdot(g, grad_f - g1), exact
 
     f1, inner, exact = jax.lax.map(one, batches, batch_size=min(chunk, m))
+    gg = jnp.where(gg > 0, gg, jnp.nan)  # at a stationary point of f every ratio is undefined
     rp = (f1 - f0) / (lr * gg)
     rhs = -1 + 0.5 * inner / gg
     descend = (f1 < f0).astype(flat.dtype)

@@ -83,6 +83,8 @@ def exit_probability_bound(
     f0 = np.asarray(f0, dtype=float)
     if np.any(lr <= 0) or np.any(f0 < 0):
         raise ValueError(f"lr must be > 0 and f0 >= 0, got lr={lr!r}, f0={f0!r}")
+    if printed and after:
+        raise ValueError("printed=True is eq. (3.19) as printed, for the whole run; it has no tail (after must be 0)")
     rho = contraction_rate(lr, alpha, smoothness, sigma)
     if np.any(rho >= 1):
         raise ValueError(

@@ -565,7 +565,8 @@ def hitting_time(fn: Callable[[Any], Any], level: float) -> Observable:
     ``fn`` returns a scalar (for an array, its largest entry counts).
 
     E.g. ``hitting_time(lambda p: |grad f(p)|, eps)`` is the iteration complexity ``T_eps`` of one
-    run (seed 002, eq. 3.7); the median over replicas is the stochastic ``T_eps`` of eq. 3.8.
+    run (seed 002, eq. 3.7); the median over replicas, with -1 read as "later than ``n_steps``", is
+    the stochastic ``T_eps`` of eq. 3.8.
     """
     level = check_real("level", level)
 
@@ -591,9 +592,11 @@ def ball_exit(center, radii: Sequence[float]) -> Observable:
     the trajectory never left), over dimension ``key_radius``, and ``key_max_distance``
     (``max_t |theta_t - center|``). ``P(never leave B(theta_0, R - 1))`` is the share of -1; an
     exit from ``R - 1`` at the step that also leaves ``R`` is a jump over the shell, otherwise a
-    landing on it (seed 003, eqs. 3.14-3.15).
+    landing on it (seed 003, eqs. 3.14-3.15). A trajectory that diverges (and is frozen by the
+    engine) has left every ball: its exit step is at most its divergence step, and its
+    ``key_max_distance`` is ``inf``.
     """
-    center_leaves = jax.tree_util.tree_leaves(center)
+    center_leaves = [np.ravel(np.asarray(leaf, dtype=float)) for leaf in jax.tree_util.tree_leaves(center)]
     radii = np.asarray(radii, dtype=float)
     if radii.ndim != 1 or radii.size == 0 or not np.all(np.isfinite(radii)) or np.any(radii < 0):
         raise ValueError(f"radii must be a non-empty 1-D sequence of finite numbers >= 0, got {radii!r}")
@@ -614,9 +617,13 @@ def ball_exit(center, radii: Sequence[float]) -> Observable:
         return {"step": first_exit(acc["step"], dist, t), "max": jnp.maximum(acc["max"], dist)}
 
     def finalize(acc, status, ctx: Context):
+        step, far = np.asarray(acc["step"]), np.asarray(acc["max"])
+        diverged = np.asarray(status["diverged_step"])
+        gone = diverged >= 0
+        step = np.where(gone[:, None] & (step < 0), diverged[:, None], step)
         return {
-            "": (("radius",), np.asarray(acc["step"]), {"radius": radii}),
-            "max_distance": ((), np.asarray(acc["max"])),
+            "": (("radius",), step, {"radius": radii}),
+            "max_distance": ((), np.where(gone, np.inf, far)),
         }
 
     return Observable(
@@ -624,7 +631,7 @@ def ball_exit(center, radii: Sequence[float]) -> Observable:
         init=init,
         update=update,
         finalize=finalize,
-        config={"center": np.asarray(center_leaves, dtype=float).ravel().tolist(), "radii": radii.tolist()},
+        config={"center": np.concatenate(center_leaves).tolist() if center_leaves else [], "radii": radii.tolist()},
     )
 
 

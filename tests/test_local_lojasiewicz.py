@@ -106,6 +106,24 @@ def test_ball_exit_records_the_first_step_outside_each_ball(x64):
     assert res.exit_radius.values.tolist() == radii
 
 
+def test_a_diverged_trajectory_has_left_every_ball_and_pytree_centres_work(x64):
+    # theta_t = (-1.5)^t is frozen once |theta| > 100 (t = 12): it has left even the ball of radius 1e6
+    res = ds.simulate(
+        ds.dynamics.gd(ds.problems.quadratic(1.0, theta0=1.0)),
+        grid={"lr": [2.5]},
+        n_steps=30,
+        observables={
+            "exit": ds.observables.ball_exit(0.0, [10.0, 1e6]),
+            "diverged": ds.observables.diverged(bound=100.0),
+        },
+    )
+    assert int(res.diverged_step.values[0, 0]) == 12
+    assert res.exit.values[0, 0].tolist() == [6, 12]
+    assert np.isinf(res.exit_max_distance.values[0, 0])
+    centre = {"W": np.zeros((2, 3)), "b": np.ones(3)}
+    assert ds.observables.ball_exit(centre, [1.0]).config["center"] == [0.0] * 6 + [1.0] * 3
+
+
 def test_aligned_noise_exits_with_probability_three_quarters_half_or_zero(x64, experiment):
     """Thm 4.1 says "exits almost surely"; the exact law is 3/4 for 0.5 < r < 1.125, 1/2 up to 1.5, 0 beyond."""
     radii = [0.8, 1.12, 1.125, 1.3, 1.49, 1.5, 1.8]
@@ -155,6 +173,8 @@ def test_bad_input_is_refused_with_a_clear_message():
         ds.observables.ball_exit(0.0, [])
     with pytest.raises(ValueError, match="lr"):
         lj.quadratic_exponent(-0.1, 2.0)
+    with pytest.raises(ValueError, match="after"):
+        lj.exit_probability_bound(0.05, ALPHA, C_L, 8.0, 0.01, 0.5, printed=True, after=10)
 
 
 def test_bounds_accept_arrays():

@@ -276,9 +276,9 @@ def test_progress_observable_matches_gd_progress_on_the_recorded_trajectory(x64)
             params = {k.removeprefix("theta_"): jnp.asarray(res[k].values[i, 0, j]) for k in names}
             p = cv.gd_progress(f, params, lr)
             cell = res.isel(lr=i, replica=0, time=j)
-            np.testing.assert_allclose(cell.gd_relative_progress, p.relative_progress, rtol=1e-6)
-            np.testing.assert_allclose(cell.gd_directional_smoothness, p.directional_smoothness, rtol=1e-6)
-            np.testing.assert_allclose(cell.gd_profile.values[1], p.directional_smoothness, rtol=1e-6)
+            np.testing.assert_allclose(cell.gd_relative_progress, p.relative_progress, rtol=1e-9)
+            np.testing.assert_allclose(cell.gd_directional_smoothness, p.directional_smoothness, rtol=1e-9)
+            np.testing.assert_allclose(cell.gd_profile.values[1], p.directional_smoothness, rtol=1e-9)
 
 
 def test_rp_is_nan_at_a_stationary_point_not_a_number_from_rounding():

@@ -131,8 +131,9 @@ def multiplicative_noise(
     values are clipped at 0), ``d`` the number of parameters, ``sigma = hp[name]``. The law of
     ``Z``: ``"gaussian"``, ``N(0, I/d)``; ``"sphere"``, uniform on the unit sphere;
     ``"sparse"``, ``B U / sqrt(p)`` with ``B ~ Bernoulli(p)`` and ``U`` uniform on the sphere
-    (rare, large kicks: the law that makes the Markov bounds of seed 003's Thm 3.1 nearly
-    tight). The noise covariance has trace ``sigma F(theta)`` and vanishes where ``F = 0``. On
+    (rare, large kicks that stress-test the Markov bounds of seed 003's Thm 3.1; in float32
+    ``p`` is resolved only to about 1e-7, so use float64 for ``p`` below 1e-5). The noise
+    covariance has trace ``sigma F(theta)`` and vanishes where ``F = 0``. On
     ``F = |theta|^2 / 2`` one GD step gives exactly ``E[F(theta')] = ((1 - lr)^2 + lr^2 sigma / 2)
     F(theta)`` (seed 003 digest, Sec. 2.4), whatever the law.
     """
