@@ -33,3 +33,44 @@ def test_kesten_tail_index_against_hill(lr):
     )
     hill = ds.measure.hill_tail_index(res.w.values.ravel(), k=1000, level=0.99)
     assert hill.low < kappa < hill.high, (kappa, hill)
+
+
+@pytest.mark.parametrize(
+    "script,args",
+    [
+        ("unstable_convergence_toys.py", ["--starts", "500", "--family-points", "11", "--family-steps", "4000"]),
+        ("unstable_convergence_nets.py", ["--steps", "60", "--every", "30", "--epochs", "2", "--probe-m", "4"]),
+        (
+            "local_lojasiewicz.py",
+            [
+                "--n",
+                "2000",
+                "--grid",
+                "8",
+                "--n-aligned",
+                "500",
+                "--aligned-steps",
+                "500",
+                "--n-lemma",
+                "500",
+                "--lemma-steps",
+                "500",
+            ],
+        ),
+        ("clipping.py", ["--m-values", "10", "100", "--n", "2000", "--heavy-steps", "100"]),
+    ],
+)
+def test_seed_001_to_003_experiments_run_end_to_end(tmp_path, script, args):
+    """Each script at tiny sizes: it runs, writes its figure and its NetCDF results."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("sklearn")
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", script)
+    out, res = tmp_path / "figures", tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, path, *args, "--out", str(out), "--results", str(res)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(list(out.glob("*.png"))) >= 1 and len(list(res.glob("*.nc"))) >= 1
