@@ -48,6 +48,7 @@ __all__ = [
     "segment_sharpness",
     "SGDProgress",
     "sgd_progress",
+    "local_smoothness",
 ]
 
 
@@ -508,3 +509,30 @@ def sgd_progress(
     (e, e_se), (p, p_se) = mean_se(rp), mean_se(rhs)
     frac = jnp.mean(descend)
     return SGDProgress(e, e_se, p, p_se, jnp.mean(exact) / gg, frac, jnp.sqrt(frac * (1 - frac) / m), m)
+
+
+def local_smoothness(loss_fn: Callable[..., jax.Array], params: Any, step: Any, *args, fractions=(0.5,)) -> jax.Array:
+    """``max_a |grad f(x + a d) - grad f(x)| / (a |d|)`` over ``a`` in ``fractions``: the smoothness met along a step.
+
+    ``d = step`` is the update (a pytree like ``params``, e.g. ``x_{k+1} - x_k``). This is the
+    estimator of the local smoothness that seed 002 (thesis ch. 3, Figs. 3-1 to 3-3) plots against
+    the gradient norm to show that ``|hess f| <= L0 + L1 |grad f|`` ((L0, L1)-smoothness, Def. 3.2.1)
+    describes training better than a global ``L``; the authors' code uses the midpoint,
+    ``fractions = (1/2,)``. For a quadratic with Hessian ``P`` it is ``|P d| / |d|`` exactly. NaN where
+    ``d = 0``.
+    """
+    fractions = jnp.asarray(fractions)
+    if fractions.ndim != 1 or fractions.shape[0] == 0:
+        raise ValueError(f"fractions must be a non-empty 1-D sequence, got shape {fractions.shape}")
+    flat, unravel = ravel_pytree(params)
+    d = ravel_pytree(step)[0].astype(flat.dtype)
+    grad = jax.grad(loss_fn)
+    g0 = ravel_pytree(grad(params, *args))[0]
+    norm_d = jnp.linalg.norm(d)
+
+    def ratio(a):
+        g1 = ravel_pytree(grad(unravel(flat + a * d), *args))[0]
+        return jnp.linalg.norm(g1 - g0) / (a * norm_d)
+
+    values = jax.lax.map(ratio, fractions.astype(flat.dtype))
+    return jnp.where(norm_d > 0, jnp.max(values), jnp.nan)

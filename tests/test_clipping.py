@@ -161,3 +161,23 @@ def test_bad_input_is_refused():
         ds.problems.slow_function(0.0, 1.0)
     with pytest.raises(TypeError, match="level"):
         ds.observables.hitting_time(lambda x: x, "low")
+
+
+def test_local_smoothness_is_exact_on_quadratics_and_tracks_the_exploding_curvature(x64):
+    rng = np.random.default_rng(3)
+    A = rng.normal(size=(4, 4))
+    P = A @ A.T
+    f = lambda x: 0.5 * x @ (P @ x)  # noqa: E731
+    x, d = jnp.asarray(rng.normal(size=4)), jnp.asarray(rng.normal(size=4))
+    got = ds.curvature.local_smoothness(f, x, d, fractions=[0.25, 0.5, 1.0])
+    np.testing.assert_allclose(got, np.linalg.norm(P @ np.asarray(d)) / np.linalg.norm(d), rtol=1e-12)
+    # exploding function: f'' = f' there, so (L0, L1) = (l1, l1) shows as L_hat ~ l1 |f'| on small steps
+    problem = ds.problems.exploding_function(10.0, 1e3)
+    g = lambda x: problem.loss(x, None, {})  # noqa: E731
+    for x0 in [0.5, 1.0, 1.5]:
+        xs = jnp.array([x0])
+        est = float(ds.curvature.local_smoothness(g, xs, jnp.array([1e-6])))
+        assert est == pytest.approx(10.0 * float(jnp.abs(jax.grad(g)(xs)[0])), rel=1e-4)
+    assert np.isnan(ds.curvature.local_smoothness(f, x, jnp.zeros(4)))
+    with pytest.raises(ValueError, match="fractions"):
+        ds.curvature.local_smoothness(f, x, d, fractions=[])
