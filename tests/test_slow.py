@@ -58,6 +58,7 @@ def test_kesten_tail_index_against_hill(lr):
             ],
         ),
         ("clipping.py", ["--m-values", "10", "100", "--n", "2000", "--heavy-steps", "100"]),
+        ("smoothness_vs_gradient.py", ["--steps", "50"]),
     ],
 )
 def test_seed_001_to_003_experiments_run_end_to_end(tmp_path, script, args):
