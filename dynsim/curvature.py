@@ -287,6 +287,9 @@ def newton_minimize(loss_fn: Callable[[jax.Array], jax.Array], x0: jax.Array, n_
 
 
 def _value_and_flat_grad(loss_fn, unravel, *args):
+    """``flat -> (loss_fn(unravel(flat), *args), its gradient as a flat vector)``: the one way every
+    step diagnostic below evaluates the loss off ``params``."""
+
     def fn(flat):
         value, grad = jax.value_and_grad(loss_fn)(unravel(flat), *args)
         return value, ravel_pytree(grad)[0]
@@ -356,9 +359,8 @@ def directional_smoothness(loss_fn: Callable[..., jax.Array], params: Any, v: An
     """
     flat, unravel = ravel_pytree(params)
     vflat = ravel_pytree(v)[0].astype(flat.dtype)
-    grad = jax.grad(loss_fn)
-    g0 = ravel_pytree(grad(params, *args))[0]
-    g1 = ravel_pytree(grad(unravel(flat - vflat), *args))[0]
+    value_grad = _value_and_flat_grad(loss_fn, unravel, *args)
+    g0, g1 = value_grad(flat)[1], value_grad(flat - vflat)[1]
     vv = jnp.vdot(vflat, vflat)
     return jnp.where(vv > 0, jnp.vdot(vflat, g0 - g1) / jnp.where(vv > 0, vv, 1.0), jnp.nan)
 
@@ -366,12 +368,12 @@ def directional_smoothness(loss_fn: Callable[..., jax.Array], params: Any, v: An
 def _step_inner(loss_fn, params, lr, *args):
     """``tau -> <g, g - grad f(theta - lr tau g)>`` and ``|g|^2``, on flat vectors."""
     flat, unravel = ravel_pytree(params)
-    grad = jax.grad(loss_fn)
-    g = ravel_pytree(grad(params, *args))[0]
+    value_grad = _value_and_flat_grad(loss_fn, unravel, *args)
+    g = value_grad(flat)[1]
     lr = jnp.asarray(lr, flat.dtype)
 
     def inner(tau):
-        return jnp.vdot(g, g - ravel_pytree(grad(unravel(flat - lr * tau * g), *args))[0])
+        return jnp.vdot(g, g - value_grad(flat - lr * tau * g)[1])
 
     return inner, jnp.vdot(g, g)
 
@@ -487,7 +489,7 @@ def sgd_progress(
     gg = jnp.vdot(grad_f, grad_f)
 
     def one(batch):
-        g = ravel_pytree(jax.grad(loss_fn)(params, batch))[0]
+        g = _value_and_flat_grad(loss_fn, unravel, batch)(flat)[1]
         f1, g1 = full(flat - lr * g)
         if n_nodes is None:
             exact = jnp.nan
@@ -526,13 +528,12 @@ def local_smoothness(loss_fn: Callable[..., jax.Array], params: Any, step: Any, 
         raise ValueError(f"fractions must be a non-empty 1-D sequence, got shape {fractions.shape}")
     flat, unravel = ravel_pytree(params)
     d = ravel_pytree(step)[0].astype(flat.dtype)
-    grad = jax.grad(loss_fn)
-    g0 = ravel_pytree(grad(params, *args))[0]
+    value_grad = _value_and_flat_grad(loss_fn, unravel, *args)
+    g0 = value_grad(flat)[1]
     norm_d = jnp.linalg.norm(d)
 
     def ratio(a):
-        g1 = ravel_pytree(grad(unravel(flat + a * d), *args))[0]
-        return jnp.linalg.norm(g1 - g0) / (a * norm_d)
+        return jnp.linalg.norm(value_grad(flat + a * d)[1] - g0) / (a * norm_d)
 
     values = jax.lax.map(ratio, fractions.astype(flat.dtype))
     return jnp.where(norm_d > 0, jnp.max(values), jnp.nan)

@@ -110,6 +110,16 @@ def _difference(params, point):
     return jax.tree_util.tree_map(jnp.subtract, params, point)
 
 
+def _distance(params, point) -> jax.Array:
+    """``|params - point|``, the Euclidean norm over all leaves."""
+    return jnp.sqrt(jnp.sum(_flat(_difference(params, point)) ** 2))
+
+
+def _first_time(steps, event, t):
+    """``t`` where ``event`` happens for the first time (``steps`` still -1), else ``steps`` unchanged."""
+    return jnp.where((steps < 0) & event, t, steps).astype(jnp.int32)
+
+
 def log_norm_squared(tree) -> jax.Array:
     """``log sum_i x_i^2`` over all leaves, computed as ``2 log m + log sum (x_i/m)^2``, ``m = max|x_i|``.
 
@@ -538,7 +548,7 @@ def converged(point, eps: float) -> Observable:
     eps = check_nonnegative("eps", eps)
 
     def inside(view: View):
-        return jnp.sqrt(jnp.sum(_flat(_difference(view.params, point)) ** 2)) <= eps
+        return _distance(view.params, point) <= eps
 
     def init(view: View, ctx: Context):
         return jnp.where(inside(view), 0, -1).astype(jnp.int32)
@@ -574,10 +584,10 @@ def hitting_time(fn: Callable[[Any], Any], level: float) -> Observable:
         return jnp.max(jnp.asarray(fn(view.params))) <= level
 
     def init(view: View, ctx: Context):
-        return jnp.where(hit(view), 0, -1).astype(jnp.int32)
+        return _first_time(jnp.asarray(-1, jnp.int32), hit(view), 0)
 
     def update(acc, view: View, t, ctx: Context):
-        return jnp.where((acc < 0) & hit(view), t, acc).astype(jnp.int32)
+        return _first_time(acc, hit(view), t)
 
     def finalize(acc, status, ctx: Context):
         return {"": ((), np.asarray(acc))}
@@ -601,20 +611,16 @@ def ball_exit(center, radii: Sequence[float]) -> Observable:
     if radii.ndim != 1 or radii.size == 0 or not np.all(np.isfinite(radii)) or np.any(radii < 0):
         raise ValueError(f"radii must be a non-empty 1-D sequence of finite numbers >= 0, got {radii!r}")
 
-    def distance(view: View):
-        return jnp.sqrt(jnp.sum(_flat(_difference(view.params, center)) ** 2))
-
-    def first_exit(steps, dist, t):
-        outside = dist > jnp.asarray(radii, dist.dtype)
-        return jnp.where((steps < 0) & outside, t, steps).astype(jnp.int32)
+    def outside(dist):
+        return dist > jnp.asarray(radii, dist.dtype)
 
     def init(view: View, ctx: Context):
-        dist = distance(view)
-        return {"step": first_exit(jnp.full(radii.shape, -1, jnp.int32), dist, 0), "max": dist}
+        dist = _distance(view.params, center)
+        return {"step": _first_time(jnp.full(radii.shape, -1, jnp.int32), outside(dist), 0), "max": dist}
 
     def update(acc, view: View, t, ctx: Context):
-        dist = distance(view)
-        return {"step": first_exit(acc["step"], dist, t), "max": jnp.maximum(acc["max"], dist)}
+        dist = _distance(view.params, center)
+        return {"step": _first_time(acc["step"], outside(dist), t), "max": jnp.maximum(acc["max"], dist)}
 
     def finalize(acc, status, ctx: Context):
         step, far = np.asarray(acc["step"]), np.asarray(acc["max"])

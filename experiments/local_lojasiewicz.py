@@ -196,18 +196,30 @@ def lemma42(args) -> xr.Dataset:
     return xr.Dataset({n: ("case", np.array(col)) for n, col in zip(names, zip(*rows))})
 
 
-def figure(tight, diagram, conf, aligned, lemma, args):
-    fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
-
-    ax = axes[0, 0]
+def contraction_ratio(tight: xr.Dataset):
+    """``(lr, rho, k, ratio, stderr, n)``: the mean of ``F(theta_k)`` over ``n`` runs divided by ``rho^k F_0``."""
     lr = float(tight.lr[0])
     rho = float(lj.contraction_rate(lr, ALPHA, C_L, 2.0))
     loss = tight.loss.isel(lr=0).values  # (replica, time)
     k = tight.time.values
-    ratio = loss.mean(axis=0) / (rho**k * loss[0, 0])
-    se = loss.std(axis=0, ddof=1) / np.sqrt(loss.shape[0]) / (rho**k * loss[0, 0])
+    exact = rho**k * loss[0, 0]
+    return (
+        lr,
+        rho,
+        k,
+        loss.mean(axis=0) / exact,
+        loss.std(axis=0, ddof=1) / np.sqrt(loss.shape[0]) / exact,
+        loss.shape[0],
+    )
+
+
+def figure(tight, diagram, conf, aligned, lemma, args):
+    fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
+
+    ax = axes[0, 0]
+    lr, rho, k, ratio, se, n = contraction_ratio(tight)
     ax.fill_between(k, ratio - 2 * se, ratio + 2 * se, alpha=0.3, label="± 2 s.e.")
-    ax.plot(k, ratio, "o-", ms=3, label=f"mean of {loss.shape[0]} runs / (rho^k F_0)")
+    ax.plot(k, ratio, "o-", ms=3, label=f"mean of {n} runs / (rho^k F_0)")
     ax.axhline(1, color="k", ls="--", lw=1)
     ax.set_xlabel("step k")
     ax.set_title(f"(3.8) is an equality on |θ|²/2: 4-D, σ = 2, lr = {lr}, ρ = {rho}")
@@ -349,12 +361,7 @@ def main(argv=None) -> None:
 
 
 def summary(tight, diagram, conf, aligned, lemma) -> None:
-    lr = float(tight.lr[0])
-    rho = float(lj.contraction_rate(lr, ALPHA, C_L, 2.0))
-    loss = tight.loss.isel(lr=0).values
-    k = tight.time.values
-    ratio = loss.mean(axis=0) / (rho**k * loss[0, 0])
-    se = loss.std(axis=0, ddof=1) / np.sqrt(loss.shape[0]) / (rho**k * loss[0, 0])
+    _, _, k, ratio, se, _ = contraction_ratio(tight)
     z = (ratio[1:] - 1) / se[1:]
     print(
         f"(3.8): mean F_k / (rho^k F_0) in [{ratio.min():.4f}, {ratio.max():.4f}], "
