@@ -110,6 +110,11 @@ def _difference(params, point):
     return jax.tree_util.tree_map(jnp.subtract, params, point)
 
 
+def _point_config(point) -> list:
+    """A point (any pytree) for a result's attributes: one nested list per leaf, whatever their shapes."""
+    return [np.asarray(leaf, dtype=float).tolist() for leaf in jax.tree_util.tree_leaves(point)]
+
+
 def _distance(params, point) -> jax.Array:
     """``|params - point|``, the Euclidean norm over all leaves."""
     return jnp.sqrt(jnp.sum(_flat(_difference(params, point)) ** 2))
@@ -166,7 +171,7 @@ def log_distance(point) -> Observable:
     return Observable(
         "log_distance",
         record=lambda v: log_norm_squared(_difference(v.params, point)),
-        config={"point": np.asarray(jax.tree_util.tree_leaves(point), dtype=float).tolist()},
+        config={"point": _point_config(point)},
     )
 
 
@@ -565,7 +570,7 @@ def converged(point, eps: float) -> Observable:
         init=init,
         update=update,
         finalize=finalize,
-        config={"eps": eps, "point": np.asarray(jax.tree_util.tree_leaves(point), dtype=float).tolist()},
+        config={"eps": eps, "point": _point_config(point)},
     )
 
 
@@ -606,7 +611,6 @@ def ball_exit(center, radii: Sequence[float]) -> Observable:
     engine) has left every ball: its exit step is at most its divergence step, and its
     ``key_max_distance`` is ``inf``.
     """
-    center_leaves = [np.ravel(np.asarray(leaf, dtype=float)) for leaf in jax.tree_util.tree_leaves(center)]
     radii = np.asarray(radii, dtype=float)
     if radii.ndim != 1 or radii.size == 0 or not np.all(np.isfinite(radii)) or np.any(radii < 0):
         raise ValueError(f"radii must be a non-empty 1-D sequence of finite numbers >= 0, got {radii!r}")
@@ -637,7 +641,7 @@ def ball_exit(center, radii: Sequence[float]) -> Observable:
         init=init,
         update=update,
         finalize=finalize,
-        config={"center": np.concatenate(center_leaves).tolist() if center_leaves else [], "radii": radii.tolist()},
+        config={"center": _point_config(center), "radii": radii.tolist()},
     )
 
 

@@ -134,3 +134,16 @@ CASES = [
 def test_bad_input_raises_before_compiling(name, call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_points_may_be_pytrees_with_leaves_of_different_shapes():
+    point = {"W": np.zeros((2, 3)), "b": np.ones(3)}
+    for observable in (
+        ds.observables.log_distance(point),
+        ds.observables.converged(point, 1e-3),
+        ds.observables.ball_exit(point, [1.0]),
+    ):
+        stored = observable.config.get("point", observable.config.get("center"))
+        assert stored == [[[0.0] * 3] * 2, [1.0] * 3]
+    # a point of one array keeps the format results already carry
+    assert ds.observables.log_distance(np.zeros(2)).config["point"] == [[0.0, 0.0]]

@@ -121,7 +121,7 @@ def test_a_diverged_trajectory_has_left_every_ball_and_pytree_centres_work(x64):
     assert res.exit.values[0, 0].tolist() == [6, 12]
     assert np.isinf(res.exit_max_distance.values[0, 0])
     centre = {"W": np.zeros((2, 3)), "b": np.ones(3)}
-    assert ds.observables.ball_exit(centre, [1.0]).config["center"] == [0.0] * 6 + [1.0] * 3
+    assert ds.observables.ball_exit(centre, [1.0]).config["center"] == [[[0.0] * 3] * 2, [1.0] * 3]
 
 
 def test_aligned_noise_exits_with_probability_three_quarters_half_or_zero(x64, experiment):
