@@ -5,7 +5,8 @@ Operators and algorithms are kept apart: :func:`hvp` gives the Hessian as a matv
 pytrees; :func:`power_iteration` and :func:`lanczos` find its top eigenvalue from any
 matvec; :func:`sharpness` puts them together, warm-startable and vmappable over a leading
 axis of parameters (one per trajectory). :func:`gradient_noise` is the per-example noise
-``sigma(theta)`` of seed 000, eq. (1).
+``sigma(theta)`` of seed 000, eq. (1); :func:`minibatch_noise` the norms ``|g_B - grad F|``
+whose histograms seed 002 reads for heavy tails (Sec. 4.3).
 
 Seed 001 (Ahn, Zhang & Sra) reads the stability of a GD step ``theta -> theta - lr grad f``
 from two numbers that cost one extra gradient: the relative progress ratio ``RP``
@@ -20,6 +21,7 @@ against its approximation, eq. (6) (:func:`sgd_progress`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -38,6 +40,8 @@ __all__ = [
     "gradient_norm",
     "NoiseEstimate",
     "gradient_noise",
+    "MinibatchNoise",
+    "minibatch_noise",
     "Minimum",
     "newton_minimize",
     "Progress",
@@ -215,23 +219,9 @@ def gradient_noise(
         idx = jax.random.choice(key if key is not None else jax.random.key(0), n, (m,), replace=False)
         data = jax.tree_util.tree_map(lambda a: a[idx], data)
     flat, _ = ravel_pytree(params)
-    grad_one = jax.grad(per_example_loss)
-    chunk = min(chunk, m)
-    n_chunks = -(-m // chunk)
-    rows = jnp.arange(n_chunks * chunk)
-    padded = jax.tree_util.tree_map(lambda a: a[rows % m], data)  # padding rows get weight 0
-    weights = (rows < m).reshape(n_chunks, chunk).astype(flat.dtype)
-    chunks = jax.tree_util.tree_map(lambda a: a.reshape(n_chunks, chunk, *a.shape[1:]), padded)
-
-    def grads(c):
-        return jax.vmap(lambda s: ravel_pytree(grad_one(params, s))[0])(c)
-
-    def mean_pass(total, xs):
-        c, w = xs
-        return total + w @ grads(c), None
-
-    total, _ = jax.lax.scan(mean_pass, jnp.zeros_like(flat), (chunks, weights))
-    mean = total / m
+    chunks, weights = _example_chunks(data, m, chunk, flat.dtype)
+    grads = _per_example_flat_grads(per_example_loss, params)
+    mean = _mean_gradient(grads, chunks, weights, m, flat)
 
     def spread_pass(total, xs):
         c, w = xs
@@ -243,6 +233,90 @@ def gradient_noise(
     s2 = ss / (m - 1)
     debiased = jnp.sqrt(jnp.maximum(g2 - s2 / m * (n - m) / n, 0.0))
     return NoiseEstimate(jnp.sqrt(sigma2), jnp.sqrt(g2), debiased, m, n)
+
+
+def _example_chunks(data, m: int, chunk: int, dtype):
+    """The first ``m`` examples in ``ceil(m / chunk)`` chunks of ``chunk``, and 0/1 weights that drop the padding."""
+    chunk = min(chunk, m)
+    n_chunks = -(-m // chunk)
+    rows = jnp.arange(n_chunks * chunk)
+    padded = jax.tree_util.tree_map(lambda a: jnp.asarray(a)[rows % m], data)
+    weights = (rows < m).reshape(n_chunks, chunk).astype(dtype)
+    return jax.tree_util.tree_map(lambda a: a.reshape(n_chunks, chunk, *a.shape[1:]), padded), weights
+
+
+def _per_example_flat_grads(per_example_loss, params):
+    grad_one = jax.grad(per_example_loss)
+    return lambda c: jax.vmap(lambda s: ravel_pytree(grad_one(params, s))[0])(c)
+
+
+def _mean_gradient(grads, chunks, weights, m: int, flat):
+    def mean_pass(total, xs):
+        c, w = xs
+        return total + w @ grads(c), None
+
+    total, _ = jax.lax.scan(mean_pass, jnp.zeros_like(flat), (chunks, weights))
+    return total / m
+
+
+class MinibatchNoise(NamedTuple):
+    """Result of :func:`minibatch_noise`: ``|g_B - grad F|`` for each drawn minibatch, and ``|grad F|``."""
+
+    norms: jax.Array
+    grad_norm: jax.Array
+    batch_size: int
+
+
+def minibatch_noise(
+    per_example_loss: Callable[[Any, Any], jax.Array],
+    params: Any,
+    data: Any,
+    *,
+    batch_size: int,
+    n_batches: int,
+    key: jax.Array,
+    chunk: int = 256,
+) -> MinibatchNoise:
+    """The norm of the minibatch gradient noise ``|g_B - grad F(theta)|`` over many minibatches (seed 002, Sec. 4.3).
+
+    ``g_B = (1/S) sum_{i in B} grad l(theta; x_i)`` for ``n_batches`` minibatches of ``S =
+    batch_size`` examples drawn uniformly with replacement from ``key``; ``grad F`` is the mean
+    gradient over all of ``data`` (leaves with the example axis first). The thesis plots the
+    histogram of these norms at initialization (Figs. 4-1, 4-2, 4-4) and judges their tail; their
+    mean square is ``E|g_B - grad F|^2 = (1/S)(1/N) sum_i |grad l_i - grad F|^2`` exactly.
+    Minibatches are processed ``chunk // batch_size`` at a time.
+    """
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    n_batches = check_int("n_batches", n_batches, minimum=1)
+    chunk = check_int("chunk", chunk, minimum=1)
+    data = jax.tree_util.tree_map(jnp.asarray, data)
+    norms, grad_norm = _minibatch_noise(per_example_loss, params, data, batch_size, n_batches, key, chunk)
+    return MinibatchNoise(norms, grad_norm, batch_size)
+
+
+@partial(jax.jit, static_argnums=(0, 3, 4, 6))
+def _minibatch_noise(per_example_loss, params, data, batch_size, n_batches, key, chunk):
+    n = int(jax.tree_util.tree_leaves(data)[0].shape[0])
+    flat, _ = ravel_pytree(params)
+    chunks, weights = _example_chunks(data, n, chunk, flat.dtype)
+    mean = _mean_gradient(_per_example_flat_grads(per_example_loss, params), chunks, weights, n, flat)
+
+    def batch_gradient(batch):
+        def batch_loss(p):
+            return jnp.mean(jax.vmap(per_example_loss, in_axes=(None, 0))(p, batch))
+
+        return ravel_pytree(jax.grad(batch_loss)(params))[0]
+
+    per_group = max(1, chunk // batch_size)
+    n_groups = -(-n_batches // per_group)
+    idx = jax.random.randint(key, (n_groups * per_group, batch_size), 0, n).reshape(n_groups, per_group, batch_size)
+
+    def group(carry, rows):
+        batches = jax.tree_util.tree_map(lambda a: a[rows], data)
+        return carry, jnp.linalg.norm(jax.vmap(batch_gradient)(batches) - mean, axis=1)
+
+    _, norms = jax.lax.scan(group, None, idx)
+    return norms.reshape(-1)[:n_batches], jnp.linalg.norm(mean)
 
 
 class Minimum(NamedTuple):

@@ -9,7 +9,7 @@ Each observable becomes one or more data variables of the result, named after it
   :func:`log_distance`, :func:`loss`, :func:`grad_norm`, :func:`trajectory`;
   :func:`final_state` is always the end value;
 * **reducers**: a running accumulator updated after every step: :func:`time_average`,
-  :func:`histogram`, :func:`converged`, :func:`diverged`.
+  :func:`iterate_average`, :func:`histogram`, :func:`converged`, :func:`diverged`.
 
 A trajectory that diverges (non-finite state, or beyond the bound of :func:`diverged`) is
 frozen at its last finite state by the engine, so every output stays finite; the step at
@@ -43,6 +43,7 @@ __all__ = [
     "gradient_noise",
     "progress",
     "time_average",
+    "iterate_average",
     "histogram",
     "histogram2d",
     "last_values",
@@ -412,6 +413,60 @@ def time_average(
         check=check,
         config={"n_batches": n_batches, "discard": discard, "on": on},
     )
+
+
+def _average_times(ctx: Context) -> np.ndarray:
+    if ctx.record_every is None:
+        return np.array([ctx.n_steps])
+    times = np.arange(ctx.record_every, ctx.n_steps + 1, ctx.record_every)
+    return times if times.size and times[-1] == ctx.n_steps else np.append(times, ctx.n_steps)
+
+
+def iterate_average(fn: Callable[[Any], Any] | None = None, *, power: float = 1.0) -> Observable:
+    """``fn(xbar_t)``, ``xbar_t = sum_{j=1}^t j^p theta_{j-1} / sum_{j=1}^t j^p`` the weighted average of the iterates.
+
+    ``power = p = 1`` is the output of seed 002's Thm 4.4.2 and Thm 4.5.1 (``xbar_k = sum_j j x_{j-1}
+    / sum_j j``), ``p = 0`` the uniform (Polyak-Ruppert) average of ``theta_0, ..., theta_{t-1}``.
+    ``fn`` (default: the parameters, flattened) must return one array; evaluate the loss at the
+    average here, since the loss of the average is not the average of the loss. Stored at
+    ``t = k, 2k, ..., n_steps`` when ``record_every=k`` is given, else at ``n_steps``: output
+    ``key`` with dimension ``key_step``. The average is kept as a running mean,
+    ``xbar <- xbar + (w_t / W_t)(theta_t - xbar)``, so float32 runs of many steps keep their precision.
+    """
+    power = check_real("power", power)
+    evaluate = fn or _flat
+
+    def weight(t):
+        return (jnp.asarray(t, jnp.result_type(float)) + 1) ** power
+
+    def init(view: View, ctx: Context):
+        avg = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.result_type(float)), view.params)
+        value = jnp.asarray(evaluate(avg))
+        buf = jnp.full((len(_average_times(ctx)), *value.shape), jnp.nan, jnp.result_type(value, float))
+        return {"avg": avg, "total": weight(0), "buf": buf}
+
+    def update(acc, view: View, t, ctx: Context):
+        times = _average_times(ctx)
+        slot = jnp.searchsorted(jnp.asarray(times), t)
+        recorded = jax.lax.cond(
+            jnp.asarray(times)[jnp.minimum(slot, len(times) - 1)] == t,
+            lambda b: b.at[slot].set(jnp.asarray(evaluate(acc["avg"]), b.dtype)),
+            lambda b: b,
+            acc["buf"],
+        )
+        w = weight(t)
+        total = acc["total"] + w
+        avg = jax.tree_util.tree_map(
+            lambda a, x: a + (w / total).astype(a.dtype) * (jnp.asarray(x, a.dtype) - a), acc["avg"], view.params
+        )
+        return {"avg": avg, "total": total, "buf": recorded}
+
+    def finalize(acc, status, ctx: Context):
+        buf = np.asarray(acc["buf"])
+        extra = tuple(f"dim{i}" for i in range(buf.ndim - 2))
+        return {"": (("step", *extra), buf, {"step": _average_times(ctx)})}
+
+    return Observable("iterate_average", init=init, update=update, finalize=finalize, config={"power": power})
 
 
 def histogram(fn: Callable[[Any], Any], bins: Sequence[float], *, discard: int = 0) -> Observable:

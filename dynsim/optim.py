@@ -2,12 +2,22 @@
 
 What optax already has is composed, not rewritten: clipped SGD is ``clip_by_global_norm`` then
 ``sgd``, normalized SGD is ``normalize_by_update_norm`` then ``sgd``, coordinate-wise clipping is
-``clip`` then ``sgd``. ACClip (thesis Algorithm 1) is new. Each constructor takes
-``learning_rate`` first and numbers only, so :func:`dynsim.dynamics.from_optax` turns every
-argument into a traced hyperparameter (a grid axis):
+``clip`` then ``sgd``. New here: clipping thresholds that follow a schedule (the thesis's
+``tau_k = G k^(1/alpha)``), :func:`project` (a projection after the step: proj-GClip), and ACClip
+(thesis Algorithm 1). Each constructor takes ``learning_rate`` first and numbers only, so
+:func:`dynsim.dynamics.from_optax` turns every argument into a traced hyperparameter (a grid axis):
 
     dyn = ds.dynamics.from_optax(problem, ds.optim.clipped_sgd, threshold=0.25)
     ds.simulate(dyn, grid={"lr": lrs, "threshold": taus}, ...)
+
+A learning rate or threshold may also be a schedule, a function of optax's step count
+``n = 0, 1, 2, ...``; the thesis counts its steps ``k = n + 1``. A constructor of your own whose
+arguments are numbers turns them into schedules and stays a grid axis:
+
+    def proj_gclip(learning_rate, bound, alpha, radius):
+        lr, tau = ds.optim.strongly_convex_clip_schedules(learning_rate, bound, alpha)
+        return optax.chain(ds.optim.clipped_sgd(lr, tau), ds.optim.project(
+            lambda p: optax.projections.projection_box(p, -radius, radius)))
 """
 
 from __future__ import annotations
@@ -18,7 +28,111 @@ import jax
 import jax.numpy as jnp
 import optax
 
-__all__ = ["clipped_sgd", "normalized_sgd", "coordinate_clipped_sgd", "ScaleByACClipState", "scale_by_acclip", "acclip"]
+__all__ = [
+    "clipped_sgd",
+    "normalized_sgd",
+    "coordinate_clipped_sgd",
+    "clip_by_global_norm",
+    "clip_by_coordinate",
+    "project",
+    "strongly_convex_clip_schedules",
+    "ScaleByACClipState",
+    "scale_by_acclip",
+    "acclip",
+    "rmsprop_as_clip",
+]
+
+
+def _scheduled_clip(threshold, factor) -> optax.GradientTransformation:
+    """``u <- factor(u, threshold(n)) * u`` with the step count ``n`` in the state."""
+
+    def init_fn(params):
+        del params
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None):
+        del params
+        tau = threshold(state.count)
+        scaled = factor(updates, tau)
+        return scaled, optax.ScaleByScheduleState(count=optax.safe_int32_increment(state.count))
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def clip_by_global_norm(threshold) -> optax.GradientTransformation:
+    """``g <- min(1, tau / |g|) g``, ``|g|`` the Euclidean norm over all leaves (the clip of GClip).
+
+    ``threshold``: a number (then this is ``optax.clip_by_global_norm``) or a schedule
+    ``tau(n)`` of the step count ``n = 0, 1, ...`` (thesis Thm 4.4.2: ``tau_k = G k^(1/alpha)``,
+    ``k = n + 1``).
+    """
+    if not callable(threshold):
+        return optax.clip_by_global_norm(threshold)
+
+    def factor(updates, tau):
+        norm = jnp.sqrt(sum(jnp.sum(jnp.square(u)) for u in jax.tree_util.tree_leaves(updates)))
+        scale = jnp.where(norm <= tau, 1.0, tau / jnp.where(norm > 0, norm, 1.0))
+        return jax.tree_util.tree_map(lambda u: (scale * u).astype(u.dtype), updates)
+
+    return _scheduled_clip(threshold, factor)
+
+
+def clip_by_coordinate(threshold) -> optax.GradientTransformation:
+    """``g_i <- clip(g_i, -tau, tau)`` for every coordinate (the clip of CClip, thesis eq. CClip).
+
+    ``threshold``: a number (then this is ``optax.clip``) or a schedule ``tau(n)`` of the step
+    count (thesis Thm 4.5.1: ``tau_{k,i} = B_i k^(1/alpha)``); a schedule may return an array
+    that broadcasts against every leaf (one threshold per coordinate).
+    """
+    if not callable(threshold):
+        return optax.clip(threshold)
+
+    def factor(updates, tau):
+        return jax.tree_util.tree_map(lambda u: jnp.clip(u, -tau, tau).astype(u.dtype), updates)
+
+    return _scheduled_clip(threshold, factor)
+
+
+def project(projection) -> optax.GradientTransformation:
+    """After the step, project the parameters: ``x <- P(x + u)`` (proj-GClip, thesis Thm 4.4.2).
+
+    ``projection(params) -> params`` is any projection onto a closed convex set, e.g.
+    ``lambda p: optax.projections.projection_box(p, -r, r)``. Chained last, it turns the update
+    ``u`` into ``P(x + u) - x``, so that ``optax.apply_updates`` lands on ``P(x + u)`` (up to one
+    rounding of the subtraction).
+    """
+    if not callable(projection):
+        raise TypeError(f"projection must be a function params -> params, got {projection!r}")
+
+    def init_fn(params):
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError("project needs the parameters: call update(updates, state, params)")
+        target = projection(optax.apply_updates(params, updates))
+        return jax.tree_util.tree_map(lambda t, p: (t - p).astype(p.dtype), target, params), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def strongly_convex_clip_schedules(scale, bound, alpha):
+    """The step and threshold schedules of the thesis's Thm 4.4.2 and Thm 4.5.1, in optax's count ``n = k - 1``.
+
+    ``eta_k = scale / (k + 1)`` (the theorems take ``scale = 4 / mu``) and
+    ``tau_k = bound * k^(1/alpha)``, with ``bound`` the ``alpha``-moment bound ``G`` (GClip) or
+    ``B_i`` (CClip). The theorem statements print ``tau_k = G k^(alpha - 1)``; their proofs (the
+    bias-variance balance of Lemma 4.7.1) need ``k^(1/alpha)``, which is what this returns.
+    """
+
+    def learning_rate(n):
+        return scale / (n + 2)
+
+    def threshold(n):
+        return bound * (n + 1.0) ** (1.0 / alpha)
+
+    return learning_rate, threshold
 
 
 def clipped_sgd(learning_rate, threshold) -> optax.GradientTransformation:
@@ -26,9 +140,9 @@ def clipped_sgd(learning_rate, threshold) -> optax.GradientTransformation:
 
     ``|g|`` is the global Euclidean norm over all parameters; the step is at most
     ``lr * threshold`` long. The thesis writes it ``h_c = min(eta_c, gamma eta_c / |g|)``:
-    ``learning_rate = eta_c``, ``threshold = gamma``.
+    ``learning_rate = eta_c``, ``threshold = gamma``. Either may be a schedule (see the module).
     """
-    return optax.chain(optax.clip_by_global_norm(threshold), optax.sgd(learning_rate))
+    return optax.chain(clip_by_global_norm(threshold), optax.sgd(learning_rate))
 
 
 def normalized_sgd(learning_rate, beta) -> optax.GradientTransformation:
@@ -41,8 +155,11 @@ def normalized_sgd(learning_rate, beta) -> optax.GradientTransformation:
 
 
 def coordinate_clipped_sgd(learning_rate, threshold) -> optax.GradientTransformation:
-    """CClip: ``x_i <- x_i - lr clip(g_i, -threshold, threshold)`` for every coordinate (thesis Sec. 4.5)."""
-    return optax.chain(optax.clip(threshold), optax.sgd(learning_rate))
+    """CClip: ``x_i <- x_i - lr clip(g_i, -threshold, threshold)`` for every coordinate (thesis Sec. 4.5).
+
+    Either argument may be a schedule (see the module and :func:`clip_by_coordinate`).
+    """
+    return optax.chain(clip_by_coordinate(threshold), optax.sgd(learning_rate))
 
 
 class ScaleByACClipState(NamedTuple):
@@ -84,3 +201,36 @@ def acclip(learning_rate, b1=0.9, b2=0.99, alpha=1.0, eps=1e-5, tau0=1.0) -> opt
     initial threshold ``tau0``. Weight decay, if wanted, is the problem's (coupled, in the gradient).
     """
     return optax.chain(scale_by_acclip(b1, b2, alpha, eps, tau0), optax.scale_by_learning_rate(learning_rate))
+
+
+def rmsprop_as_clip(learning_rate, b2=0.999, eps=1e-8) -> optax.GradientTransformation:
+    """RMSProp's step read as coordinate-wise clipping (thesis ch. 7), with the map corrected.
+
+    RMSProp moves ``x <- x - h_Adam g`` with ``h_Adam = lr / (eps + sqrt(b2 v + (1 - b2) g^2))`` and
+    ``v <- b2 v + (1 - b2) g^2`` (``optax.rmsprop(lr, decay=b2, eps=eps, eps_in_sqrt=False)``). This is clipped SGD,
+    ``x <- x - eta min(tau / |g|, 1) g`` per coordinate, with
+
+        ``eta = lr / (eps + sqrt(b2 v))``,  ``tau = (eps + sqrt(b2 v)) / sqrt(1 - b2)``,
+
+    and ``h_clip = lr / max(A, B)``, ``A = eps + sqrt(b2 v)``, ``B = sqrt(1 - b2)|g|``. Since
+    ``max(A, B) <= eps + sqrt(b2 v + B^2) <= A + B``, ``h_Adam / h_clip`` lies in ``[1/2, 1]``: the
+    two methods take the same steps up to a factor two. The thesis's map has ``eta = 2 lr / A``,
+    which puts the ratio in ``[1/4, 1/2]`` and breaks its stated ``h_clip / 2 <= h_Adam``.
+    """
+
+    def init_fn(params):
+        return optax.ScaleByRmsState(nu=jax.tree_util.tree_map(jnp.zeros_like, params))
+
+    def update_fn(updates, state, params=None):
+        del params
+
+        def step(g, v):
+            a = eps + jnp.sqrt(b2 * v)
+            tau = a / jnp.sqrt(1 - b2)
+            return (-learning_rate / a * jnp.clip(g, -tau, tau)).astype(g.dtype)
+
+        out = jax.tree_util.tree_map(step, updates, state.nu)
+        nu = jax.tree_util.tree_map(lambda v, g: b2 * v + (1 - b2) * g**2, state.nu, updates)
+        return out, optax.ScaleByRmsState(nu=nu)
+
+    return optax.GradientTransformation(init_fn, update_fn)

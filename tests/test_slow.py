@@ -59,6 +59,16 @@ def test_kesten_tail_index_against_hill(lr):
         ),
         ("clipping.py", ["--m-values", "10", "100", "--n", "2000", "--heavy-steps", "100"]),
         ("smoothness_vs_gradient.py", ["--steps", "50"]),
+        ("heavy_tail_rates.py", ["--dims", "1", "8", "--n", "50", "--steps", "200"]),
+        ("heavy_ball_cycle.py", ["--starts", "101", "--steps", "500"]),
+        (
+            "nonsmooth_ingd.py",
+            "--n 50 --lemma-n 200 --lemma-k 20 --thm-n 8 --sigmas 0 --seeds 2 --epochs 4".split(),
+        ),
+        (
+            "noise_shape.py",
+            ["--seeds", "2", "--steps", "20", "--n-batches", "200", "--hill-k", "20", "--n-data", "256"],
+        ),
     ],
 )
 def test_seed_001_to_003_experiments_run_end_to_end(tmp_path, script, args):

@@ -1,10 +1,20 @@
-"""Update maps: :class:`Dynamics` ``(init, step)`` and the builders ``gd``, ``sgd``, ``from_optax``.
+"""Update maps: :class:`Dynamics` ``(init, step)`` and the builders ``gd``, ``sgd``, ``from_optax``,
+``ingd`` and ``stochastic_ingd``.
 
 A dynamics knows nothing of grids or devices: it describes one trajectory, and
 :func:`dynsim.simulate` runs millions of them.
 """
 
 from .base import REQUIRED, Bound, Dynamics, TrainState, bind, resolve_hyperparams
+from .ingd import (
+    INGDState,
+    StochasticINGDState,
+    ingd,
+    ingd_inner_steps,
+    ingd_oracle_bound,
+    lagged_output_index,
+    stochastic_ingd,
+)
 from .noise import (
     Noise,
     alpha_stable_noise,
@@ -12,6 +22,8 @@ from .noise import (
     label_noise,
     label_reselect,
     multiplicative_noise,
+    pareto_moment,
+    pareto_noise,
     student_t_noise,
     symmetric_stable,
 )
@@ -28,12 +40,21 @@ __all__ = [
     "gd",
     "sgd",
     "from_optax",
+    "ingd",
+    "stochastic_ingd",
+    "INGDState",
+    "StochasticINGDState",
+    "ingd_inner_steps",
+    "ingd_oracle_bound",
+    "lagged_output_index",
     "saddle_modes",
     "LOG_ZERO",
     "Noise",
     "gaussian_noise",
     "student_t_noise",
     "alpha_stable_noise",
+    "pareto_noise",
+    "pareto_moment",
     "multiplicative_noise",
     "label_noise",
     "label_reselect",

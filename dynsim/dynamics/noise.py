@@ -9,6 +9,7 @@ the gradient; gradient noises are added to the (minibatch) gradient ``g``:
 * :func:`gaussian_noise`: ``g + s * xi``, ``xi ~ N(0, I)``;
 * :func:`student_t_noise`: ``g + s * xi``, ``xi_i ~ t_df`` i.i.d.;
 * :func:`alpha_stable_noise`: ``g + s * xi``, ``xi_i`` symmetric alpha-stable;
+* :func:`pareto_noise`: ``g + s * xi``, ``xi_i`` symmetric Pareto (Lomax) with tail index ``nu``;
 * :func:`multiplicative_noise`: ``g + sqrt(sigma F(theta)) Z``, ``Z ~ N(0, I/d)``, uniform on
   the sphere, or sparse (the "ML" noise of seed 003, eq. 2.10);
 * :func:`label_noise`: ``y_j <- y_j + s * xi_j`` for each sample of the batch, redrawn
@@ -17,6 +18,7 @@ the gradient; gradient noises are added to the (minibatch) gradient ``g``:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -31,6 +33,8 @@ __all__ = [
     "gaussian_noise",
     "student_t_noise",
     "alpha_stable_noise",
+    "pareto_noise",
+    "pareto_moment",
     "multiplicative_noise",
     "label_noise",
     "label_reselect",
@@ -120,6 +124,45 @@ def alpha_stable_noise(scale: float = 1.0, alpha: float = 1.5, *, name: str = "n
         return _add_to_leaves(key, grads, lambda k, shape, dt: s * symmetric_stable(k, a, shape, dt))
 
     return Noise("gradient", apply, {name: scale, "alpha": alpha}, "alpha_stable")
+
+
+def pareto_noise(scale: float = 1.0, index: float = 1.5, *, name: str = "noise") -> Noise:
+    """Additive symmetric Pareto gradient noise ``g + s xi`` (``nu = hp["index"]``), heavy-tailed and cheap.
+
+    ``xi_i = S_i (V_i^(-1/nu) - 1)`` with ``V_i = 1 - U_i``, ``U_i ~ U[0, 1)``, and a random sign
+    ``S_i``: ``|xi_i|`` is Lomax (Pareto II), ``P(|xi_i| > x) = (1 + x)^(-nu)``, so ``E|xi_i|^a`` is
+    finite iff ``a < nu`` (:func:`pareto_moment`); ``nu <= 2`` gives infinite variance with a finite
+    ``alpha``-moment for every ``alpha < nu`` (the noise of seed 002, Assumption 4.4.1). Inverse-CDF
+    draws, no rejection loop: far cheaper than :func:`student_t_noise` under ``vmap``. ``V >= 2^-23``
+    in float32 (``2^-52`` in float64), so the tail is cut at ``|xi| <= 2^(23/nu)`` (about 9,000 for
+    ``nu = 1.75``, a level exceeded with probability ``2^-23``); the draws are always finite.
+    """
+    check_nonnegative("scale", scale)
+    check_positive("index", index)
+
+    def apply(key, grads, hp, objective):
+        s, nu = hp[name], hp["index"]
+
+        def draw(k, shape, dt):
+            k_size, k_sign = jax.random.split(k)
+            v = 1 - jax.random.uniform(k_size, shape, dt)
+            return s * jax.random.rademacher(k_sign, shape, dt) * (v ** (-1 / jnp.asarray(nu, dt)) - 1)
+
+        return _add_to_leaves(key, grads, draw)
+
+    return Noise("gradient", apply, {name: scale, "index": index}, "pareto")
+
+
+def pareto_moment(index: float, a: float) -> float:
+    """``E|xi|^a = Gamma(a + 1) Gamma(nu - a) / Gamma(nu)`` for :func:`pareto_noise`'s ``xi`` (``nu = index``).
+
+    Infinite for ``a >= nu``; ``a = 1`` gives ``1 / (nu - 1)``.
+    """
+    nu = check_positive("index", index)
+    a = check_nonnegative("a", a)
+    if a >= nu:
+        return float("inf")
+    return float(np.exp(math.lgamma(a + 1) + math.lgamma(nu - a) - math.lgamma(nu)))
 
 
 def multiplicative_noise(

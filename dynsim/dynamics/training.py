@@ -249,6 +249,18 @@ def gd(problem: Problem, *, noise: Sequence[Noise] = (), lr: float = REQUIRED) -
     return _build(problem, noise, True, {"lr": lr}, set(), _sgd_init(problem), _sgd_update, f"gd({problem.name})")
 
 
+def batch_size_axis(problem: Problem, batch_size: int | None, own: dict[str, Any]) -> set[str]:
+    """Add ``batch_size`` to the hyperparameters ``own`` as a static axis (returned), or check that
+    ``batch_size=None`` (the full dataset) has a finite dataset to take."""
+    if batch_size is FULL_BATCH:
+        if problem.kind == "stream":
+            raise ValueError("batch_size=None (full batch) needs a finite dataset or a data-free problem")
+        return set()
+    check_int("batch_size", batch_size, minimum=1)
+    own["batch_size"] = batch_size
+    return {"batch_size"}
+
+
 def _optimizer_hyperparams(make_optimizer: Callable) -> dict[str, Any]:
     try:
         signature = inspect.signature(make_optimizer)
@@ -298,13 +310,7 @@ def from_optax(
         raise ValueError(f"unknown optimizer argument(s) {unknown}; {make_optimizer!r} takes {sorted(own)}")
     own.update(defaults)
     optimizer_names = tuple(own)
-    static: set[str] = set()
-    if batch_size is not FULL_BATCH:
-        check_int("batch_size", batch_size, minimum=1)
-        own["batch_size"] = batch_size
-        static.add("batch_size")
-    elif problem.kind == "stream":
-        raise ValueError("batch_size=None (full batch) needs a finite dataset or a data-free problem")
+    static = batch_size_axis(problem, batch_size, own)
 
     def optimizer(hp) -> optax.GradientTransformation:
         kwargs = {("learning_rate" if n == "lr" else n): hp[n] for n in optimizer_names if hp[n] is not None}

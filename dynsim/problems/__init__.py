@@ -16,14 +16,18 @@ from .classification import (
 from .deterministic import (
     exploding_function,
     flattened_quadratic,
+    l1_norm,
+    lessard_function,
     quadratic,
     sin_product,
     single_neuron,
     slow_function,
+    zigzag,
 )
 from .nets import ACTIVATIONS, C0, activation_fn, scalar_net, two_layer_net
 from .regression import linear_regression_1d
 from .saddle import rank1_saddle
+from .sequences import gaussian_inputs, sequence_classifier, zipf_markov_tokens
 
 __all__ = [
     "Problem",
@@ -38,6 +42,9 @@ __all__ = [
     "exploding_function",
     "slow_function",
     "sin_product",
+    "l1_norm",
+    "lessard_function",
+    "zigzag",
     "load_digits",
     "load_mnist1d",
     "corrupt_labels",
@@ -45,6 +52,9 @@ __all__ = [
     "mlp_forward",
     "cross_entropy",
     "cnn1d_classifier",
+    "zipf_markov_tokens",
+    "gaussian_inputs",
+    "sequence_classifier",
     "scalar_net",
     "two_layer_net",
     "activation_fn",

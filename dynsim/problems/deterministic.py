@@ -1,6 +1,7 @@
 """Data-free objectives: quadratics, ``100 sin(t1) sin(t2)`` (seed 000, Sec. 3.4), the toys of seed 001
-(Examples 1-3: a quadratic flattened by ``tanh``, single-neuron networks), and the two functions of
-seed 002's lower bound for GD under (L0, L1)-smoothness (Thm 3.4.2)."""
+(Examples 1-3: a quadratic flattened by ``tanh``, single-neuron networks), the two functions of
+seed 002's lower bound for GD under (L0, L1)-smoothness (Thm 3.4.2), and two Lipschitz nonsmooth
+functions of seed 002's ch. 5 with known (delta, eps)-stationary sets (``l1_norm``, ``zigzag``)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dynsim._validate import check_nonnegative, check_positive, check_real
+from dynsim._validate import check_int, check_nonnegative, check_positive, check_real
 
 from .base import Problem
 from .nets import activation_fn
 
-__all__ = ["quadratic", "flattened_quadratic", "single_neuron", "exploding_function", "slow_function", "sin_product"]
+__all__ = [
+    "lessard_function",
+    "quadratic",
+    "flattened_quadratic",
+    "single_neuron",
+    "exploding_function",
+    "slow_function",
+    "sin_product",
+    "l1_norm",
+    "zigzag",
+]
 
 
 def quadratic(P, *, theta0=None, init_std: float = 1.0) -> Problem:
@@ -25,17 +36,26 @@ def quadratic(P, *, theta0=None, init_std: float = 1.0) -> Problem:
     Parameters
     ----------
     P:
-        Symmetric ``d x d`` matrix (a scalar means ``d = 1``).
+        Symmetric ``d x d`` matrix (a scalar means ``d = 1``), or a 1-D array of length ``d``: the
+        diagonal of a diagonal ``P`` (``F = 0.5 sum_i P_i theta_i^2``, ``O(d)`` per step, not ``O(d^2)``).
     theta0:
         Fixed initial point; if ``None``, ``theta_0 ~ N(0, init_std**2 I)``.
     """
-    P = _square_matrix(P)
+    diagonal = np.ndim(P) == 1
+    if diagonal:
+        P = np.asarray(P, dtype=float)
+        if P.size == 0 or not np.all(np.isfinite(P)):
+            raise ValueError(f"the diagonal P must be a non-empty finite 1-D array, got {P.tolist()}")
+    else:
+        P = _square_matrix(P)
     d = P.shape[0]
     check_nonnegative("init_std", init_std)
     if theta0 is not None:
         theta0 = np.broadcast_to(np.asarray(theta0, dtype=float), (d,)).copy()
 
     def loss(theta, sample, hp):
+        if diagonal:
+            return 0.5 * jnp.sum(jnp.asarray(P, theta.dtype) * theta**2)
         return 0.5 * theta @ (jnp.asarray(P, theta.dtype) @ theta)
 
     def init(key, hp):
@@ -177,3 +197,104 @@ def sin_product(scale: float = 100.0, *, low: float = -np.pi, high: float = np.p
         return jax.random.uniform(key, (2,), jnp.result_type(float), low, high)
 
     return Problem(loss=loss, init=init, name="sin_product")
+
+
+def l1_norm(d: int = 1, *, theta0=None, box: float = 1.0) -> Problem:
+    """``f(x) = |x|_1 = sum_i |x_i|`` on ``R^d`` (``|x|`` for ``d = 1``): ``L = sqrt(d)``-Lipschitz, minimum 0 at 0.
+
+    A test function of seed 002, ch. 5 (nonsmooth nonconvex optimization). Its Goldstein
+    ``delta``-subdifferential (Def. 5.3.1, Euclidean ball ``B``) is the convex hull of the sign vectors
+    ``s`` whose closed orthant meets ``x + delta B``, i.e. ``sum_{i: s_i != sign(x_i)} x_i^2 <= delta^2``.
+    Hence, with ``F = {i: |x_i| <= delta}``:
+
+    * every element has components ``sign(x_i)`` on the coordinates ``|x_i| > delta``, so
+      ``d(0, df(x + delta B))^2 >= #{i: |x_i| > delta}``;
+    * equality holds when ``F`` splits into two sets each with ``sum x_i^2 <= delta^2`` (always when
+      ``|F| <= 2``, or when ``sum_F x_i^2 <= delta^2``): then the minimum-norm element is
+      ``sign(x_i)`` on ``|x_i| > delta`` and 0 on ``F``;
+    * otherwise it can be larger: three coordinates at ``0.9 delta`` (only one can change sign
+      inside the ball) give ``1/sqrt(3)`` on ``F``. :func:`dynsim.nonsmooth.l1_goldstein_distance`
+      computes the exact value.
+
+    For ``d = 1`` and ``eps < 1``: ``x`` is (delta, eps)-stationary iff ``|x| <= delta``.
+
+    The initial point is ``theta0`` or uniform on ``[-box, box]^d``.
+    """
+    d = check_int("d", d, minimum=1)
+
+    def loss(theta, sample, hp):
+        return jnp.sum(jnp.abs(theta))
+
+    return Problem(loss=loss, init=_fixed_or_uniform(theta0, d, box), fixed_point=np.zeros(d), name=f"l1_norm({d})")
+
+
+def zigzag(queries, lip: float = 1.0, theta: float = 0.25, *, depth: float | None = None, theta0=None) -> Problem:
+    """The piecewise-linear zig-zag ``f_theta`` of seed 002, Lemma 5.7.1 (the resisting oracle of Thm 5.3.1).
+
+    With the queries sorted, ``x_1 < ... < x_K``, ``delta = min(min_k (x_{k+1} - x_k), depth / lip)``
+    and ``0 < theta < 1/2``, ``L = lip``:
+
+    * ``f = -L (x - x_1 + 2 theta delta)`` on ``(-inf, x_1 - theta delta]``;
+    * ``f = L (x - x_k)`` on ``[x_k - theta delta, (x_k + x_{k+1})/2 - theta delta]``;
+    * ``f = -L (x - x_{k+1} + 2 theta delta)`` on ``[(x_k + x_{k+1})/2 - theta delta, x_{k+1} - theta delta]``;
+    * ``f = L (x - x_K)`` on ``[x_K - theta delta, inf)``.
+
+    So ``f(x_k) = 0`` and ``f'(x_k) = L`` at every query, ``|f'| = L`` off the kinks, and
+    ``inf f = -L theta delta >= -depth``. For ``eps < L`` the eps-stationary points are exactly the
+    kinks ``{x_k - theta delta} U {(x_k + x_{k+1})/2 - theta delta}``, different for every ``theta``;
+    ``x`` is (delta', eps)-stationary (Def. 5.3.1) iff a kink lies within ``delta'`` of ``x`` (then
+    ``df(x + delta' B) = [-L, L]``; otherwise it is ``{+L}`` or ``{-L}``). ``depth`` (the thesis's
+    ``Delta``) is needed when there is a single query. The start is ``theta0`` (default: ``x_1``).
+    """
+    q = np.sort(np.asarray(queries, dtype=float).ravel())
+    if q.size == 0 or not np.all(np.isfinite(q)):
+        raise ValueError(f"queries must be a non-empty sequence of finite numbers, got {queries!r}")
+    if np.any(np.diff(q) == 0):
+        raise ValueError(f"queries must be distinct, got {q.tolist()}")
+    lip = check_positive("lip", lip)
+    theta = check_real("theta", theta)
+    if not 0 < theta < 0.5:
+        raise ValueError(f"theta must be in (0, 1/2), got {theta!r}")
+    gap = float(np.min(np.diff(q))) if q.size > 1 else np.inf
+    if depth is not None:
+        gap = min(gap, check_positive("depth", depth) / lip)
+    elif q.size == 1:
+        raise ValueError("zigzag with a single query needs depth (the thesis's Delta): delta = depth / lip")
+    shift = theta * gap
+
+    def loss(x, sample, hp):
+        x = x[0]
+        xs = jnp.asarray(q, x.dtype)
+        k = jnp.searchsorted(xs - shift, x, side="right") - 1  # x in [x_k - shift, x_{k+1} - shift)
+        left = -lip * (x - xs[0] + 2 * shift)
+        kc = jnp.clip(k, 0, xs.size - 1)
+        up = lip * (x - xs[kc])
+        down = -lip * (x - xs[jnp.minimum(kc + 1, xs.size - 1)] + 2 * shift)
+        inside = jnp.where(kc < xs.size - 1, jnp.minimum(up, down), up)
+        return jnp.where(k < 0, left, inside)
+
+    start = q[0] if theta0 is None else theta0
+    return Problem(loss=loss, init=_fixed_or_uniform(start, 1, 1.0), name=f"zigzag({q.size}, theta={theta})")
+
+
+def lessard_function(*, x0: float = 3.1) -> Problem:
+    """The 1-D strongly convex function on which the heavy-ball method cycles (Lessard et al. 2016; seed 002, Fig. 2-1).
+
+    ``f'(x) = 25 x`` for ``x < 1``, ``x + 24`` for ``1 <= x < 2``, ``25 x - 24`` for ``x >= 2``:
+    ``mu = 1``, ``L = 25``, minimum 0 at 0. ``f = 12.5 x^2``, ``x^2/2 + 24 x - 12``,
+    ``12.5 x^2 - 24 x + 36`` on the three pieces (C^1). Heavy ball with the parameters tuned for
+    quadratics, ``a = 4/(sqrt(L) + sqrt(mu))^2 = 1/9`` and ``b = ((sqrt(L) - sqrt(mu))/(sqrt(L) + sqrt(mu)))^2
+    = 4/9`` (``optax.sgd(1/9, momentum=4/9)``), converges on every quadratic in the class, yet from
+    ``x0 = 3.1`` it settles on a period-3 cycle. The start ``x0`` is a hyperparameter (a grid axis).
+    """
+    x0 = check_real("x0", x0)
+
+    def loss(theta, sample, hp):
+        x = theta[0]
+        low, mid, high = 12.5 * x**2, 0.5 * x**2 + 24 * x - 12, 12.5 * x**2 - 24 * x + 36
+        return jnp.where(x < 1, low, jnp.where(x < 2, mid, high))
+
+    def init(key, hp):
+        return jnp.reshape(jnp.asarray(hp["x0"], jnp.result_type(float)), (1,))
+
+    return Problem(loss=loss, init=init, fixed_point=np.zeros(1), hyperparams={"x0": x0}, name="lessard_function")

@@ -1,0 +1,363 @@
+"""Interpolated normalized gradient descent (seed 002, thesis ch. 5): ``ingd`` (Algorithm 2) and
+``stochastic_ingd`` (Algorithm 3), for Lipschitz, nonsmooth, nonconvex objectives.
+
+Both evaluate the gradient at a **uniform random point of a segment** (the interpolation that
+gives the methods their name): by the path-integral identity (Lemma 5.2.2),
+``E <g(y), x' - x> = f(x') - f(x)`` for ``y ~ U[x, x']``, which is what lets the proofs turn a
+failed descent test into a decrease of ``|m|``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from dynsim._validate import check_int, check_real
+from dynsim.problems.base import Problem, objective
+
+from .base import REQUIRED, Dynamics
+from .noise import Noise
+from .training import (
+    _check_noise,
+    _data_of,
+    _gradient_oracle,
+    _init_params_and_data,
+    batch_size_axis,
+    problem_dynamics,
+)
+
+__all__ = [
+    "INGDState",
+    "ingd",
+    "ingd_inner_steps",
+    "ingd_oracle_bound",
+    "StochasticINGDState",
+    "stochastic_ingd",
+    "lagged_output_index",
+]
+
+
+# --------------------------------------------------------------------------- validation
+
+_RULES: Mapping[str, tuple[Callable[[np.ndarray], np.ndarray], str]] = {
+    "delta": (lambda v: v > 0, "> 0"),
+    "eps": (lambda v: v > 0, "> 0"),
+    "lip": (lambda v: v > 0, "> 0"),
+    "inner_steps": (
+        lambda v: (v >= 0) & (v == np.round(v)),
+        "an integer >= 0 (0: the thesis's K = ceil(48 L^2/eps^2))",
+    ),
+    "p": (lambda v: v > 0, "> 0"),
+    "q": (lambda v: v >= 0, ">= 0"),
+    "beta": (lambda v: (v >= 0) & (v < 1), "in [0, 1)"),
+}
+
+
+def _check_value(name: str, value: Any) -> None:
+    """Raise ``ValueError`` naming ``name`` unless every entry of ``value`` obeys its rule (REQUIRED passes)."""
+    if value is REQUIRED:
+        return
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    arr = np.asarray(value, dtype=float)
+    rule, allowed = _RULES[name]
+    bad = ~np.isfinite(arr) | ~rule(arr)
+    if np.any(bad):
+        shown = arr[bad].tolist() if arr.ndim else float(arr)
+        raise ValueError(f"{name} must be {allowed}, got {shown}")
+
+
+def _with_checks(dyn: Dynamics, names: Sequence[str]) -> Dynamics:
+    base = dyn.check
+
+    def check(hp):
+        if base is not None:
+            base(hp)
+        for name in names:
+            _check_value(name, hp[name])
+
+    return dyn._replace(check=check)
+
+
+def _state_data(problem: Problem, data, hp):
+    """The training data of a trajectory at ``init`` (before its state exists)."""
+    return _data_of(problem)(_DataOnly(data), hp)
+
+
+class _DataOnly(NamedTuple):
+    data: Any
+
+
+# --------------------------------------------------------------------------- INGD (Algorithm 2)
+
+
+class INGDState(NamedTuple):
+    """State of one INGD run (Algorithm 2).
+
+    ``params``: the reference point ``x_t`` (the problem's pytree); ``m``: the direction ``m_{t,k}``
+    (flat, ``ravel_pytree`` order); ``fx = f(x_t)``; ``k``: the inner index (1-based); ``t``: the outer
+    index (``t - 1`` descents so far); ``restarts``: restarts of the while-loop; ``calls``: gradient
+    oracle calls so far; ``certified``: ``|m_{t,k}| <= eps`` was reached (``x_t`` is then
+    (delta, eps)-stationary and the state no longer changes); ``data``: the trajectory's own dataset.
+    """
+
+    params: Any
+    m: jax.Array
+    fx: jax.Array
+    k: jax.Array
+    t: jax.Array
+    restarts: jax.Array
+    calls: jax.Array
+    certified: jax.Array
+    data: Any = ()
+
+
+def ingd_inner_steps(lip, eps):
+    """The thesis's inner-loop length ``K = ceil(48 L^2 / eps^2)`` (Thm 5.4.1, Lemma 5.7.2); works traced."""
+    if isinstance(lip, (int, float)) and isinstance(eps, (int, float)):
+        return int(np.ceil(48 * lip**2 / eps**2 * (1 - 1e-6)))
+    return jnp.ceil(48 * jnp.asarray(lip) ** 2 / jnp.asarray(eps) ** 2 * (1 - 1e-6))
+
+
+def ingd_oracle_bound(depth: float, lip: float, delta: float, eps: float, gamma: float) -> float:
+    """Thm 5.4.1's bound: with probability ``1 - gamma`` INGD certifies within
+    ``192 Delta L^2 / (eps^3 delta) * log(4 Delta / (gamma delta eps))`` oracle calls (``depth = Delta``,
+    ``f(x_1) - inf f <= Delta``; natural log)."""
+    return 192 * depth * lip**2 / (eps**3 * delta) * np.log(4 * depth / (gamma * delta * eps))
+
+
+def ingd(
+    problem: Problem,
+    *,
+    delta: float = REQUIRED,
+    eps: float = REQUIRED,
+    lip: float = REQUIRED,
+    inner_steps: int | None = None,
+) -> Dynamics:
+    """Interpolated normalized gradient descent, deterministic (seed 002, Algorithm 2 / Thm 5.4.1).
+
+    With ``m_{t,1} = g(x_t)`` (the oracle at ``x_t``; after a restart too), for ``k = 1..K``:
+
+    * ``x_{t,k} = x_t - delta m_{t,k} / |m_{t,k}|`` (every trial point is at distance ``delta``);
+    * if ``|m_{t,k}| <= eps``: stop; ``x_t`` is (delta, eps)-stationary, since ``m_{t,k}`` is a convex
+      combination of gradients in ``x_t + delta B``;
+    * elif ``f(x_{t,k}) - f(x_t) < -delta |m_{t,k}| / 4`` (descent condition): ``x_{t+1} = x_{t,k}``;
+    * else: ``y ~ U[x_t, x_{t,k}]``, ``g = g(y)``,
+      ``beta_{t,k} = (4 L^2 - |m_{t,k}|^2) / (4 L^2 + 2 |m_{t,k}|^2)``,
+      ``m_{t,k+1} = beta_{t,k} m_{t,k} + (1 - beta_{t,k}) g``;
+    * after ``k = K`` without either exit, restart the local search at ``x_t``.
+
+    One ``step`` is one gradient-oracle call: an inner update, or a descent move (the oracle at
+    ``x_{t+1}``), or a restart (the oracle at ``x_t``); the certificate is checked whenever ``m``
+    changes, and a certified trajectory stays put. Each step also evaluates ``f(x_{t,k})``
+    (``f(x_t)`` is kept in the state). So the state's ``calls`` is the oracle count of Thm 5.4.1,
+    whose bound is :func:`ingd_oracle_bound`; with ``K = 48 L^2/eps^2`` the chance of a restart is at
+    most 1/4 (Lemma 5.7.2: ``E|m_{t,k}|^2 <= 3 L^2/(k+2)``) and there are at most ``4 Delta/(eps delta) - 1``
+    descents. All branches are computed and selected with ``jnp.where``, so it runs vmapped.
+
+    Parameters
+    ----------
+    problem:
+        A data-free problem, or a finite dataset (``f`` is then the full-batch objective); INGD
+        needs exact function values, so a stream is refused. Parameters may be any pytree.
+    delta, eps, lip:
+        The radius, the stationarity level and a Lipschitz constant ``L`` of ``f`` (traced: grid axes).
+    inner_steps:
+        ``K``; ``None`` uses the thesis's ``K = ceil(48 L^2 / eps^2)`` of each cell (hyperparameter
+        ``inner_steps`` = 0). Traced.
+
+    Observables see ``state.params = x_t``; :func:`dynsim.nonsmooth.ingd_status` records the
+    certificate and the counters.
+    """
+    if problem.kind == "stream":
+        raise ValueError(
+            f"ingd needs function values f(x): problem {problem.name!r} is a stream (n_data=None); give it a "
+            "finite n_data, or use stochastic_ingd"
+        )
+    own = {"delta": delta, "eps": eps, "lip": lip, "inner_steps": 0 if inner_steps is None else inner_steps}
+    for name, value in own.items():
+        if value is not REQUIRED:
+            check_real(name, value)
+        _check_value(name, value)
+    if inner_steps is not None:
+        check_int("inner_steps", inner_steps, minimum=1)
+    oracle = _gradient_oracle(problem, (), True)
+    data_of = _data_of(problem)
+
+    def value_and_flat_grad(params, data, hp):
+        value, g = oracle(jax.random.key(0), params, data, hp)  # full batch: the key is not used
+        return value, ravel_pytree(g)[0]
+
+    def init(key, hp) -> INGDState:
+        params, own_data = _init_params_and_data(problem, key, hp)
+        data = _state_data(problem, own_data, hp)
+        fx, m = value_and_flat_grad(params, data, hp)
+        eps_ = jnp.asarray(hp["eps"], m.dtype)
+        zero = jnp.int32(0)
+        return INGDState(
+            params=params,
+            m=m,
+            fx=fx,
+            k=zero + 1,
+            t=zero + 1,
+            restarts=zero,
+            calls=zero + 1,
+            certified=jnp.sqrt(m @ m) <= eps_,
+            data=own_data,
+        )
+
+    def step(state: INGDState, key, hp) -> INGDState:
+        x, unravel = ravel_pytree(state.params)
+        dtype = x.dtype
+        delta_, eps_, lip_ = (jnp.asarray(hp[n], dtype) for n in ("delta", "eps", "lip"))
+        K = jnp.where(hp["inner_steps"] > 0, jnp.asarray(hp["inner_steps"], dtype), ingd_inner_steps(lip_, eps_))
+        data = data_of(state, hp)
+        m = state.m
+        norm2 = m @ m
+        norm = jnp.sqrt(norm2)
+        trial = x - delta_ * m / jnp.where(norm > 0, norm, 1)  # x_{t,k}
+        f_trial = objective(problem, unravel(trial), data, hp)
+        descent = f_trial - state.fx < -delta_ * norm / 4
+        restart = ~descent & (state.k >= K)
+        y = x + jax.random.uniform(key, (), dtype) * (trial - x)  # y_{t,k+1} ~ U[x_t, x_{t,k}]
+        at = jnp.where(descent, trial, jnp.where(restart, x, y))
+        _, g = value_and_flat_grad(unravel(at), data, hp)
+        beta = (4 * lip_**2 - norm2) / (4 * lip_**2 + 2 * norm2)
+        fresh = descent | restart
+        m_new = jnp.where(fresh, g, beta * m + (1 - beta) * g)
+        new = INGDState(
+            params=unravel(jnp.where(descent, trial, x)),
+            m=m_new,
+            fx=jnp.where(descent, f_trial, state.fx),
+            k=jnp.where(fresh, 1, state.k + 1).astype(jnp.int32),
+            t=state.t + descent.astype(jnp.int32),
+            restarts=state.restarts + restart.astype(jnp.int32),
+            calls=state.calls + 1,
+            certified=jnp.sqrt(m_new @ m_new) <= eps_,
+            data=state.data,
+        )
+        return jax.tree_util.tree_map(lambda old, nw: jnp.where(state.certified, old, nw), state, new)
+
+    dyn = problem_dynamics(
+        problem,
+        init,
+        step,
+        own,
+        set(),
+        name=f"ingd({problem.name})",
+    )
+    return _with_checks(dyn, list(own))
+
+
+# --------------------------------------------------------------------------- stochastic INGD (Algorithm 3)
+
+
+class StochasticINGDState(NamedTuple):
+    """State of one Stochastic INGD run (Algorithm 3): ``params = x_t``, ``m = m_t`` (a pytree like
+    ``params``), and the trajectory's own dataset."""
+
+    params: Any
+    m: Any
+    data: Any = ()
+
+
+def _tree_norm(tree):
+    return jnp.sqrt(sum(jnp.sum(leaf**2) for leaf in jax.tree_util.tree_leaves(tree)))
+
+
+def stochastic_ingd(
+    problem: Problem,
+    batch_size: int | None = 1,
+    *,
+    p: float = REQUIRED,
+    q: float = REQUIRED,
+    beta: float = REQUIRED,
+    replace: bool = True,
+    noise: Sequence[Noise] = (),
+) -> Dynamics:
+    """Stochastic INGD (seed 002, Algorithm 3 / Thm 5.5.1): normalized momentum with the gradient at a random point.
+
+    ``m_1 = g(x_1)``; then, every step,
+
+    * ``eta_t = 1 / (p |m_t| + q)``, ``x_{t+1} = x_t - eta_t m_t`` (a step of length ``|m_t|/(p|m_t| + q) <= 1/p``);
+    * ``y_{t+1} ~ U[x_t, x_{t+1}]`` (uniform on the segment);
+    * ``m_{t+1} = beta m_t + (1 - beta) g(y_{t+1})``, the stochastic gradient **at** ``y_{t+1}``, not at ``x_{t+1}``.
+
+    ``g`` is the minibatch (and noise) oracle of :func:`dynsim.dynamics.sgd`: ``batch_size`` samples
+    (``None``: the full dataset), ``replace``, ``noise``. Weight decay, as everywhere in dynsim, is
+    the problem's (e.g. ``mlp_classifier(weight_decay=...)``, coupled: it is in ``g``). ``|m|`` is the
+    Euclidean norm over all parameters. The theorem's parameters are ``G = sqrt(L^2 + sigma^2)``,
+    ``beta = 1 - eps^2/(64 G^2)``, ``p = 64 G^2 ln(16 G/eps) / (delta eps^2)``, ``q = 4 G p``; the
+    thesis's CIFAR-10 runs use ``beta = 0.9``, ``p = 1``, ``q = 10`` (weight decay 5e-4).
+
+    Hyperparameters ``p``, ``q``, ``beta`` (traced), the problem's and the noises'; ``batch_size``
+    and ``n_data`` static. The uniform ``U`` of step ``t`` is ``jax.random.uniform(split(key)[0])``
+    and the minibatch key is ``split(key)[1]``; the initial gradient uses ``fold_in(init_key, 1)``,
+    while the initial parameters come from ``init_key`` itself, as in :func:`dynsim.dynamics.sgd`
+    and :func:`~dynsim.dynamics.from_optax` (same seed, same start).
+
+    **Output rule.** Algorithm 3 returns ``x_{max(i - K, 1)}`` with ``i ~ U{1..T}`` and ``K = p delta``:
+    the guarantee (``E|m_t|`` small on average, Thm 5.5.1) is about the lagged reference point
+    ``x_{t-K}``, whose delta-ball contains ``x_{t-K+1}, ..., x_t``. The dynamics itself is the
+    iteration; record the iterates (``ds.observables.trajectory`` with ``record_every=1``, or
+    ``ds.observables.last_values``) and draw the output with :func:`lagged_output_index`.
+    """
+    noise = _check_noise(problem, noise)
+    own: dict[str, Any] = {"p": p, "q": q, "beta": beta}
+    for name, value in own.items():
+        if value is not REQUIRED:
+            check_real(name, value)
+        _check_value(name, value)
+    static = batch_size_axis(problem, batch_size, own)
+    oracle = _gradient_oracle(problem, noise, replace)
+    data_of = _data_of(problem)
+
+    def init(key, hp) -> StochasticINGDState:
+        params, own_data = _init_params_and_data(problem, key, hp)
+        data = _state_data(problem, own_data, hp)
+        _, m = oracle(jax.random.fold_in(key, 1), params, data, hp)  # m_1 = g(x_1)
+        return StochasticINGDState(params=params, m=m, data=own_data)
+
+    def step(state: StochasticINGDState, key, hp) -> StochasticINGDState:
+        k_u, k_g = jax.random.split(key)
+        leaves = jax.tree_util.tree_leaves(state.params)
+        dtype = jnp.result_type(*leaves)
+        p_, q_, beta_ = (jnp.asarray(hp[n], dtype) for n in ("p", "q", "beta"))
+        denom = p_ * _tree_norm(state.m) + q_
+        eta = 1 / jnp.where(denom > 0, denom, 1)  # m = 0 and q = 0: no move
+        u = jax.random.uniform(k_u, (), dtype)
+        x_next = jax.tree_util.tree_map(lambda x, m: x - eta * m, state.params, state.m)
+        y = jax.tree_util.tree_map(lambda x, m: x - (u * eta) * m, state.params, state.m)
+        _, g = oracle(k_g, y, data_of(state, hp), hp)  # g(y_{t+1})
+        m = jax.tree_util.tree_map(lambda m, gi: beta_ * m + (1 - beta_) * gi, state.m, g)
+        return state._replace(params=x_next, m=m)
+
+    dyn = problem_dynamics(
+        problem,
+        init,
+        step,
+        own,
+        static,
+        noise=noise,
+        replace=replace,
+        name=f"stochastic_ingd({problem.name}, batch_size={batch_size})",
+    )
+    return _with_checks(dyn, ["p", "q", "beta"])
+
+
+def lagged_output_index(n_steps: int, lag: int, *, size=None, seed=None) -> np.ndarray:
+    """Record indices of Algorithm 3's output ``x_{max(i - K, 1)}``, ``i ~ U{1..T}`` (seed 002, Algorithm 3, lines 8-9).
+
+    With ``T = n_steps`` steps recorded at ``record_every=1``, record ``j`` (``j = 0..T``) holds the
+    thesis's ``x_{j+1}``, so the output is record ``max(i - K, 1) - 1``. ``lag`` is ``K`` (``p delta``
+    in Thm 5.5.1); ``size`` draws several (one per trajectory), from ``numpy.random.default_rng(seed)``.
+    """
+    n_steps = check_int("n_steps", n_steps, minimum=1)
+    lag = check_int("lag", lag, minimum=0)
+    i = np.random.default_rng(seed).integers(1, n_steps + 1, size=size)
+    return np.maximum(i - lag, 1) - 1
