@@ -55,14 +55,11 @@ def exact_cycle(a: float, b: float) -> np.ndarray:
     return p
 
 
-def nesterov(learning_rate, momentum):
-    """Thesis eq. (2.4) on the points where gradients are taken: ``optax.sgd(..., nesterov=True)``."""
-    return optax.sgd(learning_rate, momentum, nesterov=True)
-
-
 def method(problem, params: dict):
-    make = nesterov if params is NESTEROV else optax.sgd
-    return ds.dynamics.from_optax(problem, make, batch_size=None, momentum=params["momentum"])
+    """Heavy ball, or Nesterov (thesis eq. 2.4, on the points where gradients are taken), as a dynamics."""
+    return ds.dynamics.from_optax(
+        problem, optax.sgd, batch_size=None, momentum=params["momentum"], nesterov=params is NESTEROV
+    )
 
 
 def outcomes(problem, params: dict, starts: np.ndarray, n_steps: int, cycle: np.ndarray):

@@ -100,3 +100,23 @@ def test_heavy_ball_is_optax_sgd_with_momentum(x64):
         g = float(grad(jnp.array([x]))[0])
         x_prev, x = x, x - g / 9 + 4 / 9 * (x - x_prev)
         assert float(params[0]) == pytest.approx(x, abs=1e-12)
+
+
+def test_from_optax_fixes_flag_arguments():
+    # optax.sgd's nesterov is a flag, not a number: fixed when the dynamics is built, named in it,
+    # and absent from the hyperparameters; an argument optax.sgd does not have is still refused.
+    problem = ds.problems.lessard_function()
+    dyn = ds.dynamics.from_optax(problem, optax.sgd, batch_size=None, momentum=0.5, nesterov=True)
+    assert "nesterov=True" in dyn.name and "nesterov" not in dyn.hyperparams
+    run = ds.dynamics.bind(dyn, {"lr": 0.01, "x0": 2.5})
+    opt = optax.sgd(0.01, momentum=0.5, nesterov=True)
+    grad = jax.grad(lambda x: problem.loss(x, None, {}))
+    state, params = run.init(jax.random.key(0)), jnp.array([2.5])
+    opt_state = opt.init(params)
+    for t in range(5):
+        updates, opt_state = opt.update(grad(params), opt_state)
+        params = optax.apply_updates(params, updates)
+        state = run.step(state, jax.random.key(t))
+        np.testing.assert_array_equal(state.params, params)
+    with pytest.raises(ValueError, match="unknown optimizer argument"):
+        ds.dynamics.from_optax(problem, optax.sgd, batch_size=None, nesterov_typo=True)

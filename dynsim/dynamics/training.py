@@ -261,12 +261,15 @@ def batch_size_axis(problem: Problem, batch_size: int | None, own: dict[str, Any
     return {"batch_size"}
 
 
-def _optimizer_hyperparams(make_optimizer: Callable) -> dict[str, Any]:
+def _optimizer_hyperparams(make_optimizer: Callable) -> tuple[dict[str, Any], set[str]]:
+    """The numeric arguments of ``make_optimizer`` (hyperparameters, with their defaults) and the
+    names of the others (flags such as ``nesterov``, dtypes, functions: fixed when the dynamics is built)."""
     try:
         signature = inspect.signature(make_optimizer)
     except (TypeError, ValueError) as err:
         raise TypeError(f"make_optimizer must be a callable with a signature: {err}") from err
     hyper: dict[str, Any] = {}
+    fixed: set[str] = set()
     for name, p in signature.parameters.items():
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
@@ -275,9 +278,11 @@ def _optimizer_hyperparams(make_optimizer: Callable) -> dict[str, Any]:
             hyper[key] = REQUIRED
         elif p.default is None or (isinstance(p.default, (int, float)) and not isinstance(p.default, bool)):
             hyper[key] = p.default
+        else:
+            fixed.add(name)
     if "lr" not in hyper:
         raise TypeError("make_optimizer must take a 'learning_rate' argument (as optax's optimizers do)")
-    return hyper
+    return hyper, fixed
 
 
 def from_optax(
@@ -298,23 +303,29 @@ def from_optax(
     state holds only the optimizer's own dynamics (``optax.inject_hyperparams`` would store
     the hyperparameters in it, adding constant directions, with exponent 0, to every
     Lyapunov spectrum). Arguments whose default is ``None`` (such as ``optax.sgd``'s
-    ``momentum``) are passed only when given. ``defaults`` sets defaults, e.g. ``from_optax(p, optax.adam, b1=0.8)``.
-    ``batch_size=None`` uses the full dataset (GD with this optimizer).
+    ``momentum``) are passed only when given. ``defaults`` sets defaults, e.g. ``from_optax(p, optax.adam, b1=0.8)``;
+    arguments whose default is not a number (flags such as ``optax.sgd``'s ``nesterov``) are fixed
+    by ``defaults`` when the dynamics is built, not hyperparameters:
+    ``from_optax(p, optax.sgd, momentum=0.9, nesterov=True)``. ``batch_size=None`` uses the full
+    dataset (GD with this optimizer).
 
     With ``make_optimizer=optax.sgd`` the iterates equal :func:`sgd`'s bit for bit.
     """
     noise = _check_noise(problem, noise)
-    own = _optimizer_hyperparams(make_optimizer)
-    unknown = sorted(set(defaults) - set(own))
+    own, fixed = _optimizer_hyperparams(make_optimizer)
+    unknown = sorted(set(defaults) - set(own) - fixed)
     if unknown:
-        raise ValueError(f"unknown optimizer argument(s) {unknown}; {make_optimizer!r} takes {sorted(own)}")
-    own.update(defaults)
+        raise ValueError(
+            f"unknown optimizer argument(s) {unknown}; {make_optimizer!r} takes {sorted(own) + sorted(fixed)}"
+        )
+    constants = {name: value for name, value in defaults.items() if name in fixed}
+    own.update({name: value for name, value in defaults.items() if name not in fixed})
     optimizer_names = tuple(own)
     static = batch_size_axis(problem, batch_size, own)
 
     def optimizer(hp) -> optax.GradientTransformation:
         kwargs = {("learning_rate" if n == "lr" else n): hp[n] for n in optimizer_names if hp[n] is not None}
-        return make_optimizer(**kwargs)
+        return make_optimizer(**kwargs, **constants)
 
     def init(key, hp) -> TrainState:
         params, data = _init_params_and_data(problem, key, hp)
@@ -325,6 +336,8 @@ def from_optax(
         return state._replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state)
 
     opt_name = getattr(make_optimizer, "__name__", "optimizer")
+    if constants:
+        opt_name += "(" + ", ".join(f"{k}={v!r}" for k, v in sorted(constants.items())) + ")"
     return _build(
         problem,
         noise,
