@@ -261,3 +261,27 @@ def test_sequence_classifier_runs_with_and_without_attention():
         ds.problems.sequence_classifier(ds.problems.gaussian_inputs(8, 4, 12), tokens[:8, -1], width=16)
     with pytest.raises(ValueError, match="multiple of heads"):
         ds.problems.sequence_classifier(tokens[:, :-1], tokens[:, -1], width=18, heads=4)
+
+
+def test_nonstationary_experiment_draws_noise_of_the_stated_scale():
+    # One SGD step of the experiment's hand-built dynamics, x1 = x0 - lr (x0 + sigma_t xi): the median of
+    # |xi| = |x0 - lr x0 - x1| / (lr sigma_t) is 2^(1/nu) - 1 (Lomax), at t = 0 and t = 450 (sigma = 10, 1).
+    import importlib
+    import os
+    import sys
+
+    path = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, "experiments"))
+    sys.path.insert(0, path)
+    try:
+        exp = importlib.import_module("nonstationary_noise")
+    finally:
+        sys.path.remove(path)
+    dyn = exp.nonstationary_dynamics(lambda lr: optax.sgd(lr))
+    lr, n = 0.5, 20_000
+    keys = jax.random.split(jax.random.key(0), n)
+    for t in (0, 450):
+        state0 = dyn.init(keys[0], {"lr": lr})._replace(t=jnp.int32(t))
+        x1 = jax.vmap(lambda k: dyn.step(state0, k, {"lr": lr}).x)(keys)
+        xi = np.abs(np.asarray(state0.x - lr * state0.x - x1, dtype=float)).ravel() / (lr * exp.noise_scale(t))
+        p_above = np.mean(xi > 2 ** (1 / exp.NU) - 1)
+        assert abs(p_above - 0.5) < 4 * np.sqrt(0.25 / xi.size), (t, p_above)

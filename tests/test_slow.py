@@ -61,6 +61,7 @@ def test_kesten_tail_index_against_hill(lr):
         ("smoothness_vs_gradient.py", ["--steps", "50"]),
         ("heavy_tail_rates.py", ["--dims", "1", "8", "--n", "50", "--steps", "200"]),
         ("heavy_ball_cycle.py", ["--starts", "101", "--steps", "500"]),
+        ("nonstationary_noise.py", ["--n", "50", "--steps", "300"]),
         (
             "nonsmooth_ingd.py",
             "--n 50 --lemma-n 200 --lemma-k 20 --thm-n 8 --sigmas 0 --seeds 2 --epochs 4".split(),
