@@ -14,6 +14,7 @@ import os
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -182,3 +183,28 @@ def test_bounds_accept_arrays():
     out = lj.exit_probability_bound(lrs, ALPHA, C_L, 8.0, 1e-3, 0.4)
     assert out.shape == (2,) and np.all(np.isfinite(out))
     assert jax.numpy.asarray(lj.contraction_rate(lrs, ALPHA, C_L, 8.0)).shape == (2,)
+
+
+def test_appendix_a_network_constants_and_start(x64):
+    # Thm A.1 on the seed digest's example: K = (alpha~^2/2)(A - R/2)^2 (R/2)^2 (c d_1 c d_2)^2 = 0.10125,
+    # phi(x, theta_0) = 0 (W_1 = 0, sigma(0) = 0, zero biases), so F(theta_0) = mean(y^2), and theta_0 lies on
+    # the boundary of Theta (margin exactly 0); the activation's slope stays in (0.1, 1).
+    path = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, "experiments"))
+    sys.path.insert(0, path)
+    try:
+        net = importlib.import_module("lojasiewicz_network")
+    finally:
+        sys.path.remove(path)
+    assert net.K == pytest.approx(0.10125, rel=1e-12)
+    problem, theta0, data = net.network_problem(3)
+    params = problem.init(jax.random.key(0), {})
+    f0 = ds.problems.objective(problem, params, data, {})
+    assert float(f0) == pytest.approx(np.mean(data["y"] ** 2), rel=1e-12)
+    assert float(net.theta_margin(params, theta0, data)) == 0.0
+    slopes = jax.vmap(jax.grad(net.activation))(jnp.linspace(-30.0, 30.0, 601))
+    assert float(slopes.min()) > 0.1 and float(slopes.max()) < 1.0 and float(net.activation(0.0)) == 0.0
+    # a point that raises b_1 by more than alpha~ times its distance is in Theta (margin >= 0; the zero
+    # biases b_2, b_3 keep it at 0), one that lowers it is not
+    up = {**params, "b1": params["b1"] + 0.5}
+    down = {**params, "b1": params["b1"] - 0.5}
+    assert float(net.theta_margin(up, theta0, data)) >= 0 > float(net.theta_margin(down, theta0, data))

@@ -62,6 +62,7 @@ def test_kesten_tail_index_against_hill(lr):
         ("heavy_tail_rates.py", ["--dims", "1", "8", "--n", "50", "--steps", "200"]),
         ("heavy_ball_cycle.py", ["--starts", "101", "--steps", "500"]),
         ("nonstationary_noise.py", ["--n", "50", "--steps", "300"]),
+        ("lojasiewicz_network.py", ["--datasets", "2", "--n", "16", "--steps", "200", "--points", "2000"]),
         (
             "nonsmooth_ingd.py",
             "--n 50 --lemma-n 200 --lemma-k 20 --thm-n 8 --sigmas 0 --seeds 2 --epochs 4".split(),
