@@ -16,7 +16,9 @@ module estimates and checks such measures from simulation output:
   BlackJAX reports for MCMC chains;
 * tail indices (:func:`hill_tail_index`);
 * Thm. 5.2: from an invariant measure, a shorter step lowers the expected loss
-  (:func:`scaled_step_change`).
+  (:func:`scaled_step_change`);
+* eq. (10)/(15), corrected: the balance of gradient and curvature that invariance forces
+  (:func:`gradient_curvature_balance`).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ __all__ = [
     "vanishing_change",
     "StepChange",
     "scaled_step_change",
+    "Balance",
+    "gradient_curvature_balance",
     "numerical_rank",
     "effective_rank",
     "sparsity",
@@ -458,3 +462,95 @@ def scaled_step_change(
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
     per = np.asarray(jax.jit(jax.vmap(one))(samples, keys), dtype=np.float64)  # (n, len(scales))
     return StepChange(scales, per.mean(axis=0), per.std(axis=0, ddof=1) / np.sqrt(n), per)
+
+
+class Balance(NamedTuple):
+    """Result of :func:`gradient_curvature_balance`: both sides of the exact identity and two approximations.
+
+    ``grad_sq``: ``E|grad f|^2`` (for SGD, ``E<grad f, g>``); ``curvature``: ``lr E[int_0^1 (1 - s)
+    g^T H(theta - s lr g) g ds]``, equal to ``grad_sq`` under an invariant measure; ``local``:
+    ``(lr/2) E[g^T H(theta) g]``, the corrected approximation (Hessian constant along the step);
+    ``printed``: ``lr E[g^T H(theta) g]``, seed 000's eq. (10) as printed (twice ``local``); each
+    with its standard error over the samples (``*_stderr``), and ``ratio = grad_sq / curvature``.
+    """
+
+    grad_sq: float
+    grad_sq_stderr: float
+    curvature: float
+    curvature_stderr: float
+    local: float
+    local_stderr: float
+    printed: float
+    printed_stderr: float
+    ratio: float
+
+
+def gradient_curvature_balance(
+    loss_fn: Callable[[Any], jax.Array],
+    samples: Any,
+    lr,
+    *,
+    grads: Any = None,
+    n_nodes: int = 32,
+) -> Balance:
+    """The balance of gradient and curvature that an invariant measure forces (seed 000, eqs. 10 and 15, corrected).
+
+    If ``mu`` is invariant for ``F(theta) = theta - lr g(theta)``, ``E_mu[f(F(theta))] = E_mu[f(theta)]``,
+    and Taylor's formula with integral remainder, ``f(theta - lr g) - f(theta) = -lr <grad f, g> +
+    lr^2 int_0^1 (1 - s) g^T H(theta - s lr g) g ds``, gives the exact identity
+
+        E_mu <grad f, g> = lr E_mu[int_0^1 (1 - s) g^T H(theta - s lr g) g ds]
+
+    (``E|grad f|^2`` on the left for GD, or for SGD once averaged over minibatches). Seed 000's
+    eq. (10) drops the factor ``(1 - s)`` (a ``t`` in its double-integral form, eq. 15) and reads
+    ``|grad f|^2 ~ lr L G^2`` with ``L`` the curvature along ``g``; with the Hessian frozen at
+    ``theta`` the identity gives half of that. ``samples``: draws of ``theta`` from the (empirical)
+    measure, a pytree with a leading axis; ``grads``: the step directions ``g`` at those samples
+    (default: ``grad f``, i.e. GD); ``loss_fn(theta)`` the full loss. The integral is
+    ``n_nodes``-point Gauss-Legendre quadrature of Hessian-vector products. For a finite
+    trajectory of GD the two sides differ by exactly ``(f(theta_0) - f(theta_n)) / (n lr)``.
+    """
+    n_nodes = check_int("n_nodes", n_nodes, minimum=1)
+    from dynsim.curvature import _gauss_legendre01
+
+    grad = jax.grad(loss_fn)
+    dtype = jnp.result_type(*jax.tree_util.tree_leaves(samples))
+    nodes, weights = _gauss_legendre01(n_nodes, dtype)
+    lr = jnp.asarray(lr, dtype)
+
+    def one(theta, g):
+        gf = grad(theta)
+        g = gf if g is None else g
+
+        def curvature_along(x):  # g^T H(x) g
+            return _tree_vdot(g, jax.jvp(grad, (x,), (g,))[1])
+
+        def at(s):
+            return curvature_along(jax.tree_util.tree_map(lambda p, v: p - s * lr * v, theta, g))
+
+        integral = jnp.vdot(weights * (1 - nodes), jax.lax.map(at, nodes))
+        return jnp.stack([_tree_vdot(gf, g), lr * integral, lr / 2 * curvature_along(theta)])
+
+    if grads is None:
+        per = jax.jit(jax.vmap(lambda t: one(t, None)))(samples)
+    else:
+        per = jax.jit(jax.vmap(one))(samples, grads)
+    per = np.asarray(per, dtype=np.float64)
+    n = per.shape[0]
+    mean = per.mean(axis=0)
+    err = per.std(axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.full(3, np.nan)
+    return Balance(
+        grad_sq=float(mean[0]),
+        grad_sq_stderr=float(err[0]),
+        curvature=float(mean[1]),
+        curvature_stderr=float(err[1]),
+        local=float(mean[2]),
+        local_stderr=float(err[2]),
+        printed=float(2 * mean[2]),
+        printed_stderr=float(2 * err[2]),
+        ratio=float(mean[0] / mean[1]) if mean[1] != 0 else float("nan"),
+    )
+
+
+def _tree_vdot(a, b) -> jax.Array:
+    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))

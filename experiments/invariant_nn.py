@@ -130,6 +130,40 @@ def invariant_step_scan(problem, res, scales, args):
     return out
 
 
+def balance_scan(problem, res, args):
+    """Eq. (10), corrected: ``E<grad L^g, g_B> = lr E[int (1-s) g_B^T H(theta - s lr g_B) g_B ds]`` over late iterates.
+
+    One minibatch gradient ``g_B + gamma theta`` per late record; means over the records of each seed,
+    then mean and standard error over seeds.
+    """
+    late = np.flatnonzero(res.time.values >= 0.6 * res.time.values[-1])
+    hp = {"weight_decay": problem.hyperparams["weight_decay"]}
+    data = jax.tree_util.tree_map(jnp.asarray, problem.dataset)
+    names = [v for v in res.data_vars if v.startswith("theta_")]
+
+    def objective(p):
+        return ds.problems.objective(problem, p, data, hp)
+
+    def minibatch_gradient(p, key):
+        idx = jax.random.randint(key, (BATCH,), 0, problem.n_data)
+        batch = jax.tree_util.tree_map(lambda a: a[idx], data)
+        return jax.grad(lambda q: ds.problems.batch_loss(problem, q, batch, hp))(p)
+
+    out = {}
+    for lr in LRS:
+        cell = res.sel(lr=lr)
+        per_seed = []
+        for r in range(cell.sizes["replica"]):
+            samples = {name[len("theta_") :]: jnp.asarray(cell[name].values[r, late]) for name in names}
+            keys = jax.random.split(jax.random.key(1000 + r), len(late))
+            grads = jax.vmap(minibatch_gradient)(samples, keys)
+            b = ds.measure.gradient_curvature_balance(objective, samples, lr, grads=grads, n_nodes=16)
+            per_seed.append([b.grad_sq, b.curvature, b.local])
+        per_seed = np.array(per_seed)
+        out[lr] = (per_seed.mean(axis=0), per_seed.std(axis=0, ddof=1) / np.sqrt(len(per_seed)))
+    return out
+
+
 def plot_task(task, res, scan, scales, args):
     fig, axes = plt.subplots(2, 4, figsize=(18, 8))
     panels = [
@@ -235,6 +269,13 @@ def main(argv=None) -> None:
             print(
                 f"  Thm 5.2, lr {lr}: Delta(c) = "
                 + ", ".join(f"{c}: {scan[lr][c][0]:+.4f}±{scan[lr][c][1]:.4f}" for c in scales)
+            )
+        for lr, (mean, se) in balance_scan(problem, res, args).items():
+            print(
+                f"  eq. (10), lr {lr}: E<grad L^g, g_B> = {mean[0]:.4f}±{se[0]:.4f}; exact right side "
+                f"{mean[1]:.4f}±{se[1]:.4f} (ratio {mean[0] / mean[1]:.3f}); (lr/2)E[g^T H g] "
+                f"{mean[2]:.4f}±{se[2]:.4f} (ratio {mean[0] / mean[2]:.3f}); as printed, lr E[g^T H g] "
+                f"(ratio {mean[0] / (2 * mean[2]):.3f})"
             )
 
 

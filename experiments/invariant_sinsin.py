@@ -11,6 +11,9 @@ converges to a minimum iff lr < 2/L = 0.02, and above that it cycles or is chaot
    averages of f and |grad f| after a burn-in, detected period of the orbit (mod 2 pi), and a
    bifurcation diagram of p = t1 + t2 mod 2 pi (the map decouples in p and r = t1 - t2 + pi
    into y <- y - 100 lr sin y; digest Sec. 3.1).
+3. The balance of gradient and curvature that invariance forces (eq. 10, corrected):
+   ``E|grad f|^2 = lr E[int_0^1 (1 - s) g^T H(theta - s lr g) g ds]`` on the attractors of
+   lr = 0.03 ... 0.05, against seed 000's printed ``lr E[g^T H g]`` and the local ``(lr/2) E[g^T H g]``.
 
     python experiments/invariant_sinsin.py [--starts 10000] [--lr-points 45] [--steps 2000]
 """
@@ -216,6 +219,33 @@ def sweep_figure(res: xr.Dataset, bif: xr.Dataset, args):
     return fig
 
 
+BALANCE_LRS = [0.03, 0.035, 0.04, 0.045, 0.05]
+
+
+def balance(args, problem):
+    """Both sides of the corrected eq. (10) on the empirical measure of each attractor (after the burn-in)."""
+    res = ds.simulate(
+        ds.dynamics.gd(problem),
+        grid={"lr": BALANCE_LRS},
+        n_replicas=args.balance_starts,
+        n_steps=args.steps,
+        record_every=1,
+        seed=args.seed,
+        observables={"theta": ds.observables.trajectory()},
+    )
+    rows = []
+    for lr in BALANCE_LRS:
+        theta = res.theta.sel(lr=lr).values  # (replica, time, 2)
+        window = theta[:, args.burn_in : -1].reshape(-1, 2)
+        b = ds.measure.gradient_curvature_balance(f, jnp.asarray(window), lr)
+        ends = np.asarray(jax.vmap(f)(jnp.asarray(theta[:, args.burn_in]))) - np.asarray(
+            jax.vmap(f)(jnp.asarray(theta[:, -1]))
+        )
+        telescoped = float(np.mean(ends)) / ((args.steps - args.burn_in) * lr)  # = grad_sq - curvature, exactly
+        rows.append((lr, b, telescoped))
+    return rows
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--starts", type=int, default=10_000)
@@ -225,6 +255,7 @@ def main(argv=None) -> None:
     parser.add_argument("--tail", type=int, default=64, help="last values kept per orbit for the period")
     parser.add_argument("--fig4-steps", type=int, default=2000)
     parser.add_argument("--bifurcation-points", type=int, default=600)
+    parser.add_argument("--balance-starts", type=int, default=256, help="starts per lr for the eq. (10) check")
     args = _cli.parse(parser, argv)
     problem = ds.problems.sin_product()
 
@@ -252,6 +283,18 @@ def main(argv=None) -> None:
         print(
             f"{lr:7.4f} {c.converged.mean().item():9.3f} {np.median(c.exponent.values):18.4f} "
             f"{np.median(c.mean_f.values):13.3f} {g[0]:8.2f} {g[1]:7.2f} {g[2]:7.2f} {top}"
+        )
+    print(
+        "eq. (10), corrected: E|grad f|^2 = lr E[int (1-s) g^T H(theta - s lr g) g ds] on the attractor "
+        f"({args.balance_starts} starts, steps {args.burn_in}..{args.steps}); the difference is exactly "
+        "(f(theta_burn) - f(theta_n)) / (n lr)"
+    )
+    header = f"{'lr':>6} {'E|grad f|^2':>12} {'corrected':>10} {'ratio':>8} {'difference/telescoped':>22}"
+    print(header + f" {'(lr/2)E[gHg]':>13} {'printed':>9}")
+    for lr, b, telescoped in balance(args, problem):
+        print(
+            f"{lr:6.3f} {b.grad_sq:12.1f} {b.curvature:10.1f} {b.ratio:8.5f} {b.grad_sq - b.curvature:+11.3e}"
+            f"/{telescoped:+.3e} {b.local:13.1f} {b.printed:9.1f}"
         )
     print(
         f"wrote {args.out}/invariant_sinsin_fig4.png, {args.out}/invariant_sinsin_sweep.png and "

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from scipy import optimize
 
 import dynsim as ds
@@ -106,3 +107,56 @@ def test_with_tangent_matches_top_exponent_on_sgd():
     )
     le = res.le.values.ravel()
     assert abs(le.mean() - (-0.41699)) < 4 * le.std() / np.sqrt(le.size)
+
+
+def test_gradient_curvature_balance_is_exact_on_a_trajectory(x64):
+    # Seed 000's eq. (10), corrected: for GD, mean_t |grad f|^2 - lr mean_t int (1-s) g^T H g ds telescopes to
+    # (f(theta_0) - f(theta_n)) / (n lr) exactly, on the chaotic attractor of 100 sin sin at lr = 0.04.
+    def f(th):
+        return 100 * jnp.sin(th[0]) * jnp.sin(th[1])
+
+    lr, n = 0.04, 300
+    grad = jax.grad(f)
+    starts = jax.random.uniform(jax.random.key(1), (16, 2), minval=-np.pi, maxval=np.pi)
+
+    def run(th0):
+        def body(th, _):
+            return th - lr * grad(th), th
+
+        return jax.lax.scan(body, th0, None, length=n)
+
+    last, traj = jax.vmap(run)(starts)
+    b = ds.measure.gradient_curvature_balance(f, traj.reshape(-1, 2), lr)
+    telescoped = float(jnp.mean(jax.vmap(f)(starts) - jax.vmap(f)(last))) / (n * lr)
+    assert b.grad_sq - b.curvature == pytest.approx(telescoped, abs=1e-9 * b.grad_sq)
+    assert abs(telescoped) > 1e-3  # the check is not vacuous: a short run is far from invariant
+    assert b.printed == pytest.approx(2 * b.local)
+
+
+def test_gradient_curvature_balance_on_a_quadratic_and_with_given_steps(x64):
+    # f = theta^T P theta / 2: the Hessian is constant, so the corrected side equals the local one,
+    # (lr/2) g^T P g; with steps g other than grad f, the per-sample quadrature equals Taylor's remainder
+    # (f(theta - lr g) - f(theta) + lr <grad f, g>) / lr exactly, here on a quartic.
+    rng = np.random.default_rng(0)
+    P = rng.standard_normal((3, 3))
+    P = P @ P.T
+    thetas = jnp.asarray(rng.standard_normal((50, 3)))
+
+    def quad(th):
+        return 0.5 * th @ (P @ th)
+
+    b = ds.measure.gradient_curvature_balance(quad, thetas, 0.1)
+    assert b.curvature == pytest.approx(b.local, rel=1e-12)
+    g_all = thetas @ P
+    assert b.local == pytest.approx(0.05 * float(jnp.mean(jnp.sum((g_all @ P) * g_all, axis=1))), rel=1e-12)
+
+    def quartic(th):
+        return jnp.sum(th**4) / 4 + th[0] * th[1] ** 2
+
+    steps = jnp.asarray(rng.standard_normal((50, 3)))
+    lr = 0.3
+    b = ds.measure.gradient_curvature_balance(quartic, thetas, lr, grads=steps)
+    grad = jax.vmap(jax.grad(quartic))(thetas)
+    taylor = (jax.vmap(quartic)(thetas - lr * steps) - jax.vmap(quartic)(thetas) + lr * jnp.sum(grad * steps, 1)) / lr
+    assert b.curvature == pytest.approx(float(jnp.mean(taylor)), rel=1e-12)
+    assert b.grad_sq == pytest.approx(float(jnp.mean(jnp.sum(grad * steps, 1))), rel=1e-12)

@@ -127,3 +127,35 @@ def test_window_distances():
     n, d = M.window_distances(x, n_min=64)
     slope = np.polyfit(np.log(n), np.log(d), 1)[0]
     assert -0.8 < slope < -0.3
+
+
+def test_birkhoff_averages_that_do_not_converge_are_flagged(x64):
+    # Seed 000, Thm. 5.3 (Yoccoz), with the seed digest's fixture: a discretised May-Leonard heteroclinic cycle,
+    # y_i <- y_i + h (1 - e^y_i - a e^y_{i+1} - b e^y_{i+2}). Its running mean of x_1 = e^y_1 matches the
+    # digest's table and never settles; the dyadic-window distances do not shrink. On the chaotic attractor of
+    # GD on 100 sin sin at lr = 0.04 they do (about like n^-1/2).
+    a, b, h = 0.8, 1.3, 0.05
+
+    def may_leonard(y, _):
+        x = jnp.exp(y)
+        y = y + h * (1 - x - a * jnp.roll(x, -1) - b * jnp.roll(x, -2))
+        return y, jnp.exp(y[0])
+
+    _, x1 = jax.lax.scan(may_leonard, jnp.log(jnp.array([0.3, 0.2, 0.1])), None, length=4_000_000)
+    x1 = np.asarray(x1)
+    running = np.cumsum(x1) / np.arange(1, x1.size + 1)
+    np.testing.assert_allclose(
+        running[[999, 9_999, 99_999, 999_999, 1_999_999, 3_999_999]],
+        [0.289, 0.312, 0.269, 0.293, 0.453, 0.246],
+        atol=6e-4,
+    )
+    n, d = M.window_distances(x1, n_min=1024)
+    assert d[-1] > 0.2 and np.polyfit(np.log(n), np.log(d), 1)[0] > 0
+
+    def sin_gd(th, _):
+        th = th - 0.04 * jax.grad(lambda t: 100 * jnp.sin(t[0]) * jnp.sin(t[1]))(th)
+        return th, jnp.mod(th[0] + th[1], 2 * np.pi)
+
+    _, p = jax.lax.scan(sin_gd, jnp.array([0.3, -1.2]), None, length=2**17)
+    n, d = M.window_distances(np.asarray(p), period=2 * np.pi, n_min=256)
+    assert np.polyfit(np.log(n), np.log(d), 1)[0] < -0.3 and d[-1] < 0.05

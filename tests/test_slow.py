@@ -62,6 +62,12 @@ def test_kesten_tail_index_against_hill(lr):
         ("heavy_tail_rates.py", ["--dims", "1", "8", "--n", "50", "--steps", "200"]),
         ("heavy_ball_cycle.py", ["--starts", "101", "--steps", "500"]),
         ("nonstationary_noise.py", ["--n", "50", "--steps", "300"]),
+        (
+            "invariant_sinsin.py",
+            "--starts 64 --lr-points 4 --steps 600 --burn-in 100 --fig4-steps 200 --bifurcation-points 40 "
+            "--balance-starts 4".split(),
+        ),
+        ("invariant_nn.py", ["--seeds", "2", "--epochs-a", "10", "--epochs-b", "10", "--draws", "1"]),
         ("lojasiewicz_network.py", ["--datasets", "2", "--n", "16", "--steps", "200", "--points", "2000"]),
         (
             "nonsmooth_ingd.py",
