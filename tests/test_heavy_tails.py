@@ -285,3 +285,53 @@ def test_nonstationary_experiment_draws_noise_of_the_stated_scale():
         xi = np.abs(np.asarray(state0.x - lr * state0.x - x1, dtype=float)).ravel() / (lr * exp.noise_scale(t))
         p_above = np.mean(xi > 2 ** (1 / exp.NU) - 1)
         assert abs(p_above - 0.5) < 4 * np.sqrt(0.25 / xi.size), (t, p_above)
+
+
+@pytest.mark.parametrize(
+    "alpha,eps,gamma,p0,p1,moment",
+    [(1.5, 0.00625, 6.25e-4, 1.5625e-5, 7.8125e-6, 0.71), (2.0, 1.976e-3, 7.906e-3, 6.25e-5, 3.125e-5, 0.50)],
+)
+def test_rare_jump_oracle_constants_and_moments(alpha, eps, gamma, p0, p1, moment):
+    # Seed 002, Thm 4.4.3's instance at k = 1000 (the digest's table): E g = x - b exactly, and
+    # sup_{x in [0, 1/2]} E|g|^alpha <= 1 (0.71 and 0.50 at nu = 0).
+    c0, c1 = ds.problems.rare_jump_constants(alpha, 1000, 0), ds.problems.rare_jump_constants(alpha, 1000, 1)
+    assert c0.eps == pytest.approx(eps, rel=1e-3) and c0.gamma == pytest.approx(gamma, rel=1e-3)
+    assert c0.p == pytest.approx(p0, rel=1e-9) and c1.p == pytest.approx(p1, rel=1e-9)
+    x = np.linspace(0, 0.5, 2001)
+    for c in (c0, c1):
+        assert c.p / (2 * c.gamma) == pytest.approx(c.b, rel=1e-12)  # E g = x - p/(2 gamma) = x - b
+        m = c.p * np.abs(x - 1 / (2 * c.gamma)) ** alpha + (1 - c.p) * np.abs(x) ** alpha
+        assert m.max() <= 1
+    m0 = c0.p * np.abs(x - 1 / (2 * c0.gamma)) ** alpha + (1 - c0.p) * np.abs(x) ** alpha
+    assert m0.max() == pytest.approx(moment, abs=0.01)  # the digest's value is for nu = 0, the larger p
+
+
+def test_rare_jump_oracle_gradients_and_the_lower_bound(x64):
+    # The sampled gradient has mean x - b (4 standard errors over 4e5 draws); and proj-GClip with Thm 4.4.2's
+    # schedules, over both coins, stays above Thm 4.4.3's bound eps^2 / 64 after k = 1000 steps.
+    alpha, k = 1.5, 1000
+    problem = ds.problems.rare_jump_oracle(alpha, k, 0)
+    c = ds.problems.rare_jump_constants(alpha, k, 0)
+    keys = jax.random.split(jax.random.key(0), 400_000)
+    g = jax.vmap(lambda kk: jax.grad(lambda w: problem.loss(w, problem.sample(kk), {}))(jnp.array([0.25]))[0])(keys)
+    g = np.asarray(g)
+    assert abs(g.mean() - (0.25 - c.b)) < 4 * g.std() / np.sqrt(g.size)
+
+    def proj_gclip(learning_rate, bound, alpha):
+        lr, tau = ds.optim.strongly_convex_clip_schedules(learning_rate, bound, alpha)
+        box = ds.optim.project(lambda p: optax.projections.projection_box(p, 0.0, 0.5))
+        return optax.chain(ds.optim.clipped_sgd(lr, tau), box)
+
+    errors = []
+    for nu in (0, 1):
+        prob = ds.problems.rare_jump_oracle(alpha, k, nu)
+        b = ds.problems.rare_jump_constants(alpha, k, nu).b
+        res = ds.simulate(
+            ds.dynamics.from_optax(prob, proj_gclip, batch_size=1),
+            grid={"lr": [4.0], "bound": [1.0], "alpha": [alpha]},
+            n_replicas=2000,
+            n_steps=k,
+            observables={"f": ds.observables.iterate_average(lambda x: 0.5 * (x[0] - b) ** 2)},
+        )
+        errors.append(float(res.f.mean()))
+    assert np.mean(errors) >= c.eps**2 / 64

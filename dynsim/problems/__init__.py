@@ -25,7 +25,7 @@ from .deterministic import (
     zigzag,
 )
 from .nets import ACTIVATIONS, C0, activation_fn, scalar_net, two_layer_net
-from .regression import linear_regression_1d
+from .regression import RareJumpConstants, linear_regression_1d, rare_jump_constants, rare_jump_oracle
 from .saddle import rank1_saddle
 from .sequences import gaussian_inputs, sequence_classifier, zipf_markov_tokens
 
@@ -35,6 +35,9 @@ __all__ = [
     "draw_dataset",
     "objective",
     "linear_regression_1d",
+    "RareJumpConstants",
+    "rare_jump_constants",
+    "rare_jump_oracle",
     "rank1_saddle",
     "quadratic",
     "flattened_quadratic",
