@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Callable
+from typing import NamedTuple
 
 import matplotlib
 
@@ -94,48 +96,16 @@ def train(task: str, data: dict, args) -> tuple:
     return problem, dynamics, res, steps_per_epoch
 
 
-def invariant_step_scan(problem, res, scales, args):
-    """Thm. 5.2: Delta(c) = E[L^gamma(theta - c lr (g_B + gamma theta))] - E[L^gamma(theta)] over late iterates.
+class LateIterates(NamedTuple):
+    """The late records of a run (epochs >= 60%), read as samples of the empirical invariant measure."""
 
-    For each seed, the late records are the samples of the empirical invariant measure
-    (``args.draws`` minibatches each); the standard error is over seeds, since the records of
-    one seed are correlated.
-    """
-    late = np.flatnonzero(res.time.values >= 0.6 * res.time.values[-1])
-    hp = {"weight_decay": problem.hyperparams["weight_decay"]}
-    data = jax.tree_util.tree_map(jnp.asarray, problem.dataset)
-    names = [v for v in res.data_vars if v.startswith("theta_")]
-
-    def objective(p):
-        return ds.problems.objective(problem, p, data, hp)
-
-    out = {}
-    for lr in LRS:
-
-        def update(p, key, lr=lr):
-            idx = jax.random.randint(key, (BATCH,), 0, problem.n_data)
-            batch = jax.tree_util.tree_map(lambda a: a[idx], data)
-            g = jax.grad(lambda q: ds.problems.batch_loss(problem, q, batch, hp))(p)
-            return jax.tree_util.tree_map(lambda gw: -lr * gw, g)
-
-        cell = res.sel(lr=lr)
-        per_seed = []
-        for r in range(cell.sizes["replica"]):
-            samples = {name[len("theta_") :]: jnp.asarray(cell[name].values[r, late]) for name in names}
-            change = ds.measure.scaled_step_change(objective, update, samples, scales, key=r, n_draws=args.draws)
-            per_seed.append(change.mean)
-        per_seed = np.array(per_seed)
-        mean, se = per_seed.mean(axis=0), per_seed.std(axis=0, ddof=1) / np.sqrt(len(per_seed))
-        out[lr] = {c: (mean[i], se[i]) for i, c in enumerate(scales)}
-    return out
+    objective: Callable  # L^gamma on the whole training set
+    minibatch_gradient: Callable  # (theta, key) -> g_B + gamma theta
+    samples: Callable  # (cell, replica) -> the late parameters of that run, a pytree with a leading axis
+    count: int
 
 
-def balance_scan(problem, res, args):
-    """Eq. (10), corrected: ``E<grad L^g, g_B> = lr E[int (1-s) g_B^T H(theta - s lr g_B) g_B ds]`` over late iterates.
-
-    One minibatch gradient ``g_B + gamma theta`` per late record; means over the records of each seed,
-    then mean and standard error over seeds.
-    """
+def late_iterates(problem, res) -> LateIterates:
     late = np.flatnonzero(res.time.values >= 0.6 * res.time.values[-1])
     hp = {"weight_decay": problem.hyperparams["weight_decay"]}
     data = jax.tree_util.tree_map(jnp.asarray, problem.dataset)
@@ -149,18 +119,60 @@ def balance_scan(problem, res, args):
         batch = jax.tree_util.tree_map(lambda a: a[idx], data)
         return jax.grad(lambda q: ds.problems.batch_loss(problem, q, batch, hp))(p)
 
+    def samples(cell, r):
+        return {name[len("theta_") :]: jnp.asarray(cell[name].values[r, late]) for name in names}
+
+    return LateIterates(objective, minibatch_gradient, samples, len(late))
+
+
+def mean_over_seeds(per_seed):
+    per_seed = np.array(per_seed)
+    return per_seed.mean(axis=0), per_seed.std(axis=0, ddof=1) / np.sqrt(len(per_seed))
+
+
+def invariant_step_scan(problem, res, scales, args):
+    """Thm. 5.2: Delta(c) = E[L^gamma(theta - c lr (g_B + gamma theta))] - E[L^gamma(theta)] over late iterates.
+
+    For each seed, the late records are the samples of the empirical invariant measure
+    (``args.draws`` minibatches each); the standard error is over seeds, since the records of
+    one seed are correlated.
+    """
+    it = late_iterates(problem, res)
+    out = {}
+    for lr in LRS:
+
+        def update(p, key, lr=lr):
+            return jax.tree_util.tree_map(lambda gw: -lr * gw, it.minibatch_gradient(p, key))
+
+        cell = res.sel(lr=lr)
+        per_seed = [
+            ds.measure.scaled_step_change(
+                it.objective, update, it.samples(cell, r), scales, key=r, n_draws=args.draws
+            ).mean
+            for r in range(cell.sizes["replica"])
+        ]
+        mean, se = mean_over_seeds(per_seed)
+        out[lr] = {c: (mean[i], se[i]) for i, c in enumerate(scales)}
+    return out
+
+
+def balance_scan(problem, res, args):
+    """Eq. (10), corrected: ``E<grad L^g, g_B> = lr E[int (1-s) g_B^T H(theta - s lr g_B) g_B ds]`` over late iterates.
+
+    One minibatch gradient ``g_B + gamma theta`` per late record; means over the records of each seed,
+    then mean and standard error over seeds.
+    """
+    it = late_iterates(problem, res)
     out = {}
     for lr in LRS:
         cell = res.sel(lr=lr)
         per_seed = []
         for r in range(cell.sizes["replica"]):
-            samples = {name[len("theta_") :]: jnp.asarray(cell[name].values[r, late]) for name in names}
-            keys = jax.random.split(jax.random.key(1000 + r), len(late))
-            grads = jax.vmap(minibatch_gradient)(samples, keys)
-            b = ds.measure.gradient_curvature_balance(objective, samples, lr, grads=grads, n_nodes=16)
+            samples = it.samples(cell, r)
+            grads = jax.vmap(it.minibatch_gradient)(samples, jax.random.split(jax.random.key(1000 + r), it.count))
+            b = ds.measure.gradient_curvature_balance(it.objective, samples, lr, grads=grads, n_nodes=16)
             per_seed.append([b.grad_sq, b.curvature, b.local])
-        per_seed = np.array(per_seed)
-        out[lr] = (per_seed.mean(axis=0), per_seed.std(axis=0, ddof=1) / np.sqrt(len(per_seed)))
+        out[lr] = mean_over_seeds(per_seed)
     return out
 
 

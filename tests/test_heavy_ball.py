@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import import_experiment
 
 import dynsim as ds
 
 
 @pytest.fixture(scope="module")
 def experiment():
-    path = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, "experiments"))
-    sys.path.insert(0, path)
-    try:
-        yield importlib.import_module("heavy_ball_cycle")
-    finally:
-        sys.path.remove(path)
+    return import_experiment("heavy_ball_cycle")
 
 
 def test_lessard_function_is_c1_with_the_stated_gradient(x64):

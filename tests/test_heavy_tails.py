@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import import_experiment
 from scipy import integrate
 
 import dynsim as ds
@@ -266,16 +267,7 @@ def test_sequence_classifier_runs_with_and_without_attention():
 def test_nonstationary_experiment_draws_noise_of_the_stated_scale():
     # One SGD step of the experiment's hand-built dynamics, x1 = x0 - lr (x0 + sigma_t xi): the median of
     # |xi| = |x0 - lr x0 - x1| / (lr sigma_t) is 2^(1/nu) - 1 (Lomax), at t = 0 and t = 450 (sigma = 10, 1).
-    import importlib
-    import os
-    import sys
-
-    path = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, "experiments"))
-    sys.path.insert(0, path)
-    try:
-        exp = importlib.import_module("nonstationary_noise")
-    finally:
-        sys.path.remove(path)
+    exp = import_experiment("nonstationary_noise")
     dyn = exp.nonstationary_dynamics(lambda lr: optax.sgd(lr))
     lr, n = 0.5, 20_000
     keys = jax.random.split(jax.random.key(0), n)

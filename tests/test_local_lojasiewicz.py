@@ -9,14 +9,11 @@ exact second-moment recursion of Robbins-Monro SGD (Lemma 4.2).
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import import_experiment
 
 import dynsim as ds
 from dynsim import lojasiewicz as lj
@@ -26,12 +23,7 @@ ALPHA, C_L = 2.0, 1.0  # F = |theta|^2 / 2
 
 @pytest.fixture(scope="module")
 def experiment():
-    path = os.path.join(os.path.dirname(__file__), os.pardir, "experiments")
-    sys.path.insert(0, os.path.abspath(path))
-    try:
-        yield importlib.import_module("local_lojasiewicz")
-    finally:
-        sys.path.remove(os.path.abspath(path))
+    return import_experiment("local_lojasiewicz")
 
 
 def test_step_sizes_and_rates_match_the_worked_values():
@@ -189,12 +181,7 @@ def test_appendix_a_network_constants_and_start(x64):
     # Thm A.1 on the seed digest's example: K = (alpha~^2/2)(A - R/2)^2 (R/2)^2 (c d_1 c d_2)^2 = 0.10125,
     # phi(x, theta_0) = 0 (W_1 = 0, sigma(0) = 0, zero biases), so F(theta_0) = mean(y^2), and theta_0 lies on
     # the boundary of Theta (margin exactly 0); the activation's slope stays in (0.1, 1).
-    path = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, "experiments"))
-    sys.path.insert(0, path)
-    try:
-        net = importlib.import_module("lojasiewicz_network")
-    finally:
-        sys.path.remove(path)
+    net = import_experiment("lojasiewicz_network")
     assert net.K == pytest.approx(0.10125, rel=1e-12)
     problem, theta0, data = net.network_problem(3)
     params = problem.init(jax.random.key(0), {})
