@@ -155,26 +155,16 @@ def lemma_5_7_2(args) -> xr.Dataset:
 # --------------------------------------------------------------------------- (d) Thm 5.5.1
 
 
-def theorem_parameters(G, eps, delta, depth):
-    """Thm 5.5.1: beta = 1 - eps^2/(64 G^2), p = 64 G^2 ln(16 G/eps)/(delta eps^2), q = 4 G p, K = p delta,
-    T = 2^16 G^3 Delta ln(16 G/eps)/(eps^4 delta) max(1, G delta/(8 Delta))."""
-    log = np.log(16 * G / eps)
-    p = 64 * G**2 * log / (delta * eps**2)
-    T = 2**16 * G**3 * depth * log / (eps**4 * delta) * max(1.0, G * delta / (8 * depth))
-    return {"beta": 1 - eps**2 / (64 * G**2), "p": p, "q": 4 * G * p, "K": p * delta, "T": T}
-
-
 def theorem_5_5_1(args) -> xr.Dataset:
     rows = []
     n_batches = 64
     sigmas = np.array(args.sigmas, dtype=float)
     for sigma in sigmas:
-        G = float(np.sqrt(1 + sigma**2))
-        par = theorem_parameters(G, THM_EPS, THM_DELTA, abs(THM_X1))
-        T = int(np.ceil(par["T"]))
+        par = ds.dynamics.stochastic_ingd_parameters(1.0, float(sigma), THM_EPS, THM_DELTA, abs(THM_X1))
+        T = int(np.ceil(par.n_steps))
         noise = [ds.dynamics.gaussian_noise(float(sigma))] if sigma > 0 else []
         dyn = ds.dynamics.stochastic_ingd(
-            ds.problems.l1_norm(1, theta0=THM_X1), None, p=par["p"], q=par["q"], beta=par["beta"], noise=noise
+            ds.problems.l1_norm(1, theta0=THM_X1), None, p=par.p, q=par.q, beta=par.beta, noise=noise
         )
         res = ds.simulate(
             dyn,
@@ -198,8 +188,11 @@ def theorem_5_5_1(args) -> xr.Dataset:
         rows.append(
             {
                 "sigma": sigma,
-                "G": G,
-                **par,
+                "G": float(np.hypot(1.0, sigma)),
+                "beta": par.beta,
+                "p": par.p,
+                "q": par.q,
+                "K": par.lag,
                 "T": T,
                 "mean_m": float(res.m.values.mean()),
                 "mean_m_se": float(res.m.values.std(ddof=1) / np.sqrt(args.thm_n)),

@@ -512,3 +512,19 @@ def test_bad_grid_values_raise_before_compiling():
         ds.problems.zigzag([0.0, 0.0, 1.0])
     with pytest.raises(ValueError, match=r"theta must be in \(0, 1/2\), got 0.5"):
         ds.problems.zigzag([0.0, 1.0], theta=0.5)
+
+
+def test_stochastic_ingd_parameters_follow_thm_5_5_1():
+    # G = sqrt(L^2 + sigma^2) = 5 for (L, sigma) = (3, 4); eps = 1, delta = 0.5, Delta = 2:
+    # ln(16 G / eps) = ln 80, p = 64 * 25 * ln 80 / 0.5, q = 4 G p, K = p delta,
+    # T = 2^16 * 125 * 2 * ln 80 / 0.5 * max(1, 5 * 0.5 / 16) (the max is 1 here).
+    par = ds.dynamics.stochastic_ingd_parameters(3.0, 4.0, 1.0, 0.5, 2.0)
+    log = np.log(80.0)
+    assert par.beta == pytest.approx(1 - 1 / (64 * 25), rel=1e-14)
+    assert par.p == pytest.approx(3200 * log, rel=1e-14)
+    assert par.q == pytest.approx(20 * par.p, rel=1e-14) and par.lag == pytest.approx(0.5 * par.p, rel=1e-14)
+    assert par.n_steps == pytest.approx(2**16 * 125 * 2 * log / 0.5, rel=1e-14)
+    big = ds.dynamics.stochastic_ingd_parameters(3.0, 4.0, 1.0, 0.5, 0.01)  # G delta / (8 Delta) = 31.25 > 1
+    assert big.n_steps == pytest.approx(2**16 * 125 * 0.01 * log / 0.5 * 31.25, rel=1e-14)
+    with pytest.raises(ValueError, match="sigma"):
+        ds.dynamics.stochastic_ingd_parameters(1.0, -1.0, 1.0, 1.0, 1.0)

@@ -8,12 +8,14 @@ A dynamics knows nothing of grids or devices: it describes one trajectory, and
 from .base import REQUIRED, Bound, Dynamics, TrainState, bind, resolve_hyperparams
 from .ingd import (
     INGDState,
+    StochasticINGDParameters,
     StochasticINGDState,
     ingd,
     ingd_inner_steps,
     ingd_oracle_bound,
     lagged_output_index,
     stochastic_ingd,
+    stochastic_ingd_parameters,
 )
 from .noise import (
     Noise,
@@ -44,6 +46,8 @@ __all__ = [
     "stochastic_ingd",
     "INGDState",
     "StochasticINGDState",
+    "StochasticINGDParameters",
+    "stochastic_ingd_parameters",
     "ingd_inner_steps",
     "ingd_oracle_bound",
     "lagged_output_index",

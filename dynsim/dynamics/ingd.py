@@ -38,6 +38,8 @@ __all__ = [
     "ingd_oracle_bound",
     "StochasticINGDState",
     "stochastic_ingd",
+    "StochasticINGDParameters",
+    "stochastic_ingd_parameters",
     "lagged_output_index",
 ]
 
@@ -348,6 +350,40 @@ def stochastic_ingd(
         name=f"stochastic_ingd({problem.name}, batch_size={batch_size})",
     )
     return _with_checks(dyn, ["p", "q", "beta"])
+
+
+class StochasticINGDParameters(NamedTuple):
+    """Thm 5.5.1's settings of Stochastic INGD: ``beta``, ``p``, ``q``, the output lag ``K``, the run length ``T``."""
+
+    beta: float
+    p: float
+    q: float
+    lag: float
+    n_steps: float
+
+
+def stochastic_ingd_parameters(lip: float, sigma: float, eps: float, delta: float, depth: float):
+    """The parameters with which Thm 5.5.1 (seed 002) guarantees ``(1/T) sum_t E|m_t| <= eps/4``.
+
+    With ``G = sqrt(L^2 + sigma^2)`` (``lip = L``, ``sigma`` the gradient noise's standard deviation)
+    and ``depth = Delta >= f(x_1) - inf f``: ``beta = 1 - eps^2/(64 G^2)``,
+    ``p = 64 G^2 ln(16 G/eps)/(delta eps^2)``, ``q = 4 G p``, ``K = p delta`` and
+    ``T = 2^16 G^3 Delta ln(16 G/eps)/(eps^4 delta) max(1, G delta/(8 Delta))``.
+    """
+    lip, eps, delta, depth = (
+        check_real(n, v) for n, v in (("lip", lip), ("eps", eps), ("delta", delta), ("depth", depth))
+    )
+    sigma = check_real("sigma", sigma)
+    for name, value in (("lip", lip), ("eps", eps), ("delta", delta), ("depth", depth)):
+        if value <= 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+    if sigma < 0:
+        raise ValueError(f"sigma must be >= 0, got {sigma}")
+    G = float(np.hypot(lip, sigma))
+    log = np.log(16 * G / eps)
+    p = 64 * G**2 * log / (delta * eps**2)
+    n_steps = 2**16 * G**3 * depth * log / (eps**4 * delta) * max(1.0, G * delta / (8 * depth))
+    return StochasticINGDParameters(1 - eps**2 / (64 * G**2), p, 4 * G * p, p * delta, n_steps)
 
 
 def lagged_output_index(n_steps: int, lag: int, *, size=None, seed=None) -> np.ndarray:
