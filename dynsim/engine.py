@@ -41,7 +41,7 @@ from dynsim._validate import (
 )
 from dynsim.checkpoint import Checkpoint
 from dynsim.dynamics.base import Dynamics, resolve_hyperparams
-from dynsim.observables import Context, Observable, View, diverged, final_state, from_name
+from dynsim.observables import Context, Observable, View, diverged, final_state, from_name, record_times
 
 __all__ = ["simulate", "default_memory_budget"]
 
@@ -519,15 +519,6 @@ def _device_list(devices) -> list | None:
 # --------------------------------------------------------------------------- simulate
 
 
-def _record_times(n_steps: int, record_every: int | None) -> np.ndarray:
-    if record_every is None:
-        return np.array([0, n_steps])
-    times = np.arange(0, n_steps + 1, record_every)
-    if times[-1] != n_steps:
-        times = np.append(times, n_steps)
-    return times
-
-
 def _jsonable(value: Any) -> Any:
     if isinstance(value, (np.integer,)):
         return int(value)
@@ -636,7 +627,7 @@ def simulate(
     bounds = [o.bound for o in obs.values() if o.bound is not None]
     bound = min(bounds) if bounds else None
 
-    times = _record_times(n_steps, record_every)
+    times = record_times(n_steps, record_every)
     n_slots = len(times)
     n_cells = math.prod(g.shape)
     mesh = np.meshgrid(*g.values, indexing="ij") if g.axes else []

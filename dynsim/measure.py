@@ -33,6 +33,7 @@ import xarray as xr
 from scipy import stats
 
 from dynsim import prng
+from dynsim._tree import tree_vdot
 from dynsim._validate import check_int, check_positive
 
 __all__ = [
@@ -523,13 +524,13 @@ def gradient_curvature_balance(
         g = gf if g is None else g
 
         def curvature_along(x):  # g^T H(x) g
-            return _tree_vdot(g, jax.jvp(grad, (x,), (g,))[1])
+            return tree_vdot(g, jax.jvp(grad, (x,), (g,))[1])
 
         def at(s):
             return curvature_along(jax.tree_util.tree_map(lambda p, v: p - s * lr * v, theta, g))
 
         integral = jnp.vdot(weights * (1 - nodes), jax.lax.map(at, nodes))
-        return jnp.stack([_tree_vdot(gf, g), lr * integral, lr / 2 * curvature_along(theta)])
+        return jnp.stack([tree_vdot(gf, g), lr * integral, lr / 2 * curvature_along(theta)])
 
     if grads is None:
         per = jax.jit(jax.vmap(lambda t: one(t, None)))(samples)
@@ -550,7 +551,3 @@ def gradient_curvature_balance(
         printed_stderr=float(2 * err[2]),
         ratio=float(mean[0] / mean[1]) if mean[1] != 0 else float("nan"),
     )
-
-
-def _tree_vdot(a, b) -> jax.Array:
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))

@@ -415,11 +415,17 @@ def time_average(
     )
 
 
+def record_times(n_steps: int, record_every: int | None) -> np.ndarray:
+    """The steps at which records are stored: ``0, k, 2k, ..., n_steps`` (``k = record_every``), or
+    ``0, n_steps`` without ``record_every``."""
+    if record_every is None:
+        return np.array([0, n_steps])
+    times = np.arange(0, n_steps + 1, record_every)
+    return times if times[-1] == n_steps else np.append(times, n_steps)
+
+
 def _average_times(ctx: Context) -> np.ndarray:
-    if ctx.record_every is None:
-        return np.array([ctx.n_steps])
-    times = np.arange(ctx.record_every, ctx.n_steps + 1, ctx.record_every)
-    return times if times.size and times[-1] == ctx.n_steps else np.append(times, ctx.n_steps)
+    return record_times(ctx.n_steps, ctx.record_every)[1:]  # an average needs at least one step
 
 
 def iterate_average(fn: Callable[[Any], Any] | None = None, *, power: float = 1.0) -> Observable:

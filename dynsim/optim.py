@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dynsim._tree import tree_norm
+
 __all__ = [
     "clipped_sgd",
     "normalized_sgd",
@@ -70,7 +72,7 @@ def clip_by_global_norm(threshold) -> optax.GradientTransformation:
         return optax.clip_by_global_norm(threshold)
 
     def factor(updates, tau):
-        norm = jnp.sqrt(sum(jnp.sum(jnp.square(u)) for u in jax.tree_util.tree_leaves(updates)))
+        norm = tree_norm(updates)
         scale = jnp.where(norm <= tau, 1.0, tau / jnp.where(norm > 0, norm, 1.0))
         return jax.tree_util.tree_map(lambda u: (scale * u).astype(u.dtype), updates)
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from dynsim._tree import tree_norm
 from dynsim._validate import check_int, check_real
 from dynsim.problems.base import Problem, objective
 
@@ -29,6 +30,7 @@ from .training import (
     _init_params_and_data,
     batch_size_axis,
     problem_dynamics,
+    trajectory_data,
 )
 
 __all__ = [
@@ -84,15 +86,6 @@ def _with_checks(dyn: Dynamics, names: Sequence[str]) -> Dynamics:
             _check_value(name, hp[name])
 
     return dyn._replace(check=check)
-
-
-def _state_data(problem: Problem, data, hp):
-    """The training data of a trajectory at ``init`` (before its state exists)."""
-    return _data_of(problem)(_DataOnly(data), hp)
-
-
-class _DataOnly(NamedTuple):
-    data: Any
 
 
 # --------------------------------------------------------------------------- INGD (Algorithm 2)
@@ -197,7 +190,7 @@ def ingd(
 
     def init(key, hp) -> INGDState:
         params, own_data = _init_params_and_data(problem, key, hp)
-        data = _state_data(problem, own_data, hp)
+        data = trajectory_data(problem, own_data, hp)
         fx, m = value_and_flat_grad(params, data, hp)
         eps_ = jnp.asarray(hp["eps"], m.dtype)
         zero = jnp.int32(0)
@@ -268,10 +261,6 @@ class StochasticINGDState(NamedTuple):
     data: Any = ()
 
 
-def _tree_norm(tree):
-    return jnp.sqrt(sum(jnp.sum(leaf**2) for leaf in jax.tree_util.tree_leaves(tree)))
-
-
 def stochastic_ingd(
     problem: Problem,
     batch_size: int | None = 1,
@@ -321,7 +310,7 @@ def stochastic_ingd(
 
     def init(key, hp) -> StochasticINGDState:
         params, own_data = _init_params_and_data(problem, key, hp)
-        data = _state_data(problem, own_data, hp)
+        data = trajectory_data(problem, own_data, hp)
         _, m = oracle(jax.random.fold_in(key, 1), params, data, hp)  # m_1 = g(x_1)
         return StochasticINGDState(params=params, m=m, data=own_data)
 
@@ -330,7 +319,7 @@ def stochastic_ingd(
         leaves = jax.tree_util.tree_leaves(state.params)
         dtype = jnp.result_type(*leaves)
         p_, q_, beta_ = (jnp.asarray(hp[n], dtype) for n in ("p", "q", "beta"))
-        denom = p_ * _tree_norm(state.m) + q_
+        denom = p_ * tree_norm(state.m) + q_
         eta = 1 / jnp.where(denom > 0, denom, 1)  # m = 0 and q = 0: no move
         u = jax.random.uniform(k_u, (), dtype)
         x_next = jax.tree_util.tree_map(lambda x, m: x - eta * m, state.params, state.m)

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dynsim._tree import tree_norm
 from dynsim._validate import check_int, check_nonnegative, check_positive
 
 __all__ = [
@@ -204,7 +205,7 @@ def multiplicative_noise(
             jax.random.normal(k, jnp.shape(x), jnp.result_type(x))
             for k, x in zip(jax.random.split(k_dir, len(leaves)), leaves)
         ]
-        norm = jnp.sqrt(sum(jnp.sum(z**2) for z in draws))
+        norm = tree_norm(draws)
         scale = jnp.sqrt(variance) / jnp.where(norm > 0, norm, 1.0)
         if law == "sparse":
             scale = jnp.where(jax.random.uniform(k_kick) < p, scale / np.sqrt(p), 0.0)

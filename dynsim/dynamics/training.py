@@ -68,12 +68,18 @@ def _hyperparams(problem: Problem, noise: tuple[Noise, ...], own: Mapping[str, A
     return hyper
 
 
-def _data_of(problem: Problem):
+def trajectory_data(problem: Problem, own_data, hp):
+    """The training data of one trajectory: its own dataset (``per_replica_data``), the run's shared
+    dataset (``hp["data"]``), or ``None`` (a stream or a data-free problem)."""
     if problem.kind == "finite" and problem.per_replica_data:
-        return lambda state, hp: state.data
+        return own_data
     if problem.kind == "finite":
-        return lambda state, hp: hp["data"]
-    return lambda state, hp: None
+        return hp["data"]
+    return None
+
+
+def _data_of(problem: Problem):
+    return lambda state, hp: trajectory_data(problem, state.data, hp)
 
 
 def _shared_data(problem: Problem):
