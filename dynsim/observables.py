@@ -259,9 +259,18 @@ def gradient_noise(problem: Problem | None = None, *, m: int | None = None, **ov
         p = _problem_of(problem, v)
         return noise(lambda q, s: p.loss(q, s, hp), v.params, _subset(v.data, m)).sigma
 
-    return Observable(
-        "gradient_noise", record=record, check=_check_objective(problem, "gradient_noise"), config={"m": m, **overrides}
-    )
+    check_objective = _check_objective(problem, "gradient_noise")
+
+    def check(dynamics, ctx: Context):
+        check_objective(dynamics, ctx)
+        p = problem if problem is not None else dynamics.problem
+        if p.batch_coupled:
+            raise ValueError(
+                f"gradient_noise: problem {p.name!r} couples the examples of a batch (batch_coupled=True, "
+                "e.g. batch normalization), so per-example gradients are undefined"
+            )
+
+    return Observable("gradient_noise", record=record, check=check, config={"m": m, **overrides})
 
 
 def _learning_rate(hp, what: str):

@@ -10,6 +10,8 @@ obs = ds.observables
 PROBLEM = ds.problems.linear_regression_1d(n_data=10)
 SGD = ds.dynamics.sgd(PROBLEM)
 NO_REPLACE = ds.dynamics.sgd(PROBLEM, batch_size=2, replace=False)
+_rng = np.random.default_rng(0)
+BATCH_NORM = ds.problems.mlp_classifier(_rng.normal(size=(20, 3)), _rng.integers(0, 2, 20), (4,), batch_norm="last")
 
 
 @pytest.fixture(autouse=True)
@@ -66,6 +68,24 @@ CASES = [
         lambda: run(ds.dynamics.sgd(PROBLEM, batch_size=12, replace=False)),
         ValueError,
         r"batch_size=12 exceeds n_data=10",
+    ),
+    (
+        "batch norm, batch of one",
+        lambda: run(ds.dynamics.sgd(BATCH_NORM, batch_size=1)),
+        ValueError,
+        r"couples the examples of a batch.*2 or more samples, got batch_size=1",
+    ),
+    (
+        "batch norm, per-example noise",
+        lambda: run(ds.dynamics.sgd(BATCH_NORM, batch_size=4), observables={"s": obs.gradient_noise()}),
+        ValueError,
+        r"gradient_noise.*couples the examples.*per-example gradients are undefined",
+    ),
+    (
+        "batch norm choice",
+        lambda: ds.problems.mlp_classifier(np.ones((4, 2)), np.zeros(4, int), batch_norm="first"),
+        ValueError,
+        r"batch_norm must be one of \(None, 'last', 'all'\), got 'first'",
     ),
     # run lengths
     ("n_steps 0", lambda: run(n_steps=0), ValueError, r"n_steps must be >= 1, got 0"),

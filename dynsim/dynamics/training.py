@@ -144,6 +144,11 @@ def _check_batch(problem: Problem, replace: bool):
         if "batch_size" not in hp:
             return
         s = check_int("batch_size", hp["batch_size"], minimum=1)
+        if problem.batch_coupled and s < 2:
+            raise ValueError(
+                f"problem {problem.name!r} couples the examples of a batch (batch_coupled=True, e.g. batch "
+                f"normalization): a minibatch needs 2 or more samples, got batch_size={s}"
+            )
         n = hp.get("n_data")
         if not replace and n is not None and s > n:
             raise ValueError(

@@ -5,6 +5,7 @@ Every problem states its loss convention (factor 1/2 or not) in its docstring.
 
 from .base import Problem, batch_loss, draw_dataset, objective
 from .classification import (
+    batch_norm,
     cnn1d_classifier,
     corrupt_labels,
     cross_entropy,
@@ -53,6 +54,7 @@ __all__ = [
     "corrupt_labels",
     "mlp_classifier",
     "mlp_forward",
+    "batch_norm",
     "cross_entropy",
     "cnn1d_classifier",
     "zipf_markov_tokens",

@@ -1,4 +1,4 @@
-"""The :class:`Problem` type: a per-sample loss, where its data come from, and an init."""
+"""The :class:`Problem` type: a per-sample (or per-minibatch) loss, where its data come from, and an init."""
 
 from __future__ import annotations
 
@@ -46,6 +46,13 @@ class Problem(NamedTuple):
     dataset:
         A fixed dataset (a pytree of arrays with the example axis first), used instead of
         drawing one from ``sample``: real data such as scikit-learn's digits.
+    batch_coupled:
+        ``True`` when the loss of a minibatch is not the mean of per-sample losses, as with
+        batch normalization in training mode, whose statistics couple the examples of a
+        batch. ``loss(params, batch, hp)`` then receives the whole minibatch (example axis
+        first) and returns its loss ``L_B``; the training objective is ``L`` on the whole
+        dataset (full-batch statistics). Per-example quantities (per-example gradients,
+        their noise) are undefined and refused, and a minibatch must hold 2 or more samples.
     """
 
     loss: Callable[..., jax.Array]
@@ -57,6 +64,7 @@ class Problem(NamedTuple):
     hyperparams: Mapping[str, Any] = _EMPTY
     name: str = "problem"
     dataset: Any = None
+    batch_coupled: bool = False
 
     @property
     def kind(self) -> str:
@@ -81,9 +89,10 @@ def draw_dataset(problem: Problem, key: jax.Array, n: int) -> Any:
 
 
 def batch_loss(problem: Problem, params: Any, batch: Any, hp: Mapping[str, Any]) -> jax.Array:
-    """Mean per-sample loss over a batch (leading axis); the loss itself if data-free."""
-    if batch is None:
-        return problem.loss(params, None, hp)
+    """Mean per-sample loss over a batch (leading axis); the loss itself if data-free or
+    :attr:`Problem.batch_coupled`."""
+    if batch is None or problem.batch_coupled:
+        return problem.loss(params, batch, hp)
     losses = jax.vmap(problem.loss, in_axes=(None, 0, None))(params, batch, hp)
     return jnp.mean(losses)
 

@@ -19,6 +19,7 @@ __all__ = [
     "corrupt_labels",
     "mlp_classifier",
     "mlp_forward",
+    "batch_norm",
     "cnn1d_classifier",
     "cross_entropy",
 ]
@@ -93,6 +94,8 @@ def mlp_classifier(
     weight_decay: float = 0.0,
     loss: str = "cross_entropy",
     init: str = "he_normal",
+    batch_norm: str | None = None,
+    batch_norm_eps: float = 1e-5,
 ) -> Problem:
     """An MLP classifier on the fixed dataset ``(x, y)`` with coupled weight decay.
 
@@ -107,7 +110,16 @@ def mlp_classifier(
     ``W ~ N(0, 2/fan_in)``, zero biases; ``init="uniform"``: ``W, b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))``,
     PyTorch's default for a linear layer.
 
-    Parameters are ``{"W0", "b0", "W1", ...}``; hyperparameter ``weight_decay`` (traced).
+    ``batch_norm="last"`` (seed 000, Thm. 4.4) or ``"all"`` puts batch normalization in training
+    mode after the last (or every) linear layer: ``x_l = a_l * xhat + b_l``, ``xhat`` the layer's
+    pre-activations centred and scaled by the minibatch's mean and variance (see :func:`batch_norm`),
+    with parameters ``a{l}`` (init 1) and ``b{l}`` (init 0; the layer's own bias is dropped, the
+    centring removes it). The loss of a minibatch then couples its examples: the problem is
+    :attr:`~dynsim.problems.Problem.batch_coupled`, its loss takes a batch, and its training objective
+    uses the statistics of the whole training set.
+
+    Parameters are ``{"W0", "b0", "W1", ...}`` (plus ``a{l}`` for a normalized layer ``l``);
+    hyperparameter ``weight_decay`` (traced).
     """
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y, dtype=np.int32)
@@ -120,9 +132,15 @@ def mlp_classifier(
     n_classes = int(y.max()) + 1 if n_classes is None else check_int("n_classes", n_classes, minimum=2)
     sizes = [x.shape[1], *[check_int("width", w, minimum=1) for w in widths], n_classes]
     use_bias = bias and not scale_invariant
+    check_choice("batch_norm", batch_norm, (None, "last", "all"))
+    check_nonnegative("batch_norm_eps", batch_norm_eps)
+    n_layers = len(sizes) - 1
+    normalized = {"last": {n_layers - 1}, "all": set(range(n_layers)), None: set()}[batch_norm]
 
     def forward(params, xi):
-        return mlp_forward(params, xi, activation=activation, scale_invariant=scale_invariant)
+        return mlp_forward(
+            params, xi, activation=activation, scale_invariant=scale_invariant, batch_norm_eps=batch_norm_eps
+        )
 
     def data_loss(logits, label):
         if loss_name == "mse":
@@ -131,24 +149,28 @@ def mlp_classifier(
 
     def sample_loss(params, s, hp):
         decay = 0.5 * hp["weight_decay"] * sum(jnp.sum(p**2) for p in jax.tree_util.tree_leaves(params))
+        if normalized:  # s is a minibatch: L_B = (1/m) sum_i l(x_L^i, y^i), x_L^i depends on the whole batch
+            return jnp.mean(jax.vmap(data_loss)(forward(params, s["x"]), s["y"])) + decay
         return data_loss(forward(params, s["x"]), s["y"]) + decay
 
     def init_params(key, hp):
         dtype = jnp.result_type(float)
         params = {}
-        n_layers = len(sizes) - 1
         keys = jax.random.split(key, n_layers if init_name == "he_normal" else 2 * n_layers)
         for layer, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             if init_name == "uniform":
                 bound = 1.0 / np.sqrt(fan_in)
                 kw, kb = keys[2 * layer], keys[2 * layer + 1]
                 params[f"W{layer}"] = jax.random.uniform(kw, (fan_in, fan_out), dtype, -bound, bound)
-                if use_bias:
+                if use_bias and layer not in normalized:
                     params[f"b{layer}"] = jax.random.uniform(kb, (fan_out,), dtype, -bound, bound)
             else:
                 params[f"W{layer}"] = jax.random.normal(keys[layer], (fan_in, fan_out), dtype) * jnp.sqrt(2.0 / fan_in)
-                if use_bias:
+                if use_bias and layer not in normalized:
                     params[f"b{layer}"] = jnp.zeros((fan_out,), dtype)
+            if layer in normalized:
+                params[f"a{layer}"] = jnp.ones((fan_out,), dtype)
+                params[f"b{layer}"] = jnp.zeros((fan_out,), dtype)
         return params
 
     return Problem(
@@ -156,13 +178,37 @@ def mlp_classifier(
         init=init_params,
         n_data=x.shape[0],
         hyperparams={"weight_decay": weight_decay},
-        name=f"mlp_classifier({'-'.join(map(str, sizes))}{', scale-invariant' if scale_invariant else ''})",
+        name=(
+            f"mlp_classifier({'-'.join(map(str, sizes))}{', scale-invariant' if scale_invariant else ''}"
+            f"{f', batch norm {batch_norm}' if batch_norm else ''})"
+        ),
         dataset={"x": x, "y": y},
+        batch_coupled=bool(normalized),
     )
 
 
-def mlp_forward(params, x, *, activation: str = "relu", scale_invariant: bool = False) -> jax.Array:
-    """Logits of the MLP of :func:`mlp_classifier` (layers ``W0, b0, W1, ...``) for one input or a batch."""
+def batch_norm(h: jax.Array, scale: jax.Array, shift: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """Batch normalization in training mode (seed 000, Sec. 4, before Thm. 4.4): ``scale * xhat + shift`` with
+
+    ``xhat_i = (h_i - mu_B) / sqrt(sigma_B^2 + eps)``, ``mu_B = (1/m) sum_i h_i``,
+    ``sigma_B^2 = (1/m) sum_i (h_i - mu_B)^2``, coordinate-wise over the batch axis 0 of ``h (m, n)``.
+    Each ``|xhat_ik| <= sqrt(m - 1)``, with equality (at ``eps = 0``) when one example is the batch's
+    only outlier in coordinate ``k``; the seed's proof of Thm. 4.4 uses the weaker ``sqrt(m)``.
+    """
+    if h.ndim < 2:
+        raise ValueError(f"batch normalization needs a batch (m, n) of pre-activations, got shape {h.shape}")
+    mean = jnp.mean(h, axis=0)
+    variance = jnp.mean((h - mean) ** 2, axis=0)
+    return scale * (h - mean) / jnp.sqrt(variance + eps) + shift
+
+
+def mlp_forward(
+    params, x, *, activation: str = "relu", scale_invariant: bool = False, batch_norm_eps: float = 1e-5
+) -> jax.Array:
+    """Logits of the MLP of :func:`mlp_classifier` (layers ``W0, b0, W1, ...``) for one input or a batch.
+
+    A layer with a batch-norm scale ``a{l}`` normalizes with the statistics of the batch ``x``
+    (training mode; :func:`batch_norm`), so its logits need a batch of 2 or more inputs."""
     act = {"relu": jax.nn.relu, "tanh": jnp.tanh, "linear": lambda z: z}[activation]
     n_layers = sum(1 for k in params if k.startswith("W"))
     h = x
@@ -172,7 +218,9 @@ def mlp_forward(params, x, *, activation: str = "relu", scale_invariant: bool = 
             gain = jnp.sqrt((2.0 if layer < n_layers - 1 else 1.0) * W.shape[1])
             W = W * gain / jnp.linalg.norm(W)
         h = h @ W
-        if f"b{layer}" in params:
+        if f"a{layer}" in params:
+            h = batch_norm(h, params[f"a{layer}"], params[f"b{layer}"], batch_norm_eps)
+        elif f"b{layer}" in params:
             h = h + params[f"b{layer}"]
         if layer < n_layers - 1:
             h = act(h)
