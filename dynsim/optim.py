@@ -38,6 +38,8 @@ __all__ = [
     "clip_by_coordinate",
     "project",
     "strongly_convex_clip_schedules",
+    "NonconvexClipParameters",
+    "nonconvex_clip_parameters",
     "ScaleByACClipState",
     "scale_by_acclip",
     "acclip",
@@ -135,6 +137,43 @@ def strongly_convex_clip_schedules(scale, bound, alpha):
         return bound * (n + 1.0) ** (1.0 / alpha)
 
     return learning_rate, threshold
+
+
+class NonconvexClipParameters(NamedTuple):
+    """Thm 4.4.1's constant step ``lr`` and threshold ``threshold`` for a horizon of ``K`` steps, and its
+    bound ``bound = 20 F0 / (lr K)`` on ``(1/K) sum_k E min(|grad f(x_k)|, |grad f(x_k)|^2)``."""
+
+    lr: float
+    threshold: float
+    bound: float
+
+
+def nonconvex_clip_parameters(smoothness, sigma, alpha, f0, horizon) -> NonconvexClipParameters:
+    """GClip's parameters for an ``L``-smooth nonconvex ``f`` with ``E|g - grad f|^alpha <= sigma^alpha`` (Thm 4.4.1).
+
+    ``lr = min{1/(4L), 1/(L (12 sigma)^(alpha/(alpha-1))),
+    (F0/(sigma^2 K))^(alpha/(3 alpha-2)) / L^((2 alpha-2)/(3 alpha-2))}``,
+    ``threshold = sigma (lr L)^(-1/alpha)``, ``F0 = f(x_0) - inf f``, ``K = horizon``. The bound is
+    ``20 F0 / (lr K)``, the maximum of the theorem's three terms; the third, garbled in the thesis
+    (it prints ``L^((2 alpha-2)/(3 alpha-2)) (F0/(K sigma^2))^(2(alpha-1)/(3 alpha-2))``, which falls
+    as the noise grows), is ``20 L^((2 alpha-2)/(3 alpha-2)) F0^((2 alpha-2)/(3 alpha-2))
+    sigma^(2 alpha/(3 alpha-2)) K^(-(2 alpha-2)/(3 alpha-2))``.
+    """
+    L, sigma, f0 = float(smoothness), float(sigma), float(f0)
+    alpha, horizon = float(alpha), int(horizon)
+    if not (L > 0 and sigma > 0 and f0 > 0 and horizon >= 1):
+        raise ValueError(
+            f"smoothness, sigma and f0 must be > 0 and horizon >= 1, got {smoothness}, {sigma}, {f0}, {horizon}"
+        )
+    if not 1 < alpha <= 2:
+        raise ValueError(f"alpha must be in (1, 2], got {alpha}")
+    rate = alpha / (3 * alpha - 2)
+    lr = min(
+        1 / (4 * L),
+        1 / (L * (12 * sigma) ** (alpha / (alpha - 1))),
+        (f0 / (sigma**2 * horizon)) ** rate / L ** ((2 * alpha - 2) / (3 * alpha - 2)),
+    )
+    return NonconvexClipParameters(lr, sigma * (lr * L) ** (-1 / alpha), 20 * f0 / (lr * horizon))
 
 
 def clipped_sgd(learning_rate, threshold) -> optax.GradientTransformation:

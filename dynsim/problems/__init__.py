@@ -4,6 +4,7 @@ Every problem states its loss convention (factor 1/2 or not) in its docstring.
 """
 
 from .base import Problem, batch_loss, draw_dataset, objective
+from .chain import ZeroChainConstants, progress_index, zero_chain, zero_chain_constants, zero_chain_function
 from .classification import (
     batch_norm,
     cnn1d_classifier,
@@ -33,6 +34,11 @@ from .sequences import gaussian_inputs, sequence_classifier, zipf_markov_tokens
 __all__ = [
     "Problem",
     "batch_loss",
+    "zero_chain",
+    "zero_chain_function",
+    "zero_chain_constants",
+    "ZeroChainConstants",
+    "progress_index",
     "draw_dataset",
     "objective",
     "linear_regression_1d",
