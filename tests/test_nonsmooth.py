@@ -512,6 +512,12 @@ def test_bad_grid_values_raise_before_compiling():
         ds.problems.zigzag([0.0, 0.0, 1.0])
     with pytest.raises(ValueError, match=r"theta must be in \(0, 1/2\), got 0.5"):
         ds.problems.zigzag([0.0, 1.0], theta=0.5)
+    with pytest.raises(ValueError, match="kinks must be distinct finite numbers"):
+        ds.problems.alternating_slopes([1.0, 1.0])
+    with pytest.raises(ValueError, match="variant must be one of"):
+        ds.problems.resisting_pair([0.0], 0.1, variant="paper")
+    with pytest.raises(ValueError, match="delta must be > 0"):
+        ds.problems.resisting_pair([0.0], 0.0)
 
 
 def test_stochastic_ingd_parameters_follow_thm_5_5_1():
@@ -528,3 +534,81 @@ def test_stochastic_ingd_parameters_follow_thm_5_5_1():
     assert big.n_steps == pytest.approx(2**16 * 125 * 0.01 * log / 0.5 * 31.25, rel=1e-14)
     with pytest.raises(ValueError, match="sigma"):
         ds.dynamics.stochastic_ingd_parameters(1.0, -1.0, 1.0, 1.0, 1.0)
+
+
+# --------------------------------------------------------------------------- Thm 5.5.2: the resisting pair
+
+
+def _query_sets(rng, delta):
+    """Clustered, spread and mixed queries (gaps from 0.1 delta to 200 delta)."""
+    yield np.array([0.0])
+    yield np.cumsum(rng.uniform(0.1, 3.0, 12)) * delta
+    yield np.cumsum(rng.uniform(5.0, 200.0, 8)) * delta
+    for _ in range(20):
+        yield np.cumsum(np.exp(rng.uniform(np.log(0.1), np.log(200.0), rng.integers(2, 15)))) * delta
+
+
+def _stationary(x, kinks, delta):
+    # slopes +-1: x is (delta, eps)-stationary for eps < 1 iff a kink lies within delta
+    return np.min(np.abs(np.asarray(x)[:, None] - kinks[None]), axis=1) <= delta
+
+
+def _value_range(problem, queries, kinks):
+    f = jax.vmap(lambda x: problem.loss(x[None], None, {}))
+    at_queries = np.asarray(f(jnp.asarray(queries)))
+    bottoms = np.asarray(f(jnp.asarray(kinks)))  # the minima of a piecewise-linear f are at its kinks
+    return at_queries.max() - min(bottoms.min(), at_queries.min())
+
+
+def test_thesis_pair_shares_stationary_points_and_leaves_its_class(x64):
+    # Seed 002, proof of Thm 5.5.2 as printed: both functions answer f' = 1 at every query, yet c + 0.75 delta is
+    # (delta, eps)-stationary for both for every kink c, e.g. x_1 - 1.25 delta after one query; and with distant
+    # queries sup_k f(x_k) - inf f exceeds Delta = 8 delta K.
+    delta = 0.01
+    rng = np.random.default_rng(0)
+    for q in _query_sets(rng, delta):
+        pair = ds.problems.resisting_pair(q, delta, variant="thesis")
+        for problem in (pair.f, pair.g):
+            slopes = jax.vmap(jax.grad(lambda x: problem.loss(x[None], None, {})))(jnp.asarray(q))
+            np.testing.assert_array_equal(np.asarray(slopes), 1.0)
+        common = pair.kinks_f + 0.75 * delta
+        assert np.all(_stationary(common, pair.kinks_f, delta) & _stationary(common, pair.kinks_g, delta))
+    # checked independently with the sampled Goldstein subdifferential at the one-query output
+    pair = ds.problems.resisting_pair([0.0], delta, variant="thesis")
+    for problem in (pair.f, pair.g):
+        grad = jax.grad(lambda x: problem.loss(x, None, {}))
+        est = ds.nonsmooth.goldstein_distance(grad, jnp.array([-1.25 * delta]), delta, jax.random.key(1), 256)
+        assert float(est.distance) < 1e-9
+    far = ds.problems.resisting_pair([0.0, 100 * delta], delta, variant="thesis")
+    assert _value_range(far.f, [0.0, 100 * delta], far.kinks_f) == pytest.approx(50 * delta, rel=1e-9)
+    assert 50 * delta > 8 * delta * 2
+
+
+def test_repaired_pair_has_no_common_stationary_point(x64):
+    # plateaus of radius 3 delta, shift 2.5 delta, zig-zags of half-period in (4.5 delta, 9 delta]: both answer
+    # f' = 1 at every query, their kinks are more than 2 delta apart across the pair (no point is within delta
+    # of both), and sup_k f(x_k) - inf f <= 15 delta K, so Thm 5.5.2 holds with Delta / (15 delta)
+    delta = 0.01
+    rng = np.random.default_rng(1)
+    tightest = np.inf
+    for q in _query_sets(rng, delta):
+        pair = ds.problems.resisting_pair(q, delta)
+        for problem in (pair.f, pair.g):
+            slopes = jax.vmap(jax.grad(lambda x: problem.loss(x[None], None, {})))(jnp.asarray(q))
+            np.testing.assert_array_equal(np.asarray(slopes), 1.0)
+        separation = np.min(np.abs(pair.kinks_f[:, None] - pair.kinks_g[None]))
+        assert separation > 2 * delta
+        tightest = min(tightest, separation)
+        grid = np.linspace(q.min() - 10 * delta, q.max() + 10 * delta, 20_001)
+        assert not np.any(_stationary(grid, pair.kinks_f, delta) & _stationary(grid, pair.kinks_g, delta))
+        for problem, kinks in ((pair.f, pair.kinks_f), (pair.g, pair.kinks_g)):
+            assert _value_range(problem, q, kinks) <= 15 * delta * len(q) + 1e-12
+    # kinks of f 4.5 delta + apart minus the shift 2.5 delta: the margin over 2 delta is used, not wasted
+    assert 2 * delta < tightest < 2.25 * delta
+    # the Goldstein estimate agrees: a kink of f is stationary for f, not for g
+    pair = ds.problems.resisting_pair([0.0], delta)
+    x = jnp.array([pair.kinks_f[0]])
+    for problem, expected in ((pair.f, 0.0), (pair.g, 1.0)):
+        grad = jax.grad(lambda y: problem.loss(y, None, {}))
+        est = ds.nonsmooth.goldstein_distance(grad, x, delta, jax.random.key(2), 256)
+        assert float(est.distance) == pytest.approx(expected, abs=1e-9)

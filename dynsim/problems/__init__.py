@@ -28,12 +28,16 @@ from .deterministic import (
 )
 from .nets import ACTIVATIONS, C0, activation_fn, scalar_net, two_layer_net
 from .regression import RareJumpConstants, linear_regression_1d, rare_jump_constants, rare_jump_oracle
+from .resisting import ResistingPair, alternating_slopes, resisting_pair
 from .saddle import rank1_saddle
 from .sequences import gaussian_inputs, sequence_classifier, zipf_markov_tokens
 
 __all__ = [
     "Problem",
     "batch_loss",
+    "alternating_slopes",
+    "resisting_pair",
+    "ResistingPair",
     "zero_chain",
     "zero_chain_function",
     "zero_chain_constants",
