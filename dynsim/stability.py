@@ -6,7 +6,10 @@ Thresholds for 1-D regression with the half-squared loss, ``h = E[x^2]``, batch 
 * ``lambda_DS = 2 S E[x^2] / (E[x^4] + (S - 1) E[x^2]^2)``: mean-square stability,
   ``E(1 - lr mean_B x^2)^2 < 1``. The printed eqs. (4), (21), (22) are wrong for ``S > 1``
   (digest, Sec. 2.1); for Gaussian ``x`` this is ``(2 / sigma^2) S / (S + 2)``;
-* ``lambda_SS = 2 S / ((S + 1) h)`` (stationary linear stability, quoted from Ziyin et al. 2022).
+* ``lambda_SS = 2 S / ((S + 1) h)`` (stationary linear stability, quoted from Ziyin et al. 2022);
+* ``lambda_P``: probabilistic stability, the root of the exponent
+  ``m_S(lr) = E log|1 - lr mean_B x^2|`` (Prop. 1; for Gaussian ``x``, ``mean_B x^2 = sigma^2 R / S``
+  with ``R ~ chi^2_S``): SGD converges in probability iff ``lr < lambda_P``, far above ``lambda_DS``.
 
 Phases of SGD at the rank-1 saddle (Prop. 2): the modes ``w - u`` and ``w + u`` are
 multiplied by ``1 - lr chi_t`` and ``1 + lr chi_t``, ``chi_t`` the batch mean of ``x y``.
@@ -38,7 +41,7 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from scipy import special, stats
+from scipy import integrate, optimize, special, stats
 
 from dynsim._validate import check_choice, check_int, check_positive, grid_values
 
@@ -49,6 +52,8 @@ __all__ = [
     "lambda_ds",
     "lambda_ds_gaussian",
     "lambda_ss",
+    "regression_exponent",
+    "lambda_p_gaussian",
     "gaussian_log_abs",
     "saddle_exponents",
     "classify",
@@ -91,6 +96,49 @@ def lambda_ss(h: float, batch_size: int = 1) -> float:
     """``2 S / ((S + 1) h)``: stationary linear stability (Ziyin et al. 2022, quoted in seed 004)."""
     s = check_int("batch_size", batch_size, minimum=1)
     return 2 * s / ((s + 1) * check_positive("h", h))
+
+
+def regression_exponent(lr, batch_size: int = 1, variance: float = 1.0) -> np.ndarray:
+    """``m_S(lr) = E log|1 - lr X|``, ``X = (sigma^2 / S) R``, ``R ~ chi^2_S``: the Lyapunov exponent of SGD on
+    1-D Gaussian regression (``x ~ N(0, sigma^2)``, interpolating, half-squared loss, batch ``S``; seed 004,
+    Prop. 1 and eq. 7). By quadrature over ``sqrt(R)`` (chi law), split at the singularity
+    ``R = S / (lr sigma^2)``; ``lr`` may be an array."""
+    s = check_int("batch_size", batch_size, minimum=1)
+    v = check_positive("variance", variance)
+    lrs = np.asarray(lr, dtype=float)
+    if np.any(~np.isfinite(lrs)) or np.any(lrs <= 0):
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    law = stats.chi(s)  # the law of u = sqrt(R): a smooth density, also at u = 0 when S = 1
+
+    def one(rate: float) -> float:
+        # log|1 - c u^2| = log sqrt(c) + log|u - u0| + log(1 + sqrt(c) u), c = rate v / S, u0 = 1/sqrt(c):
+        # the logarithmic singularity at u0 goes to QUADPACK's algebraic-logarithmic weights
+        c = rate * v / s
+        u0 = 1 / np.sqrt(c)
+        far = u0 + np.sqrt(s) + 10
+        below = integrate.quad(law.pdf, 0.0, u0, weight="alg-logb", wvar=(0, 0))[0]
+        above = integrate.quad(law.pdf, u0, far, weight="alg-loga", wvar=(0, 0))[0]
+        tail = integrate.quad(lambda u: np.log(u - u0) * law.pdf(u), far, np.inf)[0]
+        smooth = integrate.quad(lambda u: np.log1p(np.sqrt(c) * u) * law.pdf(u), 0.0, np.inf, limit=200)[0]
+        return 0.5 * np.log(c) + below + above + tail + smooth
+
+    return np.vectorize(one, otypes=[float])(lrs)
+
+
+def lambda_p_gaussian(batch_size: int = 1, variance: float = 1.0) -> float:
+    """The probabilistic threshold ``lambda_P``: the root of :func:`regression_exponent` above ``2 / sigma^2``.
+
+    ``m_S < 0`` on ``(0, lambda_P)`` and ``> 0`` beyond: SGD converges in probability iff ``lr < lambda_P``
+    (seed 004, Prop. 1), while it converges in mean square only below ``lambda_DS = (2/sigma^2) S/(S + 2)``.
+    At ``lr = 2/sigma^2`` (GD's threshold) ``m_S < 0`` for every ``S``, so the root lies above it.
+    """
+    s = check_int("batch_size", batch_size, minimum=1)
+    v = check_positive("variance", variance)
+    low = 2.0 / v
+    high = 2 * low
+    while regression_exponent(high, s, v) <= 0:
+        high *= 2
+    return float(optimize.brentq(lambda rate: float(regression_exponent(rate, s, v)), low, high, xtol=1e-12))
 
 
 # --------------------------------------------------------------------------- quadrature

@@ -26,7 +26,6 @@ import _cli  # noqa: E402
 import jax  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from scipy import integrate, stats  # noqa: E402
 
 import dynsim as ds  # noqa: E402
 
@@ -35,17 +34,6 @@ import dynsim as ds  # noqa: E402
 jax.config.update("jax_enable_x64", True)
 
 LEARNING_RATES = (0.1, 0.5, 1.0, 2.0, 3.0)
-
-
-def lyapunov_quadrature(lr: float) -> float:
-    """``E log|1 - lr x^2|`` for x ~ N(0, 1), by quadrature split at the singularity x^2 = 1/lr."""
-
-    def integrand(x):
-        return np.log(abs(1 - lr * x * x)) * stats.norm.pdf(x)
-
-    root = 1 / np.sqrt(lr)
-    pieces = [(0, root), (root, 2 * root + 10), (2 * root + 10, np.inf)]
-    return 2 * sum(integrate.quad(integrand, a, b, limit=200)[0] for a, b in pieces)
 
 
 def main(argv=None) -> None:
@@ -84,7 +72,7 @@ def main(argv=None) -> None:
     colors = plt.cm.viridis(np.linspace(0, 0.9, len(LEARNING_RATES)))
     print(f"{'lr':>5} {'Lambda (quad)':>14} {'slope (sim)':>12} {'stderr':>8} {'z':>6}")
     for lr, color in zip(LEARNING_RATES, colors):
-        lam = lyapunov_quadrature(lr)
+        lam = float(ds.stability.regression_exponent(lr))
         m, se = rho_mean.sel(lr=lr).values, rho_se.sel(lr=lr).values
         ax0.fill_between(t, m - 2 * se, m + 2 * se, color=color, alpha=0.3, lw=0)
         ax0.plot(t, m, color=color, lw=1.5, label=f"lr = {lr:g}")

@@ -157,3 +157,54 @@ def test_refinement_decides_more_cells():
     refined = S.saddle_phases(lrs, mus, method="simulation", n_replicas=64, n_steps=100, refine=2)
     assert (refined.phase.values >= 0).sum() >= (once.phase.values >= 0).sum()
     assert refined.refined.values.sum() == (once.phase.values < 0).sum()
+
+
+def test_probabilistic_threshold_and_exponent_known_answers():
+    # seed 004 digest Sec. 4.1-4.2 (quad + Brent, float64): lambda_P for S = 1, 2, 4, 8, 32, m_S(lr) and its minima
+    np.testing.assert_allclose(
+        [S.lambda_p_gaussian(s) for s in (1, 2, 4, 8, 32)], [2.4212, 2.6845, 2.6630, 2.4926, 2.1510], atol=6e-5
+    )
+    np.testing.assert_allclose(
+        S.regression_exponent([0.05, 0.1, 0.3, 0.5, 2 / 3, 1.0, 1.5, 2.0, 3.0]),
+        [-0.0547, -0.1247, -0.3946, -0.48463, -0.4864, -0.41699, -0.2662, -0.11625, 0.14386],
+        atol=6e-5,
+    )
+    assert float(S.regression_exponent(1.0, 2)) == pytest.approx(-0.69717, abs=6e-6)
+    assert float(S.regression_exponent(1.0, 8)) == pytest.approx(-1.34273, abs=6e-6)
+    for s, where, low in ((1, 0.59, -0.4907), (2, 0.74, -0.742), (8, 0.92, -1.356)):
+        exponent = lambda r: float(S.regression_exponent(r, s))  # noqa: E731
+        best = optimize.minimize_scalar(exponent, bounds=(0.2, 1.5), method="bounded")
+        assert best.x == pytest.approx(where, abs=0.01) and best.fun == pytest.approx(low, abs=6e-4)
+    # m_S < 0 below lambda_P and > 0 above, for every S; lambda_P lies far above lambda_DS = 2S/(S+2)
+    for s in (1, 3, 16):
+        root = S.lambda_p_gaussian(s)
+        assert S.regression_exponent(0.999 * root, s) < 0 < S.regression_exponent(1.001 * root, s)
+        assert root > S.lambda_ds_gaussian(s) and S.lambda_p_gaussian(s, variance=4.0) == pytest.approx(root / 4)
+
+
+@pytest.mark.parametrize("s", [2, 8])
+def test_regression_exponent_against_monte_carlo(s):
+    xbar = np.mean(np.random.default_rng(10 + s).standard_normal((1_000_000, s)) ** 2, axis=1)
+    for lr in (0.7, 2.0, 3.0):
+        value, se = ds.lyapunov.scalar_exponent(1 - lr * xbar, with_stderr=True)
+        assert abs(value - float(S.regression_exponent(lr, s))) < 4 * se
+
+
+def test_sgd_with_batch_four_converges_in_probability_up_to_lambda_p():
+    # SGD on interpolating 1-D Gaussian regression, batch 4: log|w_t - w*| has slope m_4(lr), negative at lr = 2.5
+    # (above lambda_DS = 1.33, where the mean square diverges) and positive at 2.9 (above lambda_P = 2.663)
+    problem = ds.problems.linear_regression_1d()
+    lrs = [2.5, 2.9]
+    res = ds.simulate(
+        ds.dynamics.sgd(problem, batch_size=4),
+        grid={"lr": lrs},
+        n_replicas=4000,
+        n_steps=300,
+        record_every=10,
+        observables={"logdist": ds.observables.log_distance(problem.fixed_point)},
+    )
+    est = ds.lyapunov.from_log_distance(res, transient=20)
+    for lr in lrs:
+        e, se = est.exponent.sel(lr=lr).item(), est.stderr.sel(lr=lr).item()
+        assert abs(e - float(S.regression_exponent(lr, 4))) < 4 * se, (lr, e, se)
+    assert est.exponent.sel(lr=2.5).item() < 0 < est.exponent.sel(lr=2.9).item()
