@@ -160,3 +160,28 @@ def test_gradient_curvature_balance_on_a_quadratic_and_with_given_steps(x64):
     taylor = (jax.vmap(quartic)(thetas - lr * steps) - jax.vmap(quartic)(thetas) + lr * jnp.sum(grad * steps, 1)) / lr
     assert b.curvature == pytest.approx(float(jnp.mean(taylor)), rel=1e-12)
     assert b.grad_sq == pytest.approx(float(jnp.mean(jnp.sum(grad * steps, 1))), rel=1e-12)
+
+
+@pytest.mark.parametrize("n, largest", [(3, 0.045833), (5, 0.021111), (10, 0.0064463), (50, 0.00030604)])
+def test_windowed_average_of_a_periodic_gd_orbit_never_settles(x64, n, largest):
+    # Seed 002, Lemma 6.4.2 (thesis ch. 6, the invariant-measure chapter): GD with lr = 1 on the asymmetric V cycles
+    # with period n + 1 through x_k = -1 + (k + 0.2)/(n + 1); the windowed average M_t of n losses keeps moving by
+    # up to (0.8 n - 0.2)/(n (n+1)^2) (the digest's numbers), not the 1/(2 n) the thesis claims
+    problem = ds.problems.asymmetric_v(n)
+    steps = 6 * (n + 1)
+    res = ds.simulate(
+        ds.dynamics.gd(problem),
+        grid={"lr": [1.0]},
+        n_replicas=1,
+        n_steps=steps,
+        record_every=1,
+        observables={"x": ds.observables.trajectory(lambda p: p[0]), "f": ds.observables.loss()},
+    )
+    x, f = res.x.values.ravel(), res.f.values.ravel()
+    k = np.arange(1, n + 1)
+    np.testing.assert_allclose(x[1 : n + 1], -1 + (k + 0.2) / (n + 1), atol=1e-13)
+    assert ds.measure.detect_period(x, tol=1e-12, max_period=n + 1, window=2 * (n + 1)).period == n + 1
+    window = np.convolve(f, np.ones(n) / n, mode="valid")  # M_t for t = 0 .. steps - n + 1
+    jump = np.abs(np.diff(window)).max()
+    assert jump == pytest.approx((0.8 * n - 0.2) / (n * (n + 1) ** 2), rel=1e-10)
+    assert jump == pytest.approx(largest, rel=5e-5) and jump < 1 / (2 * n)

@@ -16,6 +16,7 @@ from .classification import (
     mlp_forward,
 )
 from .deterministic import (
+    asymmetric_v,
     exploding_function,
     flattened_quadratic,
     l1_norm,
@@ -59,6 +60,7 @@ __all__ = [
     "l1_norm",
     "lessard_function",
     "zigzag",
+    "asymmetric_v",
     "load_digits",
     "load_mnist1d",
     "corrupt_labels",

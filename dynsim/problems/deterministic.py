@@ -1,7 +1,8 @@
 """Data-free objectives: quadratics, ``100 sin(t1) sin(t2)`` (seed 000, Sec. 3.4), the toys of seed 001
 (Examples 1-3: a quadratic flattened by ``tanh``, single-neuron networks), the two functions of
 seed 002's lower bound for GD under (L0, L1)-smoothness (Thm 3.4.2), and two Lipschitz nonsmooth
-functions of seed 002's ch. 5 with known (delta, eps)-stationary sets (``l1_norm``, ``zigzag``)."""
+functions of seed 002's ch. 5 with known (delta, eps)-stationary sets (``l1_norm``, ``zigzag``), and the
+periodic GD orbit of its ch. 6 (``asymmetric_v``)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ __all__ = [
     "sin_product",
     "l1_norm",
     "zigzag",
+    "asymmetric_v",
 ]
 
 
@@ -298,3 +300,21 @@ def lessard_function(*, x0: float = 3.1) -> Problem:
         return jnp.reshape(jnp.asarray(hp["x0"], jnp.result_type(float)), (1,))
 
     return Problem(loss=loss, init=init, fixed_point=np.zeros(1), hyperparams={"x0": x0}, name="lessard_function")
+
+
+def asymmetric_v(n: int) -> Problem:
+    """``f(x) = -x/(n+1)`` for ``x <= 0`` and ``n x/(n+1)`` for ``x > 0`` (seed 002, Lemma 6.4.2), 1-Lipschitz.
+
+    GD with ``lr = 1`` from ``x_0 = 0.2/(n+1)`` (the init) steps to ``x_1 = x_0 - n/(n+1)``, then climbs by
+    ``1/(n+1)`` per step: ``x_k = -1 + (k + 0.2)/(n+1)`` for ``k = 1..n`` (the thesis prints ``k - 0.8``) and
+    ``x_{n+1} = x_0``, a cycle of period ``n + 1`` on a compact set. The windowed average
+    ``M_t = (1/n) sum_{i=t}^{t+n-1} f(x_i)`` therefore never settles: ``M_t - M_{t-1} = (f(x_{t+n-1}) - f(x_{t-1}))/n``,
+    largest at ``|f(x_1) - f(x_0)|/n = (0.8 n - 0.2)/(n (n+1)^2)``, about ``0.8/n^2``; the thesis claims
+    ``1/(2n)``.
+    """
+    n = check_int("n", n, minimum=1)
+
+    def loss(x, sample, hp):
+        return jnp.where(x[0] > 0, n * x[0], -x[0]) / (n + 1)
+
+    return Problem(loss=loss, init=_fixed_or_uniform(0.2 / (n + 1), 1, 1.0), name=f"asymmetric_v({n})")
