@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import optimize
 
-from dynsim._validate import check_nonnegative, check_positive
+from dynsim._validate import check_int, check_nonnegative, check_positive
 from dynsim.stability import gaussian_log_abs
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "max_learning_rate",
     "mean_square_threshold",
     "exit_probability_bound",
+    "travel_bound",
     "quadratic_exponent",
     "quadratic_exponent_threshold",
 ]
@@ -95,6 +96,32 @@ def exit_probability_bound(
     if printed:
         return f0 * (a * lr * sr / (1 - sr) + rho**2 / (m0 * (1 - rho)))
     return a * lr * np.sqrt(f0) * sr**after / (1 - sr) + rho ** (after + 1) * f0 / (m0 * (1 - rho))
+
+
+def travel_bound(lr, alpha: float, smoothness: float, sigma: float, f0, step: int | None = None, *, printed=False):
+    """How far SGD travels before it leaves the ball (proof of Thm 3.1, (3.10)-(3.11), corrected).
+
+    ``step = k``: ``E[|theta_{k+1} - theta_k| 1_{E_k}] <= A lr rho^(k/2) sqrt(F_0)``, the expected length of
+    step ``k`` of a trajectory that has stayed in the ball so far (3.10). ``step=None``: the expected path
+    length ``E[sum_k |theta_{k+1} - theta_k| 1_{E_k}] <= A lr sqrt(F_0) / (1 - sqrt(rho))`` (3.11), whose
+    Markov form (3.12) bounds the ``1 - delta`` quantile by this over ``delta``. ``A = sqrt(2 C_L) + sqrt(sigma)``.
+    ``printed=True`` puts ``F_0`` where Cauchy-Schwarz gives ``sqrt(F_0)``, as the paper does: not a bound
+    when ``F_0 < 1`` (seed 003 digest, Sec. 2.2). Requires ``rho < 1``.
+    """
+    alpha, smoothness, sigma = _constants(alpha, smoothness, sigma)
+    lr = np.asarray(lr, dtype=float)
+    f0 = np.asarray(f0, dtype=float)
+    if np.any(lr <= 0) or np.any(f0 < 0):
+        raise ValueError(f"lr must be > 0 and f0 >= 0, got lr={lr!r}, f0={f0!r}")
+    rho = contraction_rate(lr, alpha, smoothness, sigma)
+    if np.any(rho >= 1):
+        raise ValueError(f"the bound needs rho < 1; rho = {rho!r}")
+    size = f0 if printed else np.sqrt(f0)
+    a = np.sqrt(2 * smoothness) + np.sqrt(sigma)
+    if step is None:
+        return a * lr * size / (1 - np.sqrt(rho))
+    step = check_int("step", step, minimum=0)
+    return a * lr * rho ** (step / 2) * size
 
 
 def quadratic_exponent(lr, sigma: float):

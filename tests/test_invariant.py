@@ -67,6 +67,26 @@ def test_chaotic_attractor_at_lr_0_04(x64):
     assert np.all(np.abs(f_mean + 18.214) < 4 * f_se + 0.003)
 
 
+def test_orbits_leave_their_cell_past_lr_0_046033(x64):
+    # p = t1 + t2 follows y <- y - a sin y, a = 100 lr. Its minimum on [0, pi], at cos y = 1/a, is
+    # arccos(1/a) - sqrt(a^2 - 1): above -pi the cell [-pi, pi] is invariant, below it orbits hop between 2 pi-cells
+    # and are unbounded in R^2 (seed 000 digest, Sec. 3.2: a* = 4.60334). Just below and just above a*.
+    a_star = optimize.brentq(lambda a: np.sqrt(a * a - 1) - np.arccos(1 / a) - np.pi, 2.0, 10.0)
+    assert a_star == pytest.approx(4.60334, abs=1e-5)
+    lrs = [a_star / 100 * 0.999, a_star / 100 * 1.01]
+    res = ds.simulate(
+        ds.dynamics.gd(ds.problems.sin_product(low=-1.5, high=1.5)),  # |t1 + t2| < pi at the start
+        grid={"lr": lrs},
+        n_replicas=64,
+        n_steps=20_000,
+        record_every=1,
+        observables={"p": obs.trajectory(lambda th: th[0] + th[1])},
+    )
+    reach = np.abs(res.p.values).max(axis=-1)  # (lr, replica)
+    assert reach[0].max() <= np.pi + 1e-12  # below a*: every orbit stays in its cell
+    assert np.mean(reach[1] > 3 * np.pi) > 0.5  # above: most orbits have hopped cells
+
+
 def test_histogram2d_and_last_values_match_the_record():
     dyn = ds.dynamics.Dynamics(
         init=lambda key, hp: jax.random.normal(key, (2,)), step=lambda s, key, hp: jax.random.normal(key, (2,))

@@ -83,6 +83,39 @@ def test_contraction_is_exact_on_the_isotropic_quadratic_for_every_noise_law(x64
     assert np.all(np.abs(loss.mean(axis=0) - expected) <= 4 * se + 1e-15)
 
 
+def test_travel_before_exit_obeys_the_corrected_bounds_not_the_printed_ones(x64):
+    # (3.10)-(3.12) on F = |theta|^2/2, d = 4, ML noise sigma = 2, lr = eta_max = 0.125 (rho = 0.78125), F_0 = 0.01,
+    # ball B(theta_0, R - 1 = 1): the mean length of step k of a run still in the ball is at most
+    # A lr rho^(k/2) sqrt(F_0), the mean stopped path length at most A lr sqrt(F_0)/(1 - sqrt rho), its 90% quantile
+    # at most ten times that. With F_0 in place of sqrt(F_0), as printed, the mean step 0 is 7x above its "bound".
+    sigma, d, k_max = 2.0, 4, 60
+    lr = lj.max_learning_rate(ALPHA, C_L, sigma)
+    theta0 = np.full(d, np.sqrt(2 * 0.01 / d))
+    f0 = 0.01
+    problem = ds.problems.quadratic(np.eye(d), theta0=theta0)
+    res = ds.simulate(
+        ds.dynamics.gd(problem, noise=[ds.dynamics.multiplicative_noise(sigma)]),
+        grid={"lr": [lr]},
+        n_replicas=20_000,
+        n_steps=k_max,
+        record_every=1,
+        observables={"theta": ds.observables.trajectory()},
+    )
+    theta = res.theta.values[0]  # (replica, time, d)
+    inside = np.cumprod(np.linalg.norm(theta - theta0, axis=-1) <= 1.0, axis=1)[:, :-1]  # 1_{E_k}
+    steps = np.linalg.norm(np.diff(theta, axis=1), axis=-1) * inside
+    mean, se = steps.mean(axis=0), steps.std(axis=0, ddof=1) / np.sqrt(steps.shape[0])
+    bound = np.array([lj.travel_bound(lr, ALPHA, C_L, sigma, f0, k) for k in range(k_max)])
+    assert np.all(mean <= bound)
+    assert mean[0] > 0.6 * bound[0]  # the corrected bound is within a factor 1.7 at the first step
+    printed = lj.travel_bound(lr, ALPHA, C_L, sigma, f0, 0, printed=True)
+    assert mean[0] - 4 * se[0] > 5 * printed
+    path = steps.sum(axis=1)
+    total = lj.travel_bound(lr, ALPHA, C_L, sigma, f0)
+    assert path.mean() <= total and np.quantile(path, 0.9) <= total / 0.1
+    assert path.mean() - 4 * path.std() / np.sqrt(path.size) > lj.travel_bound(lr, ALPHA, C_L, sigma, f0, printed=True)
+
+
 def test_ball_exit_records_the_first_step_outside_each_ball(x64):
     # GD at lr = 2.5 on theta^2/2: theta_t = (-1.5)^t, so |theta_t| > r first at t = ceil(log r / log 1.5) (+ ties)
     radii = [0.5, 1.0, 1.4, 1.6, 3.0, 10.0, 1e6]

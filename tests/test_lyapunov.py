@@ -39,6 +39,25 @@ def test_scalar_exponent_exact_law_and_critical_rate():
     np.testing.assert_allclose(L.scalar_exponent(1 - lrs * x2), np.mean(np.log(np.abs(1 - lrs * x2)), axis=1))
 
 
+def test_exact_reset_at_a_critical_rate_follows_its_geometric_law():
+    # Seed 004, Prop. 3, in exact arithmetic (digest Sec. 2.2): with x_1 = 2 a power of 2 and lr = 1/x_1^2 = 1/4,
+    # drawing sample 1 sets w exactly to w* = 0, and nothing moves it again; so P(w_t != w*) = (1 - 1/N)^t
+    # for SGD with batch 1 and replacement, N = 8
+    x = np.array([2.0, 0.3, -0.7, 1.1, -1.6, 0.9, 0.45, -1.3], np.float32)
+    problem = ds.problems.linear_regression_1d(n_data=8)._replace(dataset={"x": x, "y": np.zeros(8, np.float32)})
+    res = ds.simulate(
+        ds.dynamics.sgd(problem),
+        grid={"lr": [0.25]},
+        n_replicas=20_000,
+        n_steps=30,
+        record_every=1,
+        observables={"moved": ds.observables.trajectory(lambda w: w != 0.0)},
+    )
+    share = res.moved.values[0].mean(axis=0)[1:]  # t = 1..30
+    law = (7 / 8) ** np.arange(1, 31)
+    assert np.all(np.abs(share - law) < 4 * np.sqrt(law * (1 - law) / 20_000) + 1e-12)
+
+
 def test_generalized_exponent():
     a, w = np.array([0.5, 1.5]), np.array([0.5, 0.5])
     for q in [0.0, 1.0, 2.0, 3.5]:

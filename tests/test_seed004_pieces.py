@@ -74,3 +74,34 @@ def test_cnn_convolution_is_a_same_convolution():
         conv.mean() * np.asarray(params["penultimate"]["kernel"])[0, 0] + float(params["penultimate"]["bias"][0]), 0
     )
     np.testing.assert_allclose(np.asarray(features(params, jnp.asarray(x[0])))[0], z, rtol=1e-5, atol=1e-6)
+
+
+def test_stripe_half_width_around_a_critical_rate(x64):
+    # Seed 004 eq. (8), corrected (digest Sec. 2.3): near lambda_c = 1/x_i^2, m(lambda) =
+    # (1/N) sum_j log|1 - lambda x_j^2| is negative iff |delta lambda| x_i^2 < exp(-R_i), with
+    # R_i = sum_{j != i} log|1 - lambda x_j^2|: the stable stripe has half-width exp(-R_i)/x_i^2 (to first
+    # order); the printed x_i^2 / x_out^2 is the relative width of an outlier-dominated case. Roots of m by
+    # bisection on each side of lambda_c, on N = 10 Gaussian x.
+    from scipy import optimize
+
+    x2 = np.random.default_rng(0).standard_normal(10) ** 2
+
+    def m(lam):
+        return float(ds.lyapunov.scalar_exponent(1 - lam * x2))
+
+    checked = 0
+    for i in np.argsort(x2)[:4]:  # the smallest x_i^2: critical rates beyond the bulk
+        lam_c = 1 / x2[i]
+        others = np.delete(x2, i)
+        r_i = np.sum(np.log(np.abs(1 - lam_c * others)))
+        if m(lam_c * (1 + 1e-3)) < 0 or m(lam_c * (1 - 1e-3)) < 0:
+            continue  # inside the stable bulk: no isolated stripe
+        predicted = np.exp(-r_i) / x2[i]
+        scale = 10 * predicted
+        left = optimize.brentq(m, lam_c - scale, lam_c * (1 - 1e-15), xtol=1e-22, rtol=1e-15)
+        right = optimize.brentq(m, lam_c * (1 + 1e-15), lam_c + scale, xtol=1e-22, rtol=1e-15)
+        for width in (lam_c - left, right - lam_c):
+            assert width == pytest.approx(predicted, rel=0.01)
+            assert width < 0.1 * x2[i] / x2.max()  # the printed eq. (8), x_i^2 / x_out^2, is 10x or more too wide
+        checked += 1
+    assert checked >= 2

@@ -76,6 +76,27 @@ def test_scale_invariant_mlp():
     assert float(loss(params)) == pytest.approx(-float(jax.nn.log_softmax(logits)[sample["y"]]), rel=1e-5)
 
 
+def test_scale_invariant_weights_obey_the_norm_recursion(x64):
+    # g_B is orthogonal to every scale-invariant W, so an SGD step with weight decay gamma gives, per layer and
+    # exactly, |W'|^2 = (1 - lr gamma)^2 |W|^2 + lr^2 |g_B|^2: the recursion whose fixed point is
+    # gamma (2 - lr gamma) E|theta|^2 / lr = E|g_B|^2 (invariant_nn.weight_norm_balance)
+    data = ds.problems.load_digits()
+    gamma, lr = 1e-2, 0.3
+    problem = ds.problems.mlp_classifier(data["x"], data["y"], (16, 16), scale_invariant=True, weight_decay=gamma)
+    bound = ds.dynamics.bind(ds.dynamics.sgd(problem, batch_size=8), {"lr": lr})
+    state = bound.init(jax.random.key(0))
+    for t in range(5):
+        key = jax.random.fold_in(jax.random.key(1), t)
+        new = bound.step(state, key)
+        # the step's own minibatch gradient, without weight decay: g_B = -(W' - (1 - lr gamma) W) / lr
+        for name, w in state.params.items():
+            g = -(new.params[name] - (1 - lr * gamma) * w) / lr
+            assert abs(float(jnp.vdot(g, w))) < 1e-10 * float(jnp.linalg.norm(g) * jnp.linalg.norm(w))
+            expected = (1 - lr * gamma) ** 2 * jnp.sum(w**2) + lr**2 * jnp.sum(g**2)
+            assert float(jnp.sum(new.params[name] ** 2)) == pytest.approx(float(expected), rel=1e-12)
+        state = new
+
+
 def test_corrupt_labels_rate():
     y = np.zeros(20_000, np.int32)
     noisy = ds.problems.corrupt_labels(y, 0.3, 10, seed=1)
