@@ -96,16 +96,23 @@ def examples(args) -> dict[str, xr.Dataset]:
     return out
 
 
-def basin(args) -> xr.Dataset:
-    """Example 2 from ``--starts`` starts on [-0.5, 0.5]^2: distance to the 2-cycle and to the minimum."""
+def basin(args, box: float = 0.5) -> xr.Dataset:
+    """Example 2 from ``--starts`` starts on ``[-box, box]^2``: distance to the 2-cycle and to the minimum, and
+    (for the larger box) the share frozen on the plateau, where ``|grad f|`` underflows (``sech^2(20 t1^2)``)."""
     on_cycle = ds.observables.Observable(
         "cycle_distance",
         record=lambda v: jnp.maximum(jnp.abs(jnp.abs(v.params[0]) - CYCLE_A), jnp.abs(v.params[1])),
         every_record=False,
     )
+    problem = ds.problems.flattened_quadratic(P, box=box)
+    frozen = ds.observables.Observable(
+        "frozen",
+        record=lambda v: jnp.linalg.norm(jax.grad(lambda q: problem.loss(q, None, {}))(v.params)) < 1e-12,
+        every_record=False,
+    )
     alternates = ds.observables.last_values(2, lambda th: th[0])
     return ds.simulate(
-        ds.dynamics.gd(ds.problems.flattened_quadratic(P, box=0.5)),
+        ds.dynamics.gd(problem),
         grid={"lr": [2 / 39]},
         n_replicas=args.starts,
         n_steps=args.basin_steps,
@@ -114,8 +121,15 @@ def basin(args) -> xr.Dataset:
             "cycle_distance": on_cycle,
             "last": alternates,
             "at_minimum": ds.observables.converged(np.zeros(2), 1e-6),
+            "near_zero": ds.observables.Observable(
+                "near_zero", record=lambda v: jnp.linalg.norm(v.params) < 1e-6, every_record=False
+            ),
+            "frozen": frozen,
+            "on_plateau": ds.observables.Observable(
+                "on_plateau", record=lambda v: jnp.abs(v.params[0]) > 0.5, every_record=False
+            ),
         },
-        checkpoint=_cli.checkpoint(args, "unstable_convergence_basin"),
+        checkpoint=_cli.checkpoint(args, f"unstable_convergence_basin_{box:g}"),
     )
 
 
@@ -260,11 +274,13 @@ def main(argv=None) -> None:
     with jax.enable_x64(True):
         ex = examples(args)
         bas = basin(args)
+        wide = basin(args, box=2.0)
         fam = family(args)
     path = _cli.save_figure(figure(ex, bas, fam, args), args, "unstable_convergence_toys.png")
     for name, res in ex.items():
         ds.io.save(res, os.path.join(args.results, f"unstable_convergence_{name}.nc"))
     ds.io.save(bas.drop_vars("last"), os.path.join(args.results, "unstable_convergence_basin.nc"))
+    ds.io.save(wide.drop_vars("last"), os.path.join(args.results, "unstable_convergence_basin_wide.nc"))
     ds.io.save(fam.drop_vars("orbit"), os.path.join(args.results, "unstable_convergence_family.nc"))
 
     ex1 = ex["ex1"]
@@ -280,6 +296,13 @@ def main(argv=None) -> None:
     print(
         f"  basin, {args.starts} starts on [-0.5, 0.5]^2, {args.basin_steps} steps: "
         f"{float((bas.cycle_distance < 1e-8).mean()):.4%} on the 2-cycle, {float(bas.at_minimum.mean()):.4%} at 0"
+    )
+    print(
+        f"  basin, {args.starts} starts on [-2, 2]^2, {args.basin_steps} steps: "
+        f"{float((wide.cycle_distance < 1e-8).mean()):.4%} on the 2-cycle, {float(wide.on_plateau.mean()):.4%} still "
+        f"on the plateau (|t1| > 0.5; {float(wide.frozen.mean()):.4%} frozen there, |grad f| < 1e-12), "
+        f"{float(wide.near_zero.mean()):.4%} within 1e-6 of 0, "
+        f"{float(wide.at_minimum.mean()):.4%} converged to 0"
     )
     for activation in ("linear", "tanh"):
         r = ex[f"ex3_{activation}"].isel(lr=0, replica=0)
