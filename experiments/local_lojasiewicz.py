@@ -15,6 +15,9 @@ every constant is known (``alpha = 2``, ``C_L = 1``), in float64:
 * **Thm 4.1's "aligned" noise**: ``F = theta^2/2``, ``theta_0 = 0.5``, Rademacher noise turned into the
   direction of ``Z_1`` (Robbins-Monro steps ``1.5/(k + 2)``): the exact exit probability is 3/4 for
   ``0.5 < r < 1.125``, 1/2 up to 1.5 and 0 beyond, not 1 as the theorem says; the unaligned control.
+* **Thm 4.1, corrected**: aligned noise does exit almost surely once its mean exceeds ``sup|F'|`` on the
+  ball: the pseudo-Huber ``sqrt(1 + theta^2) - 1`` with ``Z ~ N(0, 1.5^2)``, the theorem's constants for
+  ``r = 1, 2``; and the aligned Gaussian variant on ``theta^2/2``, which settles at ``-sign(Z_1) sqrt(2/pi)``.
 * **Lemma 4.2**: ``k^q E F(theta_k)`` with additive noise of variance 1 against its exact limit
   (``gamma^2 / (2 (2 gamma - 1))`` for ``q = 1``, ``gamma / 4`` for ``q < 1``) and the paper's constant.
 
@@ -124,12 +127,15 @@ def confinement(args) -> xr.Dataset:
     )
 
 
-def robbins_monro(law: str, aligned: bool) -> ds.dynamics.Dynamics:
-    """SGD on ``F = theta^2/2`` with steps ``gamma/(k + n0)^q`` and additive noise, Thm 4.1's alignment optional.
+def robbins_monro(law: str, aligned: bool, *, loss: str = "quadratic", scale: float = 1.0) -> ds.dynamics.Dynamics:
+    """SGD with steps ``gamma/(k + n0)^q`` and additive noise from ``theta_0 = 0.5``, Thm 4.1's alignment optional.
 
-    ``theta <- theta - lr_k (theta + xi_k)``; ``xi_k`` Rademacher or N(0, 1). Aligned: from ``k = 1`` on,
-    ``xi_k = |Z_k| sign(Z_1)`` (in 1-D the rotation O_k of eq. 4.15 is a sign), ``xi_0 = Z_0``.
+    ``theta <- theta - lr_k (F'(theta) + xi_k)``, ``F = theta^2/2`` (``loss="quadratic"``) or the pseudo-Huber
+    ``F = sqrt(1 + theta^2) - 1`` (``|F'| < 1``); ``xi_k = scale Z_k``, ``Z_k`` Rademacher or N(0, 1).
+    Aligned: from ``k = 1`` on, ``xi_k = |xi_k| sign(Z_1)`` (in 1-D the rotation O_k of eq. 4.15 is a sign),
+    ``xi_0 = scale Z_0``.
     """
+    grad = {"quadratic": lambda t: t, "pseudo_huber": lambda t: t / jnp.sqrt(1 + t * t)}[loss]
 
     def draw(key):
         if law == "rademacher":
@@ -140,19 +146,60 @@ def robbins_monro(law: str, aligned: bool) -> ds.dynamics.Dynamics:
         return {"theta": jnp.asarray(0.5, jnp.result_type(float)), "sign": jnp.asarray(0.0), "k": jnp.asarray(0)}
 
     def step(state, key, hp):
-        z = draw(key)
+        z = scale * draw(key)
         k = state["k"]
         sign = jnp.where(k == 1, jnp.sign(z), state["sign"])
         xi = jnp.where((k >= 1) & aligned, jnp.abs(z) * sign, z)
         lr = hp["gamma"] / (k + hp["n0"]) ** hp["q"]
-        return {"theta": state["theta"] - lr * (state["theta"] + xi), "sign": sign, "k": k + 1}
+        return {"theta": state["theta"] - lr * (grad(state["theta"]) + xi), "sign": sign, "k": k + 1}
 
     return ds.dynamics.Dynamics(
         init,
         step,
         hyperparams={"gamma": 1.5, "n0": 2.0, "q": 1.0},
         params_of=lambda s: s["theta"],
-        name=f"robbins_monro({law}, aligned={aligned})",
+        name=f"robbins_monro({law}, aligned={aligned}, {loss})",
+    )
+
+
+HUBER_CASES = [(1.0, 1.0, 2.5, 6), (1.0, 0.75, 2.5, 11), (2.0, 1.0, 4.0, 16), (2.0, 0.75, 4.0, 40)]  # (r, q, gamma, n0)
+
+
+def corrected_condition(args) -> xr.Dataset:
+    """The provable form of Thm 4.1 (seed 003 digest, Sec. 3.5): aligned noise exits a.s. when its mean ``m``
+    exceeds ``sup |F'|`` on the ball. Pseudo-Huber (``|F'| < 1``), ``Z ~ N(0, 1.5^2)`` (``m = 1.197``), the
+    theorem's constants for ``r = 1, 2`` and ``q = 1, 0.75``; and the aligned Gaussian variant on ``theta^2/2``
+    (``q = 0.75``), whose runs settle at ``-sign(Z_1) sqrt(2/pi)`` inside large balls instead."""
+    rows = []
+    for r, q, gamma, n0 in HUBER_CASES:
+        res = ds.simulate(
+            robbins_monro("normal", True, loss="pseudo_huber", scale=1.5),
+            grid={"q": [q], "gamma": [gamma], "n0": [float(n0)]},
+            n_replicas=args.n_aligned,
+            n_steps=args.huber_steps,
+            seed=args.seed + 20,
+            observables={"exit": ds.observables.ball_exit(0.5, [r])},
+        )
+        rows.append(res.exit.values.reshape(-1))
+    gauss = ds.simulate(
+        robbins_monro("normal", True),
+        grid={"q": [0.75]},
+        n_replicas=args.n_aligned,
+        n_steps=args.aligned_steps,
+        seed=args.seed + 30,
+        observables={"exit": ds.observables.ball_exit(0.5, [0.6, 1.0, 2.0]), "last": ds.observables.final_state()},
+    )
+    return xr.Dataset(
+        {
+            "huber_exit_step": (("case", "run"), np.array(rows)),
+            "gauss_exit": (("radius",), (gauss.exit.values.reshape(-1, 3) >= 0).mean(axis=0)),
+            "gauss_abs_last": np.abs(gauss.last.values).mean(),
+        },
+        coords={
+            "case": [f"r={r:g}, q={q:g}" for r, q, _, _ in HUBER_CASES],
+            "radius": [0.6, 1.0, 2.0],
+        },
+        attrs={"n": args.n_aligned},
     )
 
 
@@ -340,6 +387,7 @@ def main(argv=None) -> None:
     parser.add_argument("--sparse-p", type=float, default=1e-4)
     parser.add_argument("--n-aligned", type=int, default=20_000)
     parser.add_argument("--aligned-steps", type=int, default=20_000)
+    parser.add_argument("--huber-steps", type=int, default=3000)
     parser.add_argument("--n-lemma", type=int, default=20_000)
     parser.add_argument("--lemma-steps", type=int, default=20_000)
     args = _cli.parse(parser, argv)
@@ -349,14 +397,17 @@ def main(argv=None) -> None:
         diagram = exponent_diagram(args)
         conf = confinement(args)
         aligned = aligned_noise(args)
+        corrected = corrected_condition(args)
         lemma = lemma42(args)
     path = _cli.save_figure(figure(tight, diagram, conf, aligned, lemma, args), args, "local_lojasiewicz.png")
     diagram.to_netcdf(os.path.join(args.results, "local_lojasiewicz_diagram.nc"))
     conf.to_netcdf(os.path.join(args.results, "local_lojasiewicz_confinement.nc"))
     lemma.to_netcdf(os.path.join(args.results, "local_lojasiewicz_lemma42.nc"))
+    corrected.to_netcdf(os.path.join(args.results, "local_lojasiewicz_corrected.nc"))
     for name, res in aligned.items():
         ds.io.save(res, os.path.join(args.results, f"local_lojasiewicz_{name}.nc"))
     summary(tight, diagram, conf, aligned, lemma)
+    summary_corrected(corrected)
     print(f"wrote {path} and {args.results}/local_lojasiewicz_*.nc in {time.perf_counter() - started:.1f} s")
 
 
@@ -397,6 +448,23 @@ def summary(tight, diagram, conf, aligned, lemma) -> None:
             f"k^q E F = {float(c.simulated):.4f} ± {float(c.stderr):.4f}, exact {float(c.exact):.4f}, "
             f"limit {float(c.limit):.4f}, paper {float(c.paper):.4f}"
         )
+
+
+def summary_corrected(corrected) -> None:
+    for case in corrected.case.values:
+        steps = corrected.huber_exit_step.sel(case=case).values
+        left = steps >= 0
+        q50, q90 = np.quantile(steps[left], [0.5, 0.9]) if left.any() else (np.nan, np.nan)
+        print(
+            f"Thm 4.1 corrected (pseudo-Huber, m = 1.197 > sup|F'|), {case}: P(exit) = {left.mean():.4f}; exit step "
+            f"median {q50:.0f}, 90% {q90:.0f}, max {steps[left].max() if left.any() else -1}"
+        )
+    g = corrected.gauss_exit.values
+    print(
+        f"aligned Gaussian on theta^2/2 (q = 0.75): P(exit) = {g[0]:.4f} (r = 0.6), {g[1]:.4f} (r = 1), "
+        f"{g[2]:.4f} (r = 2); mean |theta_K| = {float(corrected.gauss_abs_last):.4f} "
+        f"(sqrt(2/pi) = {np.sqrt(2 / np.pi):.4f})"
+    )
 
 
 if __name__ == "__main__":

@@ -228,3 +228,20 @@ def test_appendix_a_network_constants_and_start(x64):
     up = {**params, "b1": params["b1"] + 0.5}
     down = {**params, "b1": params["b1"] - 0.5}
     assert float(net.theta_margin(up, theta0, data)) >= 0 > float(net.theta_margin(down, theta0, data))
+
+
+def test_corrected_condition_of_thm_4_1_exits_surely(x64, experiment):
+    # seed 003 digest Sec. 3.5.5: when the aligned noise's mean m = 1.5 sqrt(2/pi) = 1.197 exceeds sup|F'| (< 1 for the
+    # pseudo-Huber), every run leaves the ball; the digest's median exit steps are 4, 4, 24, 17. The aligned Gaussian
+    # variant on theta^2/2 settles at -sign(Z_1) sqrt(2/pi) instead, leaving the balls of radius 0.6, 1, 2 with
+    # probability 0.940, 0.705, 0.0999 (digest, 2e4 runs).
+    import argparse
+
+    args = argparse.Namespace(n_aligned=4000, aligned_steps=5000, huber_steps=1000, seed=0, resume=False)
+    c = experiment.corrected_condition(args)
+    steps = c.huber_exit_step.values
+    assert np.all(steps >= 0)  # P(exit) = 1 in every case
+    np.testing.assert_allclose(np.median(steps, axis=1), [4, 4, 24, 17], atol=1)
+    se = np.sqrt(np.array([0.940, 0.705, 0.0999]) * (1 - np.array([0.940, 0.705, 0.0999])) * (1 / 4000 + 1 / 20_000))
+    assert np.all(np.abs(c.gauss_exit.values - [0.940, 0.705, 0.0999]) < 4 * se)
+    assert float(c.gauss_abs_last) == pytest.approx(np.sqrt(2 / np.pi), abs=0.005)
