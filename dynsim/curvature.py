@@ -53,6 +53,8 @@ __all__ = [
     "SGDProgress",
     "sgd_progress",
     "local_smoothness",
+    "RelaxedSmoothness",
+    "relaxed_smoothness",
 ]
 
 
@@ -611,3 +613,40 @@ def local_smoothness(loss_fn: Callable[..., jax.Array], params: Any, step: Any, 
 
     values = jax.lax.map(ratio, fractions.astype(flat.dtype))
     return jnp.where(norm_d > 0, jnp.max(values), jnp.nan)
+
+
+class RelaxedSmoothness(NamedTuple):
+    """``l0``: the smallest ``L0`` with ``|hess f(x)| <= L0 + L1 |grad f(x)|`` at every given point (for the
+    given ``L1``); ``hessian_norm`` and ``grad_norm`` at each point, and ``l1``."""
+
+    l0: jax.Array
+    hessian_norm: jax.Array
+    grad_norm: jax.Array
+    l1: float
+
+
+def relaxed_smoothness(
+    loss_fn: Callable[..., jax.Array], points: Any, l1, *args, n_iter: int = 100, key: jax.Array | None = None
+) -> RelaxedSmoothness:
+    """(L0, L1)-smoothness on a sample (seed 002, Def. 3.2.1): ``L0(L1) = max_x (|hess f(x)| - L1 |grad f(x)|)``.
+
+    ``points`` is a pytree like ``loss_fn``'s parameters with a leading axis (one point per row);
+    ``|hess f|`` is the operator norm, the eigenvalue of largest absolute value by power iteration
+    (``n_iter`` steps from a random start, so a lower estimate, exact for one parameter). ``f`` is
+    ``(L0, L1)``-smooth on the sample for every ``L0 >= l0``: the thesis's examples are ``x^4``
+    (``(16, 1)``), ``x^3`` (``(3, 1)``) and ``e^x`` (``(0, 1)``). ``l1`` may be an array (the frontier).
+    """
+    n_iter = check_int("n_iter", n_iter, minimum=1)
+    n = jax.tree_util.tree_leaves(points)[0].shape[0]
+    keys = jax.random.split(key if key is not None else jax.random.key(0), n)
+
+    def one(p, k):
+        flat, unravel = ravel_pytree(p)
+        v0 = jax.random.normal(k, flat.shape, flat.dtype)
+        top = power_iteration(lambda v: ravel_pytree(hvp(loss_fn, p, unravel(v), *args))[0], v0, n_iter)
+        return jnp.abs(top.value), jnp.linalg.norm(ravel_pytree(jax.grad(loss_fn)(p, *args))[0])
+
+    hess, grad = jax.vmap(one)(points, keys)
+    l1 = jnp.asarray(l1, hess.dtype)
+    l0 = jnp.max(hess - l1[..., None] * grad, axis=-1)  # one L0 per L1
+    return RelaxedSmoothness(l0, hess, grad, l1)

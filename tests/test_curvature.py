@@ -102,3 +102,21 @@ def test_subset_estimates_are_biased_as_derived_and_the_correction_is_unbiased(x
         values = np.asarray(values)
         assert abs(values.mean() - expected) < 4 * values.std() / np.sqrt(values.size), (values.mean(), expected)
     assert np.mean(np.asarray(est.grad_norm) ** 2) > true_g2 * 1.1  # the naive estimate's bias is visible
+
+
+def test_relaxed_smoothness_constants_of_the_thesis_examples(x64):
+    # seed 002, Lemma 3.2.1 and the digest's constants: x^4 is (16, 1)-smooth (max 12x^2 - 4|x|^3 at |x| = 2),
+    # x^3 is (3, 1)-smooth (max 6|x| - 3x^2 at |x| = 1), e^x is (0, 1)-smooth; none is L-smooth (L0 at L1 = 0 grows
+    # with the range). A 2-D quadratic is (L, 0)-smooth with L its largest |eigenvalue| (negative here).
+    x = jnp.linspace(-5.0, 5.0, 2001)[:, None]  # contains |x| = 1 and 2
+    cases = [(lambda t: t[0] ** 4, 16.0), (lambda t: t[0] ** 3, 3.0), (lambda t: jnp.exp(t[0]), 0.0)]
+    for f, expected in cases:
+        est = C.relaxed_smoothness(f, x, 1.0)
+        assert float(est.l0) == pytest.approx(expected, abs=1e-9)
+        assert float(C.relaxed_smoothness(f, x, 0.0).l0) > 20  # not L-smooth on a wide range
+    frontier = C.relaxed_smoothness(lambda t: t[0] ** 4, x, jnp.array([0.5, 1.0, 2.0])).l0
+    np.testing.assert_allclose(frontier, [12 * 4**2 - 0.5 * 4 * 4**3, 16.0, 12 * 1**2 - 2 * 4 * 1**3], atol=1e-9)
+    quad = lambda t: 0.5 * (2.0 * t[0] ** 2 - 7.0 * t[1] ** 2)  # noqa: E731
+    pts = jax.random.normal(jax.random.key(0), (50, 2))
+    est = C.relaxed_smoothness(quad, pts, 0.0)
+    assert float(est.l0) == pytest.approx(7.0, rel=1e-9)
