@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from dynsim._tree import tree_norm
@@ -40,6 +41,10 @@ __all__ = [
     "strongly_convex_clip_schedules",
     "NonconvexClipParameters",
     "nonconvex_clip_parameters",
+    "stochastic_clipped_sgd",
+    "RelaxedSmoothParameters",
+    "stochastic_clip_parameters",
+    "relaxed_sgd_parameters",
     "ScaleByACClipState",
     "scale_by_acclip",
     "acclip",
@@ -174,6 +179,58 @@ def nonconvex_clip_parameters(smoothness, sigma, alpha, f0, horizon) -> Nonconve
         (f0 / (sigma**2 * horizon)) ** rate / L ** ((2 * alpha - 2) / (3 * alpha - 2)),
     )
     return NonconvexClipParameters(lr, sigma * (lr * L) ** (-1 / alpha), 20 * f0 / (lr * horizon))
+
+
+def stochastic_clipped_sgd(learning_rate, clip_scale, noise_bound) -> optax.GradientTransformation:
+    """Thesis Thm 3.4.4's clipped SGD: ``x <- x - min(lr, clip_scale / (|g| + noise_bound)) g``.
+
+    The step shrinks like ``1/|g|`` once ``|g|`` is large, with ``noise_bound = tau`` (the bound on
+    ``|g - grad f|``) keeping it finite; the theorem takes ``clip_scale = 1/(16 L1)`` (the statement
+    prints ``1/(16 lr L1 (|g| + tau))``, which its proof does not use; seed digest, errata).
+    """
+
+    def update(updates, state, params=None):
+        del params
+        h = jnp.minimum(learning_rate, clip_scale / (tree_norm(updates) + noise_bound))
+        return jax.tree_util.tree_map(lambda u: (-h * u).astype(u.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+class RelaxedSmoothParameters(NamedTuple):
+    """A step rule of the thesis's Sec. 3.4 (``lr``, and ``clip_scale`` for clipped SGD) and the theorem's bound
+    on the stochastic complexity ``T_eps`` (eq. 3.8: the median first time ``|grad f| <= eps``)."""
+
+    lr: float
+    clip_scale: float
+    bound: float
+
+
+def _positive(**values) -> None:
+    for name, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+def stochastic_clip_parameters(l0, l1, tau, delta, eps, horizon) -> RelaxedSmoothParameters:
+    """Thm 3.4.4 for an ``(L0, L1)``-smooth ``f`` with ``|g - grad f| <= tau`` and ``f(x_0) - f* <= delta``:
+    ``lr = min(1/(20 L0), 1/(128 L1 tau), 1/sqrt(T))``, ``clip_scale = 1/(16 L1)`` (for
+    :func:`stochastic_clipped_sgd`), and ``T_eps <= Delta' max(128 L1/eps, 4 Delta'/eps^4, (80 L0 + 512 L1 tau)/eps^2)``
+    with ``Delta' = delta + (5 L0 + 2 L1 tau) tau^2 + 9 tau L0^2 / L1``; ``T = horizon``."""
+    _positive(l0=l0, l1=l1, tau=tau, delta=delta, eps=eps, horizon=horizon)
+    lr = min(1 / (20 * l0), 1 / (128 * l1 * tau), 1 / np.sqrt(horizon))
+    d = delta + (5 * l0 + 2 * l1 * tau) * tau**2 + 9 * tau * l0**2 / l1
+    bound = d * max(128 * l1 / eps, 4 * d / eps**4, (80 * l0 + 512 * l1 * tau) / eps**2)
+    return RelaxedSmoothParameters(lr, 1 / (16 * l1), bound)
+
+
+def relaxed_sgd_parameters(l0, l1, m, tau, delta, eps, horizon) -> RelaxedSmoothParameters:
+    """Thm 3.4.5, SGD on the same class with ``M = sup{|grad f(x)| : f(x) <= f(x_0)}``: ``lr = min(1/sqrt(T),
+    1/(L1 (M + tau)))`` and ``T_eps <= (delta + (5 L0 + 4 L1 M)(M + tau)^2) / eps^4``: the step, and the bound,
+    depend on ``M``; ``clip_scale`` is ``inf`` (no clipping)."""
+    _positive(l0=l0, l1=l1, m=m, tau=tau, delta=delta, eps=eps, horizon=horizon)
+    lr = min(1 / np.sqrt(horizon), 1 / (l1 * (m + tau)))
+    return RelaxedSmoothParameters(lr, float("inf"), (delta + (5 * l0 + 4 * l1 * m) * (m + tau) ** 2) / eps**4)
 
 
 def clipped_sgd(learning_rate, threshold) -> optax.GradientTransformation:

@@ -7,6 +7,10 @@
   ``|f'|`` below ``2 eps``. One step size must serve the whole class, so GD's complexity grows
   like ``M / log M``, while clipped GD with the theorem's parameters (``eta_c = 1/(10 L0)``,
   ``gamma eta_c = min(1, 1/(10 L1))``) does not depend on ``M``.
+* **With bounded noise** (Thms 3.4.4, 3.4.5): the exploding function with ``|g - f'| <= tau = 1``
+  (uniform noise); the stochastic complexity ``T_eps`` (eq. 3.8, the median first time ``|f'| <= eps``)
+  of clipped SGD with Thm 3.4.4's parameters and of SGD with Thm 3.4.5's, whose step ``1/(L1 (M + tau))``
+  shrinks with ``M``.
 * **Heavy-tailed noise** (Remark 4.4.1): SGD on ``x^2/2`` with Student-t noise of ``df = 1.5``
   (infinite variance) has ``E x_k^2 = infinity`` for any step sizes; its sample second moment over
   ``N`` runs never settles as ``N`` grows, while GClip's does; ACClip's, with the thesis's
@@ -110,6 +114,48 @@ def class_complexity(args) -> xr.Dataset:
     )
 
 
+STOCHASTIC_EPS, TAU = 0.1, 1.0
+
+
+def stochastic_complexity(args) -> xr.Dataset:
+    """``T_eps`` (eq. 3.8) on the exploding function with uniform noise of bound ``TAU``, over ``--stochastic-runs``."""
+    rows = []
+    for m in args.stochastic_m:
+        problem = ds.problems.exploding_function(L1, m)
+        delta = (m - 0.5) / L1  # f(x0) - f* = M / L1 - 1 / (2 L1)
+        noise = [ds.dynamics.uniform_noise(TAU)]
+        clip = ds.optim.stochastic_clip_parameters(L1, L1, TAU, delta, STOCHASTIC_EPS, args.stochastic_steps)
+        sgd = ds.optim.relaxed_sgd_parameters(L1, L1, m, TAU, delta, STOCHASTIC_EPS, args.stochastic_steps)
+        runs = {
+            "clipped": ds.dynamics.from_optax(
+                problem,
+                ds.optim.stochastic_clipped_sgd,
+                batch_size=None,
+                noise=noise,
+                clip_scale=clip.clip_scale,
+                noise_bound=TAU,
+            ),
+            "sgd": ds.dynamics.gd(problem, noise=noise),
+        }
+        medians = []
+        for name, dyn in runs.items():
+            res = ds.simulate(
+                dyn,
+                grid={"lr": [clip.lr if name == "clipped" else sgd.lr]},
+                n_replicas=args.stochastic_runs,
+                n_steps=args.stochastic_steps,
+                seed=args.seed,
+                observables={"hit": ds.observables.hitting_time(grad_norm_of(problem), STOCHASTIC_EPS)},
+                checkpoint=_cli.checkpoint(args, f"clipping_stochastic_{name}_{m:g}"),
+            )
+            hits = res.hit.values.ravel().astype(float)
+            hits[hits < 0] = np.inf  # not within the horizon
+            medians.append(np.median(hits))
+        rows.append((m, clip.lr, sgd.lr, medians[0], medians[1], clip.bound, sgd.bound))
+    names = ["M", "clipped_lr", "sgd_lr", "clipped_T", "sgd_T", "clipped_bound", "sgd_bound"]
+    return xr.Dataset({n: ("case", np.array(c)) for n, c in zip(names, zip(*rows))})
+
+
 def heavy_tails(args) -> xr.Dataset:
     problem = ds.problems.quadratic(1.0, theta0=1.0)
     noise = [ds.dynamics.student_t_noise(1.0, df=1.5)]
@@ -196,14 +242,18 @@ def main(argv=None) -> None:
     parser.add_argument("--max-steps", type=int, default=60_000)
     parser.add_argument("--n", type=int, default=200_000, help="runs for the heavy-tailed panel")
     parser.add_argument("--heavy-steps", type=int, default=1000)
+    parser.add_argument("--stochastic-m", type=float, nargs="+", default=[10, 100, 1000, 10000])
+    parser.add_argument("--stochastic-runs", type=int, default=200)
+    parser.add_argument("--stochastic-steps", type=int, default=200_000)
     args = _cli.parse(parser, argv)
     started = time.perf_counter()
     with jax.enable_x64(True):
         table = exploding_table(args)
         complexity = class_complexity(args)
+        stochastic = stochastic_complexity(args)
         heavy = heavy_tails(args)
     path = _cli.save_figure(figure(complexity, heavy), args, "clipping.png")
-    for name, res in [("table", table), ("complexity", complexity), ("heavy_tails", heavy)]:
+    for name, res in [("table", table), ("complexity", complexity), ("stochastic", stochastic), ("heavy_tails", heavy)]:
         res.to_netcdf(os.path.join(args.results, f"clipping_{name}.nc"))
     print("exploding function, iterations to |f'| <= 1e-3 (-2: diverged):")
     print(f"{'L1':>4} {'M':>8} {'h_crit':>12} {'GD 0.99 h':>10} {'GD 1.01 h':>10} {'clipped':>8}")
@@ -220,6 +270,17 @@ def main(argv=None) -> None:
         print(
             f"{m:8g} {int(r.gd_slow):10d} {float(r.gd_slow_formula):10.0f} {int(r.gd_exploding):9d} "
             f"{int(r.clipped_slow):9d} {int(r.clipped_exploding):10d}"
+        )
+    print(
+        f"with noise |g - f'| <= {TAU} (uniform), L0 = L1 = {L1}, T_eps = median first step with |f'| <= "
+        f"{STOCHASTIC_EPS} over {args.stochastic_runs} runs (inf: not within {args.stochastic_steps} steps):"
+    )
+    print(f"{'M':>8} {'clip lr':>9} {'clip T':>8} {'Thm 3.4.4':>10} {'SGD lr':>9} {'SGD T':>8} {'Thm 3.4.5':>10}")
+    for c in range(stochastic.sizes["case"]):
+        r = stochastic.isel(case=c)
+        print(
+            f"{float(r.M):8g} {float(r.clipped_lr):9.2e} {float(r.clipped_T):8.0f} {float(r.clipped_bound):10.2e} "
+            f"{float(r.sgd_lr):9.2e} {float(r.sgd_T):8.0f} {float(r.sgd_bound):10.2e}"
         )
     print(f"heavy tails, K = {args.heavy_steps}: mean x_K^2 (median |x_K|) over the first N runs")
     for name in heavy.optimizer.values:

@@ -50,6 +50,29 @@ def test_clipped_normalized_and_coordinate_clipped_sgd_follow_their_formulas(x64
     np.testing.assert_allclose(_run(ds.optim.clipped_sgd(lr, tau), grads, x), want_clip, rtol=1e-12)
     np.testing.assert_allclose(_run(ds.optim.normalized_sgd(lr, beta), grads, x), want_norm, rtol=1e-12)
     np.testing.assert_allclose(_run(ds.optim.coordinate_clipped_sgd(lr, tau), grads, x), want_coord, rtol=1e-12)
+    # Thm 3.4.4's step min(lr, c / (|g| + tau)) with c = 1/(16 L1)
+    c, want = 0.05, []
+    xs = x.copy()
+    for g in grads:
+        xs = xs - min(lr, c / (np.linalg.norm(g) + tau)) * g
+        want.append(xs)
+    np.testing.assert_allclose(_run(ds.optim.stochastic_clipped_sgd(lr, c, tau), grads, x), want, rtol=1e-12)
+
+
+def test_relaxed_smoothness_step_rules_by_hand():
+    # Thm 3.4.4 with L0 = L1 = 10, tau = 1, Delta = 1, eps = 0.1, T = 10^4: lr = min(1/200, 1/1280, 1/100),
+    # Delta' = 1 + (50 + 20) + 90 = 161, bound = 161 max(12800, 4 * 161 / 1e-4, (800 + 5120) / 0.01)
+    c = ds.optim.stochastic_clip_parameters(10.0, 10.0, 1.0, 1.0, 0.1, 10_000)
+    assert c.lr == pytest.approx(1 / 1280) and c.clip_scale == pytest.approx(1 / 160)
+    assert c.bound == pytest.approx(161 * 4 * 161 / 1e-4)
+    # Thm 3.4.5: lr = min(1/100, 1/(10 (M + 1))), bound (1 + (50 + 40 M)(M + 1)^2) / eps^4
+    for m, lr in ((5.0, 1 / 60), (100.0, 1 / 1010)):
+        s = ds.optim.relaxed_sgd_parameters(10.0, 10.0, m, 1.0, 1.0, 0.1, 10_000)
+        assert s.lr == pytest.approx(min(0.01, lr)) and s.bound == pytest.approx(
+            (1 + (50 + 40 * m) * (m + 1) ** 2) / 1e-4
+        )
+    with pytest.raises(ValueError, match="tau must be > 0"):
+        ds.optim.stochastic_clip_parameters(10.0, 10.0, 0.0, 1.0, 0.1, 100)
 
 
 def test_acclip_follows_algorithm_1(x64, grads):

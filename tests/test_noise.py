@@ -33,6 +33,12 @@ def test_gaussian_noise_law():
     assert stats.kstest(inc, stats.norm(scale=1.0).cdf).pvalue > LEVEL
 
 
+def test_uniform_noise_law_and_bound():
+    inc = _increments(ds.dynamics.uniform_noise(), {"lr": [0.5], "noise": [3.0]})  # -lr * 3 * U[-1, 1]
+    assert np.abs(inc).max() <= 1.5
+    assert stats.kstest(inc, stats.uniform(loc=-1.5, scale=3.0).cdf).pvalue > LEVEL
+
+
 def test_student_t_noise_law():
     inc = _increments(ds.dynamics.student_t_noise(df=3.0), {"lr": [1.0], "noise": [1.0]})
     assert stats.kstest(-inc, stats.t(df=3.0).cdf).pvalue > LEVEL

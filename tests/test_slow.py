@@ -57,7 +57,11 @@ def test_kesten_tail_index_against_hill(lr):
                 "500",
             ],
         ),
-        ("clipping.py", ["--m-values", "10", "100", "--n", "2000", "--heavy-steps", "100"]),
+        (
+            "clipping.py",
+            "--m-values 10 100 --n 2000 --heavy-steps 100 --stochastic-m 10 100 --stochastic-runs 8 "
+            "--stochastic-steps 2000".split(),
+        ),
         ("smoothness_vs_gradient.py", ["--steps", "50"]),
         ("heavy_tail_rates.py", ["--dims", "1", "8", "--n", "50", "--steps", "200"]),
         ("heavy_ball_cycle.py", ["--starts", "101", "--steps", "500"]),

@@ -28,6 +28,7 @@ from .noise import (
     pareto_noise,
     student_t_noise,
     symmetric_stable,
+    uniform_noise,
 )
 from .saddle import LOG_ZERO, saddle_modes
 from .training import from_optax, gd, sgd
@@ -55,6 +56,7 @@ __all__ = [
     "LOG_ZERO",
     "Noise",
     "gaussian_noise",
+    "uniform_noise",
     "student_t_noise",
     "alpha_stable_noise",
     "pareto_noise",

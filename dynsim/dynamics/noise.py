@@ -32,6 +32,7 @@ from dynsim._validate import check_int, check_nonnegative, check_positive
 __all__ = [
     "Noise",
     "gaussian_noise",
+    "uniform_noise",
     "student_t_noise",
     "alpha_stable_noise",
     "pareto_noise",
@@ -73,6 +74,18 @@ def gaussian_noise(scale: float = 1.0, *, name: str = "noise") -> Noise:
         return _add_to_leaves(key, grads, lambda k, shape, dt: s * jax.random.normal(k, shape, dt))
 
     return Noise("gradient", apply, {name: scale}, "gaussian")
+
+
+def uniform_noise(scale: float = 1.0, *, name: str = "noise") -> Noise:
+    """Additive bounded gradient noise ``g + s xi``, ``xi_i ~ U[-1, 1]`` (``s = hp[name]``): ``|g - grad f|_inf <= s``
+    almost surely, the noise of seed 002's Assumption 3.4.2 (``|g - grad f| <= tau``, with ``tau = s`` in 1-D)."""
+    check_nonnegative("scale", scale)
+
+    def apply(key, grads, hp, objective):
+        s = hp[name]
+        return _add_to_leaves(key, grads, lambda k, shape, dt: s * jax.random.uniform(k, shape, dt, -1.0, 1.0))
+
+    return Noise("gradient", apply, {name: scale}, "uniform")
 
 
 def student_t_noise(scale: float = 1.0, df: float = 3.0, *, name: str = "noise") -> Noise:
