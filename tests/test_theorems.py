@@ -97,6 +97,24 @@ def test_scale_invariant_weights_obey_the_norm_recursion(x64):
         state = new
 
 
+def test_lemma_4_1_cross_entropy_bounds_on_random_logits(x64):
+    # seed 000, Lemma 4.1 (digest Sec. 4.3): l(z, y) <= (max z - min z) + log d, and the gradient softmax(z) - e_y
+    # has norm <= sqrt 2 (the Lipschitz constant c_l); both nearly reached: the label on the lowest logit with the
+    # others tied at the top, and all the mass on one wrong class
+    rng = np.random.default_rng(0)
+    d = 10
+    z = jnp.asarray(rng.standard_normal((20_000, d)) * 10.0 ** rng.uniform(-1, 2, (20_000, 1)))
+    y = jnp.asarray(rng.integers(0, d, 20_000))
+    loss = jax.vmap(ds.problems.cross_entropy)(z, y)
+    grad = jax.vmap(jax.grad(ds.problems.cross_entropy))(z, y)
+    assert np.all(np.asarray(loss) <= np.asarray(z.max(1) - z.min(1)) + np.log(d) + 1e-12)
+    assert float(jnp.linalg.norm(grad, axis=1).max()) <= np.sqrt(2)
+    worst = jnp.zeros(d).at[0].set(-50.0)  # label 0 on the lowest logit, the others tied at 0
+    assert float(ds.problems.cross_entropy(worst, 0)) == pytest.approx(50 + np.log(d - 1), rel=1e-12)
+    wrong = jnp.zeros(d).at[3].set(60.0)
+    assert float(jnp.linalg.norm(jax.grad(ds.problems.cross_entropy)(wrong, 0))) == pytest.approx(np.sqrt(2), rel=1e-12)
+
+
 def test_corrupt_labels_rate():
     y = np.zeros(20_000, np.int32)
     noisy = ds.problems.corrupt_labels(y, 0.3, 10, seed=1)

@@ -154,6 +154,38 @@ def test_corollary1_rp_is_bounded_by_the_segment_sharpness(x64):
     assert checked >= 3
 
 
+def test_proposition1_window_inequality_with_the_corrected_left_side(x64):
+    # seed 001 digest T11: summing the one-step bound f_{t+1} <= f_t - lr|g_t|^2 + (lr^2/2) L_t |g_t|^2 over a window,
+    # sum |g_t|^2 L_t / sum |g_t|^2 >= (2/lr)(1 - (f_T - f_{T+K}) / (lr sum |g_t|^2)) for every C^2 f: the proof's
+    # eq. (9) writes f(theta^T) - f(theta^0) where f(theta^T) - f(theta^{T+K}) belongs. Windows of 10 steps along the
+    # same single-neuron run as Cor. 1 (it slides to the edge of stability).
+    lr = 2 / 150
+
+    def f(th):
+        return (th[0] * jnp.tanh(th[1])) ** 2
+
+    @jax.jit
+    def step(theta):
+        nxt = theta - lr * jax.grad(f)(theta)
+        g2 = jnp.sum(jax.grad(f)(theta) ** 2)
+        return nxt, f(theta), g2, cv.segment_sharpness(f, theta, nxt, n_points=201, n_iter=2)
+
+    theta = jnp.array([13.0, 0.01])
+    rows = []
+    for _ in range(60):
+        theta, value, g2, seg = step(theta)
+        rows.append((float(value), float(g2), float(seg)))
+    values, g2, seg = map(np.array, zip(*rows))
+    values = np.append(values, float(f(theta)))
+    for start in range(0, 50, 10):
+        w = slice(start, start + 10)
+        weighted = np.sum(g2[w] * seg[w]) / np.sum(g2[w])
+        drop = values[start] - values[start + 10]
+        assert weighted * (1 + 1e-3) >= 2 / lr * (1 - drop / (lr * np.sum(g2[w])))
+    # and the window average sits above 2/lr once the loss stops falling: edge of stability
+    assert weighted > 0.97 * 2 / lr
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.integers(0, 10_000), st.floats(0.01, 0.5))
 def test_quadratic_rp_is_minus_one_plus_half_lr_times_the_rayleigh_quotient(seed, lr):
