@@ -228,3 +228,26 @@ def test_brentq_reference_for_kesten_index():
     a = 1 - 1.2 * np.random.default_rng(3).standard_normal(200_000) ** 2
     ref = optimize.brentq(lambda k: np.log(np.mean(np.abs(a) ** k)), 0.05, 5.0)
     assert L.tail_index(a) == pytest.approx(ref, rel=1e-6)
+
+
+def test_small_rate_exponent_of_linear_sgd_is_minus_lr_lambda_min(x64):
+    # seed 004, eq. (64) corrected (digest Sec. 2.4): SGD on interpolating regression in R^3, x ~ N(0, diag(h)),
+    # w <- (I - lr x x^T) w, has top exponent -lr lambda_min(H) + O(lr^2) per step. The printed
+    # -2 lr w0^T H w0 / |w0|^2 depends on the start (here -0.9 lr) and is the initial slope of the squared
+    # observable, not an exponent. Lambda / lr against lr is a line through -lambda_min = -0.05.
+    h = jnp.array([1.0, 0.3, 0.05])
+    lrs = np.array([0.08, 0.04, 0.02, 0.01])
+    ratio, se = [], []
+    for lr in lrs:
+
+        def step(w, key, lr=lr):
+            x = jnp.sqrt(h) * jax.random.normal(key, (3,), w.dtype)
+            return w - lr * x * (x @ w)
+
+        est = L.top_exponent(step, jnp.ones(3), 0, 100_000, transient=5000, n_replicas=16)
+        ratio.append(est.exponents[0] / lr)
+        se.append(est.stderr[0] / lr)
+    ratio, se = np.array(ratio), np.array(se)
+    (slope, intercept), cov = np.polyfit(lrs, ratio, 1, w=1 / se, cov="unscaled")
+    assert abs(intercept + 0.05) < 4 * np.sqrt(cov[1, 1])
+    assert slope < 0 and abs(intercept + 0.9) > 0.8  # not the printed -2 w0^T H w0 / |w0|^2
