@@ -51,9 +51,11 @@ def accuracy(x, y, scale_invariant):
     return ds.observables.Observable("accuracy", record=record)
 
 
-def train(task: str, data: dict, args) -> tuple:
+def task_problem(task: str, data: dict) -> ds.problems.Problem:
+    """The MLP of a task: scale-invariant 40-64-64-10, weight decay 1e-2 (cannot fit), or 64-128-128-10 with
+    biases, weight decay 1e-4 (can fit)."""
     cannot_fit = task == "cannot_fit"
-    problem = ds.problems.mlp_classifier(
+    return ds.problems.mlp_classifier(
         data["x"],
         data["y"],
         (64, 64) if cannot_fit else (128, 128),
@@ -62,11 +64,13 @@ def train(task: str, data: dict, args) -> tuple:
         scale_invariant=cannot_fit,
         weight_decay=1e-2 if cannot_fit else 1e-4,
     )
-    steps_per_epoch = problem.n_data // BATCH
-    epochs = args.epochs_a if cannot_fit else args.epochs_b
-    n_steps = epochs * steps_per_epoch
+
+
+def task_observables(problem, data: dict, epochs: int, scale_invariant: bool) -> dict:
+    """Losses (eq. 3 and, per epoch, eq. 2), gradient norms, noise and sharpness on 1000 examples, |theta|,
+    accuracies and the parameters, at each record."""
     m = min(1000, problem.n_data)
-    observables = {
+    return {
         "loss_S": ds.observables.loss(weight_decay=0.0),
         "loss_gamma": ds.observables.loss(),
         "grad_S": ds.observables.grad_norm(weight_decay=0.0),
@@ -74,13 +78,22 @@ def train(task: str, data: dict, args) -> tuple:
         "sigma": ds.observables.gradient_noise(m=m, weight_decay=0.0),
         "sharpness": ds.observables.sharpness(m=m, n_iter=20, weight_decay=0.0),
         "norm": ds.observables.trajectory(lambda p: jnp.sqrt(sum(jnp.sum(w**2) for w in jax.tree_util.tree_leaves(p)))),
-        "train_acc": accuracy(jnp.asarray(data["x"]), jnp.asarray(data["y"]), cannot_fit),
-        "test_acc": accuracy(jnp.asarray(data["x_test"]), jnp.asarray(data["y_test"]), cannot_fit),
+        "train_acc": accuracy(jnp.asarray(data["x"]), jnp.asarray(data["y"]), scale_invariant),
+        "test_acc": accuracy(jnp.asarray(data["x_test"]), jnp.asarray(data["y_test"]), scale_invariant),
         "eq2": ds.observables.time_average(
             lambda v: v.state.batch_loss, on="view", n_batches=epochs, keep_batches=True
         ),
         "theta": ds.observables.trajectory(),
     }
+
+
+def train(task: str, data: dict, args) -> tuple:
+    cannot_fit = task == "cannot_fit"
+    problem = task_problem(task, data)
+    steps_per_epoch = problem.n_data // BATCH
+    epochs = args.epochs_a if cannot_fit else args.epochs_b
+    n_steps = epochs * steps_per_epoch
+    observables = task_observables(problem, data, epochs, cannot_fit)
     dynamics = ds.dynamics.sgd(problem, batch_size=BATCH, track_batch_loss=True)
     res = ds.simulate(
         dynamics,

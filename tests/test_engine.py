@@ -323,6 +323,11 @@ def test_sgd_equals_optax_sgd_bitwise():
     theirs = ds.simulate(ds.dynamics.from_optax(problem, optax.sgd, batch_size=2), **kw)
     for name in ours.data_vars:
         np.testing.assert_array_equal(ours[name].values, theirs[name].values)
+    # and the minibatch loss each keeps in its state when asked
+    kw["observables"] = {"b": obs.Observable("b", record=lambda v: v.state.batch_loss)}
+    ours = ds.simulate(ds.dynamics.sgd(problem, batch_size=2, track_batch_loss=True), **kw)
+    theirs = ds.simulate(ds.dynamics.from_optax(problem, optax.sgd, batch_size=2, track_batch_loss=True), **kw)
+    np.testing.assert_array_equal(ours.b.values, theirs.b.values)
 
 
 def test_adam_first_step_known_answer(x64):

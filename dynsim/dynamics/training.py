@@ -303,6 +303,7 @@ def from_optax(
     *,
     replace: bool = True,
     noise: Sequence[Noise] = (),
+    track_batch_loss: bool = False,
     **defaults: Any,
 ) -> Dynamics:
     """Any optax optimizer on minibatch gradients, its state carried in the trajectory state.
@@ -321,6 +322,7 @@ def from_optax(
     dataset (GD with this optimizer).
 
     With ``make_optimizer=optax.sgd`` the iterates equal :func:`sgd`'s bit for bit.
+    ``track_batch_loss`` as in :func:`sgd`.
     """
     noise = _check_noise(problem, noise)
     own, fixed = _optimizer_hyperparams(make_optimizer)
@@ -358,4 +360,5 @@ def from_optax(
         init,
         update,
         f"from_optax({problem.name}, {opt_name}, batch_size={batch_size})",
+        track_batch_loss,
     )
