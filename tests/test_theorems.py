@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import optimize
 
 import dynsim as ds
 
@@ -28,6 +29,27 @@ def test_scaled_step_from_the_invariant_measure_lowers_the_loss(x64):
     expected = [-17.65, -50.99, -13.47, 0.0, 12.34]
     assert np.all(np.abs(change.mean - expected) < 4 * change.stderr + 0.02)
     assert change.mean[1] < -3 * change.stderr[1]
+    # the rest of the thesis's table (Sec. 6.5 check): D(0.75, 0.25, 0.01) = -32.8, -38.9, -1.83, and the slope
+    # at c -> 0 is -lr E|grad f|^2 = -0.04 * 4587 (the derivative of f(theta - c lr grad f) at c = 0)
+    more = ds.measure.scaled_step_change(h, lambda y, k: -lr * jax.grad(h)(y), samples, [0.75, 0.25, 0.01, 1e-4])
+    assert np.all(np.abs(more.mean[:3] - [-32.8, -38.9, -1.83]) < 4 * more.stderr[:3] + 0.05)
+    grad_sq = float(jnp.mean(jax.vmap(jax.grad(h))(samples) ** 2))
+    assert grad_sq == pytest.approx(4587, rel=2e-3)
+    assert more.mean[3] / (1e-4 * lr) == pytest.approx(-grad_sq, rel=1e-3)
+
+
+def test_scaled_step_from_a_two_cycle_closed_form(x64):
+    # lr = 0.03: the symmetric 2-cycle +-u*, sin(u*)/u* = 2/(100 lr) (seed 000 digest Sec. 4.5): a step of c lr from the
+    # cycle lowers h = -100 cos exactly when c < 1; Delta(0.5) = -92.5
+    lr = 0.03
+    h = lambda y: -100 * jnp.cos(y)  # noqa: E731
+    u = optimize.brentq(lambda v: np.sin(v) / v - 2 / (100 * lr), 0.5, 2.5)
+    samples = jnp.array([u, -u])
+    change = ds.measure.scaled_step_change(h, lambda y, k: -lr * jax.grad(h)(y), samples, [0.25, 0.5, 0.99, 1.0, 1.01])
+    closed = -100 * np.cos(u - np.array([0.25, 0.5, 0.99, 1.0, 1.01]) * lr * 100 * np.sin(u)) + 100 * np.cos(u)
+    np.testing.assert_allclose(change.mean, closed, atol=1e-9)
+    assert change.mean[1] == pytest.approx(-92.5, abs=0.05)
+    assert np.all(change.mean[:3] < 0) and abs(change.mean[3]) < 1e-9 and change.mean[4] > 0
 
 
 def test_weight_norm_ball_is_invariant_with_weight_decay(x64):
