@@ -251,3 +251,27 @@ def test_small_rate_exponent_of_linear_sgd_is_minus_lr_lambda_min(x64):
     (slope, intercept), cov = np.polyfit(lrs, ratio, 1, w=1 / se, cov="unscaled")
     assert abs(intercept + 0.05) < 4 * np.sqrt(cov[1, 1])
     assert slope < 0 and abs(intercept + 0.9) > 0.8  # not the printed -2 w0^T H w0 / |w0|^2
+
+
+def test_exponent_estimate_concentrates_like_one_over_t(x64):
+    # seed 004, Thm 2 (Var[m_t / t] -> 0), exactly for 1-D regression with fresh samples: log|w_t| is a sum of t
+    # i.i.d. terms log|1 - lr x^2|, so Var(log|w_t| / t) = v / t with v = Var log|1 - lr x^2| (by Monte Carlo here)
+    lr, n = 1.0, 4000
+    problem = ds.problems.linear_regression_1d()
+    res = ds.simulate(
+        ds.dynamics.sgd(problem),
+        grid={"lr": [lr]},
+        n_replicas=n,
+        n_steps=400,
+        record_every=100,
+        observables={"logdist": ds.observables.log_distance(problem.fixed_point)},
+    )
+    log_w = 0.5 * res.logdist.values[0]  # log|w_t|, (replica, time); w_0 = 1
+    x = np.random.default_rng(0).standard_normal(4_000_000)
+    v = np.var(np.log(np.abs(1 - lr * x**2)))
+    for j, t in enumerate(res.time.values[1:], start=1):
+        m = log_w[:, j] / t
+        var = np.var(m, ddof=1)
+        m4 = np.mean((m - m.mean()) ** 4)
+        se = np.sqrt((m4 - var**2 * (n - 3) / (n - 1)) / n)  # standard error of a sample variance, any law
+        assert abs(var - v / t) < 4 * se
