@@ -75,6 +75,7 @@ def test_kesten_tail_index_against_hill(lr):
         ("invariant_nn.py", ["--seeds", "2", "--epochs-a", "10", "--epochs-b", "10", "--draws", "1"]),
         ("batch_norm_last_layer.py", "--seeds 2 --epochs 3 --vc-steps 100 --vc-runs 4".split()),
         ("step_decay.py", ["--seeds", "2", "--phase-epochs", "2"]),
+        ("scale_invariance_control.py", ["--seeds", "2", "--epochs", "20"]),
         ("lojasiewicz_network.py", ["--datasets", "2", "--n", "16", "--steps", "200", "--points", "2000"]),
         (
             "nonsmooth_ingd.py",
