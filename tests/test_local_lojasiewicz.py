@@ -237,11 +237,11 @@ def test_corrected_condition_of_thm_4_1_exits_surely(x64, experiment):
     # probability 0.940, 0.705, 0.0999 (digest, 2e4 runs).
     import argparse
 
-    args = argparse.Namespace(n_aligned=4000, aligned_steps=5000, huber_steps=1000, seed=0, resume=False)
+    args = argparse.Namespace(n_aligned=2000, aligned_steps=4000, huber_steps=600, seed=0, resume=False)
     c = experiment.corrected_condition(args)
     steps = c.huber_exit_step.values
     assert np.all(steps >= 0)  # P(exit) = 1 in every case
     np.testing.assert_allclose(np.median(steps, axis=1), [4, 4, 24, 17], atol=1)
-    se = np.sqrt(np.array([0.940, 0.705, 0.0999]) * (1 - np.array([0.940, 0.705, 0.0999])) * (1 / 4000 + 1 / 20_000))
+    se = np.sqrt(np.array([0.940, 0.705, 0.0999]) * (1 - np.array([0.940, 0.705, 0.0999])) * (1 / 2000 + 1 / 20_000))
     assert np.all(np.abs(c.gauss_exit.values - [0.940, 0.705, 0.0999]) < 4 * se)
     assert float(c.gauss_abs_last) == pytest.approx(np.sqrt(2 / np.pi), abs=0.005)
