@@ -190,8 +190,8 @@ def heavy_tails(args) -> xr.Dataset:
     )
 
 
-def figure(complexity, heavy):
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+def figure(complexity, stochastic, heavy):
+    fig, axes = plt.subplots(1, 4, figsize=(22, 5))
     ax = axes[0]
     ms = complexity.M.values
     fine = np.geomspace(ms[0], ms[-1], 200)
@@ -229,8 +229,17 @@ def figure(complexity, heavy):
         "E x_K² = ∞ for SGD (and for ACClip); GClip's settles"
     )
     axes[2].set_title("the medians settle for all three")
+    ax = axes[3]
+    ms = stochastic.M.values
+    ax.loglog(ms, stochastic.sgd_T, "s-", label="SGD, Thm 3.4.5's step 1/(L1 (M + τ))")
+    ax.loglog(ms, stochastic.clipped_T, "o-", label="clipped SGD, Thm 3.4.4's step")
+    ax.loglog(ms, stochastic.sgd_T.values[-1] * ms / ms[-1], "k:", lw=1, label="∝ M")
+    ax.set_xlabel("M = |f'(x0)| on the exploding function")
+    ax.set_ylabel(f"T_ε: median first step with |f'| <= {STOCHASTIC_EPS}")
+    ax.set_title(f"with bounded noise |g - f'| <= {TAU} (Thms 3.4.4, 3.4.5)")
+    ax.legend(fontsize=8)
     fig.suptitle(
-        "Seed 002: clipping under (L0, L1)-smoothness (left) and heavy-tailed noise (middle, right); float64",
+        "Seed 002: clipping under (L0, L1)-smoothness (left, right) and heavy-tailed noise (middle); float64",
         fontsize=11,
     )
     return fig
@@ -252,7 +261,7 @@ def main(argv=None) -> None:
         complexity = class_complexity(args)
         stochastic = stochastic_complexity(args)
         heavy = heavy_tails(args)
-    path = _cli.save_figure(figure(complexity, heavy), args, "clipping.png")
+    path = _cli.save_figure(figure(complexity, stochastic, heavy), args, "clipping.png")
     for name, res in [("table", table), ("complexity", complexity), ("stochastic", stochastic), ("heavy_tails", heavy)]:
         res.to_netcdf(os.path.join(args.results, f"clipping_{name}.nc"))
     print("exploding function, iterations to |f'| <= 1e-3 (-2: diverged):")
