@@ -64,6 +64,21 @@ def mean_square_threshold(alpha: float, smoothness: float, sigma: float) -> floa
     return 2 * alpha / (smoothness * (2 * smoothness + sigma))
 
 
+def _proof_constants(lr, alpha, smoothness, sigma, f0):
+    """``lr``, ``F_0`` (arrays), ``rho < 1`` and ``A = sqrt(2 C_L) + sqrt(sigma)``, the constants of Thm 3.1's proof."""
+    alpha, smoothness, sigma = _constants(alpha, smoothness, sigma)
+    lr = np.asarray(lr, dtype=float)
+    f0 = np.asarray(f0, dtype=float)
+    if np.any(lr <= 0) or np.any(f0 < 0):
+        raise ValueError(f"lr must be > 0 and f0 >= 0, got lr={lr!r}, f0={f0!r}")
+    rho = contraction_rate(lr, alpha, smoothness, sigma)
+    if np.any(rho >= 1):
+        raise ValueError(
+            f"the bound needs rho < 1; rho = {rho!r} (lr above {mean_square_threshold(alpha, smoothness, sigma)})"
+        )
+    return lr, f0, rho, np.sqrt(2 * smoothness) + np.sqrt(sigma)
+
+
 def exit_probability_bound(
     lr, alpha: float, smoothness: float, sigma: float, f0, m0: float, *, printed: bool = False, after: int = 0
 ):
@@ -78,20 +93,10 @@ def exit_probability_bound(
     ``F_0 (A lr sqrt(rho) / (1 - sqrt(rho)) + rho^2 / (M_0 (1 - rho)))``, which is not a valid bound.
     Requires ``rho < 1``; values above 1 are vacuous.
     """
-    alpha, smoothness, sigma = _constants(alpha, smoothness, sigma)
     m0 = check_positive("m0", m0)
-    lr = np.asarray(lr, dtype=float)
-    f0 = np.asarray(f0, dtype=float)
-    if np.any(lr <= 0) or np.any(f0 < 0):
-        raise ValueError(f"lr must be > 0 and f0 >= 0, got lr={lr!r}, f0={f0!r}")
     if printed and after:
         raise ValueError("printed=True is eq. (3.19) as printed, for the whole run; it has no tail (after must be 0)")
-    rho = contraction_rate(lr, alpha, smoothness, sigma)
-    if np.any(rho >= 1):
-        raise ValueError(
-            f"the bound needs rho < 1; rho = {rho!r} (lr above {mean_square_threshold(alpha, smoothness, sigma)})"
-        )
-    a = np.sqrt(2 * smoothness) + np.sqrt(sigma)
+    lr, f0, rho, a = _proof_constants(lr, alpha, smoothness, sigma, f0)
     sr = np.sqrt(rho)
     if printed:
         return f0 * (a * lr * sr / (1 - sr) + rho**2 / (m0 * (1 - rho)))
@@ -108,16 +113,8 @@ def travel_bound(lr, alpha: float, smoothness: float, sigma: float, f0, step: in
     ``printed=True`` puts ``F_0`` where Cauchy-Schwarz gives ``sqrt(F_0)``, as the paper does: not a bound
     when ``F_0 < 1`` (seed 003 digest, Sec. 2.2). Requires ``rho < 1``.
     """
-    alpha, smoothness, sigma = _constants(alpha, smoothness, sigma)
-    lr = np.asarray(lr, dtype=float)
-    f0 = np.asarray(f0, dtype=float)
-    if np.any(lr <= 0) or np.any(f0 < 0):
-        raise ValueError(f"lr must be > 0 and f0 >= 0, got lr={lr!r}, f0={f0!r}")
-    rho = contraction_rate(lr, alpha, smoothness, sigma)
-    if np.any(rho >= 1):
-        raise ValueError(f"the bound needs rho < 1; rho = {rho!r}")
+    lr, f0, rho, a = _proof_constants(lr, alpha, smoothness, sigma, f0)
     size = f0 if printed else np.sqrt(f0)
-    a = np.sqrt(2 * smoothness) + np.sqrt(sigma)
     if step is None:
         return a * lr * size / (1 - np.sqrt(rho))
     step = check_int("step", step, minimum=0)

@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from dynsim._tree import tree_norm
+from dynsim._validate import check_int, check_positive
 
 __all__ = [
     "clipped_sgd",
@@ -164,12 +165,9 @@ def nonconvex_clip_parameters(smoothness, sigma, alpha, f0, horizon) -> Nonconve
     as the noise grows), is ``20 L^((2 alpha-2)/(3 alpha-2)) F0^((2 alpha-2)/(3 alpha-2))
     sigma^(2 alpha/(3 alpha-2)) K^(-(2 alpha-2)/(3 alpha-2))``.
     """
-    L, sigma, f0 = float(smoothness), float(sigma), float(f0)
-    alpha, horizon = float(alpha), int(horizon)
-    if not (L > 0 and sigma > 0 and f0 > 0 and horizon >= 1):
-        raise ValueError(
-            f"smoothness, sigma and f0 must be > 0 and horizon >= 1, got {smoothness}, {sigma}, {f0}, {horizon}"
-        )
+    L, sigma = check_positive("smoothness", smoothness), check_positive("sigma", sigma)
+    f0, alpha = check_positive("f0", f0), check_positive("alpha", alpha)
+    horizon = check_int("horizon", horizon, minimum=1)
     if not 1 < alpha <= 2:
         raise ValueError(f"alpha must be in (1, 2], got {alpha}")
     rate = alpha / (3 * alpha - 2)
@@ -206,10 +204,9 @@ class RelaxedSmoothParameters(NamedTuple):
     bound: float
 
 
-def _positive(**values) -> None:
+def _check_positive(**values) -> None:
     for name, value in values.items():
-        if not value > 0:
-            raise ValueError(f"{name} must be > 0, got {value!r}")
+        check_positive(name, value)
 
 
 def stochastic_clip_parameters(l0, l1, tau, delta, eps, horizon) -> RelaxedSmoothParameters:
@@ -217,7 +214,8 @@ def stochastic_clip_parameters(l0, l1, tau, delta, eps, horizon) -> RelaxedSmoot
     ``lr = min(1/(20 L0), 1/(128 L1 tau), 1/sqrt(T))``, ``clip_scale = 1/(16 L1)`` (for
     :func:`stochastic_clipped_sgd`), and ``T_eps <= Delta' max(128 L1/eps, 4 Delta'/eps^4, (80 L0 + 512 L1 tau)/eps^2)``
     with ``Delta' = delta + (5 L0 + 2 L1 tau) tau^2 + 9 tau L0^2 / L1``; ``T = horizon``."""
-    _positive(l0=l0, l1=l1, tau=tau, delta=delta, eps=eps, horizon=horizon)
+    _check_positive(l0=l0, l1=l1, tau=tau, delta=delta, eps=eps)
+    horizon = check_int("horizon", horizon, minimum=1)
     lr = min(1 / (20 * l0), 1 / (128 * l1 * tau), 1 / np.sqrt(horizon))
     d = delta + (5 * l0 + 2 * l1 * tau) * tau**2 + 9 * tau * l0**2 / l1
     bound = d * max(128 * l1 / eps, 4 * d / eps**4, (80 * l0 + 512 * l1 * tau) / eps**2)
@@ -228,7 +226,8 @@ def relaxed_sgd_parameters(l0, l1, m, tau, delta, eps, horizon) -> RelaxedSmooth
     """Thm 3.4.5, SGD on the same class with ``M = sup{|grad f(x)| : f(x) <= f(x_0)}``: ``lr = min(1/sqrt(T),
     1/(L1 (M + tau)))`` and ``T_eps <= (delta + (5 L0 + 4 L1 M)(M + tau)^2) / eps^4``: the step, and the bound,
     depend on ``M``; ``clip_scale`` is ``inf`` (no clipping)."""
-    _positive(l0=l0, l1=l1, m=m, tau=tau, delta=delta, eps=eps, horizon=horizon)
+    _check_positive(l0=l0, l1=l1, m=m, tau=tau, delta=delta, eps=eps)
+    horizon = check_int("horizon", horizon, minimum=1)
     lr = min(1 / np.sqrt(horizon), 1 / (l1 * (m + tau)))
     return RelaxedSmoothParameters(lr, float("inf"), (delta + (5 * l0 + 4 * l1 * m) * (m + tau) ** 2) / eps**4)
 

@@ -73,11 +73,13 @@ def zero_chain(d: int, p: float, *, scale: float = 1.0, smoothness: float = SMOO
         return {"z": jax.random.bernoulli(key, p).astype(jnp.result_type(float))}
 
     def loss(x, s, hp):
+        # f_d at v = u + (c - 1)(u - sg(u)): the value is f_d(u), the gradient c * grad f_d(u), with
+        # c = 1 except c = z/p on the frontier coordinate prog_{1/4}(u) + 1: the oracle in one gradient
         u = x / lam
-        grad = jax.lax.stop_gradient(jax.grad(zero_chain_function)(u))
-        frontier = jax.nn.one_hot(progress_index(jax.lax.stop_gradient(u), 0.25), d, dtype=u.dtype)
-        hidden = (s["z"] / p - 1) * frontier * grad  # (z/p - 1) d_j f_d on the frontier coordinate j only
-        return factor * (zero_chain_function(u) + jnp.vdot(hidden, u - jax.lax.stop_gradient(u)))
+        frozen = jax.lax.stop_gradient(u)
+        frontier = jax.nn.one_hot(progress_index(frozen, 0.25), d, dtype=u.dtype)
+        c = 1 + (s["z"] / p - 1) * frontier
+        return factor * zero_chain_function(frozen + c * (u - frozen))
 
     def init(key, hp):
         return jnp.zeros((d,), jnp.result_type(float))
