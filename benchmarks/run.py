@@ -2,7 +2,8 @@
 
 Trajectory-steps per second (float32) for
   (a) SGD on 1-D regression (N = 100, S = 1),
-  (b) the rank-1 saddle in mode coordinates (Gaussian data, S = 1, N = infinity),
+  (b) the rank-1 saddle in mode coordinates (Gaussian data, S = 1, N = infinity), through
+      ``simulate`` and through the fused kernel ``dynsim.fused.saddle_modes``,
   (c) a grid of 400 200-200-200 tanh nets (fresh samples, batch 1, mean MSE, SGD),
   (d) ``dynsim.lyapunov.spectrum`` with k = 8 on the nets of (c), relative to their base step,
 and the end-to-end time of the default phase diagram. The baselines are vectorized over trajectories
@@ -14,8 +15,9 @@ ensemble, so every trajectory-step reads and writes at least its state, alive fl
 step and reads its run key and traced hyperparameters (:func:`engine_bytes`); at the device's
 measured bandwidth (:func:`_common.memory_bandwidth`) that caps the rate at ``bandwidth / bytes``.
 
-With ``--gpu``: the issue's sizes, the ``--preset paper`` phase diagram, and (a)-(c) at several
-chunk sizes (a chunk whose state fits in the GPU's L2 cache may beat the HBM bound). Prints a table and
+With ``--gpu``: the issue's sizes, the ``--preset paper`` phase diagram (both engines), (a)-(c) at
+several chunk sizes (a chunk whose state fits in the GPU's L2 cache may beat the HBM bound) and the
+fused kernel at several block sizes (trajectories per Pallas program). Prints a table and
 rewrites ``benchmarks/RESULTS.md`` with the device's name.
 
     python benchmarks/run.py            # CPU sizes
@@ -26,6 +28,7 @@ rewrites ``benchmarks/RESULTS.md`` with the device's name.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -116,7 +119,8 @@ def regression(m, steps, chunk_size=None):
 # --------------------------------------------------------------------------- (b) rank-1 saddle
 
 
-def saddle(m, steps, chunk_size=None):
+def saddle(m, steps, chunk_size=None, fused=False, block_size=256):
+    """(b) through ``simulate``, or with ``fused=True`` through ``dynsim.fused.saddle_modes`` (same law)."""
     base = min(steps, BASELINE_STEPS)
     dyn = ds.dynamics.saddle_modes(ds.problems.rank1_saddle())
     obs = {"modes": ds.observables.final_state()}
@@ -124,6 +128,11 @@ def saddle(m, steps, chunk_size=None):
     reps = m // 16
 
     def run_dynsim():
+        if fused:
+            ds.fused.saddle_modes(
+                lrs, [0.1], n_replicas=reps, n_steps=steps, block_size=block_size, chunk_size=chunk_size or 1 << 22
+            )
+            return
         ds.simulate(
             dyn,
             grid={"lr": lrs, "mu": [0.1]},
@@ -158,7 +167,7 @@ def saddle(m, steps, chunk_size=None):
             minus += torch.log(torch.abs(1 - lrt * chi))
         sync()
 
-    bytes_per_step = engine_bytes(dyn, {"lr": 1.0, "mu": 0.1}, 2)
+    bytes_per_step = 0 if fused else engine_bytes(dyn, {"lr": 1.0, "mu": 0.1}, 2)  # fused: one pass per run
     return Workload(reps * 16 * steps, run_dynsim, reps * 16 * base, run_numpy, run_torch, bytes_per_step)
 
 
@@ -249,7 +258,9 @@ PRESETS = {
         b=(4 * 2**20, 1000),
         c=(400, 200),
         d=(400, 50),
-        chunks=dict(a=(2**18, 2**20, 2**22), b=(2**18, 2**20, 2**22), c=(50, 100, 200, 400)),
+        chunks=dict(
+            a=(2**18, 2**20, 2**22), b=(2**18, 2**20, 2**22), c=(50, 100, 200, 400), b_fused=(128, 256, 512, 1024)
+        ),
         diagram=(72, 41, 256, 1000),
         paper=(256, 256, 1024, 10_000),  # experiments/phase_diagram.py --preset paper
     ),
@@ -259,7 +270,7 @@ PRESETS = {
         b=(2**10, 20),
         c=(16, 2),
         d=(4, 2),
-        chunks=dict(a=(2**8, 2**10), b=(2**8, 2**10), c=(8, 16)),
+        chunks=dict(a=(2**8, 2**10), b=(2**8, 2**10), c=(8, 16), b_fused=(64, 128)),
         diagram=(8, 5, 16, 50),
         paper=(8, 8, 16, 100),
     ),
@@ -268,14 +279,21 @@ PRESETS = {
 phase diagrams as (lr points, mu points, replicas, steps)."""
 
 
-def diagram_seconds(n_lr, n_mu, n_replicas, n_steps, refine=0):
+def diagram_seconds(n_lr, n_mu, n_replicas, n_steps, refine=0, engine="simulate"):
     """Seconds for the theory and for the simulation of a saddle phase diagram, end to end."""
     lrs, mus = np.linspace(0.02, 3.0, n_lr), np.linspace(0.0, 1.0, n_mu)
     start = time.perf_counter()
     ds.stability.saddle_phases(lrs, mus)
     theory = time.perf_counter() - start
     ds.stability.saddle_phases(
-        lrs, mus, method="simulation", n_replicas=n_replicas, n_steps=n_steps, refine=refine, progress=False
+        lrs,
+        mus,
+        method="simulation",
+        n_replicas=n_replicas,
+        n_steps=n_steps,
+        refine=refine,
+        progress=False,
+        engine=engine,
     )
     return theory, time.perf_counter() - start - theory
 
@@ -296,6 +314,7 @@ def main(argv=None) -> None:
     for label, build, size in (
         ("(a) SGD, 1-D regression", regression, sizes["a"]),
         ("(b) rank-1 saddle, modes", saddle, sizes["b"]),
+        ("(b) rank-1 saddle, fused kernel", functools.partial(saddle, fused=True), sizes["b"]),
         (f"(c) {sizes['c'][0]} nets 200-200-200, tanh", nets, sizes["c"]),
     ):
         w = build(*size)
@@ -310,10 +329,15 @@ def main(argv=None) -> None:
     for workload, build in (("a", regression), ("b", saddle), ("c", nets)):  # does a chunk in L2 beat HBM?
         for chunk in (sizes["chunks"] or {}).get(workload, ()):
             w = build(*sizes[workload], chunk_size=chunk)
-            chunks.append((f"({workload})", chunk, w.work / best_of(w.run_dynsim)))
+            chunks.append((f"({workload})", f"{chunk:,}", w.work / best_of(w.run_dynsim)))
             print(f"({workload}) in chunks of {chunk:,}: {chunks[-1][2]:.3g} traj-steps/s")
+    for block in (sizes["chunks"] or {}).get("b_fused", ()):  # trajectories per program of the fused kernel
+        w = saddle(*sizes["b"], fused=True, block_size=block)
+        chunks.append(("(b) fused", f"{block:,} per program", w.work / best_of(w.run_dynsim)))
+        print(f"(b) fused, blocks of {block:,}: {chunks[-1][2]:.3g} traj-steps/s")
     phase_time = sum(diagram_seconds(*sizes["diagram"], refine=1))
-    paper = diagram_seconds(*sizes["paper"]) if sizes["paper"] else None
+    phase_fused = sum(diagram_seconds(*sizes["diagram"], refine=1, engine="fused"))
+    paper = {e: diagram_seconds(*sizes["paper"], engine=e) for e in ("simulate", "fused")} if sizes["paper"] else None
 
     torch_name = "not installed" if torch is None else f"{torch.__version__} on {torch_device()}"
     command = "python benchmarks/run.py" + {"cpu": "", "gpu": " --gpu", "smoke": " --smoke"}[preset]
@@ -329,10 +353,12 @@ def main(argv=None) -> None:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, shape, r_ds, r_np, r_pt, n_bytes in rows:
-        bound = bandwidth / n_bytes
+        memory = "- | - | -"  # the fused kernel: one pass per run, no bound per step
+        if n_bytes:
+            memory = f"{n_bytes:,} | {bandwidth / n_bytes:.3g} | {r_ds * n_bytes / bandwidth:.2f}"
         lines.append(
             f"| {label} | {shape} | {r_ds:.3g} | {r_np:.3g} | {r_pt:.3g} | {r_ds / r_np:.2f} | {r_ds / r_pt:.2f} "
-            f"| {n_bytes:,} | {bound:.3g} | {r_ds / bound:.2f} |"
+            f"| {memory} |"
         )
     lines += [
         "",
@@ -340,18 +366,20 @@ def main(argv=None) -> None:
         "over the bytes one step of the engine reads and writes per trajectory at least "
         "(`engine_bytes`: state, alive flag and divergence step both ways, run key and traced "
         "hyperparameters read). The engine makes one pass over the ensemble per step, so no chunk "
-        "larger than the caches runs faster than this.",
+        "larger than the caches runs faster than this. The fused kernel (`dynsim.fused.saddle_modes`: "
+        "every step of a block of trajectories in one pass, a Pallas kernel on GPU, a compiled loop "
+        "elsewhere) reads and writes each trajectory once per run: no memory bound per step.",
     ]
     if chunks:
         lines += ["", "| workload | trajectories per chunk | dynsim (traj-steps/s) |", "|---|---:|---:|"]
-        lines += [f"| {label} | {chunk:,} | {rate:.3g} |" for label, chunk, rate in chunks]
+        lines += [f"| {label} | {chunk} | {rate:.3g} |" for label, chunk, rate in chunks]
     lines += [
         "",
         f"(d) `lyapunov.spectrum` with k = 8 tangent vectors on {sizes['d'][0]} replicas of the net of (c): "
         f"{t_spec / t_base:.1f}x the time of the base SGD step (target: at most k + 1 = 9x).",
         "",
         "Phase diagram ({} x {} cells, theory + simulation with {} replicas x {} steps and one refinement): "
-        "{:.1f} s end to end.".format(*sizes["diagram"], phase_time),
+        "{:.1f} s end to end; {:.1f} s with `engine='fused'`.".format(*sizes["diagram"], phase_time, phase_fused),
     ]
     if paper is not None:
         n_lr, n_mu, n_replicas, n_steps = sizes["paper"]
@@ -359,9 +387,13 @@ def main(argv=None) -> None:
         lines += [
             "",
             f"`--preset paper` phase diagram ({n_lr} x {n_mu} cells x {n_replicas} replicas x {n_steps} steps = "
-            f"{work:.2g} trajectory-steps): theory {paper[0]:.1f} s, simulation {paper[1]:.1f} s "
-            f"({work / paper[1]:.3g} traj-steps/s); target < 5 s end to end.",
+            f"{work:.2g} trajectory-steps), target < 5 s end to end:",
         ]
+        for engine, (theory, simulation) in paper.items():
+            lines.append(
+                f"- `engine='{engine}'`: theory {theory:.1f} s, simulation {simulation:.1f} s "
+                f"({work / simulation:.3g} traj-steps/s)"
+            )
     text = "\n".join(lines) + "\n"
     print(text)
     if not (args.no_write or args.smoke):

@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 from dynsim import (  # noqa: E402
     curvature,
     dynamics,
+    fused,
     io,
     lojasiewicz,
     lyapunov,
@@ -29,6 +30,7 @@ __all__ = [
     "__version__",
     "curvature",
     "dynamics",
+    "fused",
     "io",
     "lojasiewicz",
     "lyapunov",

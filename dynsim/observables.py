@@ -43,6 +43,8 @@ __all__ = [
     "gradient_noise",
     "progress",
     "time_average",
+    "time_batches",
+    "batch_means_stderr",
     "iterate_average",
     "histogram",
     "histogram2d",
@@ -336,6 +338,28 @@ def _batch_index(t, discard: int, n_steps: int, n_batches: int):
     return (t - discard - 1) * n_batches // (n_steps - discard)
 
 
+def time_batches(n_steps: int, n_batches: int, discard: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """How :func:`time_average` splits steps ``discard+1..n_steps`` into ``n_batches`` consecutive batches.
+
+    Returns ``(counts, bounds)``: the steps in each batch, and the first step of each batch
+    followed by ``n_steps + 1`` (batch ``b`` holds ``bounds[b] <= t < bounds[b+1]``).
+    """
+    t = np.arange(discard + 1, n_steps + 1)
+    counts = np.bincount(_batch_index(t, discard, n_steps, n_batches), minlength=n_batches)
+    return counts, discard + 1 + np.concatenate([[0], np.cumsum(counts)])
+
+
+def batch_means_stderr(means: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Batch-means standard error ``sd(batch means) / sqrt(n_batches)`` along ``axis``.
+
+    ``inf`` where a batch mean is not finite.
+    """
+    finite = np.all(np.isfinite(means), axis=axis)
+    with np.errstate(invalid="ignore"):
+        spread = means.std(axis=axis, ddof=1) / np.sqrt(means.shape[axis])
+    return np.where(finite, spread, np.inf)
+
+
 def time_average(
     fn: Callable[[Any], Any], *, n_batches: int = 32, discard: int = 0, on: str = "params", keep_batches: bool = False
 ) -> Observable:
@@ -397,16 +421,12 @@ def time_average(
         return jax.lax.cond(active & ends, store, lambda a: a, acc)
 
     def finalize(acc, status, ctx: Context):
-        t = np.arange(discard + 1, ctx.n_steps + 1)
-        counts = np.bincount(_batch_index(t, discard, ctx.n_steps, n_batches), minlength=n_batches)
+        counts, _ = time_batches(ctx.n_steps, n_batches, discard)
         sums = np.asarray(acc["sum"], dtype=np.float64) - np.asarray(acc["comp"], dtype=np.float64)
         shape = (1, n_batches) + (1,) * (sums.ndim - 2)
         means = sums / counts.reshape(shape)
         total = sums.sum(axis=1) / counts.sum()
-        finite = np.all(np.isfinite(means), axis=1)
-        with np.errstate(invalid="ignore"):
-            spread = means.std(axis=1, ddof=1) / np.sqrt(n_batches)
-        stderr = np.where(finite, spread, np.inf)
+        stderr = batch_means_stderr(means, axis=1)
         extra = tuple(f"dim{i}" for i in range(sums.ndim - 2))
         out = {"": (extra, total), "stderr": (extra, stderr)}
         if keep_batches:

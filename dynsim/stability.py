@@ -405,7 +405,21 @@ def _phase_dataset(ds: xr.Dataset) -> xr.Dataset:
 
 
 def _simulate_phases(
-    lrs, second, chi, batch_size, n_data, noise_var, c0, n_replicas, n_steps, seed, level, refine, progress, checkpoint
+    lrs,
+    second,
+    chi,
+    batch_size,
+    n_data,
+    noise_var,
+    c0,
+    n_replicas,
+    n_steps,
+    seed,
+    level,
+    refine,
+    progress,
+    checkpoint,
+    engine,
 ):
     import dynsim as ds
 
@@ -418,6 +432,19 @@ def _simulate_phases(
     }
 
     def run(lr_values, second_values, steps, run_seed, part):
+        if engine == "fused":
+            res = ds.fused.saddle_modes(
+                lr_values,
+                second_values,
+                n_replicas=n_replicas,
+                n_steps=steps,
+                batch_size=batch_size,
+                noise_var=noise_var,
+                c0=c0,
+                seed=run_seed,
+                progress=progress,
+            )
+            return _summarise(res, steps, level)
         res = ds.simulate(
             dynamics,
             grid={"lr": lr_values, name: second_values},
@@ -491,6 +518,7 @@ def saddle_phases(
     refine: int = 0,
     progress: bool | None = None,
     checkpoint: str | None = None,
+    engine: str = "simulate",
     **theory_options: Any,
 ) -> xr.Dataset:
     """Phase diagram of SGD at the rank-1 saddle over ``(lr, mu)`` (or ``(lr, a)``), seed 004 Figs. 1b, 3, 4.
@@ -508,6 +536,10 @@ def saddle_phases(
     average. ``checkpoint``: a folder where each simulation of the call checkpoints its chunks
     (in a subfolder) and resumes from them (:func:`dynsim.simulate`).
 
+    ``engine="fused"`` runs the simulation through :func:`dynsim.fused.saddle_modes` instead
+    (every step of a trajectory in one kernel: a Pallas kernel on a GPU; Gaussian data drawn
+    afresh, ``n_data=None``, no checkpoint): the same law, another random stream.
+
     Returns an ``xarray.Dataset`` with ``Lambda_plus``, ``Lambda_minus``, ``ms_minus``,
     ``phase`` (indices into :data:`PHASES`) and, for simulations, the shares and intervals.
     """
@@ -521,6 +553,13 @@ def saddle_phases(
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
     check_int("refine", refine, minimum=0)
+    engine = check_choice("engine", engine, ("simulate", "fused"))
+    if engine == "fused" and method == "simulation" and (chi != "gaussian" or n_data is not None or checkpoint):
+        raise ValueError(
+            "engine='fused' simulates Gaussian data drawn afresh without checkpoints: it needs "
+            f"chi='gaussian', n_data=None and checkpoint=None (got chi={chi!r}, n_data={n_data!r}, "
+            f"checkpoint={checkpoint!r}); use engine='simulate'"
+        )
     if method == "theory":
         ds = saddle_exponents(
             lrs,
@@ -549,6 +588,7 @@ def saddle_phases(
         refine,
         progress,
         checkpoint,
+        engine,
     )
     ds.phase.attrs["labels"] = ", ".join(f"{i}: {p}" for i, p in enumerate(PHASES)) + ", -1: undecided"
     ds.attrs.update(
@@ -563,5 +603,6 @@ def saddle_phases(
         seed=seed,
         level=level,
         refine=refine,
+        engine=engine,
     )
     return ds

@@ -14,6 +14,7 @@ shrank (Wilson interval; cells whose interval holds 1/2 are undecided).
     python experiments/phase_diagram.py --diagram finite-N   # Fig. 4, N = 3, 4, 8, 10, 24, 100
     python experiments/phase_diagram.py --diagram two-point  # Fig. 1b, x y in {1, a}
     python experiments/phase_diagram.py --preset paper       # 256 x 256 cells x 1024 replicas x 1e4 steps (GPU)
+    python experiments/phase_diagram.py --engine fused       # the simulation through dynsim.fused (lr-mu, lr-S)
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def run_pair(lrs, second, args, **kw):
         seed=args.seed,
         refine=args.refine,
         checkpoint=_cli.checkpoint(args, f"phase_{args.diagram}-" + "-".join(f"{k}{v}" for k, v in sorted(kw.items()))),
+        engine=args.engine,
         **kw,
     )
     return theory, sim
@@ -87,7 +89,12 @@ def save(name: str, theory: xr.Dataset, sim: xr.Dataset, args, extra: dict) -> s
     )
     merged.attrs.update({k: v for k, v in extra.items()})
     merged.attrs.update(
-        dynsim_version=ds.__version__, seed=args.seed, replicas=args.replicas, steps=args.steps, refine=args.refine
+        dynsim_version=ds.__version__,
+        seed=args.seed,
+        replicas=args.replicas,
+        steps=args.steps,
+        refine=args.refine,
+        engine=args.engine,
     )
     path = os.path.join(args.results, f"phase_diagram_{name}.nc")
     ds.io.save(merged, path)
@@ -216,6 +223,12 @@ def main(argv=None) -> None:
     parser.add_argument("--mu", type=float, default=0.06, help="mu of the lr-S diagram")
     parser.add_argument("--n-data", type=int, nargs="+", default=[3, 4, 8, 10, 24, 100])
     parser.add_argument("--datasets", type=int, default=20, help="finite-N: datasets averaged for the shares")
+    parser.add_argument(
+        "--engine",
+        choices=("simulate", "fused"),
+        default="simulate",
+        help="fused: every step of a trajectory in one kernel (Pallas on GPU); Gaussian data only",
+    )
     args = _cli.parse(parser, argv)
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:

@@ -18,6 +18,7 @@ def test_benchmark_smoke_runs_every_branch_and_writes_nothing():
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    for line in ("memory bound", "trajectories per chunk", "(d) `lyapunov.spectrum`", "`--preset paper` phase diagram"):
+    expected = ("memory bound", "trajectories per chunk", "(d) `lyapunov.spectrum`", "`--preset paper` phase diagram")
+    for line in (*expected, "fused kernel", "`engine='fused'`"):
         assert line in out.stdout, line
     assert open(results).read() == before

@@ -8,10 +8,13 @@ import dynsim as ds
 pytestmark = pytest.mark.slow
 
 
-def test_default_phase_diagram_agrees_with_theory():
+@pytest.mark.parametrize("engine", ["simulate", "fused"])
+def test_default_phase_diagram_agrees_with_theory(engine):
     lrs, mus = np.linspace(0.02, 3.0, 72), np.linspace(0.0, 1.0, 41)
     theory = ds.stability.saddle_phases(lrs, mus)
-    sim = ds.stability.saddle_phases(lrs, mus, method="simulation", n_replicas=256, n_steps=1000, refine=1)
+    sim = ds.stability.saddle_phases(
+        lrs, mus, method="simulation", n_replicas=256, n_steps=1000, refine=1, engine=engine
+    )
     coarse = lambda p: np.where(p == 1, 0, p)  # noqa: E731
     decided = sim.phase.values >= 0
     assert decided.mean() > 0.95
@@ -38,6 +41,7 @@ def test_kesten_tail_index_against_hill(lr):
 @pytest.mark.parametrize(
     "script,args",
     [
+        ("phase_diagram.py", "--engine fused --lr-points 12 --second-points 5 --replicas 32 --steps 100".split()),
         ("unstable_convergence_toys.py", ["--starts", "500", "--family-points", "11", "--family-steps", "4000"]),
         ("unstable_convergence_nets.py", ["--steps", "60", "--every", "30", "--epochs", "2", "--probe-m", "4"]),
         (

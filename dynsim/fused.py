@@ -1,0 +1,264 @@
+"""Fused multi-step kernels: every step of a trajectory in one pass, its state never leaving the chip.
+
+:func:`dynsim.simulate` runs one step per pass over the ensemble, so each step reads and writes
+every trajectory's state in memory; on a GPU that caps the rate at the memory bandwidth over
+the bytes a step moves (``benchmarks/RESULTS.md``). A fused kernel loads a block of
+trajectories once, runs all ``n_steps`` steps on it with the state in registers, and writes the
+results once: its rate is bound by arithmetic instead.
+
+:func:`saddle_modes` is the fused form of :func:`dynsim.dynamics.saddle_modes` with Gaussian
+data drawn afresh each step (seed 004, eqs. 66-67, ``n_data = None``): the mode exponents and
+the mean-square factor behind :func:`dynsim.stability.saddle_phases`. It runs as
+
+* ``backend="pallas"``: a Pallas (Triton) kernel on a GPU, one program per block of trajectories;
+* ``backend="jax"``: the same step in plain JAX, one compiled loop per chunk (CPU, or any device);
+* ``backend="interpret"``: the Pallas kernel in interpret mode (any device; for tests).
+
+Randomness. The engine's stream (:mod:`dynsim.prng`) derives a key per step and per draw, a
+Threefry hash each. Here sample ``j`` of step ``t`` of trajectory ``(c, r)`` takes the two words
+``(b0, b1) = threefry2x32(k_cr, (j, t))`` of its trajectory key
+``k_cr = threefry2x32(key(seed), (c, r))``, one hash, and turns each into a normal
+``sqrt(2) erfinv(v)`` with ``v`` uniform on ``2**23`` points symmetric in ``(-1, 1)``, as
+``jax.random.normal`` does: ``x`` from ``b0`` and ``eps / sqrt(noise_var)`` from ``b1``. The law is
+the engine's (both cap ``|x|`` near 5.4, a tail of probability 1e-7); the draws are not, so results
+agree with :func:`dynsim.simulate` in distribution, not bit for bit. They depend only on
+``(seed, c, r, t, j)``: the same for any block or chunk size and on any backend.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+from jax import lax
+from tqdm.auto import tqdm
+
+from dynsim import prng
+from dynsim._validate import check_choice, check_int, check_positive, grid_values
+from dynsim.dynamics.saddle import LOG_ZERO
+from dynsim.observables import batch_means_stderr, time_batches
+
+__all__ = ["saddle_modes", "BACKENDS"]
+
+BACKENDS = ("auto", "pallas", "jax", "interpret")
+_SQRT2 = np.float32(math.sqrt(2))
+_STEP = np.float32(2.0**-22)
+
+
+def _uniform_open(bits):
+    """``(b + 1/2) / 2**22 - 1`` of the top 23 bits ``b``: uniform on 2**23 points symmetric in (-1, 1).
+
+    Every step is exact in float32 (``b + 1/2`` needs 24 bits), so ``|v| <= 1 - 2**-23`` and
+    ``erfinv(v)`` is finite.
+    """
+    top = lax.shift_right_logical(bits, np.uint32(9)).astype(np.float32)
+    return (top + np.float32(0.5)) * _STEP - 1
+
+
+def _normal_pair(k0, k1, j, t):
+    """Two independent N(0, 1) draws ``sqrt(2) erfinv(v)`` from the words of ``threefry2x32(k, (j, t))``."""
+    b0, b1 = prng.threefry2x32(k0, k1, j, t)
+    return _SQRT2 * lax.erf_inv(_uniform_open(b0)), _SQRT2 * lax.erf_inv(_uniform_open(b1))
+
+
+def _chi(k0, k1, t, mu, batch_size: int, noise_std: float, c0: float):
+    """``chi_t = (c0/S) sum_j x_j (mu x_j + (1 - mu) eps_j)`` (eq. 66), ``x ~ N(0,1)``, ``eps ~ N(0, noise_var)``."""
+    total = jnp.zeros_like(mu)
+    for j in range(batch_size):
+        x, z = _normal_pair(k0, k1, np.uint32(j), t)
+        total = total + x * (mu * x + (1 - mu) * noise_std * z)
+    return (c0 / batch_size) * total
+
+
+def _run(lr, mu, k0, k1, *, bounds, batch_size, noise_std, c0):
+    """All steps of a block of trajectories: ``log|mode_T / mode_0|`` of both modes and batch sums.
+
+    ``log_-+ += log|1 -+ lr chi_t|`` (eq. 67; ``log 0`` kept at :data:`LOG_ZERO`), and
+    ``sums[b]``, the compensated (Kahan) sum over the steps of batch ``b`` of ``(1 - lr chi_t)^2``
+    (a list); ``bounds`` are the batches' first steps and the end,
+    ``1 = bounds[0] < ... < bounds[-1] = n_steps + 1``.
+    """
+
+    def step(t, carry):
+        log_plus, log_minus, total, comp = carry
+        chi = _chi(k0, k1, t.astype(np.uint32), mu, batch_size, noise_std, c0)
+        plus, minus = 1 + lr * chi, 1 - lr * chi
+        log_plus = jnp.maximum(log_plus + jnp.log(jnp.abs(plus)), LOG_ZERO)
+        log_minus = jnp.maximum(log_minus + jnp.log(jnp.abs(minus)), LOG_ZERO)
+        y = minus * minus - comp
+        new = total + y
+        return log_plus, log_minus, new, (new - total) - y
+
+    zero = jnp.zeros_like(lr)
+    log_plus, log_minus, sums = zero, zero, []
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        log_plus, log_minus, total, comp = lax.fori_loop(start, stop, step, (log_plus, log_minus, zero, zero))
+        sums.append(total - comp)
+    return log_plus, log_minus, sums
+
+
+def _kernel(lr_ref, mu_ref, k0_ref, k1_ref, plus_ref, minus_ref, sums_ref, **static):
+    log_plus, log_minus, sums = _run(lr_ref[...], mu_ref[...], k0_ref[...], k1_ref[...], **static)
+    plus_ref[...] = log_plus
+    minus_ref[...] = log_minus
+    for b, total in enumerate(sums):  # row by row: Triton stacks only along the last axis
+        sums_ref[b, :] = total
+
+
+def _pallas(inputs, block: int, interpret: bool, **static):
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+
+    n = inputs[0].shape[0]
+    n_batches = len(static["bounds"]) - 1
+    flat = pl.BlockSpec((block,), lambda i: (i,))
+    return pl.pallas_call(
+        lambda *refs: _kernel(*refs, **static),
+        out_shape=(
+            jax.ShapeDtypeStruct((n,), jnp.float32),
+            jax.ShapeDtypeStruct((n,), jnp.float32),
+            jax.ShapeDtypeStruct((n_batches, n), jnp.float32),
+        ),
+        grid=(n // block,),
+        in_specs=[flat] * 4,
+        out_specs=(flat, flat, pl.BlockSpec((n_batches, block), lambda i: (0, i))),
+        interpret=interpret,
+        compiler_params=None if interpret else plgpu.CompilerParams(num_warps=4, num_stages=1),
+        name="dynsim_saddle_modes",
+    )(*inputs)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(backend: str, block: int, bounds: tuple, batch_size: int, noise_std: float, c0: float):
+    """The jitted runner of one chunk for a static configuration (cached)."""
+    static = dict(bounds=bounds, batch_size=batch_size, noise_std=noise_std, c0=c0)
+    if backend == "jax":
+
+        def run(lr, mu, k0, k1):
+            log_plus, log_minus, sums = _run(lr, mu, k0, k1, **static)
+            return log_plus, log_minus, jnp.stack(sums)
+
+        return jax.jit(run)
+    return jax.jit(lambda *inputs: _pallas(inputs, block, backend == "interpret", **static))
+
+
+def _resolve_backend(backend: str) -> str:
+    backend = check_choice("backend", backend, BACKENDS)
+    if backend == "auto":
+        return "pallas" if jax.default_backend() == "gpu" else "jax"
+    if backend == "pallas" and jax.default_backend() != "gpu":
+        raise ValueError(
+            f"backend='pallas' compiles a Triton kernel and needs a GPU; JAX's default backend is "
+            f"{jax.default_backend()!r}. Use backend='jax' (same results) or 'interpret'."
+        )
+    return backend
+
+
+def saddle_modes(
+    lrs,
+    mus,
+    *,
+    n_replicas: int,
+    n_steps: int,
+    batch_size: int = 1,
+    noise_var: float = 4.0,
+    c0: float = 1.0,
+    seed: int = 0,
+    n_batches: int = 8,
+    backend: str = "auto",
+    block_size: int = 256,
+    chunk_size: int = 1 << 16,
+    progress: bool | None = None,
+) -> xr.Dataset:
+    """SGD at the rank-1 saddle with fresh Gaussian data, every step fused (seed 004, eqs. 66-67).
+
+    Trajectory ``(lr_i, mu_j, replica r)`` multiplies its modes ``h = w + u`` and ``m = w - u`` by
+    ``1 + lr chi_t`` and ``1 - lr chi_t`` at step ``t = 1..n_steps``, with
+    ``chi_t = (c0/S) sum_{j<S} x_j (mu x_j + (1 - mu) eps_j)``, ``x ~ N(0, 1)``,
+    ``eps ~ N(0, noise_var)`` drawn afresh (``S = batch_size``): the law of
+    ``dynsim.dynamics.saddle_modes(dynsim.problems.rank1_saddle(noise_var=..., c0=...), S)``.
+
+    Returns an ``xarray.Dataset`` over ``(lr, mu, replica)`` with the variables
+    :func:`dynsim.simulate` gives for that dynamics with the observables of
+    :func:`dynsim.stability.saddle_phases`:
+
+    * ``modes_log_plus``, ``modes_log_minus``: ``log|h_T/h_0|``, ``log|m_T/m_0|``, sums of
+      ``log|1 -+ lr chi_t|`` (:data:`~dynsim.dynamics.saddle.LOG_ZERO` once a mode is hit exactly);
+    * ``ms_minus``, ``ms_minus_stderr``: the time average of ``(1 - lr chi_t)^2`` and its
+      standard error from ``n_batches`` batch means.
+
+    ``backend``: ``"pallas"`` (GPU), ``"jax"``, ``"interpret"``, or ``"auto"`` (Pallas on a GPU,
+    else JAX); all give the same numbers up to float32 rounding. ``block_size`` (a power of 2):
+    trajectories per Pallas program. ``chunk_size``: trajectories per compiled call (the
+    progress bar advances per chunk; ``None``: shown on a terminal for runs longer than 2 s).
+    Randomness: see the module docstring; results do not depend on ``block_size`` or
+    ``chunk_size``. Computed in float32 whatever ``jax_enable_x64`` says.
+    """
+    lrs, mus = grid_values("lr", lrs), grid_values("mu", mus)
+    n_replicas = check_int("n_replicas", n_replicas, minimum=1)
+    n_steps = check_int("n_steps", n_steps, minimum=1)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    n_batches = check_int("n_batches", n_batches, minimum=2)
+    if n_steps < n_batches:
+        raise ValueError(f"n_steps = {n_steps} must be >= n_batches = {n_batches}")
+    if n_steps >= 2**32:
+        raise ValueError(f"n_steps = {n_steps} must be < 2**32 (the step counter is 32 bits)")
+    check_positive("noise_var", noise_var)
+    check_positive("c0", c0)
+    block_size = check_int("block_size", block_size, minimum=1)
+    if block_size & (block_size - 1):
+        raise ValueError(f"block_size must be a power of 2, got {block_size}")
+    chunk_size = check_int("chunk_size", chunk_size, minimum=1)
+    if progress not in (None, True, False):
+        raise TypeError(f"progress must be None, True or False, got {progress!r}")
+    backend = _resolve_backend(backend)
+
+    counts, bounds = time_batches(n_steps, n_batches)
+    n_cells = lrs.size * mus.size
+    n_traj = n_cells * n_replicas
+    # trajectory i = (cell c, replica r), cells row-major over (lr, mu)
+    cell = np.repeat(np.arange(n_cells, dtype=np.uint32), n_replicas)
+    replica = np.tile(np.arange(n_replicas, dtype=np.uint32), n_cells)
+    lr = np.repeat(lrs.astype(np.float32), mus.size * n_replicas)
+    mu = np.tile(np.repeat(mus.astype(np.float32), n_replicas), lrs.size)
+    root = jax.random.key_data(prng.key(seed))
+    k0, k1 = (np.asarray(w) for w in prng.threefry2x32(root[0], root[1], jnp.asarray(cell), jnp.asarray(replica)))
+
+    chunk = min(-(-chunk_size // block_size) * block_size, -(-n_traj // block_size) * block_size)
+    run = _compiled(backend, block_size, tuple(int(b) for b in bounds), batch_size, float(noise_var) ** 0.5, float(c0))
+    outs = []
+    disable = {None: None, True: False, False: True}[progress]
+    bar = tqdm(total=n_traj * n_steps, unit="traj-step", unit_scale=True, delay=2.0, disable=disable, desc="fused")
+    with bar:
+        for start in range(0, n_traj, chunk):
+            idx = np.arange(start, start + chunk) % n_traj  # the last chunk padded by repetition
+            outs.append([np.asarray(o) for o in run(lr[idx], mu[idx], k0[idx], k1[idx])])
+            bar.update((min(start + chunk, n_traj) - start) * n_steps)
+    log_plus, log_minus, sums = (np.concatenate(parts, axis=-1)[..., :n_traj] for parts in zip(*outs))
+    means = sums.astype(np.float64).T / counts  # (trajectory, batch)
+    ms_minus = means @ counts / counts.sum()
+    ms_stderr = batch_means_stderr(means)
+
+    shape = (lrs.size, mus.size, n_replicas)
+    dims = ("lr", "mu", "replica")
+    return xr.Dataset(
+        {
+            "modes_log_plus": (dims, log_plus.reshape(shape)),
+            "modes_log_minus": (dims, log_minus.reshape(shape)),
+            "ms_minus": (dims, ms_minus.reshape(shape)),
+            "ms_minus_stderr": (dims, ms_stderr.reshape(shape)),
+        },
+        coords={"lr": lrs, "mu": mus, "replica": np.arange(n_replicas)},
+        attrs=dict(
+            engine=f"dynsim.fused.saddle_modes ({backend})",
+            n_steps=n_steps,
+            batch_size=batch_size,
+            noise_var=noise_var,
+            c0=c0,
+            seed=seed,
+        ),
+    )
