@@ -1,10 +1,12 @@
 """Chunk checkpoints: a run that is interrupted resumes where it stopped, and hosts can share a run.
 
 A checkpoint is a folder. ``config.json`` fingerprints the run (dynamics, grid, steps, replicas,
-seed, records, observables); each finished chunk of trajectories is one ``.npz`` file holding its
-outputs and the global indices of its trajectories, written to a temporary name and renamed, so a
-killed process never leaves a half-written chunk. A rerun of the same call loads the chunks that
-exist and computes the others; a checkpoint written by a different configuration is refused.
+seed, records, observables) and ``program-<group>.sha256`` what each compiled program computes (its
+jaxprs and constants: a changed step, problem constant or observable function). Each finished
+chunk of trajectories is one ``.npz`` file holding its outputs and the global indices of its
+trajectories, written to a temporary name and renamed, so a killed process never leaves a
+half-written chunk. A rerun of the same call loads the chunks that exist and computes the others;
+a checkpoint written by a different configuration or program is refused.
 """
 
 from __future__ import annotations
@@ -56,6 +58,25 @@ class Checkpoint:
                 )
         else:
             _atomic_write(config_path, lambda tmp: open(tmp, "w").write(text))
+
+    def check_program(self, group: int, fingerprint: str) -> None:
+        """Record the fingerprint of a group's compiled program, or refuse a checkpoint made by another.
+
+        ``config.json`` holds what the call's arguments say; this catches what they cannot, such as
+        an observable's function or a problem's constants that changed between runs.
+        """
+        path = os.path.join(self.path, f"program-{group:04d}.sha256")
+        if not os.path.exists(path):
+            _atomic_write(path, lambda tmp: open(tmp, "w").write(fingerprint))
+            return
+        with open(path) as fh:
+            stored = fh.read().strip()
+        if stored != fingerprint:
+            raise ValueError(
+                f"checkpoint {self.path!r} was computed by a different program (the dynamics' step, the "
+                "problem's constants or data, or an observable's function changed); use another folder "
+                "or delete this one"
+            )
 
     def chunk_size(self, group: int) -> int | None:
         """The chunk size this group was started with, if any of its chunks exist."""

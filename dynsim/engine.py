@@ -15,6 +15,7 @@ never recompiles.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -24,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
@@ -302,6 +304,50 @@ class _Program:
         self.run_records = jax.jit(run_records, donate_argnums=0)
         self.write = jax.jit(write, donate_argnums=0)
         self.finish = jax.jit(finish)
+
+    def fingerprint(self, inputs_one: dict, root) -> str:
+        """SHA-256 of what the programs compute: their jaxprs and the constants they close over.
+
+        Covers the dynamics' ``init`` and ``step`` (so a problem's constants and dataset), the
+        observables' records and updates, and the shared dataset's generator; a checkpoint
+        compares it to refuse chunks computed by other code. Stable across processes: the
+        jaxprs are printed without source locations.
+        """
+        digest = hashlib.sha256()
+
+        def add(fn, *args):
+            closed = jax.make_jaxpr(fn)(*args)
+            digest.update(closed.jaxpr.pretty_print(source_info=False, name_stack=False).encode())
+            for const in _constants(closed):
+                if jnp.issubdtype(const.dtype, jax.dtypes.prng_key):
+                    const = jax.random.key_data(const)
+                value = np.asarray(const)
+                digest.update(f"{value.dtype}{value.shape}".encode())
+                digest.update(value.tobytes())
+
+        carry = jax.eval_shape(self.init, inputs_one)
+        add(self.init, inputs_one)
+        add(self.run_steps, carry, inputs_one, 0, 1)
+        add(self.write, carry, inputs_one, 1)
+        add(self.finish, carry, inputs_one)
+        if self.shared_data is not None:
+            add(self.shared_data, prng.data_key(root))
+        return digest.hexdigest()
+
+
+def _constants(closed):
+    """The constants of a closed jaxpr and of every closed jaxpr nested in its equations (jit, loops, branches)."""
+    yield from closed.consts
+    stack = [closed.jaxpr]
+    while stack:
+        for eqn in stack.pop().eqns:
+            for param in eqn.params.values():
+                for sub in param if isinstance(param, (tuple, list)) else (param,):
+                    if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                        yield from sub.consts
+                        stack.append(sub.jaxpr)
+                    elif isinstance(sub, jax.extend.core.Jaxpr):
+                        stack.append(sub)
 
 
 def _freeze(value: Any) -> Any:
@@ -702,6 +748,8 @@ def simulate(
                     per_traj = jax.device_put(per_traj, sharding)
                 return {**per_traj, "root": root, "data": data}
 
+            if store is not None:
+                store.check_program(group, program.fingerprint(inputs_for(np.arange(1), data), prng.key(seed)))
             size = store.chunk_size(group) if store else None
             if size is None:
                 size = chunk_size or _chunk_size(

@@ -173,3 +173,24 @@ def test_two_processes_with_jax_distributed_give_the_one_process_result(tmp_path
     )
     assert out.returncode == 0, out.stderr[-2000:]
     _same(ds.io.load(many / "cluster_sweep.nc"), ds.io.load(one / "cluster_sweep.nc"))
+
+
+def test_checkpoint_of_another_program_is_refused(tmp_path):
+    # Same arguments, different computation: an observable's function, a problem's constant.
+    def run(curvature, power, folder):
+        return ds.simulate(
+            ds.dynamics.gd(ds.problems.quadratic(curvature), noise=[ds.dynamics.gaussian_noise(1.0)]),
+            grid={"lr": [0.1]},
+            n_replicas=16,
+            n_steps=40,
+            observables={"m": ds.observables.time_average(lambda th: th**power, n_batches=4)},
+            checkpoint=folder,
+            progress=False,
+        )
+
+    first = run(2.0, 2, tmp_path / "ck")
+    again = run(2.0, 2, tmp_path / "ck")  # a new lambda with the same code resumes
+    np.testing.assert_array_equal(first.m.values, again.m.values)
+    for curvature, power in [(2.0, 4), (5.0, 2)]:
+        with pytest.raises(ValueError, match="different program"):
+            run(curvature, power, tmp_path / "ck")
