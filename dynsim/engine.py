@@ -20,6 +20,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -82,6 +83,13 @@ def _check_observables(observables: Any) -> dict[str, Observable]:
     for name, obs in observables.items():
         if not isinstance(name, str) or not name.isidentifier():
             raise ValueError(f"observable names must be identifiers, got {name!r}")
+        if hasattr(xr.Dataset, name):
+            warnings.warn(
+                f"observable name {name!r} is also an attribute of xarray.Dataset: read the output as "
+                f"result[{name!r}], since result.{name} is the Dataset's own",
+                UserWarning,
+                stacklevel=3,
+            )
         if isinstance(obs, str):
             obs = from_name(obs)
         if not isinstance(obs, Observable):

@@ -16,6 +16,7 @@ mean-square convergence is the stronger ``L(2) < 0``, with ``L(q) = lim (1/t) lo
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -135,7 +136,9 @@ class SlopeEstimate(NamedTuple):
     ``exponent`` and ``stderr`` (over replicas) per grid cell; ``m``: the ensemble mean
     ``m(t)``; ``history``: the running exponent ``(m(t) - m(t_0)) / (2 (t - t_0))``;
     ``transient``: steps discarded before ``t_0``; ``exact_hits``: share of replicas that
-    reached the point exactly (``-inf``), left out of the slope.
+    reached the point exactly (``-inf``) during the run; ``until``: per cell, the last record
+    time the fit used (see :func:`from_log_distance`); ``left_range``: share of replicas that
+    diverged, hit the point exactly or were frozen during the run.
     """
 
     exponent: xr.DataArray
@@ -144,29 +147,71 @@ class SlopeEstimate(NamedTuple):
     history: xr.DataArray
     transient: int
     exact_hits: xr.DataArray
+    until: xr.DataArray
+    left_range: xr.DataArray
 
 
-def _slope(logs: xr.DataArray, transient: int, scale: float) -> SlopeEstimate:
+def _diverged_steps(result: xr.Dataset) -> xr.DataArray | None:
+    """The divergence step of every trajectory, from a :func:`~dynsim.observables.diverged` output, if any."""
+    try:
+        observables = json.loads(result.attrs["config"])["observables"]
+    except (KeyError, TypeError, ValueError):
+        return None
+    for name, spec in observables.items():
+        if spec.get("kind") == "diverged" and f"{name}_step" in result:
+            return result[f"{name}_step"]
+    return None
+
+
+def _slope(logs: xr.DataArray, transient: int, scale: float, diverged_step=None) -> SlopeEstimate:
     if "time" not in logs.dims or "replica" not in logs.dims:
         raise ValueError(f"need a record with 'time' and 'replica' dimensions, got {logs.dims}")
     times = logs.time.values
     if transient < 0 or transient >= times[-1]:
         raise ValueError(f"transient must be in [0, {times[-1]}), got {transient}")
-    kept = logs.sel(time=times[times >= transient]).astype(np.float64)
-    if kept.sizes["time"] < 2:
-        raise ValueError("fewer than 2 records after the transient: record more often (record_every)")
-    finite = np.isfinite(kept).all("time")
-    t = kept.time.astype(np.float64)
-    tc = t - t.mean()
-    slopes = (kept.where(finite) * tc).sum("time", skipna=False) / float((tc**2).sum()) / scale
-    n = finite.sum("replica")
-    exponent = slopes.mean("replica", skipna=True)
-    stderr = slopes.std("replica", ddof=1, skipna=True) / np.sqrt(n)
+    logs = logs.astype(np.float64)
+    # A replica leaves the float range at its first record that is not finite (an exact hit or an
+    # overflow), that repeats the previous record exactly (the engine froze it), or that follows
+    # its divergence step. Fitting every replica of a cell up to the first such record of any of
+    # them keeps all replicas (dropping the ones that left would keep the slow ones only).
+    bad = ~np.isfinite(logs)
+    if diverged_step is not None:
+        bad = bad | ((diverged_step >= 0) & (logs.time >= diverged_step))
+    else:  # a frozen trajectory repeats its record exactly, and the first repeated record may be frozen too
+        bad = bad | (logs.diff("time", label="lower") == 0).reindex(time=logs.time, fill_value=False)
+    first_bad = logs.time.where(bad).min("time")  # NaN: never
+    left = first_bad.notnull()
+    until = logs.time.where(~(logs.time >= first_bad.min("replica"))).max("time")
+    window = (logs.time >= transient) & (logs.time <= until)
+    kept = logs.where(window)
+    n_records = window.sum("time")
+    short = n_records < 2
+    if bool(short.all()):
+        raise ValueError(
+            "fewer than 2 records after the transient and before the first replica left the float range "
+            "(an exact hit, an overflow or a divergence): record more often (record_every), use float64 "
+            "(jax.config.update('jax_enable_x64', True)), or estimate in log space (top_exponent, with_tangent)"
+        )
+    if bool(short.any()):
+        warnings.warn(
+            f"{int(short.sum())} cells have fewer than 2 records before the first replica left the float range: "
+            "their exponent is NaN; record more often, use float64, or estimate in log space (top_exponent)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    t = kept.time.astype(np.float64).where(window)
+    tc = t - t.mean("time")
+    slopes = (kept * tc).sum("time") / (tc**2).sum("time") / scale
+    slopes = slopes.where(~short)
+    n = logs.sizes["replica"]
+    exponent = slopes.mean("replica")
+    stderr = slopes.std("replica", ddof=1) / np.sqrt(n)
     m = logs.where(np.isfinite(logs)).mean("replica")
-    t0 = float(kept.time[0])
+    t0 = float(times[times >= transient][0])
     later = m.sel(time=m.time > t0)
     history = (later - m.sel(time=t0)) / (scale * (later.time - t0))
-    return SlopeEstimate(exponent, stderr, m, history, int(transient), 1 - n / logs.sizes["replica"])
+    hits = np.isneginf(logs).any("time").mean("replica")
+    return SlopeEstimate(exponent, stderr, m, history, int(transient), hits, until, left.mean("replica"))
 
 
 def from_log_distance(result: xr.Dataset, var: str = "logdist", *, transient: int = 0) -> SlopeEstimate:
@@ -174,26 +219,35 @@ def from_log_distance(result: xr.Dataset, var: str = "logdist", *, transient: in
 
     ``result[var]`` is a :func:`dynsim.observables.log_distance` record (dimensions
     ``replica`` and ``time``). Each replica's slope of ``log|w_t - w*|^2`` over
-    ``t >= transient`` is fitted by least squares; the exponent is half the mean slope
+    ``transient <= t <= until`` is fitted by least squares; the exponent is half the mean slope
     (``m_w`` is squared), its standard error the spread over replicas. For i.i.d.
     multipliers ``E log|w_t - w*|^2 = 2 Lambda t`` exactly, so the fit is unbiased.
+
+    In float32 an iterate reaches ``w*`` exactly (``log 0 = -inf``) or overflows within a few
+    hundred steps when ``|Lambda|`` is large. ``until`` is, per cell, the last record before
+    the first replica of the cell left the float range: hit ``w*`` exactly, overflowed, or
+    was frozen by the engine after a divergence (read from a :func:`~dynsim.observables.diverged`
+    output of ``result`` if there is one, else from a record that the next one repeats exactly).
+    Every replica is fitted on the same window, so none is selected out. Cells left with fewer
+    than 2 records give NaN (a warning); record more often, use float64, or :func:`top_exponent`,
+    which works in log space.
     """
     if var not in result:
         raise ValueError(f"result has no variable {var!r}; it has {sorted(result.data_vars)}")
-    return _slope(result[var], transient, 2.0)
+    return _slope(result[var], transient, 2.0, _diverged_steps(result))
 
 
 def from_log_loss(result: xr.Dataset, var: str = "loss", *, transient: int = 0) -> SlopeEstimate:
     """The exponent from ``m_L(t) = E log L(w_t)`` (seed 004, eq. 10) of a :func:`~dynsim.observables.loss` record.
 
     Near an interpolating minimum ``L`` is quadratic in ``w - w*``, so ``m_L`` grows like
-    ``m_w``: the exponent is half the slope.
+    ``m_w``: the exponent is half the slope. The window is chosen as in :func:`from_log_distance`.
     """
     if var not in result:
         raise ValueError(f"result has no variable {var!r}; it has {sorted(result.data_vars)}")
     with np.errstate(divide="ignore"):
         logs = np.log(result[var])
-    return _slope(logs, transient, 2.0)
+    return _slope(logs, transient, 2.0, _diverged_steps(result))
 
 
 # --------------------------------------------------------------------------- tangent methods
@@ -265,6 +319,14 @@ def running_exponent(*, transient: int = 0, every_record: bool = True):
     """Observable of a :func:`with_tangent` run: ``log_growth / (t - transient)``, the running top exponent.
 
     ``-inf`` where the tangent was annihilated (a zero multiplier).
+
+    A trajectory that diverges is frozen by the engine, tangent included, so its value is the
+    exponent of the steps before its divergence. Where divergence depends on how fast the
+    trajectory grew (an unbounded problem with a positive exponent), averaging those values
+    over a cell is biased, and dropping the diverged replicas is biased too (it keeps the slow
+    ones). Record the history (``every_record=True`` with ``record_every``) and average the
+    records before a cell's first divergence, or use :func:`top_exponent`, whose tangent does
+    not stop when the state overflows.
     """
     from dynsim.dynamics.saddle import LOG_ZERO
     from dynsim.observables import Observable
@@ -281,7 +343,11 @@ class LyapunovEstimate(NamedTuple):
     """Exponents of a map, ``k`` largest first.
 
     ``exponents``: mean over replicas; ``stderr``: their standard error (NaN for one
-    replica); ``per_replica``: ``(n_replicas, k)``; ``history``: ``(n_records, k)`` running
+    replica). It measures the spread over replicas only: for a deterministic map, whose
+    replicas differ only in their initial tangent frame, it leaves out the finite-time bias
+    (``O(1/n_steps)``: the frame's initial alignment, and near-equal exponents, such as a complex
+    pair, sorted per replica), so compare runs of different lengths before trusting digits
+    below it. ``per_replica``: ``(n_replicas, k)``; ``history``: ``(n_records, k)`` running
     estimates (mean over replicas) at ``times``; ``transient``: steps discarded.
     """
 
@@ -390,12 +456,14 @@ def _run_tangent(step, x0, key, n_steps, k, transient, dt, n_replicas, n_records
 def _summarise(growth: np.ndarray, transient_blocks: int, dt: int, n_records: int, *, sort: bool):
     """Exponents, standard errors and running history from per-block log-growth ``(R, blocks, k)``.
 
-    Replicas whose trajectory left the domain (a non-finite growth) are dropped, with a warning.
+    Replicas whose trajectory left the domain (a NaN or ``+inf`` growth) are dropped, with a
+    warning. A tangent annihilated by a zero Jacobian grows by ``log 0 = -inf``: its exponent is
+    ``-inf``, as for :func:`with_tangent`.
     """
     n_replicas, n_blocks, k = growth.shape
     kept = growth[:, transient_blocks:]
     kept_blocks = kept.shape[1]
-    finite = np.all(np.isfinite(kept), axis=(1, 2))
+    finite = np.all(~np.isnan(kept) & (kept < np.inf), axis=(1, 2))
     if not finite.all():
         warnings.warn(
             f"{int((~finite).sum())} of {n_replicas} replicas reached a non-finite state or tangent; "
@@ -414,7 +482,8 @@ def _summarise(growth: np.ndarray, transient_blocks: int, dt: int, n_records: in
     running = np.cumsum(kept, axis=1)[:, idx] / ((idx + 1)[None, :, None] * dt)
     history = running.mean(axis=0) if m else np.full((len(idx), k), np.nan)
     exponents = per_replica.mean(axis=0) if m else np.full(k, np.nan)
-    stderr = per_replica.std(axis=0, ddof=1) / np.sqrt(m) if m > 1 else np.full(k, np.nan)
+    with np.errstate(invalid="ignore"):  # -inf exponents have no spread
+        stderr = per_replica.std(axis=0, ddof=1) / np.sqrt(m) if m > 1 else np.full(k, np.nan)
     return LyapunovEstimate(exponents, stderr, per_replica, history, times, transient_blocks * dt)
 
 
@@ -429,8 +498,11 @@ def _check_common(n_steps, transient, dt, n_replicas, n_records):
 
 
 def _as_key(key):
-    if isinstance(key, int):
-        return prng.key(key)
+    """A key from an integer seed (Python or NumPy, >= 0) or a JAX key, as given."""
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        if key < 0:
+            raise ValueError(f"key must be a JAX key or a seed >= 0, got {key}")
+        return prng.key(int(key))
     return key
 
 

@@ -260,13 +260,22 @@ def sample_ball(key, center, radius, n: int):
 
 
 def goldstein_distance(
-    grad_fn: Callable[[Any], Any], x: Any, delta, key: jax.Array, n_samples: int = 64, **kwargs
+    grad_fn: Callable[[Any], Any],
+    x: Any,
+    delta,
+    key: jax.Array,
+    n_samples: int = 64,
+    *,
+    tol: float | None = None,
+    max_iter: int = 2000,
+    polish: bool = True,
 ) -> GoldsteinEstimate:
     """An upper estimate of ``d(0, df(x + delta B))``, the (delta, eps)-stationarity measure (seed 002, Def. 5.3.1).
 
     Draws ``n_samples`` points ``y_j`` uniformly in the Euclidean ball ``x + delta B`` (over all leaves
     of ``x``, flattened), takes ``g_j = grad_fn(y_j)`` and ``g_0 = grad_fn(x)``, and returns the
-    minimum-norm point of ``conv{g_0, ..., g_n}`` (:func:`min_norm_point`; ``kwargs`` go to it). Each
+    minimum-norm point of ``conv{g_0, ..., g_n}`` (:func:`min_norm_point`, with ``tol``, ``max_iter``
+    and ``polish``). Each
     ``g_j`` lies in ``df(y_j)`` (where ``f`` is differentiable, which holds with probability 1 for the
     piecewise-smooth functions autodiff handles), so the sampled hull lies inside ``df(x + delta B)``
     and the returned ``distance`` is an **upper bound** on ``d(0, df(x + delta B))``: ``x`` is certainly
@@ -281,7 +290,7 @@ def goldstein_distance(
     flat, unravel = ravel_pytree(x)
     ys = jnp.concatenate([flat[None], sample_ball(key, flat, jnp.asarray(delta, flat.dtype), n_samples)])
     grads = jax.vmap(lambda y: ravel_pytree(grad_fn(unravel(y)))[0])(ys)
-    hull = min_norm_point(grads, **kwargs)
+    hull = min_norm_point(grads, tol=tol, max_iter=max_iter, polish=polish)
     return GoldsteinEstimate(distance=hull.norm, element=unravel(hull.point), gap=hull.gap, hull=hull)
 
 

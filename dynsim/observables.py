@@ -53,6 +53,7 @@ __all__ = [
     "ball_exit",
     "hitting_time",
     "diverged",
+    "record_times",
     "from_name",
     "NAMED",
 ]
@@ -109,7 +110,14 @@ def _flat(tree) -> jax.Array:
 
 
 def _difference(params, point):
-    point = jax.tree_util.tree_map(lambda p, q: jnp.asarray(q, jnp.result_type(p)), params, point)
+    """``params - point`` leaf by leaf; a scalar leaf of ``point`` broadcasts, any other shape must match."""
+
+    def leaf(p, q):
+        if np.ndim(q) and np.shape(q) != np.shape(p):
+            raise ValueError(f"the point has a leaf of shape {np.shape(q)} where the parameters have {np.shape(p)}")
+        return jnp.asarray(q, jnp.result_type(p))
+
+    point = jax.tree_util.tree_map(leaf, params, point)
     return jax.tree_util.tree_map(jnp.subtract, params, point)
 
 

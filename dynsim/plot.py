@@ -98,6 +98,7 @@ def disagreement_map(ax, theory: xr.DataArray, simulation: xr.DataArray):
 
 
 def phase_legend(ax, include_undecided: bool = True):
+    """A legend of the phase colours of :func:`phase_map` on ``ax`` (with "undecided" unless told not to)."""
     names = [p for p in _ORDER if include_undecided or p != "undecided"]
     handles = [patches.Patch(facecolor=PHASE_COLORS[p], edgecolor="k", lw=0.3, label=_DESCRIPTIONS[p]) for p in names]
     ax.legend(handles=handles, fontsize=7, loc="upper right", framealpha=0.9)

@@ -36,6 +36,7 @@ __all__ = [
     "data_key",
     "init_and_run_keys",
     "step_key",
+    "threefry2x32",
     "uniform_index",
     "wrap",
 ]

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import jax
 
 from dynsim import prng
+from dynsim._validate import LEARNING_RATE_NAMES, check_learning_rate
 
 __all__ = ["Dynamics", "TrainState", "REQUIRED", "resolve_hyperparams", "bind", "Bound"]
 
@@ -124,6 +125,9 @@ def bind(dynamics: Dynamics, hp: Mapping[str, Any] | None = None, seed: int = 0)
     The shared dataset, if any, is the one :func:`dynsim.simulate` uses with this ``seed``.
     """
     hp = resolve_hyperparams(dynamics, dict(hp or {}))
+    for name in LEARNING_RATE_NAMES:  # as simulate does for its grid
+        if name in hp and not callable(hp[name]):
+            check_learning_rate(name, hp[name])
     if dynamics.check is not None:
         dynamics.check(hp)
     if dynamics.shared_data is not None:

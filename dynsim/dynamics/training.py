@@ -285,7 +285,9 @@ def _optimizer_hyperparams(make_optimizer: Callable) -> tuple[dict[str, Any], se
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         key = "lr" if name == "learning_rate" else name
-        if p.default is inspect.Parameter.empty:
+        if name.endswith("dtype"):  # mu_dtype, accumulator_dtype: fixed like flags, whatever their default
+            fixed.add(name)
+        elif p.default is inspect.Parameter.empty:
             hyper[key] = REQUIRED
         elif p.default is None or (isinstance(p.default, (int, float)) and not isinstance(p.default, bool)):
             hyper[key] = p.default

@@ -19,6 +19,7 @@ C0 = {"tanh": 1.0, "swish": 0.5, "relu": float("nan"), "linear": 1.0}
 
 
 def activation_fn(name: str):
+    """The activation function named ``name`` (one of :data:`ACTIVATIONS`)."""
     check_choice("activation", name, ACTIVATIONS)
     return {"tanh": jnp.tanh, "swish": jax.nn.swish, "relu": jax.nn.relu, "linear": lambda z: z}[name]
 

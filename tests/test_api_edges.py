@@ -1,0 +1,67 @@
+"""Edges of the public API: seeds of any integer type, points of the wrong shape, zero Jacobians, names."""
+
+import inspect
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import dynsim as ds
+
+PROBLEM = ds.problems.linear_regression_1d()
+
+
+def test_log_distance_refuses_a_point_of_another_shape():
+    with pytest.raises(ValueError, match=r"shape \(3,\) where the parameters have \(\)"):
+        ds.simulate(
+            ds.dynamics.sgd(PROBLEM),
+            grid={"lr": [0.1]},
+            n_steps=1,
+            observables={"ld": ds.observables.log_distance(np.zeros(3))},
+        )
+
+
+def test_bind_checks_learning_rates_as_simulate_does():
+    with pytest.raises(ValueError, match="learning rates must be > 0"):
+        ds.dynamics.bind(ds.dynamics.sgd(PROBLEM), {"lr": -0.1})
+
+
+def test_lyapunov_takes_numpy_seeds_and_refuses_negative_ones():
+    step = lambda x, k: 0.5 * x  # noqa: E731
+    a = ds.lyapunov.top_exponent(step, jnp.ones(2), np.int64(3), 20)
+    b = ds.lyapunov.top_exponent(step, jnp.ones(2), 3, 20)
+    np.testing.assert_array_equal(a.per_replica, b.per_replica)
+    np.testing.assert_allclose(a.exponents, np.log(0.5), rtol=1e-6)
+    with pytest.raises(ValueError, match="seed >= 0"):
+        ds.lyapunov.top_exponent(step, jnp.ones(2), -1, 20)
+
+
+def test_a_zero_jacobian_gives_minus_infinity():
+    est = ds.lyapunov.top_exponent(lambda x, k: 0 * x, jnp.ones(2), 0, 10, n_replicas=2)
+    assert est.exponents.tolist() == [-np.inf]
+    est = ds.lyapunov.spectrum(lambda x, k: jnp.stack([0 * x[0], 0.5 * x[1]]), jnp.ones(2), 0, 400, 2, transient=50)
+    assert est.exponents[1] == -np.inf and est.exponents[0] == pytest.approx(np.log(0.5), abs=1e-5)
+
+
+def test_observable_named_like_a_dataset_method_warns():
+    with pytest.warns(UserWarning, match=r"result\['mean'\]"):
+        res = ds.simulate(
+            ds.dynamics.sgd(PROBLEM), grid={"lr": [0.1]}, n_steps=2, observables={"mean": ds.observables.final_state()}
+        )
+    assert "mean" in res.data_vars
+
+
+def test_optax_dtype_arguments_are_not_hyperparameters():
+    dyn = ds.dynamics.from_optax(PROBLEM, optax.adam)
+    assert "mu_dtype" not in dyn.hyperparams and {"lr", "b1", "b2", "eps"} <= set(dyn.hyperparams)
+
+
+def test_goldstein_distance_names_its_own_options():
+    assert {"tol", "max_iter", "polish"} <= set(inspect.signature(ds.nonsmooth.goldstein_distance).parameters)
+    with pytest.raises(TypeError, match="goldstein_distance"):
+        ds.nonsmooth.goldstein_distance(lambda x: x, jnp.ones(2), 0.1, ds.prng.key(0), n=8)
+
+
+def test_plot_and_checkpoint_are_reachable_from_the_package():
+    assert callable(ds.plot.phase_map) and ds.checkpoint.Checkpoint
