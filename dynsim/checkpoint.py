@@ -24,6 +24,16 @@ __all__ = ["Checkpoint"]
 _CHUNK = re.compile(r"chunk-(\d+)-(\d+)-(\d+)\.npz$")
 
 
+def _write_text(text: str):
+    """A writer for :func:`_atomic_write` that stores ``text`` and closes the file."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+
+    return write
+
+
 def _atomic_write(path: str, write) -> None:
     folder = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
@@ -57,7 +67,7 @@ class Checkpoint:
                     "use another folder or delete this one"
                 )
         else:
-            _atomic_write(config_path, lambda tmp: open(tmp, "w").write(text))
+            _atomic_write(config_path, _write_text(text))
 
     def check_program(self, group: int, fingerprint: str) -> None:
         """Record the fingerprint of a group's compiled program, or refuse a checkpoint made by another.
@@ -67,7 +77,7 @@ class Checkpoint:
         """
         path = os.path.join(self.path, f"program-{group:04d}.sha256")
         if not os.path.exists(path):
-            _atomic_write(path, lambda tmp: open(tmp, "w").write(fingerprint))
+            _atomic_write(path, _write_text(fingerprint))
             return
         with open(path) as fh:
             stored = fh.read().strip()

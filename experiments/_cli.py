@@ -6,16 +6,21 @@ import argparse
 import os
 
 
-def parse(parser: argparse.ArgumentParser, argv=None, *, seed: int = 0) -> argparse.Namespace:
-    """Add ``--seed``, ``--out`` (figures) and ``--results`` (NetCDF), parse, and create both folders."""
+def parse(parser: argparse.ArgumentParser, argv=None, *, seed: int = 0, resume: bool = True) -> argparse.Namespace:
+    """Add ``--seed``, ``--out`` (figures) and ``--results`` (NetCDF), parse, and create both folders.
+
+    ``resume``: also add ``--resume`` (for experiments whose simulations take a checkpoint, see
+    :func:`checkpoint`); an experiment without simulations has nothing to resume and passes False.
+    """
     parser.add_argument("--seed", type=int, default=seed)
     parser.add_argument("--out", default="figures", help="folder for the figures")
     parser.add_argument("--results", default="results", help="folder for the NetCDF results")
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="checkpoint every finished chunk under the results folder and resume from it",
-    )
+    if resume:
+        parser.add_argument(
+            "--resume",
+            action="store_true",
+            help="checkpoint every finished chunk under the results folder and resume from it",
+        )
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     os.makedirs(args.results, exist_ok=True)
@@ -32,4 +37,4 @@ def save_figure(fig, args: argparse.Namespace, filename: str, *, dpi: int = 110)
 
 def checkpoint(args: argparse.Namespace, name: str) -> str | None:
     """The checkpoint folder of one simulation of the experiment when ``--resume`` is given, else None."""
-    return os.path.join(args.results, "checkpoints", name) if args.resume else None
+    return os.path.join(args.results, "checkpoints", name) if getattr(args, "resume", False) else None

@@ -264,7 +264,7 @@ def main(argv=None) -> None:
     path = _cli.save_figure(figure(complexity, stochastic, heavy), args, "clipping.png")
     for name, res in [("table", table), ("complexity", complexity), ("stochastic", stochastic), ("heavy_tails", heavy)]:
         res.to_netcdf(os.path.join(args.results, f"clipping_{name}.nc"))
-    print("exploding function, iterations to |f'| <= 1e-3 (-2: diverged):")
+    print(f"exploding function, iterations to |f'| <= 1e-3 (-2: diverged, -1: not within {args.max_steps} steps):")
     print(f"{'L1':>4} {'M':>8} {'h_crit':>12} {'GD 0.99 h':>10} {'GD 1.01 h':>10} {'clipped':>8}")
     for c in range(table.sizes["case"]):
         r = table.isel(case=c)

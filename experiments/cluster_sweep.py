@@ -58,7 +58,7 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--num-processes", type=int, default=None)
     parser.add_argument("--process-id", type=int, default=None)
-    args = _cli.parse(parser, argv)
+    args = _cli.parse(parser, argv, resume=False)  # always checkpoints: the shards meet in the checkpoint
 
     if args.coordinator is not None:
         jax.distributed.initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id)

@@ -57,6 +57,7 @@ def main(argv=None) -> None:
             "diverged": ds.observables.diverged(),
         },
         path=os.path.join(args.results, "engine_demo.nc"),
+        checkpoint=_cli.checkpoint(args, "engine_demo"),
     )
     elapsed = time.perf_counter() - started
 

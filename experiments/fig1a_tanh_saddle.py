@@ -76,6 +76,7 @@ def main(argv=None) -> None:
             "theta": ds.observables.final_state(),
         },
         path=os.path.join(args.results, "fig1a_tanh_saddle.nc"),
+        checkpoint=_cli.checkpoint(args, "fig1a_tanh_saddle"),
     )
     est = ds.lyapunov.from_log_distance(res, transient=500)
     slope, se = est.exponent.item(), est.stderr.item()

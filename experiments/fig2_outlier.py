@@ -70,6 +70,7 @@ def spot_check(n, cells, seed, args):
             seed=seed,
             observables={"le": ds.lyapunov.running_exponent(every_record=False)},
             progress=False,
+            checkpoint=_cli.checkpoint(args, f"fig2_outlier_N{n}_lr{lr:g}_c{c:g}"),
         )
         le = res.le.values.ravel()
         m = float(ds.lyapunov.scalar_exponent(1 - lr * x**2))

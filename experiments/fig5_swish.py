@@ -163,6 +163,7 @@ def main(argv=None) -> None:
             n_steps=args.steps,
             seed=seed,
             observables={"theta": ds.observables.final_state(), "diverged": ds.observables.diverged(bound=1e3)},
+            checkpoint=_cli.checkpoint(args, f"fig5_swish_from_{name}"),
         )
         params = {"w": jnp.asarray(res.theta_w.values), "u": jnp.asarray(res.theta_u.values)}
         tl = np.asarray(jax.vmap(jax.vmap(test_loss))(params))
@@ -172,10 +173,15 @@ def main(argv=None) -> None:
             k: np.linalg.norm(end - np.asarray(p), axis=-1) < 0.1 for k, p in (("A", A), ("B", B), ("C", (0.0, 0.0)))
         }
         results[name] = (tl, near, res.diverged.values)
+        finite = np.sum(np.isfinite(tl), 1)
+        mean_tl, se_tl = np.full(len(lrs), np.nan), np.full(len(lrs), np.nan)  # NaN where every run diverged
+        some = finite > 0
+        mean_tl[some] = np.nanmean(tl[some], 1)
+        se_tl[some] = np.nanstd(tl[some], 1) / np.sqrt(finite[some])
         ax.errorbar(
             lrs,
-            np.nanmean(tl, 1),
-            yerr=2 * np.nanstd(tl, 1) / np.sqrt(np.sum(np.isfinite(tl), 1)),
+            mean_tl,
+            yerr=2 * se_tl,
             fmt="o-",
             ms=3,
             color="k",
@@ -215,8 +221,9 @@ def main(argv=None) -> None:
     for name, (tl, near, div) in results.items():
         print(f"from {name}: lr, mean test loss, share near A/B/C, diverged")
         for i in range(0, len(lrs), 3):
+            loss = f"{np.nanmean(tl[i]):.4f}" if np.isfinite(tl[i]).any() else "none (all runs diverged)"
             print(
-                f"  {lrs[i]:.3f} {np.nanmean(tl[i]):.4f}  {near['A'][i].mean():.2f}/{near['B'][i].mean():.2f}/"
+                f"  {lrs[i]:.3f} {loss}  {near['A'][i].mean():.2f}/{near['B'][i].mean():.2f}/"
                 f"{near['C'][i].mean():.2f}  {div[i].mean():.2f}"
             )
     print(f"wrote {path}")

@@ -46,6 +46,7 @@ def main(argv=None) -> None:
         seed=args.seed,
         observables={"logdist": ds.observables.log_distance(problem.fixed_point)},
         path=os.path.join(args.results, "fig6_typical_vs_mean.nc"),
+        checkpoint=_cli.checkpoint(args, "fig6_typical_vs_mean"),
     )
     est = ds.lyapunov.from_log_distance(res, transient=5)
     x = np.random.default_rng(args.seed).standard_normal(4_000_000)

@@ -62,14 +62,17 @@ def method(problem, params: dict):
     )
 
 
-def outcomes(problem, params: dict, starts: np.ndarray, n_steps: int, cycle: np.ndarray):
-    """Per start: 0 = converged to the minimum, 3 = on the 3-cycle, -1 = anything else; and the last iterates."""
+def outcomes(problem, params: dict, starts: np.ndarray, n_steps: int, cycle: np.ndarray, checkpoint=None):
+    """Per start: 0 = converged to the minimum, 3 = on the 3-cycle, -1 = anything else; and the last iterates.
+
+    ``checkpoint``: the simulation's checkpoint folder, or None."""
     dyn = method(problem, params)
     res = ds.simulate(
         dyn,
         grid={"lr": [params["lr"]], "x0": starts},
         n_steps=n_steps,
         observables={"last": ds.observables.last_values(12), "f": ds.observables.loss()},
+        checkpoint=checkpoint,
     )
     last = res["last"].values.reshape(len(starts), 12)
     found = ds.measure.detect_period(last[:, :, None], tol=1e-9, max_period=3, window=6)
@@ -80,8 +83,10 @@ def outcomes(problem, params: dict, starts: np.ndarray, n_steps: int, cycle: np.
     return np.where(at_min, 0, np.where(on_cycle, 3, -1)), last
 
 
-def nesterov_gap(problem, starts: np.ndarray, n_steps: int):
-    """``max_k (f(y_k) - f*) / bound_k`` over runs; ``bound_k = ((mu+L)/2)|x0|^2 exp(-(k-1)/sqrt(Q))`` (NAG's rate)."""
+def nesterov_gap(problem, starts: np.ndarray, n_steps: int, checkpoint=None):
+    """``max_k (f(y_k) - f*) / bound_k`` over runs; ``bound_k = ((mu+L)/2)|x0|^2 exp(-(k-1)/sqrt(Q))`` (NAG's rate).
+
+    ``checkpoint``: the simulation's checkpoint folder, or None."""
     f = jax.vmap(lambda x: problem.loss(x, None, {}))
     grad = jax.vmap(jax.grad(lambda x: problem.loss(x, None, {})))
     res = ds.simulate(
@@ -90,6 +95,7 @@ def nesterov_gap(problem, starts: np.ndarray, n_steps: int):
         n_steps=n_steps,
         record_every=1,
         observables={"x": ds.observables.trajectory()},
+        checkpoint=checkpoint,
     )
     x = res.x.values.reshape(len(starts), n_steps + 1, 1)  # x_0 .. x_n, where the gradients are taken
     k = np.arange(1, n_steps + 1)
@@ -111,9 +117,18 @@ def main(argv=None):
     problem = ds.problems.lessard_function()
     starts = np.linspace(-10, 10, args.starts)
     cycle = exact_cycle(HEAVY_BALL["lr"], HEAVY_BALL["momentum"])
-    hb, hb_last = outcomes(problem, HEAVY_BALL, starts, args.steps, cycle)
-    nag, _ = outcomes(problem, NESTEROV, starts, args.steps, cycle)
-    worst, k, gap, bound = nesterov_gap(problem, starts[:: max(1, args.starts // 200)], 200)
+    hb, hb_last = outcomes(
+        problem, HEAVY_BALL, starts, args.steps, cycle, checkpoint=_cli.checkpoint(args, "heavy_ball_cycle_heavy_ball")
+    )
+    nag, _ = outcomes(
+        problem, NESTEROV, starts, args.steps, cycle, checkpoint=_cli.checkpoint(args, "heavy_ball_cycle_nesterov")
+    )
+    worst, k, gap, bound = nesterov_gap(
+        problem,
+        starts[:: max(1, args.starts // 200)],
+        200,
+        checkpoint=_cli.checkpoint(args, "heavy_ball_cycle_nesterov_gap"),
+    )
 
     b = ds.dynamics.bind(method(problem, HEAVY_BALL), {"lr": HEAVY_BALL["lr"], "x0": 3.1})
     lyap = ds.lyapunov.spectrum(b.step, b.init(jax.random.key(0)), 0, args.steps, 2, transient=200)

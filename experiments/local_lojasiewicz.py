@@ -453,12 +453,13 @@ def summary(tight, diagram, conf, aligned, lemma) -> None:
 def summary_corrected(corrected) -> None:
     for case in corrected.case.values:
         steps = corrected.huber_exit_step.sel(case=case).values
-        left = steps >= 0
-        q50, q90 = np.quantile(steps[left], [0.5, 0.9]) if left.any() else (np.nan, np.nan)
-        print(
-            f"Thm 4.1 corrected (pseudo-Huber, m = 1.197 > sup|F'|), {case}: P(exit) = {left.mean():.4f}; exit step "
-            f"median {q50:.0f}, 90% {q90:.0f}, max {steps[left].max() if left.any() else -1}"
-        )
+        left = steps >= 0  # -1: the run never left the ball
+        if left.any():
+            q50, q90 = np.quantile(steps[left], [0.5, 0.9])
+            exits = f"exit step median {q50:.0f}, 90% {q90:.0f}, max {steps[left].max()}"
+        else:
+            exits = "no run left the ball"
+        print(f"Thm 4.1 corrected (pseudo-Huber, m = 1.197 > sup|F'|), {case}: P(exit) = {left.mean():.4f}; {exits}")
     g = corrected.gauss_exit.values
     print(
         f"aligned Gaussian on theta^2/2 (q = 0.75): P(exit) = {g[0]:.4f} (r = 0.6), {g[1]:.4f} (r = 1), "

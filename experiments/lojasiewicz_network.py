@@ -127,7 +127,7 @@ def check_bound(problem, theta0, data, key, n: int):
     return int(inside.sum()), violations, ratio
 
 
-def run_sgd(problem, theta0, data, args, seed: int) -> xr.Dataset:
+def run_sgd(problem, theta0, data, args, seed: int, checkpoint=None) -> xr.Dataset:
     f0 = lambda p: ds.problems.objective(problem, p, data, {})  # noqa: E731
     init = jax.tree_util.tree_map(jnp.asarray, theta0)
     top = float(ds.curvature.sharpness(f0, init).value)
@@ -145,6 +145,7 @@ def run_sgd(problem, theta0, data, args, seed: int) -> xr.Dataset:
             "loss": ds.observables.loss(),
             "diverged": ds.observables.diverged(),
         },
+        checkpoint=checkpoint,
     )
     res.attrs["sharpness0"] = top
     return res
@@ -156,7 +157,8 @@ def measure(args, targets: str) -> xr.Dataset:
     for s in range(args.datasets):
         problem, theta0, data = network_problem(args.seed + s, targets)
         accepted, violations, ratio = check_bound(problem, theta0, data, jax.random.key(args.seed + s), args.points)
-        res = run_sgd(problem, theta0, data, args, args.seed + s)
+        folder = _cli.checkpoint(args, f"lojasiewicz_network_{targets}_seed{args.seed + s}")
+        res = run_sgd(problem, theta0, data, args, args.seed + s, checkpoint=folder)
         in_theta = (res.margin >= -1e-12).isel(time=slice(1, None)).values.reshape(len(FRACTIONS), args.n, -1)
         in_ball = (res.distance <= R / 2).values.reshape(len(FRACTIONS), args.n, -1)
         loss = res.loss.values.reshape(len(FRACTIONS), args.n, -1)

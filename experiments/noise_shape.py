@@ -135,7 +135,7 @@ def main(argv=None):
     parser.add_argument("--length", type=int, default=16)
     parser.add_argument("--vocab", type=int, default=512)
     parser.add_argument("--width", type=int, default=32)
-    args = _cli.parse(parser, argv)
+    args = _cli.parse(parser, argv, resume=False)  # no simulate call: nothing to checkpoint
     if args.seeds < 2:
         parser.error("--seeds must be >= 2 (the standard errors are over initializations)")
     start = time.perf_counter()

@@ -39,7 +39,9 @@ import dynsim as ds  # noqa: E402
 MU = 0.1
 
 
-def measure(dynamics, lrs, args):
+def measure(dynamics, lrs, args, name: str):
+    """Mean exponent per lr (NaN where more than half the runs diverged), its standard error (NaN with fewer
+    than two finite runs), the number of finite runs per lr, and the simulation; ``name`` names its checkpoint."""
     res = ds.simulate(
         ds.lyapunov.with_tangent(dynamics, transient=args.transient),
         grid={"lr": lrs},
@@ -51,11 +53,25 @@ def measure(dynamics, lrs, args):
             "norm": ds.observables.log_distance({"w": 0.0, "u": 0.0}),
             "diverged": ds.observables.diverged(bound=1e6),
         },
+        checkpoint=_cli.checkpoint(args, f"saddle_exponents_nets_{name}"),
     )
     le = np.where(res.diverged.values, np.nan, res.le.values)  # diverged runs were frozen: no exponent
     n = np.sum(np.isfinite(le), axis=1)
-    mean = np.where(n >= le.shape[1] // 2, np.nanmean(le, axis=1), np.nan)
-    return mean, np.nanstd(le, axis=1, ddof=1) / np.sqrt(np.maximum(n, 1)), res
+    mean, se = np.full(len(le), np.nan), np.full(len(le), np.nan)
+    kept = (n >= le.shape[1] // 2) & (n > 0)  # where every run diverged there is nothing to average
+    mean[kept] = np.nanmean(le[kept], axis=1)
+    spread = n >= 2
+    se[spread] = np.nanstd(le[spread], axis=1, ddof=1) / np.sqrt(n[spread])
+    return mean, se, n, res
+
+
+def estimate(mean: float, se: float, finite: int, total: int) -> str:
+    """``mean ± se``, or why a learning rate has no estimate."""
+    if np.isfinite(mean):
+        return f"{mean:+.4f} ± {se:.4f}"
+    if finite == 0:
+        return f"no finite estimate: all {total} replicas diverged"
+    return f"no estimate: {total - finite} of {total} replicas diverged"
 
 
 def main(argv=None) -> None:
@@ -78,8 +94,8 @@ def main(argv=None) -> None:
         )
         at = ds.problems.scalar_net(activation, init_std=0.0)
         near = ds.problems.scalar_net(activation, init_std=1e-3)
-        le_at, se_at, _ = measure(ds.dynamics.sgd(at), lrs, args)
-        le_near, se_near, res_near = measure(ds.dynamics.sgd(near), lrs, args)
+        le_at, se_at, n_at, _ = measure(ds.dynamics.sgd(at), lrs, args, f"sgd_{activation}_at_saddle")
+        le_near, se_near, n_near, res_near = measure(ds.dynamics.sgd(near), lrs, args, f"sgd_{activation}_near")
         ax.plot(lrs, top, "k-", lw=2, label="linearised: max(Λ+, Λ-) (quadrature)")
         ax.errorbar(lrs, le_at, yerr=2 * se_at, fmt="o", ms=4, label="SGD map at the saddle")
         ax.errorbar(lrs, le_near, yerr=2 * se_near, fmt="s", ms=4, mfc="none", label="SGD from |θ0| ~ 1e-3")
@@ -92,33 +108,40 @@ def main(argv=None) -> None:
         ax.set_title(f"u {activation}(w x), c0 = {c0}, μ = {MU}", fontsize=10)
         ax.legend(fontsize=7)
         z = (le_at - top) / se_at
+        scored = np.isfinite(z)
         converged = (res_near.norm.isel(time=-1) if "time" in res_near.norm.dims else res_near.norm) < -20
         print(
-            f"{activation}: at the saddle, max |z| against the linearisation over {len(lrs)} lrs = "
-            f"{np.abs(z).max():.2f}"
+            f"{activation}: at the saddle, max |z| against the linearisation over {int(scored.sum())} lrs = "
+            + (f"{np.abs(z[scored]).max():.2f}" if scored.any() else "none (no finite estimate)")
+            + ("" if scored.all() else f" ({len(lrs) - int(scored.sum())} of {len(lrs)} lrs without an estimate)")
         )
-        for lr, t, a, sa, n, sn, conv in zip(
+        for lr, t, a, sa, na, n, sn, nn, conv in zip(
             lrs[::4],
             top[::4],
             le_at[::4],
             se_at[::4],
+            n_at[::4],
             le_near[::4],
             se_near[::4],
+            n_near[::4],
             converged.mean("replica").values[::4],
         ):
             print(
-                f"  lr {lr:.3f}: linearised {t:+.4f}, at saddle {a:+.4f} ± {sa:.4f}, from 1e-3 {n:+.4f} ± {sn:.4f}"
-                f" (share at |θ| < e^-10 at the end: {conv:.2f})"
+                f"  lr {lr:.3f}: linearised {t:+.4f}, at saddle {estimate(a, sa, na, args.replicas)}, "
+                f"from 1e-3 {estimate(n, sn, nn, args.replicas)} (share at |θ| < e^-10 at the end: {conv:.2f})"
             )
         print(f"  diverged from 1e-3 (|θ| > 1e6): {res_near.diverged.mean('replica').values.round(2).tolist()}")
     ax = axes[2]
     for activation, marker in (("tanh", "o"), ("swish", "s")):
         near = ds.problems.scalar_net(activation, init_std=1e-3)
-        le, se, _ = measure(ds.dynamics.from_optax(near, optax.adam), adam_lrs, args)
+        le, se, n, _ = measure(ds.dynamics.from_optax(near, optax.adam), adam_lrs, args, f"adam_{activation}_near")
         ax.errorbar(adam_lrs, le, yerr=2 * se, fmt=marker + "-", ms=4, label=f"Adam, {activation}")
+        shown = [0, int(np.argmin(np.abs(adam_lrs - 1e-2))), len(adam_lrs) - 1]
         print(
             f"Adam, {activation}: exponents from 1e-3 at lr 1e-4 / 1e-2 / 0.3: "
-            f"{le[0]:+.4f} / {le[np.argmin(np.abs(adam_lrs - 1e-2))]:+.4f} / {le[-1]:+.4f}"
+            + " / ".join(
+                f"{le[i]:+.4f}" if np.isfinite(le[i]) else estimate(le[i], se[i], n[i], args.replicas) for i in shown
+            )
         )
     ax.set_xscale("log")
     ax.axhline(0, color="grey", lw=0.5)

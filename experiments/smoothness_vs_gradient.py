@@ -51,6 +51,7 @@ def train(args):
             record_every=1,
             seed=args.seed,
             observables={"theta": ds.observables.trajectory(), "diverged": ds.observables.diverged()},
+            checkpoint=_cli.checkpoint(args, f"smoothness_vs_gradient_lr{lr:g}_threshold{threshold:g}"),
         )
         names = [k for k in res.data_vars if k.startswith("theta_")]
         traj = {k.removeprefix("theta_"): jnp.asarray(res[k].values[0, 0, 0]) for k in names}  # (time, ...)
@@ -116,11 +117,13 @@ def main(argv=None) -> None:
     for run in res.run.values:
         r = res.sel(run=run)
         corr, n = log_correlation(r.grad_norm.values, r.local_smoothness.values)
+        step = int(r.diverged_step)  # -1: the run never diverged
         print(
             f"{run}: correlation of log |grad F| and log Lhat {corr:+.3f} over {n} steps; |grad F| "
             f"{np.nanmin(r.grad_norm.values):.3g}-{np.nanmax(r.grad_norm.values):.3g}, Lhat "
             f"{np.nanmin(r.local_smoothness.values):.3g}-{np.nanmax(r.local_smoothness.values):.3g}; "
-            f"loss {float(r.loss[0]):.3f} -> {float(r.loss[-1]):.4f}; diverged at {int(r.diverged_step)}"
+            f"loss {float(r.loss[0]):.3f} -> {float(r.loss[-1]):.4f}; "
+            + ("never diverged" if step < 0 else f"diverged at step {step}")
         )
     print(f"wrote {path} and {args.results}/smoothness_vs_gradient.nc in {time.perf_counter() - started:.1f} s")
 

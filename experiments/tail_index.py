@@ -56,6 +56,7 @@ def main(argv=None) -> None:
         seed=args.seed,
         observables={"w": ds.observables.final_state(), "diverged": ds.observables.diverged()},
         path=os.path.join(args.results, "tail_index.nc"),
+        checkpoint=_cli.checkpoint(args, "tail_index"),
     )
     w = np.abs(res.w.values.ravel())
     print(

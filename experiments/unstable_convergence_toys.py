@@ -194,7 +194,7 @@ def figure(ex: dict, bas: xr.Dataset, fam: xr.Dataset, args):
         ax.semilogy(
             r.time.values[:stop],
             r.loss.values[:stop],
-            label=f"{activation} ({'diverges at step ' + str(stop) if stop else 'converges'})",
+            label=f"{activation} ({'converges' if stop is None else 'diverges at step ' + str(stop)})",
         )
     ax.set_title("Ex. 3: (t1 σ(t2))², θ0 = (13, 0.01), lr = 2/150")
     ax.set_ylabel("f(θ_t)")
@@ -306,8 +306,10 @@ def main(argv=None) -> None:
     )
     for activation in ("linear", "tanh"):
         r = ex[f"ex3_{activation}"].isel(lr=0, replica=0)
+        step = int(r.diverged_step)  # -1: the run never diverged
         print(
-            f"Example 3 ({activation}): diverged at step {int(r.diverged_step)}; last theta = {r.theta.values[-1]}, "
+            f"Example 3 ({activation}): {'never diverged' if step < 0 else f'diverged at step {step}'}; "
+            f"last theta = {r.theta.values[-1]}, "
             f"sharpness = {float(r.sharpness[-1]):.3f}, RP = {float(r.progress_relative_progress[-1]):.4f}"
         )
     lrL = fam.lrL.values
