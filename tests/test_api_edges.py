@@ -65,3 +65,16 @@ def test_goldstein_distance_names_its_own_options():
 
 def test_plot_and_checkpoint_are_reachable_from_the_package():
     assert callable(ds.plot.phase_map) and ds.checkpoint.Checkpoint
+
+
+@pytest.mark.parametrize("activation", ["tanh", "swish", "relu", "linear"])
+def test_two_layer_net_fixed_point_is_stationary(activation):
+    import jax
+
+    problem = ds.problems.two_layer_net(6, 5, activation)
+    params = problem.init(ds.prng.key(0), {"mu": 0.1})
+    point = jax.tree_util.tree_map(jnp.asarray, problem.fixed_point)
+    assert jax.tree_util.tree_structure(point) == jax.tree_util.tree_structure(params)
+    sample = problem.sample(ds.prng.key(1))
+    grad = jax.grad(problem.loss)(point, sample, {"mu": 0.1})
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree_util.tree_leaves(grad))

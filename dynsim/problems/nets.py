@@ -126,7 +126,7 @@ def two_layer_net(
     ``eps ~ N(0, noise_var I_d)``; ``mu`` is a hyperparameter. Loss: ``(1/d) |f(x) - y|^2``
     (``reduction="mean"``, PyTorch's ``MSELoss``; the digest shows a sum-reduced half loss diverges
     at the paper's learning rates) or ``(1/2) |f(x) - y|^2`` (``"half_sum"``). Initialisation
-    ``U(+-1/sqrt(fan_in))``. The saddle is ``W = U = 0``. Parameters: flax variables
+    ``U(+-1/sqrt(fan_in))``. The saddle is ``W = U = 0`` (``fixed_point``). Parameters: flax variables
     ``{"W": {"kernel"}, "U": {"kernel"}}`` (kernels are ``(in, out)``).
     """
     check_int("d", d, minimum=1)
@@ -154,6 +154,8 @@ def two_layer_net(
         loss=loss,
         init=init,
         sample=sample,
+        # sigma(0) = 0 for every activation here, so every gradient vanishes at W = U = 0
+        fixed_point={"W": {"kernel": np.zeros((d, width))}, "U": {"kernel": np.zeros((width, d))}},
         hyperparams={"mu": 0.1},
         name=f"two_layer_net({d}-{width}-{d}, {activation}, {reduction})",
     )
