@@ -140,6 +140,31 @@ def test_slope_stops_before_the_first_replica_leaves_the_float_range(with_diverg
         L.from_log_distance(res.sel(lr=[3.5]), transient=int(est.until.sel(lr=3.5)))
 
 
+@pytest.mark.parametrize("with_diverged", [True, False])
+def test_running_exponent_read_before_a_cells_first_divergence(with_diverged):
+    # with_tangent freezes with its trajectory; at lr 3.5 every replica overflows within ~200 steps.
+    lrs = [0.5, 2.5, 3.5]
+    observables = {"lam": L.running_exponent(transient=20)}
+    if with_diverged:
+        observables["div"] = ds.observables.diverged()
+    res = ds.simulate(
+        L.with_tangent(ds.dynamics.sgd(ds.problems.linear_regression_1d()), transient=20),
+        grid={"lr": lrs},
+        n_replicas=512,
+        n_steps=600,
+        record_every=20,
+        observables=observables,
+    )
+    est = L.from_running_exponent(res, "lam")
+    assert float(est.left_range.sel(lr=3.5)) > 0.9 and float(est.until.sel(lr=3.5)) < 600
+    assert float(est.until.sel(lr=0.5)) == 600
+    for lr in lrs:
+        e, se = est.exponent.sel(lr=lr).item(), est.stderr.sel(lr=lr).item()
+        assert abs(e - quad_log_abs(lr)) < 4 * se, (lr, e, se)
+    with pytest.raises(ValueError, match="every_record=True"):
+        L.from_running_exponent(res.isel(time=-1), "lam")
+
+
 def test_slope_of_log_loss_on_gd():
     # GD on 0.5 h th^2: L_t = 0.5 h (1 - lr h)^(2t) th_0^2, so m_L has slope 2 log|1 - lr h| exactly
     problem = ds.problems.quadratic([[2.0]], theta0=1.0)
