@@ -20,8 +20,9 @@ Threefry hash each. Here sample ``j`` of step ``t`` of trajectory ``(c, r)`` tak
 ``k_cr = threefry2x32(key(seed), (c, r))``, one hash, and turns each into a normal
 ``sqrt(2) erfinv(v)`` with ``v`` uniform on ``2**23`` points symmetric in ``(-1, 1)``, as
 ``jax.random.normal`` does: ``x`` from ``b0`` and ``eps / sqrt(noise_var)`` from ``b1``. The law is
-the engine's (both cap ``|x|`` near 5.4, a tail of probability 1e-7); the draws are not, so results
-agree with :func:`dynsim.simulate` in distribution, not bit for bit. They depend only on
+the engine's up to the float32 tails (here ``|x| <= 5.29``, a tail of probability 1.2e-7; the
+engine's normals stop near 5.42); the draws are not, so results agree with
+:func:`dynsim.simulate` in distribution, not bit for bit. They depend only on
 ``(seed, c, r, t, j)``: the same for any block or chunk size and on any backend.
 """
 
