@@ -6,8 +6,8 @@ the bytes a step moves (``benchmarks/RESULTS.md``). A fused kernel loads a block
 trajectories once, runs all ``n_steps`` steps on it with the state in registers, and writes the
 results once: its rate is bound by arithmetic instead.
 
-:func:`saddle_modes` is the fused form of :func:`dynsim.dynamics.saddle_modes` with Gaussian
-data drawn afresh each step (seed 004, eqs. 66-67, ``n_data = None``): the mode exponents and
+:func:`saddle_modes` is the fused form of :func:`dynsim.dynamics.saddle_modes` with Gaussian or
+two-point data drawn afresh each step (seed 004, eqs. 66-67, ``n_data = None``): the mode exponents and
 the mean-square factor behind :func:`dynsim.stability.saddle_phases`. It runs as
 
 * ``backend="pallas"``: a Pallas (Triton) kernel on a GPU, one program per block of trajectories;
@@ -19,7 +19,8 @@ Threefry hash each. Here sample ``j`` of step ``t`` of trajectory ``(c, r)`` tak
 ``(b0, b1) = threefry2x32(k_cr, (j, t))`` of its trajectory key
 ``k_cr = threefry2x32(key(seed), (c, r))``, one hash, and turns each into a normal
 ``sqrt(2) erfinv(v)`` with ``v`` uniform on ``2**23`` points symmetric in ``(-1, 1)``, as
-``jax.random.normal`` does: ``x`` from ``b0`` and ``eps / sqrt(noise_var)`` from ``b1``. The law is
+``jax.random.normal`` does: ``x`` from ``b0`` and ``eps / sqrt(noise_var)`` from ``b1`` (a two-point
+sample is the top bit of ``b0``). The law is
 the engine's up to the float32 tails (here ``|x| <= 5.29``, a tail of probability 1.2e-7; the
 engine's normals stop near 5.42); the draws are not, so results agree with
 :func:`dynsim.simulate` in distribution, not bit for bit. They depend only on
@@ -43,11 +44,13 @@ from dynsim._validate import check_choice, check_int, check_positive, grid_value
 from dynsim.dynamics.saddle import LOG_ZERO
 from dynsim.observables import batch_means_stderr, time_batches
 
-__all__ = ["saddle_modes", "BACKENDS"]
+__all__ = ["saddle_modes", "BACKENDS", "LAWS"]
 
 BACKENDS = ("auto", "pallas", "jax", "interpret")
 _SQRT2 = np.float32(math.sqrt(2))
 _STEP = np.float32(2.0**-22)
+_UNROLL = 4  # batches up to this size are unrolled
+LAWS = ("gaussian", "two_point")
 
 
 def _uniform_open(bits):
@@ -66,16 +69,33 @@ def _normal_pair(k0, k1, j, t):
     return _SQRT2 * lax.erf_inv(_uniform_open(b0)), _SQRT2 * lax.erf_inv(_uniform_open(b1))
 
 
-def _chi(k0, k1, t, mu, batch_size: int, noise_std: float, c0: float):
-    """``chi_t = (c0/S) sum_j x_j (mu x_j + (1 - mu) eps_j)`` (eq. 66), ``x ~ N(0,1)``, ``eps ~ N(0, noise_var)``."""
-    total = jnp.zeros_like(mu)
-    for j in range(batch_size):
-        x, z = _normal_pair(k0, k1, np.uint32(j), t)
-        total = total + x * (mu * x + (1 - mu) * noise_std * z)
+def _sample_chi(k0, k1, j, t, second, law: str, noise_std: float):
+    """One sample's ``x y / c0``: ``x (mu x + (1 - mu) eps)`` (Gaussian) or ``b + (1 - b) a`` (two-point)."""
+    if law == "gaussian":
+        x, z = _normal_pair(k0, k1, j, t)
+        return x * (second * x + (1 - second) * noise_std * z)
+    b0, _ = prng.threefry2x32(k0, k1, j, t)
+    b = lax.shift_right_logical(b0, np.uint32(31)).astype(np.float32)  # Bernoulli(1/2)
+    return b + (1 - b) * second
+
+
+def _chi(k0, k1, t, second, *, law: str, batch_size: int, noise_std: float, c0: float):
+    """``chi_t = (c0/S) sum_{j<S}`` of the samples' ``x y / c0`` (eq. 66; :func:`_sample_chi`)."""
+    if batch_size <= _UNROLL:
+        total = jnp.zeros_like(second)
+        for j in range(batch_size):
+            total = total + _sample_chi(k0, k1, np.uint32(j), t, second, law, noise_std)
+    else:  # a loop, not S copies of the hash in the kernel
+        total = lax.fori_loop(
+            0,
+            batch_size,
+            lambda j, acc: acc + _sample_chi(k0, k1, j.astype(np.uint32), t, second, law, noise_std),
+            jnp.zeros_like(second),
+        )
     return (c0 / batch_size) * total
 
 
-def _run(lr, mu, k0, k1, *, bounds, batch_size, noise_std, c0):
+def _run(lr, second, k0, k1, *, bounds, law, batch_size, noise_std, c0):
     """All steps of a block of trajectories: ``log|mode_T / mode_0|`` of both modes and batch sums.
 
     ``log_-+ += log|1 -+ lr chi_t|`` (eq. 67; ``log 0`` kept at :data:`LOG_ZERO`), and
@@ -86,7 +106,7 @@ def _run(lr, mu, k0, k1, *, bounds, batch_size, noise_std, c0):
 
     def step(t, carry):
         log_plus, log_minus, total, comp = carry
-        chi = _chi(k0, k1, t.astype(np.uint32), mu, batch_size, noise_std, c0)
+        chi = _chi(k0, k1, t.astype(np.uint32), second, law=law, batch_size=batch_size, noise_std=noise_std, c0=c0)
         plus, minus = 1 + lr * chi, 1 - lr * chi
         log_plus = jnp.maximum(log_plus + jnp.log(jnp.abs(plus)), LOG_ZERO)
         log_minus = jnp.maximum(log_minus + jnp.log(jnp.abs(minus)), LOG_ZERO)
@@ -134,9 +154,9 @@ def _pallas(inputs, block: int, interpret: bool, **static):
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(backend: str, block: int, bounds: tuple, batch_size: int, noise_std: float, c0: float):
+def _compiled(backend: str, block: int, bounds: tuple, law: str, batch_size: int, noise_std: float, c0: float):
     """The jitted runner of one chunk for a static configuration (cached)."""
-    static = dict(bounds=bounds, batch_size=batch_size, noise_std=noise_std, c0=c0)
+    static = dict(bounds=bounds, law=law, batch_size=batch_size, noise_std=noise_std, c0=c0)
     if backend == "jax":
 
         def run(lr, mu, k0, k1):
@@ -161,10 +181,11 @@ def _resolve_backend(backend: str) -> str:
 
 def saddle_modes(
     lrs,
-    mus,
+    second,
     *,
     n_replicas: int,
     n_steps: int,
+    chi: str = "gaussian",
     batch_size: int = 1,
     noise_var: float = 4.0,
     c0: float = 1.0,
@@ -175,15 +196,19 @@ def saddle_modes(
     chunk_size: int = 1 << 16,
     progress: bool | None = None,
 ) -> xr.Dataset:
-    """SGD at the rank-1 saddle with fresh Gaussian data, every step fused (seed 004, eqs. 66-67).
+    """SGD at the rank-1 saddle with data drawn afresh, every step fused (seed 004, eqs. 66-67).
 
-    Trajectory ``(lr_i, mu_j, replica r)`` multiplies its modes ``h = w + u`` and ``m = w - u`` by
-    ``1 + lr chi_t`` and ``1 - lr chi_t`` at step ``t = 1..n_steps``, with
-    ``chi_t = (c0/S) sum_{j<S} x_j (mu x_j + (1 - mu) eps_j)``, ``x ~ N(0, 1)``,
-    ``eps ~ N(0, noise_var)`` drawn afresh (``S = batch_size``): the law of
-    ``dynsim.dynamics.saddle_modes(dynsim.problems.rank1_saddle(noise_var=..., c0=...), S)``.
+    Trajectory ``(lr_i, second_j, replica r)`` multiplies its modes ``h = w + u`` and ``m = w - u``
+    by ``1 + lr chi_t`` and ``1 - lr chi_t`` at step ``t = 1..n_steps``, with ``chi_t`` the mean of
+    ``S = batch_size`` samples' ``c0 x y``:
 
-    Returns an ``xarray.Dataset`` over ``(lr, mu, replica)`` with the variables
+    * ``chi="gaussian"`` (Figs. 3, 4): ``x (mu x + (1 - mu) eps)``, ``x ~ N(0, 1)``,
+      ``eps ~ N(0, noise_var)``; ``second`` holds the values of ``mu``;
+    * ``chi="two_point"`` (Fig. 1b): ``1`` or ``a`` with probability 1/2 each; ``second`` holds ``a``.
+
+    That is the law of ``dynsim.dynamics.saddle_modes(dynsim.problems.rank1_saddle(chi, ...), S)``.
+
+    Returns an ``xarray.Dataset`` over ``(lr, mu or a, replica)`` with the variables
     :func:`dynsim.simulate` gives for that dynamics with the observables of
     :func:`dynsim.stability.saddle_phases`:
 
@@ -199,7 +224,9 @@ def saddle_modes(
     Randomness: see the module docstring; results do not depend on ``block_size`` or
     ``chunk_size``. Computed in float32 whatever ``jax_enable_x64`` says.
     """
-    lrs, mus = grid_values("lr", lrs), grid_values("mu", mus)
+    law = check_choice("chi", chi, LAWS)
+    name = "mu" if law == "gaussian" else "a"
+    lrs, second = grid_values("lr", lrs), grid_values(name, second)
     n_replicas = check_int("n_replicas", n_replicas, minimum=1)
     n_steps = check_int("n_steps", n_steps, minimum=1)
     batch_size = check_int("batch_size", batch_size, minimum=1)
@@ -219,33 +246,35 @@ def saddle_modes(
     backend = _resolve_backend(backend)
 
     counts, bounds = time_batches(n_steps, n_batches)
-    n_cells = lrs.size * mus.size
+    n_cells = lrs.size * second.size
     n_traj = n_cells * n_replicas
-    # trajectory i = (cell c, replica r), cells row-major over (lr, mu)
+    # trajectory i = (cell c, replica r), cells row-major over (lr, second)
     cell = np.repeat(np.arange(n_cells, dtype=np.uint32), n_replicas)
     replica = np.tile(np.arange(n_replicas, dtype=np.uint32), n_cells)
-    lr = np.repeat(lrs.astype(np.float32), mus.size * n_replicas)
-    mu = np.tile(np.repeat(mus.astype(np.float32), n_replicas), lrs.size)
+    lr = np.repeat(lrs.astype(np.float32), second.size * n_replicas)
+    per_traj = np.tile(np.repeat(second.astype(np.float32), n_replicas), lrs.size)
     root = jax.random.key_data(prng.key(seed))
     k0, k1 = (np.asarray(w) for w in prng.threefry2x32(root[0], root[1], jnp.asarray(cell), jnp.asarray(replica)))
 
     chunk = min(-(-chunk_size // block_size) * block_size, -(-n_traj // block_size) * block_size)
-    run = _compiled(backend, block_size, tuple(int(b) for b in bounds), batch_size, float(noise_var) ** 0.5, float(c0))
+    run = _compiled(
+        backend, block_size, tuple(int(b) for b in bounds), law, batch_size, float(noise_var) ** 0.5, float(c0)
+    )
     outs = []
     disable = {None: None, True: False, False: True}[progress]
     bar = tqdm(total=n_traj * n_steps, unit="traj-step", unit_scale=True, delay=2.0, disable=disable, desc="fused")
     with bar:
         for start in range(0, n_traj, chunk):
             idx = np.arange(start, start + chunk) % n_traj  # the last chunk padded by repetition
-            outs.append([np.asarray(o) for o in run(lr[idx], mu[idx], k0[idx], k1[idx])])
+            outs.append([np.asarray(o) for o in run(lr[idx], per_traj[idx], k0[idx], k1[idx])])
             bar.update((min(start + chunk, n_traj) - start) * n_steps)
     log_plus, log_minus, sums = (np.concatenate(parts, axis=-1)[..., :n_traj] for parts in zip(*outs))
     means = sums.astype(np.float64).T / counts  # (trajectory, batch)
     ms_minus = means @ counts / counts.sum()
     ms_stderr = batch_means_stderr(means)
 
-    shape = (lrs.size, mus.size, n_replicas)
-    dims = ("lr", "mu", "replica")
+    shape = (lrs.size, second.size, n_replicas)
+    dims = ("lr", name, "replica")
     return xr.Dataset(
         {
             "modes_log_plus": (dims, log_plus.reshape(shape)),
@@ -253,9 +282,10 @@ def saddle_modes(
             "ms_minus": (dims, ms_minus.reshape(shape)),
             "ms_minus_stderr": (dims, ms_stderr.reshape(shape)),
         },
-        coords={"lr": lrs, "mu": mus, "replica": np.arange(n_replicas)},
+        coords={"lr": lrs, name: second, "replica": np.arange(n_replicas)},
         attrs=dict(
             engine=f"dynsim.fused.saddle_modes ({backend})",
+            chi=law,
             n_steps=n_steps,
             batch_size=batch_size,
             noise_var=noise_var,

@@ -438,6 +438,7 @@ def _simulate_phases(
                 second_values,
                 n_replicas=n_replicas,
                 n_steps=steps,
+                chi=chi,
                 batch_size=batch_size,
                 noise_var=noise_var,
                 c0=c0,
@@ -537,8 +538,8 @@ def saddle_phases(
     (in a subfolder) and resumes from them (:func:`dynsim.simulate`).
 
     ``engine="fused"`` runs the simulation through :func:`dynsim.fused.saddle_modes` instead
-    (every step of a trajectory in one kernel: a Pallas kernel on a GPU; Gaussian data drawn
-    afresh, ``n_data=None``, no checkpoint): the same law, another random stream.
+    (every step of a trajectory in one kernel: a Pallas kernel on a GPU; data drawn afresh,
+    ``n_data=None``, no checkpoint): the same law, another random stream.
 
     Returns an ``xarray.Dataset`` with ``Lambda_plus``, ``Lambda_minus``, ``ms_minus``,
     ``phase`` (indices into :data:`PHASES`) and, for simulations, the shares and intervals.
@@ -554,11 +555,10 @@ def saddle_phases(
         raise ValueError(f"level must be in (0, 1), got {level!r}")
     check_int("refine", refine, minimum=0)
     engine = check_choice("engine", engine, ("simulate", "fused"))
-    if engine == "fused" and method == "simulation" and (chi != "gaussian" or n_data is not None or checkpoint):
+    if engine == "fused" and method == "simulation" and (n_data is not None or checkpoint):
         raise ValueError(
-            "engine='fused' simulates Gaussian data drawn afresh without checkpoints: it needs "
-            f"chi='gaussian', n_data=None and checkpoint=None (got chi={chi!r}, n_data={n_data!r}, "
-            f"checkpoint={checkpoint!r}); use engine='simulate'"
+            "engine='fused' simulates data drawn afresh, without checkpoints: it needs n_data=None and "
+            f"checkpoint=None (got n_data={n_data!r}, checkpoint={checkpoint!r}); use engine='simulate'"
         )
     if method == "theory":
         ds = saddle_exponents(

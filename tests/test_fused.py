@@ -12,13 +12,30 @@ from dynsim import fused
 S = ds.stability
 
 
-@pytest.mark.parametrize("batch_size", [1, 3])
-def test_exponents_and_mean_square_factor_match_quadrature(batch_size):
-    # Lambda_-+ = E log|1 -+ lr chi| by quadrature; E(1 - lr chi)^2 = 1 - 2 lr E chi + lr^2 E chi^2 exactly.
-    lrs, mus = np.array([0.3, 0.9, 1.6, 2.4]), np.array([0.05, 0.5])
-    theory = S.saddle_phases(lrs, mus, batch_size=batch_size)
+@pytest.mark.parametrize(
+    "chi, second, batch_size",
+    [
+        ("gaussian", [0.05, 0.5], 1),
+        ("gaussian", [0.05, 0.5], 6),
+        ("two_point", [-0.5, 0.3], 1),
+        ("two_point", [-0.5], 6),
+    ],
+)
+def test_exponents_and_mean_square_factor_match_theory(chi, second, batch_size):
+    # Lambda_-+ = E log|1 -+ lr chi| by quadrature (Gaussian) or exactly (two-point, a binomial average);
+    # E(1 - lr chi)^2 = 1 - 2 lr E chi + lr^2 E chi^2 exactly. S = 6 runs the batch as a loop.
+    lrs = np.array([0.3, 0.9, 1.6, 2.4])
+    theory = S.saddle_phases(lrs, second, batch_size=batch_size, chi=chi)
     sim = S.saddle_phases(
-        lrs, mus, batch_size=batch_size, method="simulation", n_replicas=512, n_steps=400, engine="fused", seed=3
+        lrs,
+        second,
+        batch_size=batch_size,
+        chi=chi,
+        method="simulation",
+        n_replicas=512,
+        n_steps=400,
+        engine="fused",
+        seed=3,
     )
     assert sim.attrs["engine"] == "fused"
     for var in ("Lambda_plus", "Lambda_minus", "ms_minus"):
@@ -29,8 +46,9 @@ def test_exponents_and_mean_square_factor_match_quadrature(batch_size):
     np.testing.assert_array_equal(coarse(sim.phase.values[clear]), coarse(theory.phase.values[clear]))
 
 
-def test_same_numbers_for_every_backend_chunk_and_block():
-    kw = dict(n_replicas=100, n_steps=30, batch_size=2, seed=5)
+@pytest.mark.parametrize("chi, batch_size", [("gaussian", 2), ("two_point", 6)])
+def test_same_numbers_for_every_backend_chunk_and_block(chi, batch_size):
+    kw = dict(n_replicas=100, n_steps=30, chi=chi, batch_size=batch_size, seed=5)
     ref = fused.saddle_modes([0.5, 2.0], [0.1, 0.6], backend="jax", **kw)
     for other in (
         fused.saddle_modes([0.5, 2.0], [0.1, 0.6], backend="jax", chunk_size=48, block_size=16, **kw),
@@ -57,11 +75,12 @@ def test_normals_are_independent_standard_normals():
         assert abs(np.corrcoef(a**2, b**2)[0, 1]) < 5 / np.sqrt(n)
 
 
-def test_pallas_kernel_lowers_to_triton_for_cuda():
+@pytest.mark.parametrize("law, batch_size", [("gaussian", 2), ("two_point", 6)])
+def test_pallas_kernel_lowers_to_triton_for_cuda(law, batch_size):
     # No GPU here: lower the kernel for CUDA (Pallas -> Triton IR) to catch what Triton cannot express.
     from jax import export
 
-    n, static = 1024, dict(bounds=(1, 6, 11), batch_size=2, noise_std=2.0, c0=1.0)
+    n, static = 1024, dict(bounds=(1, 6, 11), law=law, batch_size=batch_size, noise_std=2.0, c0=1.0)
     run = jax.jit(lambda *inputs: fused._pallas(inputs, 256, False, **static))
     args = [jax.ShapeDtypeStruct((n,), jnp.float32)] * 2 + [jax.ShapeDtypeStruct((n,), jnp.uint32)] * 2
     target = "__gpu$xla.gpu.triton"
@@ -81,6 +100,8 @@ def test_bad_input():
         fused.saddle_modes([1.0], [0.1], n_replicas=2, n_steps=10, backend="cuda")
     with pytest.raises(ValueError, match="engine='simulate'"):
         S.saddle_phases([1.0], [0.1], method="simulation", n_data=4, engine="fused")
+    with pytest.raises(ValueError, match="chi"):
+        fused.saddle_modes([1.0], [0.1], n_replicas=2, n_steps=10, chi="cauchy")
     with pytest.raises(ValueError, match="engine"):
         S.saddle_phases([1.0], [0.1], method="simulation", engine="pallas")
 
