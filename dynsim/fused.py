@@ -7,7 +7,7 @@ trajectories once, runs all ``n_steps`` steps on it with the state in registers,
 results once: its rate is bound by arithmetic instead.
 
 :func:`saddle_modes` is the fused form of :func:`dynsim.dynamics.saddle_modes` with Gaussian or
-two-point data drawn afresh each step (seed 004, eqs. 66-67, ``n_data = None``): the mode exponents and
+two-point data, drawn afresh each step or from a finite dataset (seed 004, eqs. 66-67): the mode exponents and
 the mean-square factor behind :func:`dynsim.stability.saddle_phases`. It runs as
 
 * ``backend="pallas"``: a Pallas (Triton) kernel on a GPU, one program per block of trajectories;
@@ -20,7 +20,7 @@ Threefry hash each. Here sample ``j`` of step ``t`` of trajectory ``(c, r)`` tak
 ``k_cr = threefry2x32(key(seed), (c, r))``, one hash, and turns each into a normal
 ``sqrt(2) erfinv(v)`` with ``v`` uniform on ``2**23`` points symmetric in ``(-1, 1)``, as
 ``jax.random.normal`` does: ``x`` from ``b0`` and ``eps / sqrt(noise_var)`` from ``b1`` (a two-point
-sample is the top bit of ``b0``). The law is
+sample is the top bit of ``b0``; a point of a finite dataset is number ``floor(b0 N / 2**32)``). The law is
 the engine's up to the float32 tails (here ``|x| <= 5.29``, a tail of probability 1.2e-7; the
 engine's normals stop near 5.42); the draws are not, so results agree with
 :func:`dynsim.simulate` in distribution, not bit for bit. They depend only on
@@ -43,6 +43,7 @@ from dynsim import prng
 from dynsim._validate import check_choice, check_int, check_positive, grid_values
 from dynsim.dynamics.saddle import LOG_ZERO
 from dynsim.observables import batch_means_stderr, time_batches
+from dynsim.problems import draw_dataset, rank1_saddle
 
 __all__ = ["saddle_modes", "BACKENDS", "LAWS"]
 
@@ -69,8 +70,20 @@ def _normal_pair(k0, k1, j, t):
     return _SQRT2 * lax.erf_inv(_uniform_open(b0)), _SQRT2 * lax.erf_inv(_uniform_open(b1))
 
 
-def _sample_chi(k0, k1, j, t, second, law: str, noise_std: float):
-    """One sample's ``x y / c0``: ``x (mu x + (1 - mu) eps)`` (Gaussian) or ``b + (1 - b) a`` (two-point)."""
+def _sample_chi(k0, k1, j, t, second, data, law: str, noise_std: float):
+    """One sample's ``x y / c0``: ``x (mu x + (1 - mu) eps)`` (Gaussian) or ``b + (1 - b) a`` (two-point).
+
+    ``data`` is ``()`` for a sample drawn afresh, else the dataset's fields (``(x, eps)`` or
+    ``(b,)``, arrays or Pallas refs) and the sample is point ``floor(b0 N / 2**32)`` of it.
+    """
+    if data:
+        b0, _ = prng.threefry2x32(k0, k1, j, t)
+        i = prng.mulhi32(b0, np.uint32(data[0].shape[0])).astype(np.int32)  # uniform on {0..N-1}
+        if law == "gaussian":
+            x, eps = data[0][i], data[1][i]
+            return x * (second * x + (1 - second) * eps)
+        b = data[0][i]
+        return b + (1 - b) * second
     if law == "gaussian":
         x, z = _normal_pair(k0, k1, j, t)
         return x * (second * x + (1 - second) * noise_std * z)
@@ -79,34 +92,36 @@ def _sample_chi(k0, k1, j, t, second, law: str, noise_std: float):
     return b + (1 - b) * second
 
 
-def _chi(k0, k1, t, second, *, law: str, batch_size: int, noise_std: float, c0: float):
+def _chi(k0, k1, t, second, data, *, law: str, batch_size: int, noise_std: float, c0: float):
     """``chi_t = (c0/S) sum_{j<S}`` of the samples' ``x y / c0`` (eq. 66; :func:`_sample_chi`)."""
     if batch_size <= _UNROLL:
         total = jnp.zeros_like(second)
         for j in range(batch_size):
-            total = total + _sample_chi(k0, k1, np.uint32(j), t, second, law, noise_std)
+            total = total + _sample_chi(k0, k1, np.uint32(j), t, second, data, law, noise_std)
     else:  # a loop, not S copies of the hash in the kernel
         total = lax.fori_loop(
             0,
             batch_size,
-            lambda j, acc: acc + _sample_chi(k0, k1, j.astype(np.uint32), t, second, law, noise_std),
+            lambda j, acc: acc + _sample_chi(k0, k1, j.astype(np.uint32), t, second, data, law, noise_std),
             jnp.zeros_like(second),
         )
     return (c0 / batch_size) * total
 
 
-def _run(lr, second, k0, k1, *, bounds, law, batch_size, noise_std, c0):
+def _run(lr, second, k0, k1, data, *, bounds, law, batch_size, noise_std, c0):
     """All steps of a block of trajectories: ``log|mode_T / mode_0|`` of both modes and batch sums.
 
     ``log_-+ += log|1 -+ lr chi_t|`` (eq. 67; ``log 0`` kept at :data:`LOG_ZERO`), and
     ``sums[b]``, the compensated (Kahan) sum over the steps of batch ``b`` of ``(1 - lr chi_t)^2``
     (a list); ``bounds`` are the batches' first steps and the end,
-    ``1 = bounds[0] < ... < bounds[-1] = n_steps + 1``.
+    ``1 = bounds[0] < ... < bounds[-1] = n_steps + 1``. ``data``: see :func:`_sample_chi`.
     """
 
     def step(t, carry):
         log_plus, log_minus, total, comp = carry
-        chi = _chi(k0, k1, t.astype(np.uint32), second, law=law, batch_size=batch_size, noise_std=noise_std, c0=c0)
+        chi = _chi(
+            k0, k1, t.astype(np.uint32), second, data, law=law, batch_size=batch_size, noise_std=noise_std, c0=c0
+        )
         plus, minus = 1 + lr * chi, 1 - lr * chi
         log_plus = jnp.maximum(log_plus + jnp.log(jnp.abs(plus)), LOG_ZERO)
         log_minus = jnp.maximum(log_minus + jnp.log(jnp.abs(minus)), LOG_ZERO)
@@ -122,49 +137,56 @@ def _run(lr, second, k0, k1, *, bounds, law, batch_size, noise_std, c0):
     return log_plus, log_minus, sums
 
 
-def _kernel(lr_ref, mu_ref, k0_ref, k1_ref, plus_ref, minus_ref, sums_ref, **static):
-    log_plus, log_minus, sums = _run(lr_ref[...], mu_ref[...], k0_ref[...], k1_ref[...], **static)
+def _kernel(*refs, n_fields: int, **static):
+    """One Pallas program: a block's ``lr, second, k0, k1``, the dataset's fields, then the outputs."""
+    lr_ref, second_ref, k0_ref, k1_ref = refs[:4]
+    data = refs[4 : 4 + n_fields]  # whole, gathered from by index
+    plus_ref, minus_ref, sums_ref = refs[4 + n_fields :]
+    log_plus, log_minus, sums = _run(lr_ref[...], second_ref[...], k0_ref[...], k1_ref[...], data, **static)
     plus_ref[...] = log_plus
     minus_ref[...] = log_minus
     for b, total in enumerate(sums):  # row by row: Triton stacks only along the last axis
         sums_ref[b, :] = total
 
 
-def _pallas(inputs, block: int, interpret: bool, **static):
+def _pallas(inputs, data, block: int, interpret: bool, **static):
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
 
     n = inputs[0].shape[0]
     n_batches = len(static["bounds"]) - 1
     flat = pl.BlockSpec((block,), lambda i: (i,))
+    whole = [pl.BlockSpec(field.shape, lambda i: (0,)) for field in data]
     return pl.pallas_call(
-        lambda *refs: _kernel(*refs, **static),
+        functools.partial(_kernel, n_fields=len(data), **static),
         out_shape=(
             jax.ShapeDtypeStruct((n,), jnp.float32),
             jax.ShapeDtypeStruct((n,), jnp.float32),
             jax.ShapeDtypeStruct((n_batches, n), jnp.float32),
         ),
         grid=(n // block,),
-        in_specs=[flat] * 4,
+        in_specs=[flat] * 4 + whole,
         out_specs=(flat, flat, pl.BlockSpec((n_batches, block), lambda i: (0, i))),
         interpret=interpret,
         compiler_params=None if interpret else plgpu.CompilerParams(num_warps=4, num_stages=1),
         name="dynsim_saddle_modes",
-    )(*inputs)
+    )(*inputs, *data)
 
 
 @functools.lru_cache(maxsize=32)
 def _compiled(backend: str, block: int, bounds: tuple, law: str, batch_size: int, noise_std: float, c0: float):
-    """The jitted runner of one chunk for a static configuration (cached)."""
+    """The jitted runner ``(lr, second, k0, k1, data) -> outputs`` of one chunk for a static configuration (cached)."""
     static = dict(bounds=bounds, law=law, batch_size=batch_size, noise_std=noise_std, c0=c0)
     if backend == "jax":
 
-        def run(lr, mu, k0, k1):
-            log_plus, log_minus, sums = _run(lr, mu, k0, k1, **static)
+        def run(lr, second, k0, k1, data):
+            log_plus, log_minus, sums = _run(lr, second, k0, k1, data, **static)
             return log_plus, log_minus, jnp.stack(sums)
 
         return jax.jit(run)
-    return jax.jit(lambda *inputs: _pallas(inputs, block, backend == "interpret", **static))
+    return jax.jit(
+        lambda lr, second, k0, k1, data: _pallas((lr, second, k0, k1), data, block, backend == "interpret", **static)
+    )
 
 
 def _resolve_backend(backend: str) -> str:
@@ -187,6 +209,7 @@ def saddle_modes(
     n_steps: int,
     chi: str = "gaussian",
     batch_size: int = 1,
+    n_data: int | None = None,
     noise_var: float = 4.0,
     c0: float = 1.0,
     seed: int = 0,
@@ -206,7 +229,10 @@ def saddle_modes(
       ``eps ~ N(0, noise_var)``; ``second`` holds the values of ``mu``;
     * ``chi="two_point"`` (Fig. 1b): ``1`` or ``a`` with probability 1/2 each; ``second`` holds ``a``.
 
-    That is the law of ``dynsim.dynamics.saddle_modes(dynsim.problems.rank1_saddle(chi, ...), S)``.
+    With ``n_data = N`` the samples are drawn with replacement from one dataset of ``N`` points,
+    the one :func:`dynsim.simulate` and :func:`dynsim.stability.saddle_exponents` use with this
+    ``seed`` (``fold_in(key(seed), 2**32 - 1)``), shared by every cell (Fig. 4). That is the law of
+    ``dynsim.dynamics.saddle_modes(dynsim.problems.rank1_saddle(chi, n_data=...), S)``.
 
     Returns an ``xarray.Dataset`` over ``(lr, mu or a, replica)`` with the variables
     :func:`dynsim.simulate` gives for that dynamics with the observables of
@@ -230,6 +256,8 @@ def saddle_modes(
     n_replicas = check_int("n_replicas", n_replicas, minimum=1)
     n_steps = check_int("n_steps", n_steps, minimum=1)
     batch_size = check_int("batch_size", batch_size, minimum=1)
+    if n_data is not None:
+        n_data = check_int("n_data", n_data, minimum=1)
     n_batches = check_int("n_batches", n_batches, minimum=2)
     if n_steps < n_batches:
         raise ValueError(f"n_steps = {n_steps} must be >= n_batches = {n_batches}")
@@ -253,6 +281,11 @@ def saddle_modes(
     replica = np.tile(np.arange(n_replicas, dtype=np.uint32), n_cells)
     lr = np.repeat(lrs.astype(np.float32), second.size * n_replicas)
     per_traj = np.tile(np.repeat(second.astype(np.float32), n_replicas), lrs.size)
+    data = ()
+    if n_data is not None:
+        problem = rank1_saddle(law, n_data=n_data, noise_var=noise_var, c0=c0)
+        dataset = draw_dataset(problem, prng.data_key(prng.key(seed)), n_data)
+        data = tuple(jnp.asarray(dataset[f], jnp.float32) for f in (("x", "eps") if law == "gaussian" else ("b",)))
     root = jax.random.key_data(prng.key(seed))
     k0, k1 = (np.asarray(w) for w in prng.threefry2x32(root[0], root[1], jnp.asarray(cell), jnp.asarray(replica)))
 
@@ -266,7 +299,7 @@ def saddle_modes(
     with bar:
         for start in range(0, n_traj, chunk):
             idx = np.arange(start, start + chunk) % n_traj  # the last chunk padded by repetition
-            outs.append([np.asarray(o) for o in run(lr[idx], per_traj[idx], k0[idx], k1[idx])])
+            outs.append([np.asarray(o) for o in run(lr[idx], per_traj[idx], k0[idx], k1[idx], data)])
             bar.update((min(start + chunk, n_traj) - start) * n_steps)
     log_plus, log_minus, sums = (np.concatenate(parts, axis=-1)[..., :n_traj] for parts in zip(*outs))
     means = sums.astype(np.float64).T / counts  # (trajectory, batch)
@@ -286,6 +319,7 @@ def saddle_modes(
         attrs=dict(
             engine=f"dynsim.fused.saddle_modes ({backend})",
             chi=law,
+            n_data=-1 if n_data is None else n_data,
             n_steps=n_steps,
             batch_size=batch_size,
             noise_var=noise_var,

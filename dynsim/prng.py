@@ -37,6 +37,7 @@ __all__ = [
     "init_and_run_keys",
     "step_key",
     "threefry2x32",
+    "mulhi32",
     "uniform_index",
     "wrap",
 ]
@@ -182,7 +183,7 @@ def step_key(run_key: jax.Array, t) -> jax.Array:
     return jax.random.fold_in(run_key, t)
 
 
-def _mulhi32(a, b):
+def mulhi32(a, b):
     """High 32 bits of the 64-bit product of two uint32 arrays, in uint32 arithmetic."""
     mask = np.uint32(0xFFFF)
     a_lo, a_hi = a & mask, lax.shift_right_logical(a, np.uint32(16))
@@ -202,7 +203,7 @@ def uniform_index(k: jax.Array, shape, n) -> jax.Array:
     ``2**-32`` of ``1/n``. ``n`` may be a traced integer (``1 <= n < 2**31``).
     """
     bits = jax.random.bits(k, tuple(shape), np.uint32)
-    idx = _mulhi32(bits, jnp.asarray(n).astype(np.uint32)).astype(np.int32)
+    idx = mulhi32(bits, jnp.asarray(n).astype(np.uint32)).astype(np.int32)
     # rem(idx, n) == idx. XLA counts a remainder as expensive, so the index is then computed
     # once and stored, instead of being recomputed (two hashes) inside every gather that
     # reads it: twice as fast for a dataset with two fields.

@@ -440,6 +440,7 @@ def _simulate_phases(
                 n_steps=steps,
                 chi=chi,
                 batch_size=batch_size,
+                n_data=n_data,
                 noise_var=noise_var,
                 c0=c0,
                 seed=run_seed,
@@ -538,8 +539,8 @@ def saddle_phases(
     (in a subfolder) and resumes from them (:func:`dynsim.simulate`).
 
     ``engine="fused"`` runs the simulation through :func:`dynsim.fused.saddle_modes` instead
-    (every step of a trajectory in one kernel: a Pallas kernel on a GPU; data drawn afresh,
-    ``n_data=None``, no checkpoint): the same law, another random stream.
+    (every step of a trajectory in one kernel: a Pallas kernel on a GPU; no checkpoint): the
+    same law and the same finite dataset, another random stream.
 
     Returns an ``xarray.Dataset`` with ``Lambda_plus``, ``Lambda_minus``, ``ms_minus``,
     ``phase`` (indices into :data:`PHASES`) and, for simulations, the shares and intervals.
@@ -555,10 +556,10 @@ def saddle_phases(
         raise ValueError(f"level must be in (0, 1), got {level!r}")
     check_int("refine", refine, minimum=0)
     engine = check_choice("engine", engine, ("simulate", "fused"))
-    if engine == "fused" and method == "simulation" and (n_data is not None or checkpoint):
+    if engine == "fused" and method == "simulation" and checkpoint:
         raise ValueError(
-            "engine='fused' simulates data drawn afresh, without checkpoints: it needs n_data=None and "
-            f"checkpoint=None (got n_data={n_data!r}, checkpoint={checkpoint!r}); use engine='simulate'"
+            f"engine='fused' writes no checkpoints (got checkpoint={checkpoint!r}): its runs take seconds "
+            "on a GPU; use engine='simulate' to checkpoint"
         )
     if method == "theory":
         ds = saddle_exponents(

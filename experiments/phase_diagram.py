@@ -14,7 +14,7 @@ shrank (Wilson interval; cells whose interval holds 1/2 are undecided).
     python experiments/phase_diagram.py --diagram finite-N   # Fig. 4, N = 3, 4, 8, 10, 24, 100
     python experiments/phase_diagram.py --diagram two-point  # Fig. 1b, x y in {1, a}
     python experiments/phase_diagram.py --preset paper       # 256 x 256 cells x 1024 replicas x 1e4 steps (GPU)
-    python experiments/phase_diagram.py --engine fused       # the simulation through dynsim.fused (not finite-N)
+    python experiments/phase_diagram.py --engine fused       # the simulation through dynsim.fused
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ def main(argv=None) -> None:
         "--engine",
         choices=("simulate", "fused"),
         default="simulate",
-        help="fused: every step of a trajectory in one kernel (Pallas on GPU); data drawn afresh (not finite-N)",
+        help="fused: every step of a trajectory in one kernel (Pallas on GPU); no checkpoints",
     )
     args = _cli.parse(parser, argv)
     for key, value in PRESETS[args.preset].items():

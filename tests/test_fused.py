@@ -13,24 +13,27 @@ S = ds.stability
 
 
 @pytest.mark.parametrize(
-    "chi, second, batch_size",
+    "chi, second, batch_size, n_data",
     [
-        ("gaussian", [0.05, 0.5], 1),
-        ("gaussian", [0.05, 0.5], 6),
-        ("two_point", [-0.5, 0.3], 1),
-        ("two_point", [-0.5], 6),
+        ("gaussian", [0.05, 0.5], 1, None),
+        ("gaussian", [0.05, 0.5], 6, None),
+        ("two_point", [-0.5, 0.3], 1, None),
+        ("two_point", [-0.5], 6, None),
+        ("gaussian", [0.05, 0.5], 2, 4),
     ],
 )
-def test_exponents_and_mean_square_factor_match_theory(chi, second, batch_size):
-    # Lambda_-+ = E log|1 -+ lr chi| by quadrature (Gaussian) or exactly (two-point, a binomial average);
+def test_exponents_and_mean_square_factor_match_theory(chi, second, batch_size, n_data):
+    # Lambda_-+ = E log|1 -+ lr chi| by quadrature (Gaussian), exactly (two-point: a binomial average;
+    # a finite dataset: the average over its N^S minibatches, the same dataset as the theory's);
     # E(1 - lr chi)^2 = 1 - 2 lr E chi + lr^2 E chi^2 exactly. S = 6 runs the batch as a loop.
     lrs = np.array([0.3, 0.9, 1.6, 2.4])
-    theory = S.saddle_phases(lrs, second, batch_size=batch_size, chi=chi)
+    theory = S.saddle_phases(lrs, second, batch_size=batch_size, chi=chi, n_data=n_data, seed=3)
     sim = S.saddle_phases(
         lrs,
         second,
         batch_size=batch_size,
         chi=chi,
+        n_data=n_data,
         method="simulation",
         n_replicas=512,
         n_steps=400,
@@ -46,9 +49,9 @@ def test_exponents_and_mean_square_factor_match_theory(chi, second, batch_size):
     np.testing.assert_array_equal(coarse(sim.phase.values[clear]), coarse(theory.phase.values[clear]))
 
 
-@pytest.mark.parametrize("chi, batch_size", [("gaussian", 2), ("two_point", 6)])
-def test_same_numbers_for_every_backend_chunk_and_block(chi, batch_size):
-    kw = dict(n_replicas=100, n_steps=30, chi=chi, batch_size=batch_size, seed=5)
+@pytest.mark.parametrize("chi, batch_size, n_data", [("gaussian", 2, None), ("two_point", 6, None), ("gaussian", 2, 5)])
+def test_same_numbers_for_every_backend_chunk_and_block(chi, batch_size, n_data):
+    kw = dict(n_replicas=100, n_steps=30, chi=chi, batch_size=batch_size, n_data=n_data, seed=5)
     ref = fused.saddle_modes([0.5, 2.0], [0.1, 0.6], backend="jax", **kw)
     for other in (
         fused.saddle_modes([0.5, 2.0], [0.1, 0.6], backend="jax", chunk_size=48, block_size=16, **kw),
@@ -75,14 +78,16 @@ def test_normals_are_independent_standard_normals():
         assert abs(np.corrcoef(a**2, b**2)[0, 1]) < 5 / np.sqrt(n)
 
 
-@pytest.mark.parametrize("law, batch_size", [("gaussian", 2), ("two_point", 6)])
-def test_pallas_kernel_lowers_to_triton_for_cuda(law, batch_size):
-    # No GPU here: lower the kernel for CUDA (Pallas -> Triton IR) to catch what Triton cannot express.
+@pytest.mark.parametrize("law, batch_size, n_fields", [("gaussian", 2, 0), ("two_point", 6, 0), ("gaussian", 2, 2)])
+def test_pallas_kernel_lowers_to_triton_for_cuda(law, batch_size, n_fields):
+    # No GPU here: lower the kernel for CUDA (Pallas -> Triton IR) to catch what Triton cannot express
+    # (n_fields: a finite dataset, gathered from by index).
     from jax import export
 
     n, static = 1024, dict(bounds=(1, 6, 11), law=law, batch_size=batch_size, noise_std=2.0, c0=1.0)
-    run = jax.jit(lambda *inputs: fused._pallas(inputs, 256, False, **static))
+    run = jax.jit(lambda *inputs: fused._pallas(inputs[:4], inputs[4:], 256, False, **static))
     args = [jax.ShapeDtypeStruct((n,), jnp.float32)] * 2 + [jax.ShapeDtypeStruct((n,), jnp.uint32)] * 2
+    args += [jax.ShapeDtypeStruct((7,), jnp.float32)] * n_fields
     target = "__gpu$xla.gpu.triton"
     exported = export.export(run, platforms=["cuda"], disabled_checks=[export.DisabledSafetyCheck.custom_call(target)])
     text = exported(*args).mlir_module()
@@ -99,7 +104,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="backend"):
         fused.saddle_modes([1.0], [0.1], n_replicas=2, n_steps=10, backend="cuda")
     with pytest.raises(ValueError, match="engine='simulate'"):
-        S.saddle_phases([1.0], [0.1], method="simulation", n_data=4, engine="fused")
+        S.saddle_phases([1.0], [0.1], method="simulation", engine="fused", checkpoint="ck")
     with pytest.raises(ValueError, match="chi"):
         fused.saddle_modes([1.0], [0.1], n_replicas=2, n_steps=10, chi="cauchy")
     with pytest.raises(ValueError, match="engine"):
