@@ -173,20 +173,35 @@ def _pallas(inputs, data, block: int, interpret: bool, **static):
     )(*inputs, *data)
 
 
+def _trajectories(start, n_traj, n_replicas, lrs, second, root, chunk: int):
+    """``lr``, ``second`` and key words of trajectories ``start, ..., start + chunk - 1`` (mod ``n_traj``).
+
+    Trajectory ``i`` is ``(cell c, replica r) = (i // n_replicas, i % n_replicas)``, cells
+    row-major over ``(lr, second)``; its key is ``threefry2x32(key(seed), (c, r))``. Computed on the
+    device per chunk, so no per-trajectory array is built on the host or copied to the device;
+    the last chunk is padded by repetition.
+    """
+    i = (start + jnp.arange(chunk, dtype=jnp.uint32)) % n_traj
+    cell, replica = i // n_replicas, i % n_replicas
+    k0, k1 = prng.threefry2x32(root[0], root[1], cell, replica)
+    return lrs[cell // second.shape[0]], second[cell % second.shape[0]], k0, k1
+
+
 @functools.lru_cache(maxsize=32)
-def _compiled(backend: str, block: int, bounds: tuple, law: str, batch_size: int, noise_std: float, c0: float):
-    """The jitted runner ``(lr, second, k0, k1, data) -> outputs`` of one chunk for a static configuration (cached)."""
+def _compiled(
+    backend: str, block: int, chunk: int, bounds: tuple, law: str, batch_size: int, noise_std: float, c0: float
+):
+    """The jitted runner ``(start, n_traj, n_replicas, lrs, second, root, data) -> outputs`` of one chunk (cached)."""
     static = dict(bounds=bounds, law=law, batch_size=batch_size, noise_std=noise_std, c0=c0)
-    if backend == "jax":
 
-        def run(lr, second, k0, k1, data):
-            log_plus, log_minus, sums = _run(lr, second, k0, k1, data, **static)
+    def run(start, n_traj, n_replicas, lrs, second, root, data):
+        inputs = _trajectories(start, n_traj, n_replicas, lrs, second, root, chunk)
+        if backend == "jax":
+            log_plus, log_minus, sums = _run(*inputs, data, **static)
             return log_plus, log_minus, jnp.stack(sums)
+        return _pallas(inputs, data, block, backend == "interpret", **static)
 
-        return jax.jit(run)
-    return jax.jit(
-        lambda lr, second, k0, k1, data: _pallas((lr, second, k0, k1), data, block, backend == "interpret", **static)
-    )
+    return jax.jit(run)
 
 
 def _resolve_backend(backend: str) -> str:
@@ -274,32 +289,27 @@ def saddle_modes(
     backend = _resolve_backend(backend)
 
     counts, bounds = time_batches(n_steps, n_batches)
-    n_cells = lrs.size * second.size
-    n_traj = n_cells * n_replicas
-    # trajectory i = (cell c, replica r), cells row-major over (lr, second)
-    cell = np.repeat(np.arange(n_cells, dtype=np.uint32), n_replicas)
-    replica = np.tile(np.arange(n_replicas, dtype=np.uint32), n_cells)
-    lr = np.repeat(lrs.astype(np.float32), second.size * n_replicas)
-    per_traj = np.tile(np.repeat(second.astype(np.float32), n_replicas), lrs.size)
+    n_traj = lrs.size * second.size * n_replicas
+    if n_traj >= 2**32:
+        raise ValueError(f"{n_traj} trajectories: at most 2**32 - 1 (the trajectory counter is 32 bits)")
     data = ()
     if n_data is not None:
         problem = rank1_saddle(law, n_data=n_data, noise_var=noise_var, c0=c0)
         dataset = draw_dataset(problem, prng.data_key(prng.key(seed)), n_data)
         data = tuple(jnp.asarray(dataset[f], jnp.float32) for f in (("x", "eps") if law == "gaussian" else ("b",)))
+    grid = (np.uint32(n_traj), np.uint32(n_replicas), lrs.astype(np.float32), second.astype(np.float32))
     root = jax.random.key_data(prng.key(seed))
-    k0, k1 = (np.asarray(w) for w in prng.threefry2x32(root[0], root[1], jnp.asarray(cell), jnp.asarray(replica)))
 
     chunk = min(-(-chunk_size // block_size) * block_size, -(-n_traj // block_size) * block_size)
     run = _compiled(
-        backend, block_size, tuple(int(b) for b in bounds), law, batch_size, float(noise_var) ** 0.5, float(c0)
+        backend, block_size, chunk, tuple(int(b) for b in bounds), law, batch_size, float(noise_var) ** 0.5, float(c0)
     )
     outs = []
     disable = {None: None, True: False, False: True}[progress]
     bar = tqdm(total=n_traj * n_steps, unit="traj-step", unit_scale=True, delay=2.0, disable=disable, desc="fused")
     with bar:
         for start in range(0, n_traj, chunk):
-            idx = np.arange(start, start + chunk) % n_traj  # the last chunk padded by repetition
-            outs.append([np.asarray(o) for o in run(lr[idx], per_traj[idx], k0[idx], k1[idx], data)])
+            outs.append([np.asarray(o) for o in run(np.uint32(start), *grid, root, data)])
             bar.update((min(start + chunk, n_traj) - start) * n_steps)
     log_plus, log_minus, sums = (np.concatenate(parts, axis=-1)[..., :n_traj] for parts in zip(*outs))
     means = sums.astype(np.float64).T / counts  # (trajectory, batch)
