@@ -165,35 +165,82 @@ def _diverged_steps(result: xr.Dataset) -> xr.DataArray | None:
     return None
 
 
-def _common_window(records: xr.DataArray, diverged_step, exits: xr.DataArray, after: float = -np.inf):
+def _frozen(records: xr.DataArray, after: float) -> xr.DataArray:
+    """The records of a replica's final constant run, if it has one and changed before it.
+
+    Without a :func:`~dynsim.observables.diverged` output this is how a diverged replica is told:
+    the engine freezes it, so its records repeat exactly from its divergence to the end (the
+    first of them holds the state of the step before the divergence, not of its own time, so it
+    is flagged too). A repeat followed by a change is a coincidence of float32 records, not a
+    divergence; a series that never changes from its reference record (the last at a time
+    ``<= after``, else the first) is a constant orbit (``|1 - lr x^2| = 1``).
+    """
+    times = records.time
+    ref = times.where(times <= after).max() if bool((times <= after).any()) else times.min()
+    same_as_next = (records.diff("time", label="lower") == 0).reindex(time=times, fill_value=True)
+    reverse = slice(None, None, -1)
+    to_end = same_as_next.isel(time=reverse).cumprod("time").isel(time=reverse).astype(bool)
+    start = times.where(to_end & (times >= ref)).min("time")  # first record of the final constant run
+    return (times >= start) & (start < times.max()) & (start > ref)
+
+
+def _common_window(records: xr.DataArray, diverged_step, exits: xr.DataArray, after: float = -np.inf, stacklevel=3):
     """Per cell, the last record time before the first of its replicas left; and which replicas left.
 
     A replica leaves at its first record flagged in ``exits`` (say, not finite: an exact hit or
-    an overflow) or that follows its divergence step (``diverged_step``, -1 for never; without it,
-    a record that the next one repeats exactly, since the engine freezes a diverged trajectory).
-    Reading every replica of a cell up to the first exit of any of them keeps all replicas;
-    dropping the ones that left would keep the slow ones only. Records at times ``<= after``
-    (constant by construction, such as a running exponent before its transient) are not read
-    as frozen.
+    an overflow), that follows its divergence step (``diverged_step``, -1 for never), or that
+    starts a final run of exact repeats (:func:`_frozen`): the engine freezes a diverged
+    trajectory, and a state can also stop moving in float rounding (below the smallest normal
+    number, an update too small to change it). Reading every replica of a cell up to the first exit
+    of any of them keeps all replicas; dropping the ones that left would keep the slow ones only.
+    Records at times ``<= after`` (constant by construction, such as a running exponent before its
+    transient) are not read as frozen.
     """
+    frozen = _frozen(records, after)
     if diverged_step is not None:
-        exits = exits | ((diverged_step >= 0) & (records.time >= diverged_step))
+        diverged = (diverged_step >= 0) & (records.time >= diverged_step)
+        stuck = frozen.any("time") & ~diverged.any("time")
+        message = (
+            f"{int(stuck.sum())} replicas stopped moving before the end without diverging (their state stuck in "
+            "float rounding, e.g. below the smallest normal number): read up to their last change; float64 "
+            "(jax.config.update('jax_enable_x64', True)) or a shorter run reads more of them"
+        )
+        exits = exits | diverged
     else:
-        repeats = (records.diff("time", label="lower") == 0).reindex(time=records.time, fill_value=False)
-        exits = exits | (repeats & (records.time > after))
+        stuck = frozen.any("time")
+        message = (
+            f"{int(stuck.sum())} replicas have records that stay the same to the end, read as frozen by a divergence "
+            "or by float rounding; record ds.observables.diverged() in the run to read divergences exactly"
+        )
+    if bool(stuck.any()):
+        warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
+    exits = exits | frozen
     first_exit = records.time.where(exits).min("time")  # NaN: never
     until = records.time.where(~(records.time >= first_exit.min("replica"))).max("time")
     return until, first_exit.notnull()
 
 
-def _slope(logs: xr.DataArray, transient: int, scale: float, diverged_step=None) -> SlopeEstimate:
+def _float_floor(values: xr.DataArray) -> float:
+    """``log(tiny / eps)`` of the dtype of ``values`` (float64 if not floating): below it a quantity's
+    intermediates that are ``eps`` times smaller (the smallest that still change it) are subnormal,
+    so updates round or flush to zero (float32: 1.6e-31)."""
+    info = np.finfo(values.dtype if np.issubdtype(values.dtype, np.floating) else np.float64)
+    return float(np.log(info.tiny) - np.log(info.eps))
+
+
+def _slope(logs: xr.DataArray, transient: int, scale: float, diverged_step, floor: float) -> SlopeEstimate:
+    """Least-squares slopes over ``scale`` of ``log`` records, every replica of a cell on one window.
+
+    Records below ``floor`` are exits too: there the quantity (or the state) is subnormal or
+    flushed to zero, and its updates round.
+    """
     if "time" not in logs.dims or "replica" not in logs.dims:
         raise ValueError(f"need a record with 'time' and 'replica' dimensions, got {logs.dims}")
     times = logs.time.values
     if transient < 0 or transient >= times[-1]:
         raise ValueError(f"transient must be in [0, {times[-1]}), got {transient}")
     logs = logs.astype(np.float64)
-    until, left = _common_window(logs, diverged_step, ~np.isfinite(logs))
+    until, left = _common_window(logs, diverged_step, ~np.isfinite(logs) | (logs < floor), stacklevel=4)
     window = (logs.time >= transient) & (logs.time <= until)
     kept = logs.where(window)
     n_records = window.sum("time")
@@ -235,18 +282,21 @@ def from_log_distance(result: xr.Dataset, var: str = "logdist", *, transient: in
     (``m_w`` is squared), its standard error the spread over replicas. For i.i.d.
     multipliers ``E log|w_t - w*|^2 = 2 Lambda t`` exactly, so the fit is unbiased.
 
-    In float32 an iterate reaches ``w*`` exactly (``log 0 = -inf``) or overflows within a few
-    hundred steps when ``|Lambda|`` is large. ``until`` is, per cell, the last record before
-    the first replica of the cell left the float range: hit ``w*`` exactly, overflowed, or
-    was frozen by the engine after a divergence (read from a :func:`~dynsim.observables.diverged`
-    output of ``result`` if there is one, else from a record that the next one repeats exactly).
-    Every replica is fitted on the same window, so none is selected out. Cells left with fewer
-    than 2 records give NaN (a warning); record more often, use float64, or :func:`top_exponent`,
-    which works in log space.
+    In float32 an iterate reaches ``w*`` exactly (``log 0 = -inf``), sinks to where its updates
+    underflow, or overflows within a few hundred steps when ``|Lambda|`` is large. ``until`` is,
+    per cell, the last record before the first replica of the cell left the float range: hit
+    ``w*`` exactly, came within ``tiny / eps`` of it (float32: 1.6e-31; SGD on 1-D regression
+    crawls there, which bent slopes by up to 100 standard errors), overflowed, was frozen by the
+    engine after a divergence (read from a :func:`~dynsim.observables.diverged` output of
+    ``result`` if there is one), or stopped moving (records that repeat exactly to the end, with
+    a warning). Every replica is fitted on the same window, so none is selected out. Cells left
+    with fewer than 2 records give NaN (a warning); record more often, use float64, or
+    :func:`top_exponent`, which works in log space.
     """
     if var not in result:
         raise ValueError(f"result has no variable {var!r}; it has {sorted(result.data_vars)}")
-    return _slope(result[var], transient, 2.0, _diverged_steps(result))
+    records = result[var]  # log |w - w*|^2
+    return _slope(records, transient, 2.0, _diverged_steps(result), 2 * _float_floor(records))
 
 
 def from_log_loss(result: xr.Dataset, var: str = "loss", *, transient: int = 0) -> SlopeEstimate:
@@ -259,7 +309,7 @@ def from_log_loss(result: xr.Dataset, var: str = "loss", *, transient: int = 0) 
         raise ValueError(f"result has no variable {var!r}; it has {sorted(result.data_vars)}")
     with np.errstate(divide="ignore"):
         logs = np.log(result[var])
-    return _slope(logs, transient, 2.0, _diverged_steps(result))
+    return _slope(logs, transient, 2.0, _diverged_steps(result), _float_floor(result[var]))
 
 
 class RunningEstimate(NamedTuple):
@@ -414,7 +464,9 @@ class LyapunovEstimate(NamedTuple):
     (``O(1/n_steps)``: the frame's initial alignment, and near-equal exponents, such as a complex
     pair, sorted per replica), so compare runs of different lengths before trusting digits
     below it. ``per_replica``: ``(n_replicas, k)``; ``history``: ``(n_records, k)`` running
-    estimates (mean over replicas) at ``times``; ``transient``: steps discarded.
+    estimates (mean over replicas) at ``times``; ``transient``: steps discarded; ``until``: the
+    last step read, ``n_steps`` unless a replica left the float range (every replica is then
+    read up to the first exit).
     """
 
     exponents: np.ndarray
@@ -423,6 +475,7 @@ class LyapunovEstimate(NamedTuple):
     history: np.ndarray
     times: np.ndarray
     transient: int
+    until: int
 
 
 def _split_state(x):
@@ -522,35 +575,52 @@ def _run_tangent(step, x0, key, n_steps, k, transient, dt, n_replicas, n_records
 def _summarise(growth: np.ndarray, transient_blocks: int, dt: int, n_records: int, *, sort: bool):
     """Exponents, standard errors and running history from per-block log-growth ``(R, blocks, k)``.
 
-    Replicas whose trajectory left the domain (a NaN or ``+inf`` growth) are dropped, with a
-    warning. A tangent annihilated by a zero Jacobian grows by ``log 0 = -inf``: its exponent is
-    ``-inf``, as for :func:`with_tangent`.
+    A replica whose trajectory left the float range or the map's domain grows by NaN or
+    ``+inf`` from then on. Every replica is then read over the same window, the blocks before
+    the first such exit (with a warning): dropping the replicas that left would keep the slow
+    ones only (on ``x' = (1 - 3.5 z^2) x`` over 300 steps, 0.116 for the exponent 0.255). A
+    tangent annihilated by a zero Jacobian grows by ``log 0 = -inf``: its exponent is ``-inf``,
+    a value, as for :func:`with_tangent`.
     """
     n_replicas, n_blocks, k = growth.shape
     kept = growth[:, transient_blocks:]
-    kept_blocks = kept.shape[1]
-    finite = np.all(~np.isnan(kept) & (kept < np.inf), axis=(1, 2))
-    if not finite.all():
+    bad = np.any(np.isnan(kept) | (kept == np.inf), axis=2)
+    window = int(np.argmax(bad, axis=1)[bad.any(axis=1)].min()) if bad.any() else kept.shape[1]
+    if window < kept.shape[1]:
+        left = int(bad.any(axis=1).sum())
         warnings.warn(
-            f"{int((~finite).sum())} of {n_replicas} replicas reached a non-finite state or tangent; "
-            "their exponents are left out",
+            f"{left} of {n_replicas} replicas left the float range or the map's domain (a non-finite state or "
+            f"tangent), the first after {window * dt} steps past the transient: every replica's exponent is "
+            "computed over those steps, so that none is selected out; shorten the run, rescale the state, or "
+            "use float64 to read more of it",
             RuntimeWarning,
             stacklevel=3,
         )
-    kept = kept[finite]
-    per_replica = kept.sum(axis=1) / (kept_blocks * dt)
+    kept = kept[:, :window]
+    until = (transient_blocks + window) * dt
+    if window == 0:
+        nan = np.full(k, np.nan)
+        return LyapunovEstimate(
+            nan,
+            nan,
+            np.full((n_replicas, k), np.nan),
+            np.full((0, k), np.nan),
+            np.zeros(0, int),
+            transient_blocks * dt,
+            until,
+        )
+    per_replica = kept.sum(axis=1) / (window * dt)
     if sort:
         per_replica = -np.sort(-per_replica, axis=1)  # descending per replica
-    per_record = max(1, kept_blocks // n_records)
-    idx = np.arange(per_record - 1, kept_blocks, per_record)
+    per_record = max(1, window // n_records)
+    idx = np.arange(per_record - 1, window, per_record)
     times = (transient_blocks + idx + 1) * dt
-    m = per_replica.shape[0]
     running = np.cumsum(kept, axis=1)[:, idx] / ((idx + 1)[None, :, None] * dt)
-    history = running.mean(axis=0) if m else np.full((len(idx), k), np.nan)
-    exponents = per_replica.mean(axis=0) if m else np.full(k, np.nan)
+    history = running.mean(axis=0)
+    exponents = per_replica.mean(axis=0)
     with np.errstate(invalid="ignore"):  # -inf exponents have no spread
-        stderr = per_replica.std(axis=0, ddof=1) / np.sqrt(m) if m > 1 else np.full(k, np.nan)
-    return LyapunovEstimate(exponents, stderr, per_replica, history, times, transient_blocks * dt)
+        stderr = per_replica.std(axis=0, ddof=1) / np.sqrt(n_replicas) if n_replicas > 1 else np.full(k, np.nan)
+    return LyapunovEstimate(exponents, stderr, per_replica, history, times, transient_blocks * dt, until)
 
 
 def _check_common(n_steps, transient, dt, n_replicas, n_records):
@@ -636,11 +706,16 @@ def two_trajectory(
 ) -> LyapunovEstimate:
     """Top exponent without derivatives (Benettin et al. 1976), for maps with kinks (ReLU, clipping).
 
-    A clone starts at distance ``d0`` from the base trajectory and follows it with the same
-    keys; every ``dt`` steps the separation ``d`` is measured, ``log(d/d0)`` accumulated,
-    and the clone pulled back to distance ``d0`` along the separation. ``d0`` defaults to
-    ``sqrt(eps) * max(1, |x0|)`` of the state's dtype. Biased if ``d0`` is not small
-    relative to the scale of the nonlinearity.
+    A clone follows the base trajectory ``x_t`` with the same keys. Every ``dt`` steps the
+    separation ``d`` is measured, ``log(d / delta)`` accumulated, and the clone pulled back along
+    the separation to ``delta = d0 * max(1, |x_t|)``, a distance relative to the state's size:
+    in floating point the separation must stay far above the rounding of ``x_t``
+    (``eps |x_t|``), however far the state grows or shrinks. (A fixed distance fails once
+    ``|x_t|`` outgrows it: on ``x' = (1 - 3.5 z^2) x`` it gave 18 for the exponent 0.255.)
+    ``d0`` defaults to ``sqrt(eps)`` of the state's dtype, so ``delta`` resolves the separation
+    to ``sqrt(eps)``. Biased if ``delta`` is not small relative to the scale of the
+    nonlinearity. A replica whose clone lands exactly on the base trajectory (``d = 0``, the
+    map collapsed the separation) has no direction to follow and is left out, with a warning.
     """
     n_steps, transient, dt, n_replicas, n_records = _check_common(n_steps, transient, dt, n_replicas, n_records)
     key = _as_key(key)
@@ -648,8 +723,12 @@ def two_trajectory(
     flat_float, build = _flat_coordinates(treedef, is_float)
     x0v = flat_float(x0)
     if d0 is None:
-        d0 = float(np.sqrt(np.finfo(x0v.dtype).eps) * max(1.0, float(jnp.linalg.norm(x0v))))
+        d0 = float(np.sqrt(np.finfo(x0v.dtype).eps))
     d0 = check_positive("d0", d0)
+
+    def separation(xv):
+        return d0 * jnp.maximum(1.0, jnp.linalg.norm(xv))
+
     n_blocks = n_steps // dt
     transient_blocks = -(-transient // dt)
     kept_blocks = n_blocks - transient_blocks
@@ -660,10 +739,11 @@ def two_trajectory(
     def one_replica(rkey):
         dir_key, run_key = jax.random.split(rkey)
         u = jax.random.normal(dir_key, x0v.shape, x0v.dtype)
-        clone = build(x0v + d0 * u / jnp.linalg.norm(u), leaves)
+        delta0 = separation(x0v)
+        clone = build(x0v + delta0 * u / jnp.linalg.norm(u), leaves)
 
         def block(carry, b):
-            x, y = carry
+            x, y, delta = carry
 
             def one_step(c, i):
                 x, y = c
@@ -674,10 +754,11 @@ def two_trajectory(
             xv, yv = flat_float(x), flat_float(y)
             sep = yv - xv
             d = jnp.linalg.norm(sep)
-            y = build(xv + sep * (d0 / d), jax.tree_util.tree_leaves(y))
-            return (x, y), jnp.log(d / d0).astype(acc_dtype)
+            new_delta = separation(xv)
+            y = build(xv + sep * (new_delta / d), jax.tree_util.tree_leaves(y))
+            return (x, y, new_delta), (jnp.log(d) - jnp.log(delta)).astype(acc_dtype)
 
-        _, growth = jax.lax.scan(block, (x0, clone), jnp.arange(n_blocks))
+        _, growth = jax.lax.scan(block, (x0, clone, delta0), jnp.arange(n_blocks))
         return growth
 
     keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(n_replicas))

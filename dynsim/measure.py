@@ -35,6 +35,7 @@ from scipy import stats
 from dynsim import prng
 from dynsim._tree import tree_vdot
 from dynsim._validate import check_int, check_positive
+from dynsim.observables import batch_means_stderr, time_batches, warn_if_correlated
 
 __all__ = [
     "HillEstimate",
@@ -102,16 +103,19 @@ def time_average(series, *, n_batches: int = 32, discard: int = 0, axis: int = -
     """``(mean, stderr)`` of a recorded series along ``axis``, after dropping ``discard`` entries.
 
     The standard error is the batch-means estimate ``sd(batch means) / sqrt(n_batches)`` over
-    ``n_batches`` consecutive batches, valid when a batch is much longer than the correlation
-    time (the same estimator as :func:`dynsim.observables.time_average`, for saved records).
+    ``n_batches`` consecutive batches of all the entries (sizes differing by at most one), valid
+    when a batch is much longer than the correlation time; a warning says when consecutive batch
+    means are correlated (:func:`dynsim.observables.warn_if_correlated`). The same estimator as
+    :func:`dynsim.observables.time_average`, for saved records.
     """
     x = np.moveaxis(np.asarray(series, dtype=np.float64), axis, -1)[..., discard:]
     n_batches = check_int("n_batches", n_batches, minimum=2)
-    n = x.shape[-1] // n_batches * n_batches
-    if n == 0:
+    if x.shape[-1] < n_batches:
         raise ValueError(f"{x.shape[-1]} entries after discard: fewer than n_batches = {n_batches}")
-    means = x[..., :n].reshape(*x.shape[:-1], n_batches, -1).mean(axis=-1)
-    return x.mean(axis=-1), means.std(axis=-1, ddof=1) / np.sqrt(n_batches)
+    counts, bounds = time_batches(x.shape[-1], n_batches)
+    means = np.add.reduceat(x, bounds[:-1] - 1, axis=-1) / counts
+    warn_if_correlated(means, -1, f"measure.time_average ({counts.min()}-entry batches)")
+    return x.mean(axis=-1), batch_means_stderr(means)
 
 
 def empirical_measure(values: xr.DataArray, bins, over: str | Sequence[str] = "time") -> xr.DataArray:
@@ -178,7 +182,12 @@ def wasserstein1(a, b, *, period: float | None = None) -> float:
 
 def sliced_wasserstein1(a, b, *, n_projections: int = 128, seed: int = 0) -> tuple[float, float]:
     """Sliced W1 between samples ``a (n, d)`` and ``b (m, d)``: the mean over random unit directions
-    ``u`` of ``W1(a u, b u)``, with its standard error over the directions."""
+    ``u`` of ``W1(a u, b u)``, with its standard error over the directions.
+
+    That error bar covers the random directions only, not the sampling error of ``a`` and ``b``
+    (nor the bias of W1 between finite samples, which is positive even for two samples of one law):
+    for that, recompute on independent samples or bootstrap them.
+    """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:

@@ -18,6 +18,7 @@ which it diverged is kept (``diverged``).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -45,6 +46,8 @@ __all__ = [
     "time_average",
     "time_batches",
     "batch_means_stderr",
+    "batch_correlation",
+    "warn_if_correlated",
     "iterate_average",
     "histogram",
     "histogram2d",
@@ -360,12 +363,56 @@ def time_batches(n_steps: int, n_batches: int, discard: int = 0) -> tuple[np.nda
 def batch_means_stderr(means: np.ndarray, axis: int = -1) -> np.ndarray:
     """Batch-means standard error ``sd(batch means) / sqrt(n_batches)`` along ``axis``.
 
-    ``inf`` where a batch mean is not finite.
+    ``inf`` where a batch mean is not finite. Valid when a batch is much longer than the
+    correlation time; :func:`batch_correlation` tells when it is not.
     """
     finite = np.all(np.isfinite(means), axis=axis)
     with np.errstate(invalid="ignore"):
         spread = means.std(axis=axis, ddof=1) / np.sqrt(means.shape[axis])
     return np.where(finite, spread, np.inf)
+
+
+def batch_correlation(means: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Lag-1 autocorrelation ``r`` of consecutive batch means along ``axis``.
+
+    Near ``-1/n_batches`` when batches are much longer than the correlation time. A positive
+    ``r`` means neighbouring batches share fluctuations and :func:`batch_means_stderr` is too
+    small, by about ``sqrt((1 + r) / (1 - r))`` (an AR(1) law of the batch means).
+    """
+    m = np.moveaxis(np.asarray(means, dtype=np.float64), axis, -1)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        d = m - m.mean(axis=-1, keepdims=True)
+        return (d[..., 1:] * d[..., :-1]).sum(axis=-1) / (d**2).sum(axis=-1)
+
+
+CORRELATED_BATCHES = 0.1
+"""Mean lag-1 autocorrelation of batch means above which :func:`warn_if_correlated` warns
+(standard errors then about 10% or more too small)."""
+
+
+def warn_if_correlated(means: np.ndarray, axis: int, what: str, stacklevel: int = 2) -> None:
+    """Warn when the batch means of a set of series are correlated (:func:`batch_correlation`).
+
+    Pools the series: warns when their mean ``r`` exceeds :data:`CORRELATED_BATCHES` by more
+    than three of its standard errors above the independent value ``-1/n_batches`` (the spread
+    over series, or ``1/sqrt(n_batches)`` for one series).
+    """
+    n_batches = np.shape(means)[axis]
+    r = batch_correlation(means, axis).ravel()
+    r = r[np.isfinite(r)]
+    if n_batches < 8 or r.size == 0:
+        return
+    mean = float(r.mean())
+    se = float(r.std(ddof=1) / np.sqrt(r.size)) if r.size > 1 else 1 / np.sqrt(n_batches)
+    if mean > CORRELATED_BATCHES and mean + 1 / n_batches > 3 * se:
+        series = f"over {r.size} series" if r.size > 1 else "of one series"
+        warnings.warn(
+            f"{what}: consecutive batch means are correlated (lag-1 autocorrelation {mean:.2f} {series}): the "
+            f"batches are not much longer than the correlation time, so the batch-means standard error is too "
+            f"small (by about {np.sqrt((1 + mean) / (1 - mean)):.1f}x); run longer or use fewer batches",
+            RuntimeWarning,
+            stacklevel=stacklevel + 1,
+        )
 
 
 def time_average(
@@ -435,6 +482,8 @@ def time_average(
         means = sums / counts.reshape(shape)
         total = sums.sum(axis=1) / counts.sum()
         stderr = batch_means_stderr(means, axis=1)
+        running = np.asarray(status["diverged_step"]) < 0  # a frozen trajectory's means are not a series
+        warn_if_correlated(means[running], 1, f"time_average ({counts.min()}-step batches)")
         extra = tuple(f"dim{i}" for i in range(sums.ndim - 2))
         out = {"": (extra, total), "stderr": (extra, stderr)}
         if keep_batches:

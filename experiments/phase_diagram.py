@@ -227,7 +227,8 @@ def main(argv=None) -> None:
         "--engine",
         choices=("simulate", "fused"),
         default="simulate",
-        help="fused: every step of a trajectory in one kernel (Pallas on GPU); no checkpoints",
+        help="fused: every step of a trajectory in one kernel (Pallas on GPU); no checkpoints; "
+        "writes phase_diagram_<name>_fused.png/.nc",
     )
     args = _cli.parse(parser, argv)
     for key, value in PRESETS[args.preset].items():
@@ -237,6 +238,8 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     name, fig, theory, sim, summary = DIAGRAMS[args.diagram](args)
     elapsed = time.perf_counter() - started
+    if args.engine == "fused":  # kept apart from the default engine's files
+        name = f"{name}_fused"
     figure = os.path.join(args.out, f"phase_diagram_{name}.png")
     fig.savefig(figure, dpi=120)
     results = save(name, theory, sim, args, {**summary, "elapsed_seconds": elapsed})

@@ -1,5 +1,7 @@
 """dynsim.simulate: known answers, chunk invariance, independence, divergence, recompilation."""
 
+import warnings
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -378,6 +380,24 @@ def test_time_average_and_batch_means_stderr_on_iid_draws():
     assert abs(m.mean()) < 4 * target / np.sqrt(reps)
     assert abs(m.std() - target) < 4 * target / np.sqrt(2 * reps)
     assert abs(se.mean() - target) < 4 * se.std() / np.sqrt(reps)
+
+
+def test_time_average_warns_when_batches_are_shorter_than_the_correlation_time():
+    # x' = a x + z with a = 0.99: x^2 is correlated over ~100 steps, batches of 1000 / 32 = 31 steps
+    # are too short and the stderr several times too small (coverage of +-2 stderr: 60%); with
+    # 16 batches of 3125 steps the warning stays silent.
+    a = 0.99
+    ar1 = Dynamics(
+        init=lambda key, hp: jax.random.normal(key) / np.sqrt(1 - a * a),
+        step=lambda x, key, hp: a * x + jax.random.normal(key),
+    )
+    with pytest.warns(RuntimeWarning, match=r"time_average \(31-step batches\): consecutive batch means"):
+        ds.simulate(ar1, n_replicas=64, n_steps=1000, observables={"m": obs.time_average(lambda x: x**2)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds.simulate(
+            ar1, n_replicas=64, n_steps=50_000, observables={"m": obs.time_average(lambda x: x**2, n_batches=16)}
+        )
 
 
 def test_time_average_known_value_and_discard():

@@ -1,10 +1,14 @@
 """dynsim.lyapunov against closed forms, quadrature and independent estimates."""
 
+import contextlib
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import xarray as xr
 from scipy import integrate, optimize, stats
 
 import dynsim as ds
@@ -112,6 +116,11 @@ def test_slope_of_m_matches_exponent(x64):
     assert float(est.exact_hits.max()) == 0.0
 
 
+def _frozen_warning(expected: bool):
+    """Without a diverged() output, exits are read from frozen records, with a warning."""
+    return pytest.warns(RuntimeWarning, match="read as frozen") if expected else contextlib.nullcontext()
+
+
 @pytest.mark.parametrize("with_diverged", [True, False])
 def test_slope_stops_before_the_first_replica_leaves_the_float_range(with_diverged):
     # float32: at lr 0.5 iterates reach w* exactly (log 0) and at lr 3.5 overflow (the engine freezes
@@ -130,14 +139,73 @@ def test_slope_stops_before_the_first_replica_leaves_the_float_range(with_diverg
         record_every=50,
         observables=observables,
     )
-    est = L.from_log_distance(res)
+    with _frozen_warning(not with_diverged):
+        est = L.from_log_distance(res)
     assert float(est.left_range.sel(lr=3.5)) > 0.9 and float(est.exact_hits.sel(lr=0.5)) > 0.5
     assert float(est.until.sel(lr=3.5)) < 600
     for lr in lrs:
         e, se = est.exponent.sel(lr=lr).item(), est.stderr.sel(lr=lr).item()
         assert abs(e - quad_log_abs(lr)) < 4 * se, (lr, e, se)
-    with pytest.raises(ValueError, match="fewer than 2 records"):
+    with pytest.raises(ValueError, match="fewer than 2 records"), _frozen_warning(not with_diverged):
         L.from_log_distance(res.sel(lr=[3.5]), transient=int(est.until.sel(lr=3.5)))
+
+
+def test_slope_stops_where_float32_updates_underflow():
+    # SGD with batches of 2 from 8 points, w* = 0: in float32, once |w| nears 1e-38 the products
+    # x_i^2 w underflow, and w stops or crawls above the smallest normal number. Those records
+    # bent the fitted slope by up to 100 standard errors; below tiny/eps (1.6e-31) they are exits.
+    # Exact: the average of log|1 - lr mean_B x_i^2| over the 64 ordered batches of the dataset.
+    problem = ds.problems.linear_regression_1d(n_data=8)
+    dynamics = ds.dynamics.sgd(problem, batch_size=2)
+    lrs = [0.9, 1.3]
+    res = ds.simulate(
+        dynamics,
+        grid={"lr": lrs},
+        n_replicas=256,
+        n_steps=500,
+        record_every=10,
+        observables={"logdist": ds.observables.log_distance(0.0), "div": ds.observables.diverged()},
+    )
+    with pytest.warns(RuntimeWarning, match="stopped moving before the end without diverging"):
+        est = L.from_log_distance(res)
+    data = dynamics.shared_data(prng.data_key(prng.key(0)), {"batch_size": 2, "n_data": 8})
+    x2 = np.asarray(data["x"], np.float64) ** 2
+    batch_means = (x2[:, None] + x2[None, :]) / 2
+    for lr in lrs:
+        exact = np.mean(np.log(np.abs(1 - lr * batch_means)))
+        e, se = est.exponent.sel(lr=lr).item(), est.stderr.sel(lr=lr).item()
+        assert abs(e - exact) < 4 * se, (lr, e, exact, se)
+        assert float(est.until.sel(lr=lr)) < 500
+
+
+def test_frozen_replicas_are_told_from_coincidences_and_constant_orbits():
+    # Without a diverged() output, a replica is read as frozen from the first record of a final
+    # run of exact repeats. A repeat followed by a change (float32 records coincide by chance)
+    # is not an exit, nor is a series that never changes (GD at lr = 2 on h = 1: |1 - lr h| = 1).
+    times = np.arange(0, 60, 10)
+    moving = [0.0, -1.0, -2.0, -2.0, -4.0, -5.0]  # a coincidence at t = 20, 30
+    constant = [3.0] * 6
+    frozen = [0.0, -1.0, -2.0, -3.0, -3.5, -3.5]  # diverged between t = 30 and 40
+    res = xr.Dataset({"logdist": (("replica", "time"), np.array([moving, constant, frozen]))}, coords={"time": times})
+    with pytest.warns(RuntimeWarning, match="1 replicas have records that stay the same"):
+        est = L.from_log_distance(res)
+    assert float(est.until) == 30 and float(est.left_range) == pytest.approx(1 / 3)
+    slopes = np.array([np.polyfit(times[:4], np.array(r)[:4], 1)[0] for r in (moving, constant, frozen)])
+    assert float(est.exponent) == pytest.approx(slopes.mean() / 2)
+    # the same through the engine: exact exponents log|1 - lr| of GD, 0 at lr = 2
+    gd = ds.dynamics.Dynamics(lambda key, hp: jnp.ones(()), lambda w, key, hp: (1 - hp["lr"]) * w)
+    res = ds.simulate(
+        gd,
+        grid={"lr": [0.5, 2.0, 2.5]},
+        n_replicas=4,
+        n_steps=100,
+        record_every=10,
+        observables={"logdist": ds.observables.log_distance(0.0)},
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        est = L.from_log_distance(res)
+    np.testing.assert_allclose(est.exponent, np.log([0.5, 1.0, 1.5]), atol=1e-6)
 
 
 @pytest.mark.parametrize("with_diverged", [True, False])
@@ -155,7 +223,8 @@ def test_running_exponent_read_before_a_cells_first_divergence(with_diverged):
         record_every=20,
         observables=observables,
     )
-    est = L.from_running_exponent(res, "lam")
+    with _frozen_warning(not with_diverged):
+        est = L.from_running_exponent(res, "lam")
     assert float(est.left_range.sel(lr=3.5)) > 0.9 and float(est.until.sel(lr=3.5)) < 600
     assert float(est.until.sel(lr=0.5)) == 600
     for lr in lrs:
@@ -233,6 +302,23 @@ def test_two_trajectory_on_a_kinked_map():
     est = L.two_trajectory(step, jnp.array(1.0), 0, 4000, n_replicas=8)
     expected = (1.2 * np.log(1.2) - 1.2) - (0.2 * np.log(0.2) - 0.2)
     assert abs(est.exponents[0] - expected) < 4 * est.stderr[0]
+
+
+@pytest.mark.parametrize("lr", [2.0, 3.5])
+def test_two_trajectory_follows_a_state_that_grows_and_shrinks(lr):
+    # x' = (1 - lr z^2) x: |x| ranges over many orders of magnitude, so a clone at a fixed
+    # distance would fall below the rounding of x (this gave 0.09 and 18 for -0.116 and 0.255).
+    # At lr = 3.5 most replicas overflow float32 within 300 steps: every replica is read up to
+    # the first overflow, since keeping only the replicas that stayed finite gave 0.116.
+    step = lambda x, key: (1 - lr * jax.random.normal(key) ** 2) * x  # noqa: E731
+    if lr == 3.5:
+        with pytest.warns(RuntimeWarning, match="none is selected out"):
+            est = L.two_trajectory(step, jnp.ones(()), 0, 300, n_replicas=256)
+        assert 0 < est.until < 300 and est.times[-1] == est.until
+    else:
+        est = L.two_trajectory(step, jnp.ones(()), 0, 300, n_replicas=256)
+        assert est.until == 300
+    assert abs(est.exponents[0] - quad_log_abs(lr)) < 4 * est.stderr[0], (est.exponents, est.stderr)
 
 
 def test_top_exponent_of_sgd_step_shares_the_minibatch():

@@ -1,5 +1,7 @@
 """dynsim.measure against closed forms and known laws."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -88,6 +90,41 @@ def test_time_average_batch_means():
     mean, se = M.time_average(series, n_batches=16)
     assert abs(se.mean() - 1 / np.sqrt(2048)) < 4 * se.std() / np.sqrt(400)
     assert abs(mean.std() - 1 / np.sqrt(2048)) < 4 / np.sqrt(2048) / np.sqrt(2 * 400)
+
+
+def test_time_average_uses_every_entry_in_its_batches():
+    # 63 iid entries in 32 batches: batches of 1 and 2 entries, all of them in the error bar (with
+    # only the first 32 entries the standard error came out up to sqrt(2) too large: sd z = 0.74).
+    # z = mean / stderr is then about Student t with 31 degrees of freedom: sd sqrt(31/29).
+    series = np.random.default_rng(6).standard_normal((4000, 63))
+    mean, se = M.time_average(series, n_batches=32)
+    z = mean / se
+    assert abs(z.std() - np.sqrt(31 / 29)) < 4 * np.sqrt(31 / 29) / np.sqrt(2 * 4000)
+
+
+def test_time_average_warns_when_batches_are_shorter_than_the_correlation_time():
+    # AR(1) with a = 0.99 (correlation time ~100 steps) in batches of 31 steps: the batch-means
+    # error bar is several times too small, and the warning says so; iid draws raise nothing.
+    rng = np.random.default_rng(7)
+    a, n = 0.99, 1000
+    x = np.empty((200, n))
+    x[:, 0] = rng.standard_normal(200) / np.sqrt(1 - a * a)
+    for t in range(1, n):
+        x[:, t] = a * x[:, t - 1] + rng.standard_normal(200)
+    with pytest.warns(RuntimeWarning, match="batch means are correlated"):
+        M.time_average(x**2)
+    y = np.empty(n)  # one series needs r > 0.5 (three of its standard errors): a = 0.999
+    y[0] = rng.standard_normal() / np.sqrt(1 - 0.999**2)
+    for t in range(1, n):
+        y[t] = 0.999 * y[t - 1] + rng.standard_normal()
+    with pytest.warns(RuntimeWarning, match="batch means are correlated"):
+        M.time_average(y)
+    # r of 1, 2, 3, 4: deviations -1.5, -0.5, 0.5, 1.5, so (0.75 - 0.25 + 0.75) / 5
+    assert ds.observables.batch_correlation(np.array([1.0, 2.0, 3.0, 4.0])) == pytest.approx(0.25)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        M.time_average(rng.standard_normal((200, n)))
+        M.time_average(rng.standard_normal(n))
 
 
 def test_empirical_measure_over_time_and_replicas():
