@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -334,8 +334,9 @@ def from_running_exponent(result: xr.Dataset, var: str = "exponent") -> RunningE
     depends on growth a cell's average of final values is biased (at ``lr = 3.5`` on 1-D
     regression: 0.2745 ± 0.0046 for 0.2550). Here every replica of a cell is read at the same
     time, ``until``: its last record before the first replica diverged (from a
-    :func:`~dynsim.observables.diverged` output, else from a record the next one repeats).
-    ``-inf`` (an annihilated tangent) is a value, not an exit.
+    :func:`~dynsim.observables.diverged` output, and from records that repeat exactly to the
+    end). Records before :func:`with_tangent`'s transient are NaN and not read. ``-inf`` (an
+    annihilated tangent) is a value, not an exit.
     """
     if var not in result:
         raise ValueError(f"result has no variable {var!r}; it has {sorted(result.data_vars)}")
@@ -345,16 +346,16 @@ def from_running_exponent(result: xr.Dataset, var: str = "exponent") -> RunningE
             f"{var!r} has dimensions {records.dims}: record its history with "
             "running_exponent(every_record=True) and simulate(..., record_every=k)"
         )
-    try:
-        transient = int(json.loads(result.attrs["config"])["observables"][var].get("transient", 0))
-    except (KeyError, TypeError, ValueError):
-        transient = 0
     records = records.astype(np.float64)
-    until, left = _common_window(records, _diverged_steps(result), xr.zeros_like(records, dtype=bool), transient)
+    # records are NaN until with_tangent's transient has passed: the last time when all are
+    uncounted = records.isnull().all([d for d in records.dims if d != "time"])
+    transient = float(records.time.where(uncounted).max()) if bool(uncounted.any()) else -np.inf
+    exits = records.isnull() & (records.time > transient)  # frozen before its transient ended
+    until, left = _common_window(records, _diverged_steps(result), exits, transient)
     short = ~(until > transient)
     if bool(short.any()):
         warnings.warn(
-            f"{int(short.sum())} cells have no record after the transient ({transient}) and before their first "
+            f"{int(short.sum())} cells have no record after the transient (t = {transient:g}) and before their first "
             "divergence: their exponent is NaN; record more often",
             RuntimeWarning,
             stacklevel=2,
@@ -373,11 +374,12 @@ def with_tangent(dynamics, *, transient: int = 0):
     """``dynamics`` with a unit tangent vector and its log-growth carried in the state.
 
     Each step pushes the tangent through the Jacobian of the step (``jax.linearize``, the same
-    key as the base step), renormalizes it and adds ``log|J_t v_t|`` to ``log_growth`` once
-    ``transient`` steps have passed. Run it through :func:`dynsim.simulate` with
-    :func:`running_exponent` to get the top Lyapunov exponent of every trajectory of a grid
-    in one program. A zero multiplier (a superstable point) gives ``-inf``. Observables see
-    the wrapped dynamics' parameters and data, as before.
+    key as the base step), renormalizes it and, once ``transient`` steps have passed, adds
+    ``log|J_t v_t|`` to ``log_growth`` and counts the step in ``counted``. Run it through
+    :func:`dynsim.simulate` with :func:`running_exponent` (``log_growth / counted``, so the
+    transient is given here only) to get the top Lyapunov exponent of every trajectory of a
+    grid in one program. A zero multiplier (a superstable point) gives ``-inf``. Observables
+    see the wrapped dynamics' parameters and data, as before.
     """
     from dynsim.dynamics.base import Dynamics
     from dynsim.dynamics.saddle import LOG_ZERO
@@ -401,6 +403,7 @@ def with_tangent(dynamics, *, transient: int = 0):
             "tangent": v / jnp.linalg.norm(v),
             "log_growth": zero,
             "steps": jnp.zeros((), jnp.int32),
+            "counted": jnp.zeros((), jnp.int32),
         }
 
     def step(state, key, hp):
@@ -415,6 +418,7 @@ def with_tangent(dynamics, *, transient: int = 0):
             "tangent": jnp.where(r > 0, w / jnp.where(r > 0, r, 1.0), state["tangent"]),
             "log_growth": jnp.where(counted, grown, state["log_growth"]),
             "steps": state["steps"] + 1,
+            "counted": state["counted"] + counted.astype(jnp.int32),
         }
 
     return Dynamics(
@@ -431,10 +435,13 @@ def with_tangent(dynamics, *, transient: int = 0):
     )
 
 
-def running_exponent(*, transient: int = 0, every_record: bool = True):
-    """Observable of a :func:`with_tangent` run: ``log_growth / (t - transient)``, the running top exponent.
+def running_exponent(*, every_record: bool = True, transient=None):
+    """Observable of a :func:`with_tangent` run: ``log_growth / counted``, the running top exponent.
 
-    ``-inf`` where the tangent was annihilated (a zero multiplier).
+    ``counted`` is the number of steps after :func:`with_tangent`'s ``transient``, the only place
+    the transient is given (a second value here, out of step with it, silently gave -0.36 or -1.45
+    for -0.72); NaN until a step is counted, ``-inf`` where the tangent was annihilated (a zero
+    multiplier).
 
     A trajectory that diverges is frozen by the engine, tangent included, so its value is the
     exponent of the steps before its divergence. Where divergence depends on how fast the
@@ -447,12 +454,17 @@ def running_exponent(*, transient: int = 0, every_record: bool = True):
     from dynsim.dynamics.saddle import LOG_ZERO
     from dynsim.observables import Observable
 
+    if transient is not None:
+        raise TypeError("running_exponent takes no transient: give it to with_tangent(dynamics, transient=...) only")
+
     def record(view):
-        g, t = view.state["log_growth"], view.state["steps"]
-        value = g / jnp.maximum(t - transient, 1).astype(g.dtype)
+        if not (isinstance(view.state, Mapping) and "counted" in view.state):
+            raise TypeError("running_exponent observes a with_tangent(dynamics) run: its state has no 'counted'")
+        g, n = view.state["log_growth"], view.state["counted"]
+        value = jnp.where(n > 0, g / jnp.maximum(n, 1).astype(g.dtype), jnp.nan)
         return jnp.where(g <= LOG_ZERO / 2, -jnp.inf, value)
 
-    return Observable("running_exponent", record=record, every_record=every_record, config={"transient": transient})
+    return Observable("running_exponent", record=record, every_record=every_record)
 
 
 class LyapunovEstimate(NamedTuple):

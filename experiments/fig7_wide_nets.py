@@ -71,7 +71,7 @@ def saddle_exponent(problem, lrs, mus, args):
         n_replicas=2,
         n_steps=args.exponent_steps,
         seed=args.seed,
-        observables={"le": ds.lyapunov.running_exponent(transient=500, every_record=False)},
+        observables={"le": ds.lyapunov.running_exponent(every_record=False)},
     )
     return res.le.mean("replica").values
 

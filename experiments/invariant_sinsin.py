@@ -114,7 +114,7 @@ def sweep(args, problem):
     lrs = np.linspace(0.005, 0.06, args.lr_points)
     dyn = ds.lyapunov.with_tangent(ds.dynamics.gd(problem), transient=args.burn_in)
     observables = {
-        "exponent": ds.lyapunov.running_exponent(transient=args.burn_in, every_record=False),
+        "exponent": ds.lyapunov.running_exponent(every_record=False),
         "mean_f": ds.observables.time_average(f, discard=args.burn_in, n_batches=16),
         "mean_grad_norm": ds.observables.time_average(grad_norm, discard=args.burn_in, n_batches=16),
         "final_grad_norm": ds.observables.Observable(

@@ -49,7 +49,7 @@ def measure(dynamics, lrs, args, name: str):
         n_steps=args.steps,
         seed=args.seed,
         observables={
-            "le": ds.lyapunov.running_exponent(transient=args.transient, every_record=False),
+            "le": ds.lyapunov.running_exponent(every_record=False),
             "norm": ds.observables.log_distance({"w": 0.0, "u": 0.0}),
             "diverged": ds.observables.diverged(bound=1e6),
         },

@@ -143,7 +143,7 @@ def family(args) -> xr.Dataset:
         n_steps=args.family_steps,
         seed=args.seed + 1,
         observables={
-            "exponent": ds.lyapunov.running_exponent(transient=args.burn_in, every_record=False),
+            "exponent": ds.lyapunov.running_exponent(every_record=False),
             "orbit": ds.observables.last_values(args.tail, lambda th: th[0]),
             "at_minimum": ds.observables.converged(np.zeros(1), 1e-6),
         },

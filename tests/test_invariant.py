@@ -28,7 +28,7 @@ def _run(lrs, n_replicas, n_steps, burn):
         n_steps=n_steps,
         seed=1,
         observables={
-            "le": ds.lyapunov.running_exponent(transient=burn, every_record=False),
+            "le": ds.lyapunov.running_exponent(every_record=False),
             "f": obs.time_average(f, discard=burn),
             "g": obs.time_average(grad_norm, discard=burn),
             "orbit": obs.last_values(64, lambda th: jnp.mod(th, 2 * np.pi)),
