@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from typing import Any
 
 import numpy as np
+
+from dynsim.io import atomic_write
 
 __all__ = ["Checkpoint"]
 
@@ -25,26 +26,13 @@ _CHUNK = re.compile(r"chunk-(\d+)-(\d+)-(\d+)\.npz$")
 
 
 def _write_text(text: str):
-    """A writer for :func:`_atomic_write` that stores ``text`` and closes the file."""
+    """A writer for :func:`dynsim.io.atomic_write` that stores ``text`` and closes the file."""
 
     def write(tmp: str) -> None:
         with open(tmp, "w") as fh:
             fh.write(text)
 
     return write
-
-
-def _atomic_write(path: str, write) -> None:
-    folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 class Checkpoint:
@@ -67,7 +55,7 @@ class Checkpoint:
                     "use another folder or delete this one"
                 )
         else:
-            _atomic_write(config_path, _write_text(text))
+            atomic_write(config_path, _write_text(text))
 
     def check_program(self, group: int, fingerprint: str) -> None:
         """Record the fingerprint of a group's compiled program, or refuse a checkpoint made by another.
@@ -77,7 +65,7 @@ class Checkpoint:
         """
         path = os.path.join(self.path, f"program-{group:04d}.sha256")
         if not os.path.exists(path):
-            _atomic_write(path, _write_text(fingerprint))
+            atomic_write(path, _write_text(fingerprint))
             return
         with open(path) as fh:
             stored = fh.read().strip()
@@ -114,7 +102,7 @@ class Checkpoint:
             with open(tmp, "wb") as fh:
                 np.savez(fh, index=index, meta=np.array(json.dumps(meta)), **arrays)
 
-        _atomic_write(self._file(group, start, size), write)
+        atomic_write(self._file(group, start, size), write)
 
     def load(self, group: int, start: int, size: int) -> tuple[np.ndarray, list]:
         with np.load(self._file(group, start, size)) as z:

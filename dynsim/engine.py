@@ -724,6 +724,7 @@ def simulate(
     started = time.perf_counter()
     float_dtype = jnp.result_type(float)
     chunk_number = 0
+    loaded = 0  # trajectories read back from the checkpoint
     owed = []  # chunks of other shards, not in the checkpoint when this shard passed them
     with tqdm(
         total=total, unit="traj-step", unit_scale=True, delay=2.0, disable=disable, desc="dynsim", mininterval=1.0
@@ -772,7 +773,9 @@ def simulate(
                 chunk_number += 1
                 if store is not None and store.has(group, start, size):
                     _, entries = store.load(group, start, size)
-                    bar.update(keep * n_steps)
+                    loaded += keep
+                    bar.total -= keep * n_steps  # the bar counts, and times, what this call computes
+                    bar.refresh()
                 elif not mine:
                     owed.append((group, start, size, global_index))
                     continue
@@ -814,7 +817,8 @@ def simulate(
         "backend": jax.default_backend(),
         "device": str(jax.local_devices()[0].device_kind),
         "x64": int(bool(jax.config.jax_enable_x64)),
-        "elapsed_seconds": elapsed,
+        "elapsed_seconds": elapsed,  # this call's: chunks computed by earlier calls are not timed
+        "resumed_trajectories": loaded,
     }
     result = xr.Dataset(data_vars, coords=coords, attrs=attrs)
     if path is not None:

@@ -249,9 +249,10 @@ def saddle_modes(
     ``seed`` (``fold_in(key(seed), 2**32 - 1)``), shared by every cell (Fig. 4). That is the law of
     ``dynsim.dynamics.saddle_modes(dynsim.problems.rank1_saddle(chi, n_data=...), S)``.
 
-    Returns an ``xarray.Dataset`` over ``(lr, mu or a, replica)`` with the variables
-    :func:`dynsim.simulate` gives for that dynamics with the observables of
-    :func:`dynsim.stability.saddle_phases`:
+    Returns an ``xarray.Dataset`` over ``(lr, mu or a, replica)`` with the variables of
+    :func:`dynsim.simulate`'s output for that dynamics with the observables of
+    :func:`dynsim.stability.saddle_phases` that the phases are read from (not the state's
+    ``modes_sq_plus``/``modes_sq_minus``, the last step's squared factors):
 
     * ``modes_log_plus``, ``modes_log_minus``: ``log|h_T/h_0|``, ``log|m_T/m_0|``, sums of
       ``log|1 -+ lr chi_t|`` (:data:`~dynsim.dynamics.saddle.LOG_ZERO` once a mode is hit exactly);
@@ -284,6 +285,7 @@ def saddle_modes(
     if block_size & (block_size - 1):
         raise ValueError(f"block_size must be a power of 2, got {block_size}")
     chunk_size = check_int("chunk_size", chunk_size, minimum=1)
+    seed = check_int("seed", seed, minimum=0, maximum=2**63 - 1)
     if progress not in (None, True, False):
         raise TypeError(f"progress must be None, True or False, got {progress!r}")
     backend = _resolve_backend(backend)

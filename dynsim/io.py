@@ -11,9 +11,30 @@ import xarray as xr
 
 from dynsim._validate import check_output_path
 
-__all__ = ["save", "load", "config"]
+__all__ = ["save", "load", "config", "atomic_write"]
 
 ENGINE = "h5netcdf"
+
+
+def atomic_write(path: str, write) -> None:
+    """Call ``write(tmp)`` on a temporary file in the folder of ``path``, then rename it to ``path``.
+
+    An interrupted write never leaves a truncated file under ``path``. The file gets the
+    permissions a new file gets under the process's umask (``mkstemp`` alone makes it
+    owner-only, which hides results and checkpoints from the other users of a shared folder).
+    """
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def save(result: xr.Dataset, path: str | os.PathLike) -> str:
@@ -24,16 +45,7 @@ def save(result: xr.Dataset, path: str | os.PathLike) -> str:
     if not isinstance(result, xr.Dataset):
         raise TypeError(f"result must be an xarray.Dataset, got {type(result).__name__}")
     path = check_output_path(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".nc.tmp", dir=folder)
-    os.close(fd)
-    try:
-        result.to_netcdf(tmp, engine=ENGINE)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda tmp: result.to_netcdf(tmp, engine=ENGINE))
     return path
 
 

@@ -153,8 +153,17 @@ THREEFRY = jex_random.define_prng_impl(
 
 
 def key(seed: int) -> jax.Array:
-    """Root key of a run: ``jax.random.key(seed)`` with the unrolled Threefry lowering."""
-    return jax.random.key(seed, impl=THREEFRY)
+    """Root key of a run: ``jax.random.key(seed)`` with the unrolled Threefry lowering.
+
+    The key data are the seed's high and low 32-bit words, ``[seed >> 32, seed & (2**32 - 1)]``,
+    as JAX makes them with 64-bit types enabled, in either mode: without them JAX keeps the low
+    word only, and every seed ``s >= 2**32`` gave the stream of ``s mod 2**32``.
+    """
+    seed = int(seed)
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed}")
+    words = np.array([seed >> 32, seed & 0xFFFFFFFF], dtype=np.uint32)
+    return jax.random.wrap_key_data(words, impl=THREEFRY)
 
 
 def wrap(word0: jax.Array, word1: jax.Array) -> jax.Array:

@@ -35,8 +35,10 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import math
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -83,6 +85,8 @@ def lambda_ds(second_moment: float, fourth_moment: float, batch_size: int = 1) -
     m2 = check_positive("second_moment", second_moment)
     m4 = check_positive("fourth_moment", fourth_moment)
     s = check_int("batch_size", batch_size, minimum=1)
+    if m4 < m2**2:
+        raise ValueError(f"no law has E[x^4] = {m4} < E[x^2]^2 = {m2**2} (Jensen)")
     return 2 * s * m2 / (m4 + (s - 1) * m2**2)
 
 
@@ -109,18 +113,24 @@ def regression_exponent(lr, batch_size: int = 1, variance: float = 1.0) -> np.nd
     if np.any(~np.isfinite(lrs)) or np.any(lrs <= 0):
         raise ValueError(f"lr must be > 0, got {lr!r}")
     law = stats.chi(s)  # the law of u = sqrt(R): a smooth density, also at u = 0 when S = 1
+    # its mass lies within 12 of sqrt(S) (sd <= 1/sqrt(2)); integrating over [0, inf) instead missed
+    # the peak for S >~ 350 (m_512(1) came out -4.10 for -3.41)
+    lo, hi = max(0.0, np.sqrt(s) - 12.0), np.sqrt(s) + 12.0
 
     def one(rate: float) -> float:
         # log|1 - c u^2| = log sqrt(c) + log|u - u0| + log(1 + sqrt(c) u), c = rate v / S, u0 = 1/sqrt(c):
         # the logarithmic singularity at u0 goes to QUADPACK's algebraic-logarithmic weights
         c = rate * v / s
         u0 = 1 / np.sqrt(c)
-        far = u0 + np.sqrt(s) + 10
-        below = integrate.quad(law.pdf, 0.0, u0, weight="alg-logb", wvar=(0, 0))[0]
-        above = integrate.quad(law.pdf, u0, far, weight="alg-loga", wvar=(0, 0))[0]
-        tail = integrate.quad(lambda u: np.log(u - u0) * law.pdf(u), far, np.inf)[0]
-        smooth = integrate.quad(lambda u: np.log1p(np.sqrt(c) * u) * law.pdf(u), 0.0, np.inf, limit=200)[0]
-        return 0.5 * np.log(c) + below + above + tail + smooth
+        if lo < u0 < hi:
+            singular = (
+                integrate.quad(law.pdf, lo, u0, weight="alg-logb", wvar=(0, 0))[0]
+                + integrate.quad(law.pdf, u0, hi, weight="alg-loga", wvar=(0, 0))[0]
+            )
+        else:
+            singular = integrate.quad(lambda u: np.log(abs(u - u0)) * law.pdf(u), lo, hi, limit=200)[0]
+        smooth = integrate.quad(lambda u: np.log1p(np.sqrt(c) * u) * law.pdf(u), lo, hi, limit=200)[0]
+        return 0.5 * np.log(c) + singular + smooth
 
     return np.vectorize(one, otypes=[float])(lrs)
 
@@ -201,7 +211,8 @@ def _gaussian_exponents_infinite(lrs, mu: float, s: int, noise_var: float, c0: f
     ``chi | R ~ N(c0 mu R / S, c0^2 (1 - mu)^2 var_eps R / S^2)``, so with ``u = sqrt(R)``
     (chi law, S degrees of freedom) and ``c = lr c0 (1 - mu) sqrt(var_eps) u / S``,
     ``E log|1 +- lr chi| = E_u[log c + f((1 +- lr c0 mu u^2 / S) / c)]``. The ``-`` integrand
-    has a narrow dip where ``1 - lr c0 mu u^2 / S = 0``: panels end there. ``mu = 1`` is
+    has a narrow dip where ``1 - lr c0 mu u^2 / S = 0``: panels end there. Any real ``mu``
+    (``mu > 1`` once fell back to ``mu = 1`` silently: phase I for IV at ``lr = 1, mu = 2``). ``mu = 1`` is
     ``E log|1 +- lr c0 R / S|``, whose log singularity is likewise a panel end.
     """
     lrs = np.asarray(lrs, dtype=np.float64)
@@ -222,12 +233,12 @@ def _gaussian_exponents_infinite(lrs, mu: float, s: int, noise_var: float, c0: f
         minus_edges = [zero, root, np.minimum(2 * root, top), end]
     else:
         minus_edges = [zero, end]
-    if mu >= 1.0:
+    if mu == 1.0:
         slope = (lrs * c0)[:, None] / s
         plus = integral(lambda u: np.log(1 + slope * u**2), [zero, end])
         minus = integral(lambda u: np.log(np.abs(1 - slope * u**2)), minus_edges)
         return plus, minus
-    scale = (lrs * c0 * (1 - mu) * math.sqrt(noise_var) / s)[:, None]
+    scale = (lrs * c0 * abs(1 - mu) * math.sqrt(noise_var) / s)[:, None]  # f is even: the sign of 1 - mu drops
     drift = (lrs * c0 * mu)[:, None] / s
 
     def log_abs(sign):
@@ -284,6 +295,8 @@ def saddle_exponents(
     s = check_int("batch_size", batch_size, minimum=1)
     noise_var = check_positive("noise_var", noise_var)
     c0 = check_positive("c0", c0)
+    max_tuples = check_int("max_tuples", max_tuples, minimum=1)
+    seed = check_int("seed", seed, minimum=0, maximum=2**63 - 1)
     name = "mu" if chi == "gaussian" else "a"
     shape = (len(lrs), len(second))
     plus, minus = np.zeros(shape), np.zeros(shape)
@@ -354,7 +367,13 @@ def _finite_chi_atoms(chi, second, n_data, data, noise_var, c0, seed):
         n_data = check_int("n_data", n_data, minimum=1)
         problem = rank1_saddle(chi, n_data=n_data, noise_var=noise_var, c0=c0)
         data = draw_dataset(problem, prng.data_key(prng.key(seed)), n_data)
-    data = {k: np.asarray(v, dtype=np.float64) for k, v in data.items()}
+    fields = ("x", "eps") if chi == "gaussian" else ("b",)
+    if not isinstance(data, dict) or any(f not in data for f in fields):
+        raise ValueError(f"data must be a dict with fields {fields} for chi={chi!r}, got {data!r:.200}")
+    data = {k: np.asarray(data[k], dtype=np.float64).ravel() for k in fields}
+    sizes = {k: v.size for k, v in data.items()}
+    if len(set(sizes.values())) != 1 or (n_data is not None and next(iter(sizes.values())) != n_data):
+        raise ValueError(f"data fields have sizes {sizes}; they must all equal n_data = {n_data}")
     v = np.asarray(second, dtype=np.float64)[:, None]
     if chi == "gaussian":
         x, eps = data["x"][None, :], data["eps"][None, :]
@@ -369,9 +388,11 @@ def _finite_chi_atoms(chi, second, n_data, data, noise_var, c0, seed):
 def classify(lambda_plus, lambda_minus, ms_minus) -> np.ndarray:
     """Phase codes (indices into :data:`PHASES`) from the exponents and ``E(1 - lr chi)^2``.
 
-    A mode is stable when its exponent is < 0; ``NaN`` inputs give :data:`UNDECIDED` (-1).
+    A mode is stable when its exponent is < 0; ``NaN`` exponents give :data:`UNDECIDED` (-1), and
+    so does a ``NaN`` ``ms_minus`` in phase I, where it splits ``I_ms`` (``< 1``) from ``I_p``.
     """
     lp, lm, ms = (np.asarray(v, dtype=np.float64) for v in (lambda_plus, lambda_minus, ms_minus))
+    phase_one = (lm < 0) & (lp >= 0)
     code = np.select(
         [
             (lm < 0) & (lp >= 0) & (ms < 1),
@@ -382,13 +403,17 @@ def classify(lambda_plus, lambda_minus, ms_minus) -> np.ndarray:
         [0, 1, 2, 3],
         default=4,
     )
-    return np.where(np.isnan(lp) | np.isnan(lm), UNDECIDED, code)
+    return np.where(np.isnan(lp) | np.isnan(lm) | (phase_one & np.isnan(ms)), UNDECIDED, code)
 
 
 def wilson_interval(successes, trials, level: float = 0.99):
     """Wilson score interval for a binomial proportion (arrays broadcast)."""
     k = np.asarray(successes, dtype=np.float64)
     n = np.asarray(trials, dtype=np.float64)
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    if np.any(n < 1) or np.any(k < 0) or np.any(k > n):
+        raise ValueError(f"need 0 <= successes <= trials and trials >= 1, got {successes!r} of {trials!r}")
     z = stats.norm.ppf(0.5 + level / 2)
     p = k / n
     centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
@@ -396,11 +421,25 @@ def wilson_interval(successes, trials, level: float = 0.99):
     return centre - half, centre + half
 
 
-def _phase_dataset(ds: xr.Dataset) -> xr.Dataset:
-    ds["phase"] = (ds.Lambda_plus.dims, classify(ds.Lambda_plus, ds.Lambda_minus, ds.ms_minus))
+_LONG_NAMES = {
+    "Lambda_plus": "Lyapunov exponent of the mode w + u (per step)",
+    "Lambda_minus": "Lyapunov exponent of the mode w - u (per step)",
+    "ms_minus": "E(1 - lr chi)^2, the mean-square factor of the mode w - u per step",
+    "phase": "phase of SGD at the saddle",
+}
+
+
+def _label(ds: xr.Dataset, config: dict) -> xr.Dataset:
+    """Phase labels, long names, and the call's configuration (``ds.io.config``) on a phase dataset."""
+    import dynsim
+
     ds.phase.attrs["labels"] = ", ".join(f"{i}: {p}" for i, p in enumerate(PHASES)) + ", -1: undecided"
+    for var, long_name in _LONG_NAMES.items():
+        ds[var].attrs["long_name"] = long_name
     ds.attrs["phases"] = ", ".join(PHASES)
     ds.attrs["aliases"] = "Ia = I_ms (mean-square convergent part of I), Ib = I_p (the rest of I)"
+    ds.attrs["config"] = json.dumps({"function": "dynsim.stability.saddle_phases", **config})
+    ds.attrs["dynsim_version"] = dynsim.__version__
     return ds
 
 
@@ -486,7 +525,8 @@ def _summarise(res: xr.Dataset, n_steps: int, level: float) -> xr.Dataset:
         shrank = (logs < 0).sum("replica")
         low, high = wilson_interval(shrank, n, level)
         rate = (logs / n_steps).where(logs > -1e29)  # exact hits carry no rate
-        out[f"Lambda_{mode}"] = rate.mean("replica")
+        # every replica hit its mode exactly (a zero multiplier, two-point data at lr = 1/x): -inf, as in theory
+        out[f"Lambda_{mode}"] = rate.mean("replica").where(rate.count("replica") > 0, -np.inf)
         out[f"Lambda_{mode}_stderr"] = rate.std("replica", ddof=1) / np.sqrt(rate.count("replica"))
         out[f"shrink_{mode}"] = shrank / n
         out[f"shrink_{mode}_low"] = xr.DataArray(low, coords=shrank.coords)
@@ -499,7 +539,12 @@ def _summarise(res: xr.Dataset, n_steps: int, level: float) -> xr.Dataset:
         low, high = ds[f"shrink_{mode}_low"], ds[f"shrink_{mode}_high"]
         return xr.where(low > 0.5, -1.0, xr.where(high < 0.5, 1.0, np.nan))
 
-    ds["phase"] = (ds.Lambda_plus.dims, classify(sign("plus"), sign("minus"), ds.ms_minus))
+    # I_ms or I_p: E(1 - lr chi)^2 below or above 1 by more than its interval at `level` (a point
+    # estimate put cells within 0.3% of lambda_ms on either side by the luck of the seed)
+    z = stats.norm.ppf(0.5 + level / 2)
+    ms, ms_se = ds.ms_minus, ds.ms_minus_stderr
+    ms_sure = ms.where((np.abs(ms - 1) > z * ms_se) | np.isinf(ms))
+    ds["phase"] = (ds.Lambda_plus.dims, classify(sign("plus"), sign("minus"), ms_sure))
     return ds
 
 
@@ -552,15 +597,14 @@ def saddle_phases(
     check_int("batch_size", batch_size, minimum=1)
     if n_data is not None:
         check_int("n_data", n_data, minimum=1)
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    if isinstance(level, bool) or not isinstance(level, (int, float, np.floating)) or not 0 < level < 1:
+        raise ValueError(f"level must be a number in (0, 1), got {level!r}")
     check_int("refine", refine, minimum=0)
+    check_int("n_replicas", n_replicas, minimum=1)
+    check_int("n_steps", n_steps, minimum=1)
+    seed = check_int("seed", seed, minimum=0, maximum=2**63 - 1)
     engine = check_choice("engine", engine, ("simulate", "fused"))
-    if engine == "fused" and method == "simulation" and checkpoint:
-        raise ValueError(
-            f"engine='fused' writes no checkpoints (got checkpoint={checkpoint!r}): its runs take seconds "
-            "on a GPU; use engine='simulate' to checkpoint"
-        )
+    config = dict(chi=chi, batch_size=batch_size, n_data=n_data, noise_var=noise_var, c0=c0, seed=seed, method=method)
     if method == "theory":
         ds = saddle_exponents(
             lrs,
@@ -573,7 +617,22 @@ def saddle_phases(
             seed=seed,
             **theory_options,
         )
-        return _phase_dataset(ds)
+        ds["phase"] = (ds.Lambda_plus.dims, classify(ds.Lambda_plus, ds.Lambda_minus, ds.ms_minus))
+        return _label(ds, {**config, **theory_options})
+    if theory_options:
+        raise TypeError(f"{sorted(theory_options)} are options of method='theory'")
+    if engine == "fused" and checkpoint:
+        raise ValueError(
+            f"engine='fused' writes no checkpoints (got checkpoint={checkpoint!r}): its runs take seconds "
+            "on a GPU; use engine='simulate' to checkpoint"
+        )
+    if wilson_interval(n_replicas, n_replicas, level)[0] <= 0.5:
+        warnings.warn(
+            f"n_replicas={n_replicas} can decide no cell at level={level}: even when every replica's mode shrinks, "
+            "the Wilson interval of the share reaches below 1/2; use more replicas",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     ds = _simulate_phases(
         lrs,
         second,
@@ -582,8 +641,8 @@ def saddle_phases(
         n_data,
         noise_var,
         c0,
-        check_int("n_replicas", n_replicas, minimum=1),
-        check_int("n_steps", n_steps, minimum=1),
+        n_replicas,
+        n_steps,
         seed,
         level,
         refine,
@@ -591,7 +650,6 @@ def saddle_phases(
         checkpoint,
         engine,
     )
-    ds.phase.attrs["labels"] = ", ".join(f"{i}: {p}" for i, p in enumerate(PHASES)) + ", -1: undecided"
     ds.attrs.update(
         chi=chi,
         batch_size=batch_size,
@@ -606,4 +664,5 @@ def saddle_phases(
         refine=refine,
         engine=engine,
     )
-    return ds
+    config.update(n_replicas=n_replicas, n_steps=n_steps, level=level, refine=refine, engine=engine)
+    return _label(ds, config)

@@ -44,10 +44,9 @@ S_VALUES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 
 
 def agreement(theory: xr.DataArray, sim: xr.DataArray) -> tuple[float, float]:
-    """Share of cells the simulation decides, and share of those whose phase equals theory's (I_ms = I_p)."""
-    coarse = lambda p: np.where(p == PHASES.index("I_p"), PHASES.index("I_ms"), p)  # noqa: E731
+    """Share of cells the simulation decides, and share of those whose phase equals theory's."""
     decided = sim.values >= 0
-    agree = coarse(sim.values)[decided] == coarse(theory.values)[decided]
+    agree = sim.values[decided] == theory.values[decided]
     return float(decided.mean()), float(agree.mean()) if agree.size else float("nan")
 
 

@@ -7,6 +7,7 @@ import dynsim as ds
 from dynsim import engine
 
 obs = ds.observables
+STAB = ds.stability
 PROBLEM = ds.problems.linear_regression_1d(n_data=10)
 SGD = ds.dynamics.sgd(PROBLEM)
 NO_REPLACE = ds.dynamics.sgd(PROBLEM, batch_size=2, replace=False)
@@ -147,6 +148,38 @@ CASES = [
         r"label noise needs samples with a 'y' entry",
     ),
     ("alpha > 2", lambda: ds.dynamics.alpha_stable_noise(alpha=2.5), ValueError, r"alpha must be in \(0, 2\], got 2.5"),
+    # stability
+    ("phases: level as text", lambda: STAB.saddle_phases([1.0], [0.1], level="0.9"), ValueError, r"level.*'0.9'"),
+    ("phases: seed", lambda: STAB.saddle_phases([1.0], [0.1], seed=-1), ValueError, r"seed must be >= 0"),
+    ("fused: seed", lambda: ds.fused.saddle_modes([1.0], [0.1], n_replicas=1, n_steps=8, seed=-1), ValueError, "seed"),
+    ("phases: n_replicas", lambda: STAB.saddle_phases([1.0], [0.1], n_replicas=0), ValueError, r"n_replicas"),
+    (
+        "phases: theory option in a simulation",
+        lambda: STAB.saddle_phases([1.0], [0.1], method="simulation", nodes=10),
+        TypeError,
+        r"\['nodes'\] are options of method='theory'",
+    ),
+    (
+        "theory: max_tuples",
+        lambda: STAB.saddle_exponents([1.0], [0.1], n_data=4, max_tuples=0),
+        ValueError,
+        "max_tuples",
+    ),
+    (
+        "theory: data fields",
+        lambda: STAB.saddle_exponents([1.0], [0.1], n_data=2, data={"x": [1.0, 2.0]}),
+        ValueError,
+        r"fields \('x', 'eps'\)",
+    ),
+    (
+        "theory: data size",
+        lambda: STAB.saddle_exponents([1.0], [0.1], n_data=3, data={"x": [1.0, 2.0], "eps": [0.0, 1.0]}),
+        ValueError,
+        r"must all equal n_data = 3",
+    ),
+    ("lambda_ds: Jensen", lambda: STAB.lambda_ds(1.0, 0.5), ValueError, r"no law has E\[x\^4\]"),
+    ("wilson: trials", lambda: STAB.wilson_interval(5, 3), ValueError, r"successes <= trials"),
+    ("wilson: level", lambda: STAB.wilson_interval(1, 3, level=2), ValueError, r"level must be in \(0, 1\)"),
 ]
 
 

@@ -29,8 +29,22 @@ def _draws(k):
 @settings(max_examples=15, deadline=None)
 @given(seed=SEEDS)
 def test_bitwise_equal_to_jax_threefry(seed):
-    for a, b in zip(_draws(prng.key(seed)), _draws(jax.random.key(seed, impl="threefry2x32"))):
+    # JAX seeds with the two 32-bit words of the seed when 64-bit types are enabled, and with the low
+    # word alone otherwise; prng.key always uses both, so seeds >= 2**32 are streams of their own
+    if seed < 2**32:
+        ref = jax.random.key(seed, impl="threefry2x32")
+    else:
+        words = np.array([seed >> 32, seed & 0xFFFFFFFF], np.uint32)
+        ref = jax.random.wrap_key_data(words, impl="threefry2x32")
+    for a, b in zip(_draws(prng.key(seed)), _draws(ref)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_seeds_beyond_32_bits_are_their_own_streams():
+    assert not np.array_equal(jax.random.key_data(prng.key(2**32)), jax.random.key_data(prng.key(0)))
+    for bad in (-1, 2**64):
+        with pytest.raises(ValueError, match="seed must be"):
+            prng.key(bad)
 
 
 def test_bitwise_equal_under_vmap_and_jit():

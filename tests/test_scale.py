@@ -124,11 +124,19 @@ def test_bad_devices():
 
 def test_checkpoint_chunks_are_complete_files(runner, tmp_path):
     _, run = runner
-    run(n_steps=50, checkpoint=tmp_path / "ck")
+    first = run(n_steps=50, checkpoint=tmp_path / "ck", path=tmp_path / "out.nc")
     files = os.listdir(tmp_path / "ck")
     assert "config.json" in files and not any(f.endswith(".tmp") for f in files)
     with np.load(tmp_path / "ck" / sorted(f for f in files if f.endswith(".npz"))[0]) as z:
         assert z["index"].shape == (64,)
+    # readable by the other users of a shared folder, as the umask says (mkstemp alone gave 0600)
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in [tmp_path / "out.nc", *(tmp_path / "ck" / f for f in files)]:
+        assert os.stat(f).st_mode & 0o777 == 0o666 & ~umask, f
+    # a resumed call says how much it read back; its elapsed time is its own
+    assert first.attrs["resumed_trajectories"] == 0
+    assert run(n_steps=50, checkpoint=tmp_path / "ck").attrs["resumed_trajectories"] == 16 * 64
 
 
 def _free_port() -> int:
