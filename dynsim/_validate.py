@@ -26,6 +26,19 @@ def check_real(name: str, value: Any) -> float:
     return float(value)
 
 
+def check_values(name: str, value: Any, rule, allowed: str) -> None:
+    """Raise ``ValueError`` naming ``name`` unless every entry of ``value`` (a scalar, or every grid
+    value of a hyperparameter) is finite and obeys ``rule`` (an elementwise predicate), described by
+    ``allowed``."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    arr = np.asarray(value, dtype=float)
+    bad = ~np.isfinite(arr) | ~rule(arr)
+    if np.any(bad):
+        shown = arr[bad].tolist() if arr.ndim else float(arr)
+        raise ValueError(f"{name} must be {allowed}, got {shown}")
+
+
 def check_positive(name: str, value: Any) -> float:
     value = check_real(name, value)
     if value <= 0:

@@ -69,6 +69,14 @@ def _scheduled_clip(threshold, factor) -> optax.GradientTransformation:
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _check_threshold(threshold) -> None:
+    """A clipping threshold given as a number must be > 0 (0 gave NaN steps, a negative one steps uphill)."""
+    if isinstance(threshold, (bool, np.bool_)) or (
+        isinstance(threshold, (int, float, np.number)) and not (np.isfinite(threshold) and threshold > 0)
+    ):
+        raise ValueError(f"threshold must be a number > 0 or a schedule, got {threshold!r}")
+
+
 def clip_by_global_norm(threshold) -> optax.GradientTransformation:
     """``g <- min(1, tau / |g|) g``, ``|g|`` the Euclidean norm over all leaves (the clip of GClip).
 
@@ -76,6 +84,7 @@ def clip_by_global_norm(threshold) -> optax.GradientTransformation:
     ``tau(n)`` of the step count ``n = 0, 1, ...`` (thesis Thm 4.4.2: ``tau_k = G k^(1/alpha)``,
     ``k = n + 1``).
     """
+    _check_threshold(threshold)
     if not callable(threshold):
         return optax.clip_by_global_norm(threshold)
 
@@ -94,6 +103,7 @@ def clip_by_coordinate(threshold) -> optax.GradientTransformation:
     count (thesis Thm 4.5.1: ``tau_{k,i} = B_i k^(1/alpha)``); a schedule may return an array
     that broadcasts against every leaf (one threshold per coordinate).
     """
+    _check_threshold(threshold)
     if not callable(threshold):
         return optax.clip(threshold)
 
@@ -107,7 +117,8 @@ def project(projection) -> optax.GradientTransformation:
     """After the step, project the parameters: ``x <- P(x + u)`` (proj-GClip, thesis Thm 4.4.2).
 
     ``projection(params) -> params`` is any projection onto a closed convex set, e.g.
-    ``lambda p: optax.projections.projection_box(p, -r, r)``. Chained last, it turns the update
+    ``lambda p: optax.projections.projection_box(p, -r, r)`` for an array of parameters (for a pytree,
+    ``lambda p: jax.tree_util.tree_map(lambda x: jnp.clip(x, -r, r), p)``). Chained last, it turns the update
     ``u`` into ``P(x + u) - x``, so that ``optax.apply_updates`` lands on ``P(x + u)`` (up to one
     rounding of the subtraction).
     """

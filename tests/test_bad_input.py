@@ -148,6 +148,19 @@ CASES = [
         r"label noise needs samples with a 'y' entry",
     ),
     ("alpha > 2", lambda: ds.dynamics.alpha_stable_noise(alpha=2.5), ValueError, r"alpha must be in \(0, 2\], got 2.5"),
+    # noise and clipping parameters, on a grid too
+    (
+        "stable index on a grid",
+        lambda: ds.simulate(
+            ds.dynamics.gd(ds.problems.quadratic(np.eye(2)), lr=0.1, noise=[ds.dynamics.alpha_stable_noise()]),
+            grid={"alpha": [1.5, 2.5]},
+            n_steps=5,
+        ),
+        ValueError,
+        r"alpha must be in \(0, 2\], got \[2.5\]",
+    ),
+    ("clip threshold 0", lambda: ds.optim.clipped_sgd(0.1, 0.0), ValueError, r"threshold must be a number > 0"),
+    ("clip threshold < 0", lambda: ds.optim.coordinate_clipped_sgd(0.1, -1.0), ValueError, r"threshold must be"),
     # stability
     ("phases: level as text", lambda: STAB.saddle_phases([1.0], [0.1], level="0.9"), ValueError, r"level.*'0.9'"),
     ("phases: seed", lambda: STAB.saddle_phases([1.0], [0.1], seed=-1), ValueError, r"seed must be >= 0"),

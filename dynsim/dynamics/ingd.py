@@ -18,7 +18,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from dynsim._tree import tree_norm
-from dynsim._validate import check_int, check_real
+from dynsim._validate import check_int, check_real, check_values
 from dynsim.problems.base import Problem, objective
 
 from .base import REQUIRED, Dynamics
@@ -66,14 +66,7 @@ def _check_value(name: str, value: Any) -> None:
     """Raise ``ValueError`` naming ``name`` unless every entry of ``value`` obeys its rule (REQUIRED passes)."""
     if value is REQUIRED:
         return
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    arr = np.asarray(value, dtype=float)
-    rule, allowed = _RULES[name]
-    bad = ~np.isfinite(arr) | ~rule(arr)
-    if np.any(bad):
-        shown = arr[bad].tolist() if arr.ndim else float(arr)
-        raise ValueError(f"{name} must be {allowed}, got {shown}")
+    check_values(name, value, *_RULES[name])
 
 
 def _with_checks(dyn: Dynamics, names: Sequence[str]) -> Dynamics:

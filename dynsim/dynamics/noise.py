@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dynsim._tree import tree_norm
-from dynsim._validate import check_int, check_nonnegative, check_positive
+from dynsim._validate import check_int, check_nonnegative, check_positive, check_values
 
 __all__ = [
     "Noise",
@@ -56,6 +56,30 @@ class Noise(NamedTuple):
     apply: Callable[..., Any]
     hyperparams: Mapping[str, Any]
     name: str
+    check: Callable[[Mapping[str, Any]], None] | None = None
+
+
+_NONNEGATIVE = (lambda v: v >= 0, ">= 0")
+_POSITIVE = (lambda v: v > 0, "> 0")
+_STABLE_INDEX = (lambda v: (v > 0) & (v <= 2), "in (0, 2]")
+
+
+def _range_check(**rules):
+    """``check(hp)`` of a noise: each of its hyperparameters, every grid value included, in its range
+    (``rules``: name -> (predicate, description)). Values on a grid bypass the constructor's checks."""
+
+    def check(hp):
+        for key, (rule, allowed) in rules.items():
+            if key in hp:
+                check_values(key, hp[key], rule, allowed)
+
+    return check
+
+
+def _shape_name(name: str, base: str) -> str:
+    """The key of a noise's shape parameter: ``base`` for the default ``name="noise"``, else
+    ``name_base``, so two noises (or a noise and an optimizer's ``alpha``) can be told apart."""
+    return base if name == "noise" else f"{name}_{base}"
 
 
 def _add_to_leaves(key, tree, draw: Callable[[jax.Array, tuple, Any], jax.Array]):
@@ -73,7 +97,7 @@ def gaussian_noise(scale: float = 1.0, *, name: str = "noise") -> Noise:
         s = hp[name]
         return _add_to_leaves(key, grads, lambda k, shape, dt: s * jax.random.normal(k, shape, dt))
 
-    return Noise("gradient", apply, {name: scale}, "gaussian")
+    return Noise("gradient", apply, {name: scale}, "gaussian", _range_check(**{name: _NONNEGATIVE}))
 
 
 def uniform_noise(scale: float = 1.0, *, name: str = "noise") -> Noise:
@@ -85,22 +109,25 @@ def uniform_noise(scale: float = 1.0, *, name: str = "noise") -> Noise:
         s = hp[name]
         return _add_to_leaves(key, grads, lambda k, shape, dt: s * jax.random.uniform(k, shape, dt, -1.0, 1.0))
 
-    return Noise("gradient", apply, {name: scale}, "uniform")
+    return Noise("gradient", apply, {name: scale}, "uniform", _range_check(**{name: _NONNEGATIVE}))
 
 
 def student_t_noise(scale: float = 1.0, df: float = 3.0, *, name: str = "noise") -> Noise:
-    """Additive Student-t gradient noise ``g + s xi``, ``xi_i ~ t_df`` (``df = hp["df"]``).
+    """Additive Student-t gradient noise ``g + s xi``, ``xi_i ~ t_df`` (``s = hp[name]``, ``df = hp["df"]``,
+    or ``hp[name + "_df"]`` for another ``name``).
 
     ``Var xi_i = df / (df - 2)`` for ``df > 2``; heavy-tailed with tail index ``df``.
     """
     check_nonnegative("scale", scale)
     check_positive("df", df)
+    df_name = _shape_name(name, "df")
 
     def apply(key, grads, hp, objective):
-        s, df_ = hp[name], hp["df"]
+        s, df_ = hp[name], hp[df_name]
         return _add_to_leaves(key, grads, lambda k, shape, dt: s * jax.random.t(k, df_, shape, dt))
 
-    return Noise("gradient", apply, {name: scale, "df": df}, "student_t")
+    check = _range_check(**{name: _NONNEGATIVE, df_name: _POSITIVE})
+    return Noise("gradient", apply, {name: scale, df_name: df}, "student_t", check)
 
 
 def symmetric_stable(key: jax.Array, alpha, shape=(), dtype=None) -> jax.Array:
@@ -116,14 +143,21 @@ def symmetric_stable(key: jax.Array, alpha, shape=(), dtype=None) -> jax.Array:
     dtype = dtype or jnp.result_type(float)
     kv, kw = jax.random.split(key)
     half_pi = np.pi / 2
-    v = jax.random.uniform(kv, shape, dtype, -half_pi, half_pi)
-    w = jax.random.exponential(kw, shape, dtype)
+    # V and W on the open intervals: -pi/2 rounds below -pi/2 in float32, where cos V < 0 and
+    # cos(V)^(1/alpha) is NaN (one draw in 2^23: stable runs were flagged as diverged), and W = 0
+    # gives an infinite draw for alpha < 1
+    low = np.asarray(-half_pi, dtype)
+    if np.cos(np.float64(low)) <= 0:
+        low = np.nextafter(low, np.asarray(0, dtype))
+    v = jnp.maximum(jax.random.uniform(kv, shape, dtype, -half_pi, half_pi), low)
+    w = jnp.maximum(jax.random.exponential(kw, shape, dtype), np.finfo(dtype).eps / 2)
     alpha = jnp.asarray(alpha, dtype)
     return jnp.sin(alpha * v) / jnp.cos(v) ** (1 / alpha) * (jnp.cos((1 - alpha) * v) / w) ** ((1 - alpha) / alpha)
 
 
 def alpha_stable_noise(scale: float = 1.0, alpha: float = 1.5, *, name: str = "noise") -> Noise:
-    """Additive symmetric alpha-stable gradient noise ``g + s xi`` (``alpha = hp["alpha"]``).
+    """Additive symmetric alpha-stable gradient noise ``g + s xi`` (``s = hp[name]``, ``alpha = hp["alpha"]``,
+    or ``hp[name + "_alpha"]`` for another ``name``: say beside ACClip, whose exponent is ``alpha`` too).
 
     ``xi_i`` are i.i.d. :func:`symmetric_stable` draws: infinite variance for ``alpha < 2``
     (Simsekli et al. 2019's model of heavy-tailed gradient noise).
@@ -133,15 +167,19 @@ def alpha_stable_noise(scale: float = 1.0, alpha: float = 1.5, *, name: str = "n
     if alpha > 2:
         raise ValueError(f"alpha must be in (0, 2], got {alpha!r}")
 
+    alpha_name = _shape_name(name, "alpha")
+
     def apply(key, grads, hp, objective):
-        s, a = hp[name], hp["alpha"]
+        s, a = hp[name], hp[alpha_name]
         return _add_to_leaves(key, grads, lambda k, shape, dt: s * symmetric_stable(k, a, shape, dt))
 
-    return Noise("gradient", apply, {name: scale, "alpha": alpha}, "alpha_stable")
+    check = _range_check(**{name: _NONNEGATIVE, alpha_name: _STABLE_INDEX})
+    return Noise("gradient", apply, {name: scale, alpha_name: alpha}, "alpha_stable", check)
 
 
 def pareto_noise(scale: float = 1.0, index: float = 1.5, *, name: str = "noise") -> Noise:
-    """Additive symmetric Pareto gradient noise ``g + s xi`` (``nu = hp["index"]``), heavy-tailed and cheap.
+    """Additive symmetric Pareto gradient noise ``g + s xi`` (``s = hp[name]``, ``nu = hp["index"]``, or
+    ``hp[name + "_index"]`` for another ``name``), heavy-tailed and cheap.
 
     ``xi_i = S_i (V_i^(-1/nu) - 1)`` with ``V_i = 1 - U_i``, ``U_i ~ U[0, 1)``, and a random sign
     ``S_i``: ``|xi_i|`` is Lomax (Pareto II), ``P(|xi_i| > x) = (1 + x)^(-nu)``, so ``E|xi_i|^a`` is
@@ -154,8 +192,10 @@ def pareto_noise(scale: float = 1.0, index: float = 1.5, *, name: str = "noise")
     check_nonnegative("scale", scale)
     check_positive("index", index)
 
+    index_name = _shape_name(name, "index")
+
     def apply(key, grads, hp, objective):
-        s, nu = hp[name], hp["index"]
+        s, nu = hp[name], hp[index_name]
 
         def draw(k, shape, dt):
             k_size, k_sign = jax.random.split(k)
@@ -164,7 +204,8 @@ def pareto_noise(scale: float = 1.0, index: float = 1.5, *, name: str = "noise")
 
         return _add_to_leaves(key, grads, draw)
 
-    return Noise("gradient", apply, {name: scale, "index": index}, "pareto")
+    check = _range_check(**{name: _NONNEGATIVE, index_name: _POSITIVE})
+    return Noise("gradient", apply, {name: scale, index_name: index}, "pareto", check)
 
 
 def pareto_moment(index: float, a: float) -> float:
@@ -224,7 +265,7 @@ def multiplicative_noise(
             scale = jnp.where(jax.random.uniform(k_kick) < p, scale / np.sqrt(p), 0.0)
         return jax.tree_util.tree_unflatten(treedef, [x + scale.astype(x.dtype) * z for x, z in zip(leaves, draws)])
 
-    return Noise("gradient", apply, {name: sigma}, "multiplicative")
+    return Noise("gradient", apply, {name: sigma}, "multiplicative", _range_check(**{name: _NONNEGATIVE}))
 
 
 def label_reselect(
@@ -252,7 +293,8 @@ def label_reselect(
             new = (y + jax.random.randint(k_new, jnp.shape(y), 1, n_classes)) % n_classes
         return {**batch, "y": jnp.where(hit, new, y).astype(y.dtype)}
 
-    return Noise("batch", apply, {name: probability}, f"label_{mode}")
+    probability_range = (lambda v: (v >= 0) & (v <= 1), "in [0, 1]")
+    return Noise("batch", apply, {name: probability}, f"label_{mode}", _range_check(**{name: probability_range}))
 
 
 def label_noise(scale: float = 1.0, *, name: str = "label_noise") -> Noise:
@@ -266,4 +308,4 @@ def label_noise(scale: float = 1.0, *, name: str = "label_noise") -> Noise:
         y = batch["y"]
         return {**batch, "y": y + hp[name] * jax.random.normal(key, jnp.shape(y), jnp.result_type(y))}
 
-    return Noise("batch", apply, {name: scale}, "label")
+    return Noise("batch", apply, {name: scale}, "label", _range_check(**{name: _NONNEGATIVE}))

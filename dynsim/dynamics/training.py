@@ -52,7 +52,10 @@ def _check_noise(problem: Problem, noise: Sequence[Noise]) -> tuple[Noise, ...]:
             )
     names = [name for n in noise for name in n.hyperparams]
     if len(set(names)) != len(names):
-        raise ValueError(f"noise hyperparameter names collide: {names}; pass name=... to tell them apart")
+        raise ValueError(
+            f"noise hyperparameter names collide: {names}; pass name=... to tell them apart (a noise's shape "
+            "parameter, such as df or alpha, is then named after it: name_df, name_alpha)"
+        )
     return noise
 
 
@@ -175,9 +178,20 @@ def problem_dynamics(problem: Problem, init, step, own_hyper, static, *, noise=(
         params_of=lambda state: state.params,
         data_of=_data_of(problem),
         problem=problem,
-        check=_check_batch(problem, replace),
+        check=_checks(_check_batch(problem, replace), *(n.check for n in noise)),
         name=name,
     )
+
+
+def _checks(*checks):
+    """One ``check(hp)`` running each of ``checks`` (``None``s skipped)."""
+
+    def check(hp):
+        for c in checks:
+            if c is not None:
+                c(hp)
+
+    return check
 
 
 def _build(problem, noise, replace, own_hyper, static, init, update, name, track_batch_loss=False) -> Dynamics:
