@@ -98,26 +98,41 @@ def power_iteration(matvec: Callable[[jax.Array], jax.Array], v0: jax.Array, n_i
 def lanczos(matvec: Callable[[jax.Array], jax.Array], v0: jax.Array, n_iter: int = 30) -> Eigen:
     """Largest algebraic eigenvalue of a symmetric operator by ``n_iter`` Lanczos steps.
 
-    Full reorthogonalization against the Krylov basis (``n_iter`` vectors are kept), so it is
-    stable in float32; the top Ritz pair of the tridiagonal matrix is returned. Negative
-    eigenvalues of large magnitude do not mislead it, unlike plain power iteration.
+    Full reorthogonalization against the Krylov basis (``n_iter`` vectors are kept); the top
+    Ritz pair of the tridiagonal matrix is returned. Negative eigenvalues of large magnitude do
+    not mislead it, unlike plain power iteration. When the Krylov space becomes invariant
+    (``beta`` at rounding level: a repeated or low-rank spectrum, ``v0`` in few eigenvectors) the
+    next vector would be rounding noise; it is replaced by a fresh vector orthogonal to the
+    basis, with ``beta = 0``, so the tridiagonal matrix stays the projection of the operator on
+    an orthonormal basis. (Without this, on ``diag(10, 1, ..., 1)`` it returned 1 with a small
+    residual, and more iterations made an over-parametrized least-squares Hessian worse.)
     """
     n_iter = check_int("n_iter", n_iter, minimum=1)
     d = v0.shape[0]
     k = min(n_iter, d)
     q0 = _normalize(v0)
     basis = jnp.zeros((k, d), v0.dtype).at[0].set(q0)
+    tol = 1e3 * jnp.finfo(v0.dtype).eps
+    restart_key = jax.random.key(0x5EED)
 
     def body(carry, j):
         basis, alphas, betas = carry
+        kept = (jnp.arange(k) <= j)[:, None] * basis  # the basis so far
+
+        def orthogonalize(w):
+            for _ in range(2):  # full reorthogonalization, twice
+                w = w - kept.T @ (kept @ w)
+            return w
+
         q = basis[j]
-        w = matvec(q)
-        alpha = jnp.vdot(q, w)
-        mask = (jnp.arange(k) <= j)[:, None]
-        for _ in range(2):  # full reorthogonalization, twice
-            w = w - (mask * basis).T @ ((mask * basis) @ w)
+        aq = matvec(q)
+        alpha = jnp.vdot(q, aq)
+        w = orthogonalize(aq)
         beta = jnp.linalg.norm(w)
-        nxt = jnp.where(beta > 0, w / jnp.where(beta > 0, beta, 1.0), 0.0)
+        invariant = beta <= tol * jnp.maximum(jnp.linalg.norm(aq), jnp.abs(alpha))
+        fresh = orthogonalize(jax.random.normal(jax.random.fold_in(restart_key, j), (d,), v0.dtype))
+        beta = jnp.where(invariant, 0.0, beta)
+        nxt = _normalize(jnp.where(invariant, fresh, w))
         basis = jnp.where(j + 1 < k, basis.at[jnp.minimum(j + 1, k - 1)].set(nxt), basis)
         return (basis, alphas.at[j].set(alpha), betas.at[j].set(beta)), None
 
@@ -146,7 +161,8 @@ def sharpness(
     ``method="lanczos"`` (default) or ``"power"``: power iteration for the dominant eigenvalue
     ``rho``; if its Rayleigh quotient is negative, a second run on ``H + |rho| I`` (all
     eigenvalues shifted to >= 0) gives ``lambda_max + |rho|``. ``v0`` warm-starts from a
-    previous :class:`Eigen` vector (a flat vector over all parameters), else a Gaussian from
+    previous :class:`Eigen` vector (a flat vector over all parameters, or a pytree like
+    ``params``), else a Gaussian from
     ``key``. ``batched=True``: ``params`` (and ``v0``) carry a leading axis, one Hessian each
     (``args`` are shared).
     """
@@ -161,6 +177,13 @@ def sharpness(
     flat, unravel = ravel_pytree(params)
     if v0 is None:
         v0 = jax.random.normal(key if key is not None else jax.random.key(0), flat.shape, flat.dtype)
+    else:  # a flat vector, or a pytree shaped like params
+        v0 = jnp.asarray(v0) if getattr(v0, "ndim", None) == 1 else ravel_pytree(v0)[0]
+        if v0.shape != flat.shape:
+            raise ValueError(
+                f"v0 must be a flat vector of {flat.size} entries (all parameters) or a pytree like params, "
+                f"got {v0.shape[0]} entries"
+            )
 
     def matvec(v):
         return ravel_pytree(hvp(loss_fn, params, unravel(v), *args))[0]
@@ -169,7 +192,9 @@ def sharpness(
         return lanczos(matvec, v0, n_iter)
     dominant = power_iteration(matvec, v0, n_iter)
     rho = jnp.abs(dominant.value)
-    shifted = power_iteration(lambda v: matvec(v) + rho * v, dominant.vector, n_iter)
+    # from v0, not from the dominant vector: that is the null vector of H + |rho| I, from which the
+    # iteration cannot leave when its other components are exactly 0 (it returned rho as the top)
+    shifted = power_iteration(lambda v: matvec(v) + rho * v, v0, n_iter)
     top = jnp.where(dominant.value >= 0, dominant.value, shifted.value - rho)
     vector = jnp.where(dominant.value >= 0, dominant.vector, shifted.vector)
     residual = jnp.where(dominant.value >= 0, dominant.residual, shifted.residual)

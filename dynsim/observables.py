@@ -12,8 +12,10 @@ Each observable becomes one or more data variables of the result, named after it
   :func:`iterate_average`, :func:`histogram`, :func:`converged`, :func:`diverged`.
 
 A trajectory that diverges (non-finite state, or beyond the bound of :func:`diverged`) is
-frozen at its last finite state by the engine, so every output stays finite; the step at
-which it diverged is kept (``diverged``).
+frozen at its last finite state by the engine, so the state and every reduction of it stay
+finite; the step at which it diverged is kept (``diverged``). A quantity computed from that
+state can still overflow (the loss or gradient of a state of size 1e18 in float32): such
+records are ``inf`` or NaN, and the ``diverged`` output says which trajectories they belong to.
 """
 
 from __future__ import annotations
@@ -296,8 +298,9 @@ def _learning_rate(hp, what: str):
 def progress(problem: Problem | None = None, *, taus: Sequence[float] | None = None, **overrides) -> Observable:
     """Seed 001's diagnostics of the GD step ``theta -> theta - lr grad F(theta)`` at each record time.
 
-    ``lr`` is the cell's learning rate (hyperparameter ``lr`` or ``learning_rate``); ``F`` the
-    training objective (overrides as in :func:`loss`). Outputs ``key_relative_progress``
+    ``lr`` is the cell's learning rate (hyperparameter ``lr`` or ``learning_rate``), or the
+    ``lr=`` override, which probes a step of that size; ``F`` the training objective (other
+    overrides as in :func:`loss`). Outputs ``key_relative_progress``
     (``RP``, Def. 1), ``key_directional_smoothness`` (``L(theta; lr grad F)``, Def. 2) and
     ``key_gradient_alignment`` (``<g', g>/|g|^2``), see :class:`dynsim.curvature.Progress`;
     with ``taus``, also ``key_profile``, ``L(theta; lr tau grad F)`` for each ``tau`` (Exp. 5,
@@ -312,7 +315,7 @@ def progress(problem: Problem | None = None, *, taus: Sequence[float] | None = N
     def record(v: View):
         hp = _with(v.hp, overrides)
         p = _problem_of(problem, v)
-        lr = _learning_rate(v.hp, "progress")
+        lr = _learning_rate(hp, "progress")  # an lr override probes a step of that size (it was ignored)
 
         def fn(q):
             return objective(p, q, v.data, hp)

@@ -379,3 +379,16 @@ def test_gd_on_digits_reaches_the_edge_of_stability_at_a_large_step_only():
     assert -0.05 <= np.nanmean(rp[1]) <= 0.05 and 0.95 <= np.nanmean(half_l[1]) <= 1.05  # unstable convergence
     assert np.mean(np.diff(loss[1][late]) > 0) >= 0.05 and loss[1, -1] < loss[1, 0]  # non-monotone, yet lower
     assert np.nanmax(np.abs(rp[1] - (-1 + half_l[1]))) < 0.05  # relation (5)
+
+
+def test_progress_with_an_lr_override_probes_that_step():
+    # GD on h theta^2 / 2: RP(lr) = (f(theta - lr h theta) - f(theta)) / (lr |h theta|^2) = lr h / 2 - 1; the
+    # override was recorded in the config but the cell's lr was used
+    res = ds.simulate(
+        ds.dynamics.gd(ds.problems.quadratic([[2.0]], theta0=1.0)),
+        grid={"lr": [0.25]},
+        n_steps=1,
+        observables={"cell": ds.observables.progress(), "small": ds.observables.progress(lr=0.05)},
+    )
+    assert res.cell_relative_progress.item() == pytest.approx(0.25 * 2 / 2 - 1, rel=1e-5)
+    assert res.small_relative_progress.item() == pytest.approx(0.05 * 2 / 2 - 1, rel=1e-5)
