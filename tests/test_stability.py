@@ -109,16 +109,21 @@ def test_two_point_law_exact_boundaries():
     assert r.Lambda_minus.item() == pytest.approx(np.sum(w * np.log(np.abs(1 - 1.3 * (k - 0.3 * (4 - k)) / 4))))
 
 
-def test_finite_data_exact_minibatch_average():
-    # N = 3, S = 2: the average over all 9 ordered pairs, computed independently here
-    n, s, lr, mu, seed = 3, 2, 0.7, 0.25, 4
-    r = S.saddle_exponents([lr], [mu], batch_size=s, n_data=n, seed=seed)
+@pytest.mark.parametrize("n, s", [(3, 2), (6, 5)])
+def test_finite_data_exact_minibatch_average(n, s):
+    # the average over all N^S ordered batches, computed independently here; the theory sums over the
+    # C(N + S - 1, S) multisets with multinomial weights (462 for 7776 at N = 6, S = 5), so a
+    # max_tuples below N^S still gives the exact value
+    lr, mu, seed = 0.7, 0.25, 4
+    r = S.saddle_exponents([lr], [mu], batch_size=s, n_data=n, seed=seed, max_tuples=1000)
     problem = ds.problems.rank1_saddle(n_data=n)
     data = ds.problems.draw_dataset(problem, prng.data_key(prng.key(seed)), n)
     x, eps = np.asarray(data["x"], float), np.asarray(data["eps"], float)
     chi = x * (mu * x + (1 - mu) * eps)
-    pairs = [np.mean(chi[list(p)]) for p in itertools.product(range(n), repeat=s)]
-    assert r.Lambda_minus.item() == pytest.approx(np.mean(np.log(np.abs(1 - lr * np.array(pairs)))), rel=1e-12)
+    batches = np.array([np.mean(chi[list(p)]) for p in itertools.product(range(n), repeat=s)])
+    for sign, var in [(1, "Lambda_plus"), (-1, "Lambda_minus")]:
+        assert r[var].item() == pytest.approx(np.mean(np.log(np.abs(1 + sign * lr * batches))), rel=1e-12)
+    assert r.ms_minus.item() == pytest.approx(np.mean((1 - lr * batches) ** 2), rel=1e-12)
     assert r.attrs["exact"] == 1
 
 
