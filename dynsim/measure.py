@@ -123,8 +123,10 @@ def empirical_measure(values: xr.DataArray, bins, over: str | Sequence[str] = "t
 
     ``over="time"``: the measure of each trajectory over time (seed 000, eq. 5);
     ``over="replica"``: the ensemble's measure at each time; both: everything pooled. Returns
-    probabilities per bin (dimension ``bin``, coordinate: bin centres); values outside the bins
-    are counted in no bin, so the total can be below 1.
+    probabilities per bin ``[e_i, e_{i+1})`` (half-open, the last one too, as the
+    :func:`~dynsim.observables.histogram` observable counts; dimension ``bin``, coordinate: bin
+    centres) among the finite values; values outside the bins are counted in no bin, so the
+    total can be below 1.
     """
     over = [over] if isinstance(over, str) else list(over)
     edges = np.asarray(bins, dtype=float)
@@ -134,7 +136,8 @@ def empirical_measure(values: xr.DataArray, bins, over: str | Sequence[str] = "t
 
     def hist(x):
         x = x[np.isfinite(x)]
-        return np.histogram(x, edges)[0] / max(x.size, 1)
+        slot = np.searchsorted(edges, x, side="right") - 1  # [e_i, e_{i+1}): e_last is outside
+        return np.bincount(slot[(slot >= 0) & (slot < edges.size - 1)], minlength=edges.size - 1) / max(x.size, 1)
 
     out = xr.apply_ufunc(
         lambda a: np.apply_along_axis(hist, -1, a.reshape(*a.shape[: a.ndim - len(over)], -1)),
@@ -297,13 +300,17 @@ def ess(samples) -> np.ndarray:
     acov = np.fft.irfft(f * np.conj(f), axis=-1)[..., :n] / n
     within = x.var(axis=-1, ddof=1).mean(axis=-1)
     var_plus = (n - 1) / n * within + n * x.mean(axis=-1).var(axis=-1, ddof=1) / n
-    rho = 1 - (within[..., None] - acov.mean(axis=-2)) / var_plus[..., None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = 1 - (within[..., None] - acov.mean(axis=-2)) / var_plus[..., None]
     rho[..., 0] = 1.0
     # Geyer: sum pairs rho_{2k} + rho_{2k+1} while positive (and monotone)
     pairs = rho[..., : (n // 2) * 2].reshape(*rho.shape[:-1], -1, 2).sum(axis=-1)
     pairs = np.minimum.accumulate(np.where(np.cumprod(pairs > 0, axis=-1) > 0, pairs, 0.0), axis=-1)
     tau = -1 + 2 * pairs.sum(axis=-1)
-    return m * n / np.maximum(tau, 1.0 / np.log10(m * n))
+    # NaN for chains with a non-finite draw or no variance (the floor below once turned those into
+    # m n log10(m n) draws, more than there are)
+    informative = np.isfinite(var_plus) & (var_plus > 0)
+    return np.where(informative, m * n / np.maximum(tau, 1.0 / np.log10(m * n)), np.nan)
 
 
 # --------------------------------------------------------------------------- vanishing change
@@ -410,12 +417,18 @@ def effective_rank(matrix) -> np.ndarray:
         return np.exp(-np.sum(np.where(p > 0, p * np.log(p), 0.0), axis=-1))
 
 
-def sparsity(weights, rel_tol: float = 1e-3) -> np.ndarray:
-    """Share of the entries of ``weights (..., *shape)`` with ``|w| < rel_tol * max|w|`` (per leading index
-    when the array has a leading batch axis: pass ``weights.reshape(batch, -1)``)."""
+def sparsity(weights, rel_tol: float = 1e-3, *, batched: bool = False):
+    """Share of the entries of ``weights`` with ``|w| < rel_tol * max|w|`` (1 for all zeros, NaN with a NaN).
+
+    A float for the whole array; ``batched=True``: one share per index of the leading axis.
+    (A 2-D matrix was read as a batch of rows: ``[[1, 1e-9], [1e-9, 1e-9]]`` gave ``[0.5, 0]``.)
+    """
     w = np.abs(np.asarray(weights, dtype=np.float64))
-    flat = w.reshape(w.shape[0], -1) if w.ndim > 1 else w[None]
-    return np.mean(flat < rel_tol * flat.max(axis=1, keepdims=True), axis=1)
+    flat = w.reshape(w.shape[0], -1) if batched else w.reshape(1, -1)
+    top = flat.max(axis=1, keepdims=True)
+    share = np.where(top[:, 0] > 0, np.mean(flat < rel_tol * top, axis=1), 1.0)
+    share = np.where(np.isnan(flat).any(axis=1), np.nan, share)
+    return share if batched else float(share[0])
 
 
 # --------------------------------------------------------------------------- Thm 5.2

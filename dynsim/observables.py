@@ -564,6 +564,17 @@ def iterate_average(fn: Callable[[Any], Any] | None = None, *, power: float = 1.
     return Observable("iterate_average", init=init, update=update, finalize=finalize, config={"power": power})
 
 
+def _edges_in(edges: np.ndarray, dtype) -> jax.Array:
+    """``edges`` in ``dtype``, each rounded up: for a value ``v`` of that dtype, ``v < edge`` then holds
+    exactly as in float64 (a float32 0.69999999 fell in ``[0.7, 2)`` when 0.7 was rounded to it), and
+    edges that are distinct in float64 stay distinct."""
+    dtype = np.dtype(dtype)
+    rounded = edges.astype(dtype)
+    below = rounded.astype(np.float64) < edges
+    rounded[below] = np.nextafter(rounded[below], dtype.type(np.inf))
+    return jnp.asarray(rounded)
+
+
 def histogram(fn: Callable[[Any], Any], bins: Sequence[float], *, discard: int = 0) -> Observable:
     """Counts of ``fn(theta_t)`` (a scalar) in the bins ``[e_i, e_{i+1})`` over ``t = discard+1, ..., n_steps``.
 
@@ -583,7 +594,7 @@ def histogram(fn: Callable[[Any], Any], bins: Sequence[float], *, discard: int =
         value = jnp.asarray(fn(view.params))
         if value.ndim != 0:
             raise ValueError(f"histogram: fn must return a scalar, got shape {value.shape}")
-        e = jnp.asarray(edges, value.dtype)
+        e = _edges_in(edges, value.dtype)
         return jnp.where(jnp.isnan(value), n + 1, jnp.searchsorted(e, value, side="right"))
 
     def check(dynamics, ctx: Context):
@@ -632,9 +643,12 @@ def histogram2d(
     nx, ny = ex.size - 1, ey.size - 1
 
     def cell(view: View):
-        u, v = jnp.asarray(fn(view.params))
-        i = jnp.searchsorted(jnp.asarray(ex, u.dtype), u, side="right") - 1
-        j = jnp.searchsorted(jnp.asarray(ey, v.dtype), v, side="right") - 1
+        pair = jnp.asarray(fn(view.params))
+        if pair.shape != (2,):
+            raise ValueError(f"histogram2d: fn must return two scalars (u, v), got shape {pair.shape}")
+        u, v = pair
+        i = jnp.searchsorted(_edges_in(ex, u.dtype), u, side="right") - 1
+        j = jnp.searchsorted(_edges_in(ey, v.dtype), v, side="right") - 1
         inside = (i >= 0) & (i < nx) & (j >= 0) & (j < ny)
         return jnp.where(inside, i * ny + j, nx * ny)  # the last slot counts the outside
 

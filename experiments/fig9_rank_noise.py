@@ -66,7 +66,7 @@ def evaluate(res: xr.Dataset, features, data) -> xr.Dataset:
         eff[i] = ds.measure.effective_rank(z)
         acc[i] = float(jnp.mean(jnp.argmax(apply_head(p, jnp.asarray(z)), axis=-1) == y_test))
         for layer in sparse:
-            sparse[layer][i] = ds.measure.sparsity(np.asarray(p[layer]["kernel"]).reshape(1, -1))[0]
+            sparse[layer][i] = ds.measure.sparsity(np.asarray(p[layer]["kernel"]))
     dims = res["diverged"].dims
     out = {
         "rank": (dims, rank.reshape(lead)),

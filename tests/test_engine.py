@@ -365,6 +365,17 @@ def test_histogram_matches_numpy_on_the_recorded_trajectory():
     np.testing.assert_allclose(res.h_bin.values, 0.5 * (bins[1:] + bins[:-1]))
 
 
+def test_histogram_bins_float32_values_as_float64_would():
+    # float32(0.7) = 0.69999999 lies in [0.1, 0.7); comparing against the edge rounded to float32
+    # (0.7 -> 0.69999999) put it in [0.7, 2). Edges 1 and 1 + 1e-8 coincide in float32 but must not merge.
+    const = Dynamics(init=lambda key, hp: jnp.float32(0.7), step=lambda x, key, hp: x)
+    res = ds.simulate(const, n_steps=5, observables={"h": obs.histogram(lambda x: x, [-3.0, 0.1, 0.7, 2.0])})
+    np.testing.assert_array_equal(res.h.values[0], np.histogram(np.float32(0.7), [-3.0, 0.1, 0.7, 2.0])[0] * 5)
+    one = Dynamics(init=lambda key, hp: jnp.float32(1.0), step=lambda x, key, hp: x)
+    res = ds.simulate(one, n_steps=4, observables={"h": obs.histogram(lambda x: x, [1.0, 1.0 + 1e-8, 2.0])})
+    np.testing.assert_array_equal(res.h.values[0], [4, 0])
+
+
 def test_time_average_and_batch_means_stderr_on_iid_draws():
     # iid N(0,1): the time average over T steps is N(0, 1/T); the batch-means stderr
     # estimates 1/sqrt(T) (its mean over R replicas within 4 of its own standard errors).

@@ -127,6 +127,12 @@ def test_time_average_warns_when_batches_are_shorter_than_the_correlation_time()
         M.time_average(rng.standard_normal(n))
 
 
+def test_empirical_measure_bins_like_the_histogram_observable():
+    # half-open bins [e_i, e_{i+1}), the last one too (np.histogram closes it): 1.0 lies outside [0, 1)
+    values = xr.DataArray(np.array([[0.0, 0.5, 1.0, 1.0]]), dims=("replica", "time"))
+    np.testing.assert_allclose(M.empirical_measure(values, [0.0, 0.5, 1.0]).values, [[0.25, 0.25]])
+
+
 def test_empirical_measure_over_time_and_replicas():
     values = xr.DataArray(np.array([[0.1, 0.6, 0.7, 0.2], [0.9, 0.8, 0.7, 0.4]]), dims=("replica", "time"))
     over_time = M.empirical_measure(values, [0, 0.5, 1.0], over="time")
@@ -196,3 +202,12 @@ def test_birkhoff_averages_that_do_not_converge_are_flagged(x64):
     _, p = jax.lax.scan(sin_gd, jnp.array([0.3, -1.2]), None, length=2**17)
     n, d = M.window_distances(np.asarray(p), period=2 * np.pi, n_min=256)
     assert np.polyfit(np.log(n), np.log(d), 1)[0] < -0.3 and d[-1] < 0.05
+
+
+def test_ess_of_chains_without_information_is_nan():
+    # a constant chain, or one with a NaN, has no autocorrelation to read: the floor on tau once
+    # turned them into 1041 effective draws out of 400
+    assert np.isnan(M.ess(np.ones((4, 100))))
+    x = np.random.default_rng(0).standard_normal((4, 100))
+    x[1, 0] = np.nan
+    assert np.isnan(M.ess(x)) and np.isnan(M.rhat(x))
