@@ -9,8 +9,11 @@ same for any chunk size.
 
 Traced hyperparameters (learning rate, noise, ...) are arrays fed to one compiled program;
 static ones (``Dynamics.static``: batch size, dataset size) split the grid into groups
-compiled once per value. Compiled programs are cached across calls: a new learning rate
-never recompiles.
+compiled once per value. Compiled programs are cached across calls, keyed by the identity of
+the dynamics and observable objects (as ``jax.jit`` keys on its function): reuse the objects,
+built once, and a new learning rate never recompiles; observables given by name are shared.
+Rebuilding them for each call (``observables={"L": ds.observables.loss()}`` inline) compiles
+again, as does a chunk of another size.
 """
 
 from __future__ import annotations
@@ -624,7 +627,9 @@ def simulate(
         ``time``); if ``None``, only their final value.
     chunk_size:
         Trajectories per compiled call; by default as many as ``memory_budget`` allows.
-        Results do not depend on it.
+        Rounded up to a multiple of 8 times the number of devices (the last chunk is padded):
+        XLA compiles fewer than 4 lanes to scalar code whose rounding can differ, so this keeps
+        results bitwise independent of it.
     memory_budget:
         Bytes for one chunk (default :func:`default_memory_budget`).
     progress:

@@ -853,8 +853,16 @@ NAMED: Mapping[str, Callable[[], Observable]] = MappingProxyType(
 )
 
 
+_BY_NAME: dict[str, Observable] = {}
+
+
 def from_name(name: str) -> Observable:
-    """The observable with default arguments called ``name`` (see :data:`NAMED`)."""
+    """The observable with default arguments called ``name`` (see :data:`NAMED`).
+
+    The same object for every call, so that runs asking for it by name share compiled programs.
+    """
     if name not in NAMED:
         raise ValueError(f"unknown observable {name!r}; known by name: {sorted(NAMED)} (or pass an Observable)")
-    return NAMED[name]()
+    if name not in _BY_NAME:
+        _BY_NAME[name] = NAMED[name]()
+    return _BY_NAME[name]

@@ -161,6 +161,23 @@ CASES = [
     ),
     ("clip threshold 0", lambda: ds.optim.clipped_sgd(0.1, 0.0), ValueError, r"threshold must be a number > 0"),
     ("clip threshold < 0", lambda: ds.optim.coordinate_clipped_sgd(0.1, -1.0), ValueError, r"threshold must be"),
+    (
+        "n_data beyond a fixed dataset",
+        lambda: ds.simulate(
+            ds.dynamics.sgd(
+                ds.problems.Problem(
+                    loss=lambda w, s, hp: w * s["x"],
+                    init=lambda k, hp: np.float32(0.0),
+                    dataset={"x": np.arange(10.0)},
+                    n_data=10,
+                )
+            ),
+            grid={"lr": [1.0], "n_data": [10, 20]},
+            n_steps=5,
+        ),
+        ValueError,
+        r"n_data must be an integer in \[1, 10\].*got n_data=20",
+    ),
     # stability
     ("phases: level as text", lambda: STAB.saddle_phases([1.0], [0.1], level="0.9"), ValueError, r"level.*'0.9'"),
     ("phases: seed", lambda: STAB.saddle_phases([1.0], [0.1], seed=-1), ValueError, r"seed must be >= 0"),

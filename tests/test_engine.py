@@ -469,3 +469,19 @@ def test_grad_norm_and_trajectory_known_answers():
     th = np.stack([np.diag((1 - 0.1 * np.diag(P)) ** t) @ [1.0, -2.0] for t in res.time.values])
     np.testing.assert_allclose(res.g.values[0, 0], np.linalg.norm(th @ P, axis=1), rtol=1e-5)
     np.testing.assert_allclose(res.th.values[0, 0], th.sum(axis=1), rtol=1e-5, atol=1e-6)
+
+
+def test_observables_by_name_share_compiled_programs():
+    # a named observable is one object for every call, so a new learning rate reuses the program
+    traces = []
+
+    def step(x, key, hp):
+        traces.append(1)
+        return x * (1 - hp["lr"])
+
+    dyn = Dynamics(init=lambda key, hp: jnp.ones(()), step=step)
+    ds.simulate(dyn, grid={"lr": [0.1, 0.2]}, n_steps=3, observables={"x": "final_state"})
+    before = len(traces)
+    res = ds.simulate(dyn, grid={"lr": [0.3, 0.4]}, n_steps=3, observables={"x": "final_state"})
+    assert len(traces) == before
+    np.testing.assert_allclose(res.x.values[:, 0], [0.7**3, 0.6**3], rtol=1e-6)

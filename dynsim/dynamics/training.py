@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from dynsim import prng
@@ -144,6 +145,15 @@ def _gradient_oracle(problem: Problem, noise: tuple[Noise, ...], replace: bool):
 
 def _check_batch(problem: Problem, replace: bool):
     def check(hp):
+        if problem.dataset is not None:
+            size = len(jax.tree_util.tree_leaves(problem.dataset)[0])
+            n = hp.get("n_data")
+            if n is None or isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= size:
+                # indices beyond the dataset were clamped to its last example by the gather
+                raise ValueError(
+                    f"n_data must be an integer in [1, {size}] for problem {problem.name!r}, whose fixed dataset "
+                    f"has {size} examples; got n_data={n!r}"
+                )
         if "batch_size" not in hp:
             return
         s = check_int("batch_size", hp["batch_size"], minimum=1)
