@@ -410,11 +410,14 @@ def numerical_rank(matrix, tol: float = 1e-3) -> np.ndarray:
 
 
 def effective_rank(matrix) -> np.ndarray:
-    """``exp(-sum p_i log p_i)`` with ``p_i = s_i / sum s`` (Roy and Vetterli 2007), batched."""
+    """``exp(-sum p_i log p_i)`` with ``p_i = s_i / sum s`` (Roy and Vetterli 2007), batched; 0 for a
+    zero matrix, as :func:`numerical_rank` gives."""
     s = np.linalg.svd(np.asarray(matrix, dtype=np.float64), compute_uv=False)
-    p = s / np.maximum(s.sum(axis=-1, keepdims=True), 1e-300)
+    total = s.sum(axis=-1)
+    p = s / np.maximum(total[..., None], 1e-300)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.exp(-np.sum(np.where(p > 0, p * np.log(p), 0.0), axis=-1))
+        rank = np.exp(-np.sum(np.where(p > 0, p * np.log(p), 0.0), axis=-1))
+    return np.where(total > 0, rank, 0.0)
 
 
 def sparsity(weights, rel_tol: float = 1e-3, *, batched: bool = False):

@@ -47,6 +47,7 @@ def test_rank_measures():
     assert ds.measure.numerical_rank(m) == 2
     assert ds.measure.numerical_rank(np.stack([m, np.eye(100, 30)])).tolist() == [2, 30]
     assert ds.measure.effective_rank(np.eye(8)) == pytest.approx(8.0)
+    assert ds.measure.effective_rank(np.zeros((3, 3))) == 0.0 == ds.measure.numerical_rank(np.zeros((3, 3)))
     w = np.array([[1.0, 0.0, 1e-5, 0.5], [0.0, 0.0, 2.0, 2.0]])
     np.testing.assert_allclose(ds.measure.sparsity(w, batched=True), [0.5, 0.5])
     assert ds.measure.sparsity(w) == pytest.approx(4 / 8)  # the whole matrix: 0, 1e-5, 0, 0 of max 2
