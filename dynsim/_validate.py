@@ -39,6 +39,19 @@ def check_values(name: str, value: Any, rule, allowed: str) -> None:
         raise ValueError(f"{name} must be {allowed}, got {shown}")
 
 
+def range_check(rules: Mapping[str, tuple[Any, str]]):
+    """``check(hp)`` for :class:`dynsim.dynamics.Dynamics`: each hyperparameter named in ``rules``
+    (name -> (elementwise predicate, description)) that ``hp`` holds, every grid value included,
+    obeys its rule (:func:`check_values`)."""
+
+    def check(hp):
+        for name, (rule, allowed) in rules.items():
+            if name in hp:
+                check_values(name, hp[name], rule, allowed)
+
+    return check
+
+
 def check_positive(name: str, value: Any) -> float:
     value = check_real(name, value)
     if value <= 0:

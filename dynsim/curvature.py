@@ -130,9 +130,9 @@ def lanczos(matvec: Callable[[jax.Array], jax.Array], v0: jax.Array, n_iter: int
         w = orthogonalize(aq)
         beta = jnp.linalg.norm(w)
         invariant = beta <= tol * jnp.maximum(jnp.linalg.norm(aq), jnp.abs(alpha))
-        fresh = orthogonalize(jax.random.normal(jax.random.fold_in(restart_key, j), (d,), v0.dtype))
+        restart = lambda: orthogonalize(jax.random.normal(jax.random.fold_in(restart_key, j), (d,), v0.dtype))  # noqa: E731
+        nxt = _normalize(jax.lax.cond(invariant, restart, lambda: w))  # drawn only at a breakdown
         beta = jnp.where(invariant, 0.0, beta)
-        nxt = _normalize(jnp.where(invariant, fresh, w))
         basis = jnp.where(j + 1 < k, basis.at[jnp.minimum(j + 1, k - 1)].set(nxt), basis)
         return (basis, alphas.at[j].set(alpha), betas.at[j].set(beta)), None
 

@@ -18,13 +18,14 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from dynsim._tree import tree_norm
-from dynsim._validate import check_int, check_real, check_values
+from dynsim._validate import check_int, check_real, check_values, range_check
 from dynsim.problems.base import Problem, objective
 
 from .base import REQUIRED, Dynamics
 from .noise import Noise
 from .training import (
     _check_noise,
+    _checks,
     _data_of,
     _gradient_oracle,
     _init_params_and_data,
@@ -70,15 +71,7 @@ def _check_value(name: str, value: Any) -> None:
 
 
 def _with_checks(dyn: Dynamics, names: Sequence[str]) -> Dynamics:
-    base = dyn.check
-
-    def check(hp):
-        if base is not None:
-            base(hp)
-        for name in names:
-            _check_value(name, hp[name])
-
-    return dyn._replace(check=check)
+    return dyn._replace(check=_checks(dyn.check, range_check({name: _RULES[name] for name in names})))
 
 
 # --------------------------------------------------------------------------- INGD (Algorithm 2)

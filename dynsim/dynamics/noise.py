@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dynsim._tree import tree_norm
-from dynsim._validate import check_int, check_nonnegative, check_positive, check_values
+from dynsim._validate import check_int, check_nonnegative, check_positive, range_check
 
 __all__ = [
     "Noise",
@@ -64,18 +64,6 @@ _POSITIVE = (lambda v: v > 0, "> 0")
 _STABLE_INDEX = (lambda v: (v > 0) & (v <= 2), "in (0, 2]")
 
 
-def _range_check(**rules):
-    """``check(hp)`` of a noise: each of its hyperparameters, every grid value included, in its range
-    (``rules``: name -> (predicate, description)). Values on a grid bypass the constructor's checks."""
-
-    def check(hp):
-        for key, (rule, allowed) in rules.items():
-            if key in hp:
-                check_values(key, hp[key], rule, allowed)
-
-    return check
-
-
 def _shape_name(name: str, base: str) -> str:
     """The key of a noise's shape parameter: ``base`` for the default ``name="noise"``, else
     ``name_base``, so two noises (or a noise and an optimizer's ``alpha``) can be told apart."""
@@ -97,7 +85,7 @@ def gaussian_noise(scale: float = 1.0, *, name: str = "noise") -> Noise:
         s = hp[name]
         return _add_to_leaves(key, grads, lambda k, shape, dt: s * jax.random.normal(k, shape, dt))
 
-    return Noise("gradient", apply, {name: scale}, "gaussian", _range_check(**{name: _NONNEGATIVE}))
+    return Noise("gradient", apply, {name: scale}, "gaussian", range_check({name: _NONNEGATIVE}))
 
 
 def uniform_noise(scale: float = 1.0, *, name: str = "noise") -> Noise:
@@ -109,7 +97,7 @@ def uniform_noise(scale: float = 1.0, *, name: str = "noise") -> Noise:
         s = hp[name]
         return _add_to_leaves(key, grads, lambda k, shape, dt: s * jax.random.uniform(k, shape, dt, -1.0, 1.0))
 
-    return Noise("gradient", apply, {name: scale}, "uniform", _range_check(**{name: _NONNEGATIVE}))
+    return Noise("gradient", apply, {name: scale}, "uniform", range_check({name: _NONNEGATIVE}))
 
 
 def student_t_noise(scale: float = 1.0, df: float = 3.0, *, name: str = "noise") -> Noise:
@@ -126,7 +114,7 @@ def student_t_noise(scale: float = 1.0, df: float = 3.0, *, name: str = "noise")
         s, df_ = hp[name], hp[df_name]
         return _add_to_leaves(key, grads, lambda k, shape, dt: s * jax.random.t(k, df_, shape, dt))
 
-    check = _range_check(**{name: _NONNEGATIVE, df_name: _POSITIVE})
+    check = range_check({name: _NONNEGATIVE, df_name: _POSITIVE})
     return Noise("gradient", apply, {name: scale, df_name: df}, "student_t", check)
 
 
@@ -173,7 +161,7 @@ def alpha_stable_noise(scale: float = 1.0, alpha: float = 1.5, *, name: str = "n
         s, a = hp[name], hp[alpha_name]
         return _add_to_leaves(key, grads, lambda k, shape, dt: s * symmetric_stable(k, a, shape, dt))
 
-    check = _range_check(**{name: _NONNEGATIVE, alpha_name: _STABLE_INDEX})
+    check = range_check({name: _NONNEGATIVE, alpha_name: _STABLE_INDEX})
     return Noise("gradient", apply, {name: scale, alpha_name: alpha}, "alpha_stable", check)
 
 
@@ -204,7 +192,7 @@ def pareto_noise(scale: float = 1.0, index: float = 1.5, *, name: str = "noise")
 
         return _add_to_leaves(key, grads, draw)
 
-    check = _range_check(**{name: _NONNEGATIVE, index_name: _POSITIVE})
+    check = range_check({name: _NONNEGATIVE, index_name: _POSITIVE})
     return Noise("gradient", apply, {name: scale, index_name: index}, "pareto", check)
 
 
@@ -265,7 +253,7 @@ def multiplicative_noise(
             scale = jnp.where(jax.random.uniform(k_kick) < p, scale / np.sqrt(p), 0.0)
         return jax.tree_util.tree_unflatten(treedef, [x + scale.astype(x.dtype) * z for x, z in zip(leaves, draws)])
 
-    return Noise("gradient", apply, {name: sigma}, "multiplicative", _range_check(**{name: _NONNEGATIVE}))
+    return Noise("gradient", apply, {name: sigma}, "multiplicative", range_check({name: _NONNEGATIVE}))
 
 
 def label_reselect(
@@ -294,7 +282,7 @@ def label_reselect(
         return {**batch, "y": jnp.where(hit, new, y).astype(y.dtype)}
 
     probability_range = (lambda v: (v >= 0) & (v <= 1), "in [0, 1]")
-    return Noise("batch", apply, {name: probability}, f"label_{mode}", _range_check(**{name: probability_range}))
+    return Noise("batch", apply, {name: probability}, f"label_{mode}", range_check({name: probability_range}))
 
 
 def label_noise(scale: float = 1.0, *, name: str = "label_noise") -> Noise:
@@ -308,4 +296,4 @@ def label_noise(scale: float = 1.0, *, name: str = "label_noise") -> Noise:
         y = batch["y"]
         return {**batch, "y": y + hp[name] * jax.random.normal(key, jnp.shape(y), jnp.result_type(y))}
 
-    return Noise("batch", apply, {name: scale}, "label", _range_check(**{name: _NONNEGATIVE}))
+    return Noise("batch", apply, {name: scale}, "label", range_check({name: _NONNEGATIVE}))
