@@ -112,6 +112,12 @@ def grid_values(name: str, values: Any) -> np.ndarray:
 
 
 def check_learning_rate(name: str, value: Any) -> float:
+    if callable(value):
+        raise TypeError(
+            f"{name} must be a number, got the function {value!r}: a hyperparameter is one number per "
+            "cell. For a schedule, build it from numbers inside the optimizer, e.g. "
+            "from_optax(problem, lambda learning_rate: optax.sgd(optax.exponential_decay(learning_rate, 100, 0.5)))"
+        )
     value = check_real(name, value)
     if value <= 0:
         raise ValueError(f"{name}: learning rates must be > 0 and finite, got {value!r}")

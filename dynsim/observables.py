@@ -682,25 +682,28 @@ def last_values(n: int, fn: Callable[[Any], Any] | None = None) -> Observable:
 
     A ring buffer in the scan: the tail of every orbit without recording the whole run (for
     periodic-orbit detection and bifurcation diagrams). Output dimension ``key_lag`` holds the
-    steps ``n_steps - n + 1, ..., n_steps``; entries before step 1 are NaN.
+    steps ``n_steps - n + 1, ..., n_steps``; entries before step 1 are NaN. A value that is a
+    pytree of several arrays (the parameters of a net) is recorded as one flat vector, in the
+    order of ``jax.flatten_util.ravel_pytree``.
     """
     n = check_int("n", n, minimum=1)
     fn = fn or (lambda p: p)
 
+    def value(view: View):
+        leaves = jax.tree_util.tree_leaves(fn(view.params))
+        if len(leaves) == 1:
+            return jnp.asarray(leaves[0])
+        return jnp.concatenate([jnp.ravel(leaf) for leaf in leaves])
+
     def init(view: View, ctx: Context):
-        value = jax.tree_util.tree_map(jnp.asarray, fn(view.params))
-        return jax.tree_util.tree_map(lambda x: jnp.full((n, *x.shape), jnp.nan, jnp.result_type(float)), value)
+        return jnp.full((n, *value(view).shape), jnp.nan, jnp.result_type(float))
 
     def update(acc, view: View, t, ctx: Context):
-        value = fn(view.params)
-        return jax.tree_util.tree_map(lambda buf, x: buf.at[(t - 1) % n].set(jnp.asarray(x, buf.dtype)), acc, value)
+        return acc.at[(t - 1) % n].set(value(view).astype(acc.dtype))
 
     def finalize(acc, status, ctx: Context):
         shift = ctx.n_steps % n
-        leaves = jax.tree_util.tree_leaves(acc)
-        if len(leaves) != 1:
-            raise ValueError("last_values: fn must return one array")
-        buf = np.roll(np.asarray(leaves[0]), -shift, axis=1)
+        buf = np.roll(np.asarray(acc), -shift, axis=1)
         extra = tuple(f"dim{i}" for i in range(buf.ndim - 2))
         return {"": (("lag", *extra), buf, {"lag": np.arange(ctx.n_steps - n + 1, ctx.n_steps + 1)})}
 

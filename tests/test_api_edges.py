@@ -78,3 +78,21 @@ def test_two_layer_net_fixed_point_is_stationary(activation):
     sample = problem.sample(ds.prng.key(1))
     grad = jax.grad(problem.loss)(point, sample, {"mu": 0.1})
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree_util.tree_leaves(grad))
+
+
+def test_a_schedule_built_from_the_learning_rate_is_a_grid_axis():
+    # GD on a fixed dataset with lr_t = lr * 0.5^(t / 4): w_{t+1} = (1 - lr_t h) w_t, h = mean x^2
+    problem = ds.problems.linear_regression_1d(n_data=8)
+    dyn = ds.dynamics.from_optax(
+        problem, lambda learning_rate: optax.sgd(optax.exponential_decay(learning_rate, 4, 0.5)), batch_size=None
+    )
+    res = ds.simulate(dyn, grid={"lr": [0.3, 0.9]}, n_steps=12)
+    h = float(np.mean(np.asarray(ds.dynamics.bind(dyn, {"lr": 0.3}).hp["data"]["x"], dtype=np.float64) ** 2))
+    for lr, got in zip([0.3, 0.9], res.final_state.values[:, 0]):
+        want = np.prod([1 - lr * 0.5 ** (t / 4) * h for t in range(12)])
+        assert got == pytest.approx(want, rel=1e-5)
+    # optax's own name for the rate is accepted where dynsim's is
+    adam = ds.dynamics.from_optax(PROBLEM, optax.adam, learning_rate=0.01)
+    assert adam.hyperparams["lr"] == 0.01
+    with pytest.raises(ValueError, match="not both"):
+        ds.dynamics.from_optax(PROBLEM, optax.adam, learning_rate=0.01, lr=0.1)

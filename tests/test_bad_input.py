@@ -36,6 +36,13 @@ CASES = [
     ("inf lr", lambda: run(grid={"lr": [np.inf, 0.1]}), ValueError, r"grid\['lr'\].*finite.*inf"),
     ("lr default", lambda: ds.simulate(ds.dynamics.sgd(PROBLEM, lr=-1.0), n_steps=5), ValueError, r"lr.*> 0.*-1.0"),
     ("lr missing", lambda: ds.simulate(SGD, n_steps=5), ValueError, r"\['lr'\].*no default"),
+    (
+        "lr schedule",
+        lambda: ds.simulate(ds.dynamics.sgd(PROBLEM, lr=lambda n: 0.1), n_steps=5),
+        TypeError,
+        r"lr must be a number, got the function.*build it from numbers inside the optimizer",
+    ),
+    ("lr schedule, bind", lambda: ds.dynamics.bind(SGD, {"lr": lambda n: 0.1}), TypeError, r"lr must be a number"),
     # grid values
     ("empty axis", lambda: run(grid={"lr": []}), ValueError, r"grid\['lr'\] must not be empty"),
     ("2-D axis", lambda: run(grid={"lr": [[0.1, 0.2]]}), ValueError, r"grid\['lr'\].*1-D.*\(1, 2\)"),

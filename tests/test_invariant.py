@@ -114,6 +114,22 @@ def test_histogram2d_and_last_values_match_the_record():
     np.testing.assert_array_equal(res.last_lag.values, np.arange(294, 301))
 
 
+def test_last_values_flattens_a_pytree_state():
+    # a net's parameters are a pytree: the tail is one flat vector, in ravel_pytree order
+    dyn = ds.dynamics.Dynamics(
+        init=lambda key, hp: {"b": jnp.zeros(()), "w": jnp.zeros((2, 3))},
+        step=lambda s, key, hp: {"b": s["b"] + 1.0, "w": s["w"] + jnp.arange(6.0).reshape(2, 3)},
+    )
+    res = ds.simulate(dyn, n_replicas=2, n_steps=10, observables={"last": obs.last_values(3)})
+    from jax.flatten_util import ravel_pytree
+
+    want = np.stack(
+        [np.asarray(ravel_pytree({"b": t * 1.0, "w": t * np.arange(6.0).reshape(2, 3)})[0]) for t in (8, 9, 10)]
+    )
+    for r in range(2):
+        np.testing.assert_array_equal(res["last"].values[r], want)
+
+
 def test_with_tangent_matches_top_exponent_on_sgd():
     # SGD on 1-D Gaussian regression: the tangent multiplier is 1 - lr x_t^2 (the base step's x_t)
     lr = 1.0

@@ -352,6 +352,10 @@ def from_optax(
     """
     noise = _check_noise(problem, noise)
     own, fixed = _optimizer_hyperparams(make_optimizer)
+    if "learning_rate" in defaults:  # optax's name for what dynsim calls lr
+        if "lr" in defaults:
+            raise ValueError("give lr or learning_rate, not both")
+        defaults["lr"] = defaults.pop("learning_rate")
     unknown = sorted(set(defaults) - set(own) - fixed)
     if unknown:
         raise ValueError(
