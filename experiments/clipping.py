@@ -179,11 +179,16 @@ def heavy_tails(args) -> xr.Dataset:
             checkpoint=_cli.checkpoint(args, f"clipping_{name.split()[0]}"),
         )
         x2 = res.x.values.ravel() ** 2
-        out[name] = (np.array([x2[:n].mean() for n in sizes]), np.array([np.median(np.sqrt(x2[:n])) for n in sizes]))
+        out[name] = (
+            np.array([x2[:n].mean() for n in sizes]),
+            np.array([x2[:n].std(ddof=1) / np.sqrt(n) for n in sizes]),  # meaningful only where E x^4 is finite
+            np.array([np.median(np.sqrt(x2[:n])) for n in sizes]),
+        )
     return xr.Dataset(
         {
             "second_moment": (("optimizer", "n"), np.array([v[0] for v in out.values()])),
-            "median_abs": (("optimizer", "n"), np.array([v[1] for v in out.values()])),
+            "second_moment_stderr": (("optimizer", "n"), np.array([v[1] for v in out.values()])),
+            "median_abs": (("optimizer", "n"), np.array([v[2] for v in out.values()])),
         },
         coords={"optimizer": list(out), "n": sizes},
         attrs={"steps": args.heavy_steps, "lr": 0.1, "df": 1.5},
@@ -291,12 +296,20 @@ def main(argv=None) -> None:
             f"{float(r.M):8g} {float(r.clipped_lr):9.2e} {float(r.clipped_T):8.0f} {float(r.clipped_bound):10.2e} "
             f"{float(r.sgd_lr):9.2e} {float(r.sgd_T):8.0f} {float(r.sgd_bound):10.2e}"
         )
-    print(f"heavy tails, K = {args.heavy_steps}: mean x_K^2 (median |x_K|) over the first N runs")
+    print(
+        f"heavy tails, K = {args.heavy_steps}: mean x_K^2 +- s.e. (median |x_K|) over the first N runs "
+        "(the s.e. means something only where E x_K^4 is finite: GClip's bounded steps)"
+    )
     for name in heavy.optimizer.values:
         h = heavy.sel(optimizer=name)
         cells = ", ".join(
-            f"N={n}: {m:.4g} ({md:.3f})"
-            for n, m, md in zip(h.n.values[::4], h.second_moment.values[::4], h.median_abs.values[::4])
+            f"N={n}: {m:.4g} +- {se:.2g} ({md:.3f})"
+            for n, m, se, md in zip(
+                h.n.values[::4],
+                h.second_moment.values[::4],
+                h.second_moment_stderr.values[::4],
+                h.median_abs.values[::4],
+            )
         )
         print(f"  {name}: {cells}")
     print(f"wrote {path} and {args.results}/clipping_*.nc in {time.perf_counter() - started:.1f} s")

@@ -258,7 +258,12 @@ def digits(args) -> xr.Dataset:
         "test_acc": accuracy(data["x_test"], data["y_test"]),
         "train_loss": ds.observables.loss(weight_decay=0.0),
     }
-    out = {}
+    x_test, y_test = jnp.asarray(data["x_test"]), jnp.asarray(data["y_test"])
+
+    def correct(params):  # per test example, for a comparison paired over the examples
+        return (jnp.argmax(ds.problems.mlp_forward(params, x_test), axis=-1) == y_test).astype(jnp.float32)
+
+    out, final_correct = {}, {}
     for name, (dyn, grid) in optimizers.items():
         res = ds.simulate(
             dyn,
@@ -267,13 +272,17 @@ def digits(args) -> xr.Dataset:
             n_steps=args.epochs * spe,
             record_every=spe,
             seed=args.seed,
-            observables=observables,
+            observables={**observables, "correct": ds.observables.last_values(1, correct)},
             checkpoint=_cli.checkpoint(args, f"nonsmooth_ingd_digits_{name.split()[-1]}"),
         )
         out[name] = {v: res[v].values.reshape(args.seeds, -1) for v in observables}
+        final_correct[name] = res["correct"].values.reshape(args.seeds, -1)
     names = list(out)
     return xr.Dataset(
-        {v: (("optimizer", "replica", "epoch"), np.array([out[n][v] for n in names])) for v in observables},
+        {
+            **{v: (("optimizer", "replica", "epoch"), np.array([out[n][v] for n in names])) for v in observables},
+            "final_correct": (("optimizer", "replica", "example"), np.array([final_correct[n] for n in names])),
+        },
         coords={"optimizer": names, "epoch": np.arange(args.epochs + 1)},
         attrs={"batch": BATCH, "steps_per_epoch": spe, "n_train": problem.n_data, "n_test": len(data["y_test"])},
     )
@@ -437,6 +446,17 @@ def summary(a, b, d, c) -> None:
             f"  {name}: {cells}; best test {best.mean():.4f} (+- {_se(best):.4f}); final train loss "
             f"{loss[:, -1].mean():.4g}"
         )
+    # final test accuracy of two methods, paired over the test examples (each example's share of correct seeds):
+    # the standard error counts the draw of the test set as well as the seeds
+    per_example = c.final_correct.mean("replica")
+    names = list(c.optimizer.values)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            diff = (per_example.sel(optimizer=first) - per_example.sel(optimizer=second)).values
+            print(
+                f"  final test accuracy, {first} - {second}: {diff.mean():+.4f} +- {_se(diff):.4f} "
+                f"(paired over {diff.size} test examples; {np.sum(diff != 0)} examples differ)"
+            )
 
 
 def main(argv=None) -> None:

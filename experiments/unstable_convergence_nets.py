@@ -15,7 +15,7 @@ CIFAR-10 cannot be had here; the substitutes are the seed digest's calibrated on
   random minibatches against the right side of eq. (6), each with its standard error, and the
   share of minibatch steps that lower the full-batch loss (Remark 6).
 
-    python experiments/unstable_convergence_nets.py [--steps 1500] [--epochs 40] [--probe-m 200]
+    python experiments/unstable_convergence_nets.py [--steps 1500] [--epochs 120] [--probe-m 200]
 """
 
 from __future__ import annotations
@@ -233,15 +233,25 @@ def summary(steps: xr.Dataset, probes: xr.Dataset, sgd_probes: xr.Dataset) -> No
     print("SGD (digits, ReLU MLP, random labels, batch 32):")
     for i, lr in enumerate(SGD_LRS):
         p = sgd_probes.isel(lr=i)
-        late = p.epoch.values >= 4
+        epoch, rp, se = p.epoch.values, p.expected.values, p.expected_stderr.values
         diff = np.abs(p.expected - p.predicted).values
         print(
-            f"  lr = 2/{2 / lr:.0f}: E[RP] in [{float(p.expected.min()):+.3f}, {float(p.expected.max()):+.3f}], "
-            f"> -0.05 at {np.sum(p.expected.values[late] > -0.05)} of {late.sum()} probes from epoch 4, "
-            f"> 0 at {np.sum(p.expected.values[late] > 0)}; |E[RP] - eq. (6)| max {diff.max():.3f} "
-            f"(median {np.median(diff):.3f}); share descending {float(p.fraction_descending.min()):.2f}-"
-            f"{float(p.fraction_descending.max()):.2f}; loss {float(p.loss[0]):.3f} -> {float(p.loss[-1]):.3f}"
+            f"  lr = 2/{2 / lr:.0f}: E[RP] in [{rp.min():+.3f}, {rp.max():+.3f}]; "
+            f"|E[RP] - eq. (6)| max {diff.max():.3f} (median {np.median(diff):.3f}); "
+            f"loss {float(p.loss[0]):.3f} -> {float(p.loss[-1]):.3f}"
         )
+        half = epoch[-1] / 2
+        for start, what in ((4, "from epoch 4"), (half, f"second half (epochs >= {half:g})")):
+            m = epoch >= start
+            z = rp[m] / se[m]
+            print(
+                f"    {what}: E[RP] > 0 at {np.sum(rp[m] > 0)} of {m.sum()} probes ({np.sum(z > 2)} with z > 2, "
+                f"{np.sum(z < -2)} with z < -2), > -0.05 at {np.sum(rp[m] > -0.05)}"
+            )
+        up = rp > 0
+        if up.any():
+            share = p.fraction_descending.values[up]
+            print(f"    share of descending minibatches where E[RP] > 0: {share.min():.2f}-{share.max():.2f}")
 
 
 def main(argv=None) -> None:
@@ -250,8 +260,8 @@ def main(argv=None) -> None:
     parser.add_argument("--every", type=int, default=50, help="GD steps between sharpness and tau-profile probes")
     parser.add_argument("--lanczos", type=int, default=20, help="Lanczos steps for the sharpness")
     parser.add_argument("--n-sgd", type=int, default=1000, help="examples for the SGD runs")
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--probe-every", type=int, default=2, help="epochs between SGD probes")
+    parser.add_argument("--epochs", type=int, default=120, help="SGD epochs")
+    parser.add_argument("--probe-every", type=int, default=4, help="epochs between SGD probes")
     parser.add_argument("--probe-m", type=int, default=200, help="minibatches per SGD probe")
     args = _cli.parse(parser, argv)
     started = time.perf_counter()

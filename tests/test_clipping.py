@@ -217,7 +217,8 @@ def test_normalized_direction_inequality_of_lemma_4_7_3():
     # Cutkosky-Mehta: <v/|v|, w> >= |w|/3 - 8|v - w|/3 for any v, w. It follows from the sharper
     # <v/|v|, w> >= |w| - 2|v - w| (for |v - w| < |w|/2: <v, w>/|v| >= |w|(|w| - |e|)/(|w| + |e|) >= |w| - 2|e|; else
     # the right side is <= 0 < <v,w>/|v| or <= -|w|), tight as v -> w, so the lemma's slack is at least 2|w|/3.
-    # The seed digest reports a smallest slack of +1.8e-4 over its draws: relative to |w| it cannot be below 2/3.
+    # The seed digest reports a smallest absolute slack of +1.8e-4 over its draws: relative to |w| it cannot be below
+    # 2/3. A check of the thesis's mathematics (the lemma GClip's proof uses), not of library code.
     rng = np.random.default_rng(5)
     n = 1_000_000
     w = rng.standard_normal((n, 3)) * 10.0 ** rng.uniform(-2, 2, (n, 1))

@@ -147,7 +147,8 @@ def test_with_tangent_matches_top_exponent_on_sgd():
 
 def test_gradient_curvature_balance_is_exact_on_a_trajectory(x64):
     # Seed 000's eq. (10), corrected: for GD, mean_t |grad f|^2 - lr mean_t int (1-s) g^T H g ds telescopes to
-    # (f(theta_0) - f(theta_n)) / (n lr) exactly, on the chaotic attractor of 100 sin sin at lr = 0.04.
+    # (f(theta_0) - f(theta_n)) / (n lr) exactly, on the chaotic attractor of 100 sin sin at lr = 0.04
+    # (the samples' order is the trajectory's: a sign or pairing error breaks the telescoping).
     def f(th):
         return 100 * jnp.sin(th[0]) * jnp.sin(th[1])
 
@@ -171,8 +172,10 @@ def test_gradient_curvature_balance_is_exact_on_a_trajectory(x64):
 
 def test_gradient_curvature_balance_on_a_quadratic_and_with_given_steps(x64):
     # f = theta^T P theta / 2: the Hessian is constant, so the corrected side equals the local one,
-    # (lr/2) g^T P g; with steps g other than grad f, the per-sample quadrature equals Taylor's remainder
-    # (f(theta - lr g) - f(theta) + lr <grad f, g>) / lr exactly, here on a quartic.
+    # (lr/2) g^T P g; with steps g other than grad f, on a quartic, the right side equals the Hessian
+    # integral lr int_0^1 (1 - s) g^T H(theta - s lr g) g ds, here by scipy's quadrature of the closed-form Hessian.
+    from scipy.integrate import quad as integrate
+
     rng = np.random.default_rng(0)
     P = rng.standard_normal((3, 3))
     P = P @ P.T
@@ -189,13 +192,50 @@ def test_gradient_curvature_balance_on_a_quadratic_and_with_given_steps(x64):
     def quartic(th):
         return jnp.sum(th**4) / 4 + th[0] * th[1] ** 2
 
-    steps = jnp.asarray(rng.standard_normal((50, 3)))
+    def hessian(x):  # of the quartic, by hand
+        h = np.diag(3 * x**2)
+        h[0, 1] = h[1, 0] = 2 * x[1]
+        h[1, 1] += 2 * x[0]
+        return h
+
+    steps = rng.standard_normal((50, 3))
     lr = 0.3
-    b = ds.measure.gradient_curvature_balance(quartic, thetas, lr, grads=steps)
-    grad = jax.vmap(jax.grad(quartic))(thetas)
-    taylor = (jax.vmap(quartic)(thetas - lr * steps) - jax.vmap(quartic)(thetas) + lr * jnp.sum(grad * steps, 1)) / lr
-    assert b.curvature == pytest.approx(float(jnp.mean(taylor)), rel=1e-12)
-    assert b.grad_sq == pytest.approx(float(jnp.mean(jnp.sum(grad * steps, 1))), rel=1e-12)
+    b = ds.measure.gradient_curvature_balance(quartic, thetas, lr, grads=jnp.asarray(steps))
+    th = np.asarray(thetas)
+    integral = [
+        lr * integrate(lambda s: (1 - s) * g @ hessian(t - s * lr * g) @ g, 0, 1, epsabs=1e-13, epsrel=1e-13)[0]
+        for t, g in zip(th, steps)
+    ]
+    assert b.curvature == pytest.approx(np.mean(integral), rel=1e-10)
+    grad = np.asarray(jax.vmap(jax.grad(quartic))(thetas))
+    assert b.grad_sq == pytest.approx(np.mean(np.sum(grad * steps, 1)), rel=1e-12)
+
+
+def test_gradient_curvature_balance_counts_the_kinks_a_step_crosses(x64):
+    # f = relu(t) + t^2/2 from t = 0.5, lr = 1: g = 1.5 and the step lands at -1. The Hessian is 1 plus a
+    # unit spike at the kink, crossed at s = 1/3 with weight 1/(lr g) in s: lr int (1 - s) g^2 H ds =
+    # g^2/2 + (2/3) g^2 / 1.5 = 1.125 + 1 = 2.125 (the smooth part alone is 1.125, the local side).
+    def f(th):
+        return jax.nn.relu(th[0]) + 0.5 * th[0] ** 2
+
+    b = ds.measure.gradient_curvature_balance(f, jnp.array([[0.5]]), 1.0)
+    assert b.curvature == pytest.approx(2.125, rel=1e-12)
+    assert b.local == pytest.approx(1.125, rel=1e-12) and b.grad_sq == pytest.approx(2.25, rel=1e-12)
+
+
+def test_ratio_of_means_standard_error_covers():
+    # delta-method standard error of mean(a)/mean(b) from correlated pairs: z has sd 1 over replications
+    rng = np.random.default_rng(3)
+    reps, n = 4000, 200
+    z = np.empty(reps)
+    for i in range(reps):
+        b = 1.0 + 0.3 * rng.standard_normal(n)
+        a = 1.2 * b + 0.2 * rng.standard_normal(n)
+        r, se = ds.measure.ratio_of_means(a, b)
+        z[i] = (r - 1.2) / se
+    assert abs(z.mean()) < 4 / np.sqrt(reps) + 0.02  # + the O(1/n) bias of a ratio
+    assert abs(z.std() - 1) < 4 / np.sqrt(2 * reps) + 0.02
+    assert ds.measure.ratio_of_means([2.0, 4.0], [1.0, 2.0]) == (2.0, 0.0)
 
 
 @pytest.mark.parametrize("n, largest", [(3, 0.045833), (5, 0.021111), (10, 0.0064463), (50, 0.00030604)])

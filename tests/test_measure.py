@@ -211,3 +211,27 @@ def test_ess_of_chains_without_information_is_nan():
     x = np.random.default_rng(0).standard_normal((4, 100))
     x[1, 0] = np.nan
     assert np.isnan(M.ess(x)) and np.isnan(M.rhat(x))
+
+
+@pytest.mark.parametrize("n, q", [(50, 0.5), (200, 0.9), (7, 0.5)])
+def test_quantile_interval_covers_as_the_binomial_law_says(n, q):
+    # the interval [X_(j), X_(k)] covers xi_q exactly when j <= B < k, B ~ Binomial(n, q): its coverage is
+    # F(k - 1) - F(j - 1) >= level, and the empirical coverage on Pareto(1.2) samples (no variance) matches it
+    from scipy import stats
+
+    rng = np.random.default_rng(4)
+    reps, level = 4000, 0.95
+    true = (1 - q) ** (-1 / 1.2) - 1  # Lomax(1.2) quantile
+    hits = 0
+    for _ in range(reps):
+        x = rng.pareto(1.2, n)
+        est = ds.measure.quantile_interval(x, q, level=level)
+        assert est.low <= est.value <= est.high
+        hits += est.low <= true <= est.high
+    j = int(stats.binom.ppf((1 - level) / 2, n, q))
+    k = int(stats.binom.ppf(1 - (1 - level) / 2, n, q)) + 1
+    exact = stats.binom.cdf(k - 1, n, q) - (stats.binom.cdf(j - 1, n, q) if j >= 1 else 0.0)
+    assert exact >= level
+    assert abs(hits / reps - exact) < 4 * np.sqrt(exact * (1 - exact) / reps)
+    with pytest.raises(ValueError, match="NaN"):
+        ds.measure.quantile_interval([1.0, np.nan])

@@ -128,7 +128,7 @@ def test_thm_4_4_1_parameters_by_hand():
         c = ds.optim.nonconvex_clip_parameters(2.0, 0.5, 1.5, 1.0, K)
         assert c.lr == pytest.approx(expected, rel=1e-12)
         assert c.threshold == pytest.approx(0.5 * (2 * expected) ** (-1 / 1.5), rel=1e-12)
-        assert c.bound == pytest.approx(20 / (expected * K), rel=1e-12)
+        assert c.bound == pytest.approx(60 / (expected * K), rel=1e-12)  # 12 F0/(lr K) + 48 F0/(lr K)
     # in the third regime the bound falls like K^-(2 alpha - 2)/(3 alpha - 2) = K^-0.4 and grows with sigma
     b = [
         ds.optim.nonconvex_clip_parameters(2.0, s, 1.5, 1.0, K).bound
