@@ -6,14 +6,18 @@ and B ~ (1.1, -0.3) with h_B ~ 3.0, and the saddle C = (0, 0); it claims linear 
 A -> B -> divergence as lr grows, probabilistic stability A -> C -> divergence.
 
 1. Landscape scan: for each of ``--datasets`` datasets (dynsim's data keys, seeds 0, 1, ...) and
-   x_std in {1, 2, 3}, BFGS from a 9 x 9 grid of starts finds the local minima (|grad L| < 1e-6,
+   x_std in {1, 2, 3}, modified Newton (``ds.curvature.newton_minimize``) from a 9 x 9 grid of starts
+   finds the local minima (|grad L| < 1e-6,
    positive-definite Hessian); counted: datasets with an A-like (w < 0, u < 0) and a B-like
    (w > 0, u < 0) minimum, and their positions and curvatures under four loss conventions.
 2. On the first dataset (lowest seed) with both, stated as such: SGD (S = 1) from A and from B over
-   an lr grid, 256 replicas x 10^4 steps, test loss E[(f - 0.1 swish(x))^2] + 0.81 on 10^5 fresh
-   points, and where the runs end (near A, B, C, elsewhere, diverged). Overlaid: linear stability of
-   A and B (lr < 2/h) and the probabilistic phase of C from the exact finite-data exponents
-   Lambda_+- = (1/N) sum log|1 +- lr chi_i|, chi_i = x_i y_i / 2 (swish'(0) = 1/2).
+   an lr grid (with two small rates as a control), 256 replicas x 10^4 steps, test loss
+   E[(f - 0.1 swish(x))^2] + 0.81 on 10^5 fresh points, and where the runs end: at C (|theta| < 1e-3),
+   diverged, or in the basin of A or B (the minimum modified Newton descends to from the last iterate:
+   A and B are nearly flat along w, so SGD's iterates wander far from them along it even at small rates).
+   Overlaid: linear stability of A and B (lr < 2/h) and the probabilistic phase of C from the exact
+   finite-data exponents Lambda_+- = (1/N) sum log|1 +- lr chi_i|, chi_i = x_i y_i / 2 (swish'(0) = 1/2),
+   whose sign changes are found by root-finding.
 
     python experiments/fig5_swish.py [--datasets 200] [--replicas 256] [--steps 10000]
 """
@@ -28,12 +32,13 @@ import matplotlib
 matplotlib.use("Agg")
 import jax  # noqa: E402
 
-jax.config.update("jax_enable_x64", True)  # BFGS to |grad| < 1e-6
+jax.config.update("jax_enable_x64", True)  # Newton to |grad| < 1e-6
 
 import _cli  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from scipy import optimize  # noqa: E402
 
 import dynsim as ds  # noqa: E402
 
@@ -66,6 +71,39 @@ def minima(problem, datasets, starts):
                 out.append((x[d, j], float(h[d, j]), float(value[d, j])))
         per_dataset.append(out)
     return per_dataset
+
+
+def phase_iii_intervals(chi, lr_max: float) -> list[tuple[float, float]]:
+    """The learning rates in ``(0, lr_max)`` where both finite-data exponents ``(1/N) sum log|1 +- lr chi_i|``
+    are negative (C in phase III), from their sign changes on a fine grid refined by Brent's method."""
+
+    def top(lr):
+        return max(ds.lyapunov.scalar_exponent(1 + lr * chi), ds.lyapunov.scalar_exponent(1 - lr * chi))
+
+    grid = np.linspace(1e-3, lr_max, 4000)
+    inside = np.array([top(lr) < 0 for lr in grid])
+    edges = [optimize.brentq(top, grid[i], grid[i + 1]) for i in np.flatnonzero(inside[1:] != inside[:-1])]
+    bounds = ([0.0] if inside[0] else []) + edges + ([np.inf] if inside[-1] else [])
+    return list(zip(bounds[::2], bounds[1::2]))
+
+
+def endings(problem, data, end, diverged, A, B) -> dict[str, np.ndarray]:
+    """Where each run ended: at the saddle C (|theta| < 1e-3), diverged, or in the basin of A or B (the minimum
+    within 1e-3 of where modified Newton descends from the last iterate)."""
+
+    def descend(z):
+        return ds.curvature.newton_minimize(
+            lambda v: ds.problems.objective(problem, {"w": v[0], "u": v[1]}, data, {}), z, n_iter=200
+        ).x
+
+    flat = end.reshape(-1, 2)
+    safe = np.where(np.isfinite(flat) & (np.abs(flat) < 1e3), flat, 0.0)
+    landed = np.asarray(jax.jit(jax.vmap(descend))(jnp.asarray(safe))).reshape(end.shape)
+    at_c = (np.linalg.norm(end, axis=-1) < 1e-3) & ~diverged
+    out = {"C": at_c, "diverged": diverged}
+    for name, point in (("A", A), ("B", B)):
+        out[name] = (np.linalg.norm(landed - np.asarray(point), axis=-1) < 1e-3) & ~at_c & ~diverged
+    return out
 
 
 def scan(args):
@@ -125,16 +163,22 @@ def main(argv=None) -> None:
 
     x, y = np.asarray(data["x"], np.float64), np.asarray(data["y"], np.float64)
     chi = 0.5 * x * y
-    lrs = np.linspace(0.05, 1.5 * max(2 / h_a, 2 / h_b), args.lr_points)
-    lam_plus = ds.lyapunov.scalar_exponent(1 + lrs[:, None] * chi[None, :])
-    lam_minus = ds.lyapunov.scalar_exponent(1 - lrs[:, None] * chi[None, :])
-    c_attractive = (lam_plus < 0) & (lam_minus < 0)
+    lrs = np.concatenate([[0.01, 0.02], np.linspace(0.05, 1.5 * max(2 / h_a, 2 / h_b), args.lr_points)])
+    phase_iii = phase_iii_intervals(chi, 10.0)
 
     test = ds.problems.draw_dataset(problem, ds.prng.key(10_000 + seed), 100_000)
     tx = jnp.asarray(test["x"])
 
     def test_loss(p):
         return jnp.mean((p["u"] * jax.nn.swish(p["w"] * tx) - 0.1 * jax.nn.swish(tx)) ** 2) + 0.81
+
+    for name, point in (("A", A), ("B", B), ("C", (0.0, 0.0))):
+        print(f"  test loss at {name}: {float(test_loss({'w': point[0], 'u': point[1]})):.5f}")
+    print(
+        "  C in phase III (both finite-data exponents < 0) for lr in "
+        + " and ".join(f"({lo:.3f}, {hi:.3f})" for lo, hi in phase_iii)
+        + " (lr < 10)"
+    )
 
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
     ax = axes[0]
@@ -169,9 +213,7 @@ def main(argv=None) -> None:
         tl = np.asarray(jax.vmap(jax.vmap(test_loss))(params))
         tl = np.where(res.diverged.values, np.nan, tl)
         end = np.stack([res.theta_w.values, res.theta_u.values], -1)
-        near = {
-            k: np.linalg.norm(end - np.asarray(p), axis=-1) < 0.1 for k, p in (("A", A), ("B", B), ("C", (0.0, 0.0)))
-        }
+        near = endings(problem, data, end, res.diverged.values, A, B)
         results[name] = (tl, near, res.diverged.values)
         finite = np.sum(np.isfinite(tl), 1)
         mean_tl, se_tl = np.full(len(lrs), np.nan), np.full(len(lrs), np.nan)  # NaN where every run diverged
@@ -189,21 +231,17 @@ def main(argv=None) -> None:
         )
         ax.set_ylabel("test loss")
         ax2 = ax.twinx()
-        for (k, m), color in zip(near.items(), ("tab:red", "tab:blue", "tab:green")):
-            ax2.plot(lrs, m.mean(1), color=color, lw=1, label=f"share ending near {k}")
+        for k, color in (("A", "tab:red"), ("B", "tab:blue")):
+            ax2.plot(lrs, near[k].mean(1), color=color, lw=1, label=f"share ending in {k}'s basin")
+        ax2.plot(lrs, near["C"].mean(1), color="tab:green", lw=1, label="share at C (|θ| < 1e-3)")
         ax2.plot(lrs, res.diverged.values.mean(1), color="grey", lw=1, ls=":", label="share diverged")
         ax2.set_ylabel("share of runs")
         ax2.set_ylim(0, 1.05)
         for h, lab, ls in ((h_a, "2/h_A", "--"), (h_b, "2/h_B", "-.")):
             ax.axvline(2 / h, color="k", ls=ls, lw=1, label=f"{lab} (linear stability)")
-        if c_attractive.any():
-            ax.axvspan(
-                lrs[c_attractive].min(),
-                lrs[c_attractive].max(),
-                color="tab:green",
-                alpha=0.12,
-                label="C in phase III (probabilistic)",
-            )
+        for i, (lo, hi) in enumerate(phase_iii):
+            ax.axvspan(lo, min(hi, lrs[-1]), color="tab:green", alpha=0.12, label="C in phase III" if i == 0 else None)
+        ax.set_xlim(0, lrs[-1] * 1.02)
         ax.set_xlabel("learning rate λ")
         ax.set_title(f"SGD from {name}: {args.replicas} runs x {args.steps} steps", fontsize=10)
         ax.legend(fontsize=7, loc="upper left")
@@ -214,13 +252,9 @@ def main(argv=None) -> None:
         fontsize=10,
     )
     path = _cli.save_figure(fig, args, "fig5_swish.png")
-    print(
-        f"  C in phase III (both finite-data exponents < 0) for lr in "
-        f"{lrs[c_attractive].round(3).tolist() if c_attractive.any() else 'none of the grid'}"
-    )
     for name, (tl, near, div) in results.items():
-        print(f"from {name}: lr, mean test loss, share near A/B/C, diverged")
-        for i in range(0, len(lrs), 3):
+        print(f"from {name}: lr, mean test loss, share in A's basin / B's basin / at C, diverged")
+        for i in [0, 1, *range(2, len(lrs), 3)]:
             loss = f"{np.nanmean(tl[i]):.4f}" if np.isfinite(tl[i]).any() else "none (all runs diverged)"
             print(
                 f"  {lrs[i]:.3f} {loss}  {near['A'][i].mean():.2f}/{near['B'][i].mean():.2f}/"

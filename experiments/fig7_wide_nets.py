@@ -68,12 +68,13 @@ def saddle_exponent(problem, lrs, mus, args):
     res = ds.simulate(
         ds.lyapunov.with_tangent(ds.dynamics.sgd(at_saddle), transient=500),
         grid={"lr": lrs, "mu": mus},
-        n_replicas=2,
+        n_replicas=4,
         n_steps=args.exponent_steps,
         seed=args.seed,
         observables={"le": ds.lyapunov.running_exponent(every_record=False)},
     )
-    return res.le.mean("replica").values
+    le = res.le.transpose("lr", "mu", "replica").values
+    return le.mean(axis=-1), le.std(axis=-1, ddof=1) / np.sqrt(le.shape[-1])
 
 
 def main(argv=None) -> None:
@@ -126,7 +127,7 @@ def main(argv=None) -> None:
         )
     exponents = {}
     for ax, activation in zip(axes[1, 2:], ("linear", "tanh")):
-        le = saddle_exponent(ds.problems.two_layer_net(args.width, args.width, activation), lrs, mus, args)
+        le, le_se = saddle_exponent(ds.problems.two_layer_net(args.width, args.width, activation), lrs, mus, args)
         exponents[activation] = le
         mesh = ax.pcolormesh(
             lrs, mus, le.T, cmap="coolwarm", vmin=-np.abs(le).max(), vmax=np.abs(le).max(), shading="nearest"
@@ -139,8 +140,8 @@ def main(argv=None) -> None:
         ax.set_ylabel("μ")
         ax.set_title(f"top exponent of SGD at the saddle, {activation} (red > 0: unstable)", fontsize=10)
         print(
-            f"saddle exponent, {activation}: min {le.min():+.2e}, max {le.max():+.2e}, "
-            f"share of cells > 0: {np.mean(le > 0):.2f}"
+            f"saddle exponent, {activation} (4 replicas per cell): min {le.min():+.2e}, max {le.max():+.2e}, "
+            f"share of cells > 0: {np.mean(le > 0):.2f}, smallest mean / s.e. over the cells {np.min(le / le_se):.1f}"
         )
     fig.suptitle(
         f"Seed 004, Figs. 7-8: {args.width}-{args.width}-{args.width} nets, fresh samples, "

@@ -13,7 +13,7 @@ constant lr, for ``--steps`` steps. All (lr, noise) models of a panel train in o
 * Static label noise (labels redrawn once, Figs. 10-11): rank and test accuracy.
 * Batch size (Fig. 12): rank over (p, S) at lr = 0.1.
 
-    python experiments/fig9_rank_noise.py [--steps 20000] [--seeds 1]
+    python experiments/fig9_rank_noise.py [--steps 20000] [--seeds 3]
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def heat(ax, fig, da, title, vmin=None, vmax=None, xlog=True):
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20_000)
-    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--seeds", type=int, default=3, help="trained models per cell")
     args = _cli.parse(parser, argv)
     started = time.perf_counter()
     data = ds.problems.load_mnist1d()
@@ -176,20 +176,27 @@ def main(argv=None) -> None:
     for name, ev in (("dynamic", dyn_eval), ("static", stat_eval)):
         ds.io.save(ev, os.path.join(args.results, f"fig9_rank_noise_{name}.nc"))
     ds.io.save(batch_eval, os.path.join(args.results, "fig9_rank_noise_batch.nc"))
+
+    def mean_se(values):  # over the seeds (the last axis); NaN for one seed
+        n = values.shape[-1]
+        se = values.std(axis=-1, ddof=1) / np.sqrt(n) if n > 1 else np.full(values.shape[:-1], np.nan)
+        return values.mean(axis=-1), se
+
+    print(f"mean ± s.e. over {args.seeds} seed(s)")
     for name, ev in (("dynamic", dyn_eval), ("static", stat_eval)):
-        r = ev["rank"].mean("replica")
+        r, r_se = mean_se(ev["rank"].transpose("lr", "label_noise", "replica").values)
         a = ev.test_accuracy.mean("replica")
         print(f"{name} noise: rank (rows lr {LRS.tolist()}, columns p {NOISE.tolist()})")
         for i, lr in enumerate(LRS):
             print(
                 f"  lr {lr:5.2f}: rank "
-                + " ".join(f"{v:4.0f}" for v in r.values[i])
+                + " ".join(f"{v:5.1f}±{e:<4.1f}" for v, e in zip(r[i], r_se[i]))
                 + "   accuracy "
                 + " ".join(f"{v:.2f}" for v in a.values[i])
             )
-    r = batch_eval["rank"].mean("replica")
+    r, r_se = mean_se(batch_eval["rank"].transpose("batch_size", "label_noise", "replica").values)
     for i, s in enumerate(BATCHES):
-        print(f"  batch {s:4d}, lr 0.1: rank " + " ".join(f"{v:4.0f}" for v in r.values[i]))
+        print(f"  batch {s:4d}, lr 0.1: rank " + " ".join(f"{v:5.1f}±{e:<4.1f}" for v, e in zip(r[i], r_se[i])))
     print(f"wrote {path} in {time.perf_counter() - started:.0f} s")
 
 

@@ -15,7 +15,7 @@ the largest ``k`` norms: smaller is heavier) and the ratio of the largest norm t
 with standard errors over the initializations, and their running variance
 ``V_n = (1/n) sum_{i<=n} |g_{B_i} - grad F|^2`` (Fig. 4-1 d, h).
 
-    python experiments/noise_shape.py [--seeds 3] [--steps 1000] [--n-batches 4000]
+    python experiments/noise_shape.py [--seeds 8] [--steps 1000] [--n-batches 4000]
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def tail_summary(result: xr.Dataset, k: int) -> xr.Dataset:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3, help="initializations per setting")
+    parser.add_argument("--seeds", type=int, default=8, help="initializations per setting")
     parser.add_argument("--steps", type=int, default=1000, help="Adam steps (batch 32) before the second measurement")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--n-batches", type=int, default=4000, help="minibatches per measurement")

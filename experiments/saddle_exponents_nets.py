@@ -33,6 +33,7 @@ import _cli  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+from scipy import optimize  # noqa: E402
 
 import dynsim as ds  # noqa: E402
 
@@ -131,6 +132,16 @@ def main(argv=None) -> None:
                 f"from 1e-3 {estimate(n, sn, nn, args.replicas)} (share at |θ| < e^-10 at the end: {conv:.2f})"
             )
         print(f"  diverged from 1e-3 (|θ| > 1e6): {res_near.diverged.mean('replica').values.round(2).tolist()}")
+        if iii.any():  # the upper edge of phase III: the first of Lambda_+- to cross 0 above the last III grid point
+
+            def top_exponent(lr, c0=c0):
+                t = ds.stability.saddle_exponents([lr], [MU], c0=c0)
+                return max(float(t.Lambda_plus.values[0, 0]), float(t.Lambda_minus.values[0, 0]))
+
+            last = int(np.flatnonzero(iii).max())
+            if last + 1 < len(lrs):
+                edge = optimize.brentq(top_exponent, lrs[last], lrs[last + 1], xtol=1e-6)
+                print(f"  phase III (theory) ends at lr = {edge:.4f} (root of max(Λ+, Λ-))")
     ax = axes[2]
     for activation, marker in (("tanh", "o"), ("swish", "s")):
         near = ds.problems.scalar_net(activation, init_std=1e-3)

@@ -43,7 +43,10 @@ def test_kesten_tail_index_against_hill(lr):
     [
         ("phase_diagram.py", "--engine fused --lr-points 12 --second-points 5 --replicas 32 --steps 100".split()),
         ("unstable_convergence_toys.py", ["--starts", "500", "--family-points", "11", "--family-steps", "4000"]),
-        ("unstable_convergence_nets.py", ["--steps", "60", "--every", "30", "--epochs", "2", "--probe-m", "4"]),
+        (
+            "unstable_convergence_nets.py",
+            ["--steps", "60", "--every", "30", "--epochs", "2", "--probe-every", "1", "--probe-m", "4"],
+        ),
         (
             "local_lojasiewicz.py",
             [
