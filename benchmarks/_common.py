@@ -22,6 +22,20 @@ def best_of(fn, repeats: int = 3, *, warm_up: bool = True) -> float:
     return min(times)
 
 
+def interleaved_best_of(fns, repeats: int = 3) -> list[float]:
+    """Smallest wall time of each of ``fns`` over ``repeats`` rounds that call every function once in turn
+    (after one untimed call of each): a burst of outside load then hits every implementation alike."""
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, spent in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - start)
+    return [min(t) for t in times]
+
+
 def device_name() -> str:
     """``platform: kind`` of JAX's first local device, with the core count on CPU."""
     device = jax.local_devices()[0]

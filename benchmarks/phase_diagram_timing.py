@@ -82,7 +82,7 @@ def main(argv=None) -> None:
         "",
         "| implementation | time (s) | trajectory-steps / s | ratio |",
         "|---|---:|---:|---:|",
-        f"| dynsim (`saddle_phases(method='simulation')`, warm) | {t_ds:.1f} | {rate_ds:.3g} "
+        f"| dynsim (`saddle_phases(method='simulation')`, second call) | {t_ds:.1f} | {rate_ds:.3g} "
         f"| {rate_ds / rate_np:.2f} |",
         f"| NumPy, vectorized over trajectories (scaled from {args.numpy_steps} steps) | {t_np:.1f} "
         f"| {rate_np:.3g} | 1.00 |",

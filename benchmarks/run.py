@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import jax
 import numpy as np
-from _common import best_of, device_name, memory_bandwidth, write_results
+from _common import best_of, device_name, interleaved_best_of, memory_bandwidth, write_results
 
 import dynsim as ds
 
@@ -59,11 +59,14 @@ class Workload(NamedTuple):
 
 
 def engine_bytes(dyn, hp: dict, traced: int) -> int:
-    """Bytes one engine step moves per trajectory at least, with one step per pass over the ensemble.
+    """Bytes one engine step moves per trajectory if it reads and writes each operand once, one step per
+    pass over the ensemble.
 
     Reads and writes the state (``dyn.init``'s leaves), the alive flag (1 B) and the divergence
     step (4 B); reads the run key (8 B) and the ``traced`` float32 hyperparameters of the grid.
-    Data shared by all trajectories (a finite dataset) stays in cache and is not counted.
+    Data shared by all trajectories (a finite dataset) stays in cache and is not counted. Not a strict
+    minimum: a step that only writes part of its state reads less (the saddle's squared modes), and one
+    that reads its weights twice (a batch-1 net: forward, then update) moves more unless they stay in cache.
     """
     state = jax.eval_shape(ds.dynamics.bind(dyn, hp).init, jax.random.key(0))
     state_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(state))
@@ -187,22 +190,25 @@ def nets(cells, steps, chunk_size=None, d=200):
     def run_dynsim():
         ds.simulate(dyn, grid=grid, n_steps=steps, observables=obs, progress=False, chunk_size=chunk_size)
 
-    def step_numpy(W, U, rng):
+    def step_numpy(W, U, rng, outer):
         x = rng.standard_normal((cells, d), dtype=np.float32)
         y = mu * x + (1 - mu) * 2 * rng.standard_normal((cells, d), dtype=np.float32)
         h = np.tanh(np.einsum("cij,cj->ci", W, x))
         r = np.einsum("cij,cj->ci", U, h) - y
         df = 2 * r / d
         dh = np.einsum("cji,cj->ci", U, df) * (1 - h * h)
-        U -= lr[:, :, None] * df[:, :, None] * h[:, None, :]
-        W -= lr[:, :, None] * dh[:, :, None] * x[:, None, :]
+        U -= np.multiply((lr * df)[:, :, None], h[:, None, :], out=outer)  # rank-1 updates in a reused buffer
+        W -= np.multiply((lr * dh)[:, :, None], x[:, None, :], out=outer)
 
     def run_numpy():
         rng = np.random.default_rng(0)
-        W = rng.uniform(-1, 1, (cells, d, d)).astype(np.float32) / np.sqrt(d)
-        U = rng.uniform(-1, 1, (cells, d, d)).astype(np.float32) / np.sqrt(d)
+        scale = np.float32(1 / np.sqrt(d))  # a float64 scalar would promote the weights to float64 (NEP 50)
+        W = rng.uniform(-1, 1, (cells, d, d)).astype(np.float32) * scale
+        U = rng.uniform(-1, 1, (cells, d, d)).astype(np.float32) * scale
+        outer = np.empty_like(W)
+        assert W.dtype == U.dtype == np.float32
         for _ in range(base):
-            step_numpy(W, U, rng)
+            step_numpy(W, U, rng, outer)
 
     def run_torch():
         dev = torch_device()
@@ -216,8 +222,9 @@ def nets(cells, steps, chunk_size=None, d=200):
             r = torch.bmm(U, h[:, :, None])[:, :, 0] - y
             df = 2 * r / d
             dh = torch.bmm(U.transpose(1, 2), df[:, :, None])[:, :, 0] * (1 - h * h)
-            U -= lrt[:, :, None] * df[:, :, None] * h[:, None, :]
-            W -= lrt[:, :, None] * dh[:, :, None] * x[:, None, :]
+            U.baddbmm_((lrt * df)[:, :, None], h[:, None, :], alpha=-1)  # rank-1 updates in place
+            W.baddbmm_((lrt * dh)[:, :, None], x[:, None, :], alpha=-1)
+        assert W.dtype == torch.float32
         sync()
 
     bytes_per_step = engine_bytes(dyn, {"lr": 0.1, "mu": 0.1}, 2)
@@ -225,25 +232,27 @@ def nets(cells, steps, chunk_size=None, d=200):
 
 
 def spectrum_cost(cells, steps, k=8, d=200):
-    """Seconds per step of ``spectrum`` (k tangents + QR) and of the plain step, on ``cells`` replicas of one net."""
+    """Seconds per step of ``spectrum`` (k tangents + QR) and of the plain step, on ``cells`` replicas of one net.
+
+    ``steps = (n1, n2)``: each cost is the marginal one, ``(T(n2) - T(n1)) / (n2 - n1)``, which cancels what a
+    call spends outside its steps (``spectrum`` compiles its program on every call).
+    """
     problem = ds.problems.two_layer_net(d, d, "tanh")
-    bound = ds.dynamics.bind(ds.dynamics.sgd(problem), {"lr": 0.1, "mu": 0.1})
+    dyn = ds.dynamics.sgd(problem)
+    bound = ds.dynamics.bind(dyn, {"lr": 0.1, "mu": 0.1})
     x0 = bound.init(jax.random.key(0))
+    obs = {"theta": ds.observables.final_state()}
 
-    def run_spectrum():
-        ds.lyapunov.spectrum(bound.step, x0, 0, steps, k, n_replicas=cells, n_records=1)
+    def run_spectrum(n):
+        ds.lyapunov.spectrum(bound.step, x0, 0, n, k, n_replicas=cells, n_records=1)
 
-    def run_base():
-        ds.simulate(
-            ds.dynamics.sgd(problem),
-            grid={"lr": [0.1], "mu": [0.1]},
-            n_replicas=cells,
-            n_steps=steps,
-            observables={"theta": ds.observables.final_state()},
-            progress=False,
-        )
+    def run_base(n):
+        ds.simulate(dyn, grid={"lr": [0.1], "mu": [0.1]}, n_replicas=cells, n_steps=n, observables=obs, progress=False)
 
-    return best_of(run_spectrum, 1) / steps, best_of(run_base, 1) / steps
+    n1, n2 = steps
+    return tuple(
+        (best_of(lambda: run(n2), 2) - best_of(lambda: run(n1), 2)) / (n2 - n1) for run in (run_spectrum, run_base)
+    )
 
 
 # --------------------------------------------------------------------------- main
@@ -251,13 +260,19 @@ def spectrum_cost(cells, steps, k=8, d=200):
 
 PRESETS = {
     "cpu": dict(
-        a=(2**18, 1000), b=(2**16, 1000), c=(400, 20), d=(64, 5), chunks=None, diagram=(72, 41, 256, 1000), paper=None
+        a=(2**18, 1000),
+        b=(2**16, 1000),
+        c=(400, 20),
+        d=(64, (10, 40)),
+        chunks=None,
+        diagram=(72, 41, 256, 1000),
+        paper=None,
     ),
     "gpu": dict(
         a=(4 * 2**20, 1000),
         b=(4 * 2**20, 1000),
         c=(400, 200),
-        d=(400, 50),
+        d=(400, (50, 200)),
         chunks=dict(
             a=(2**18, 2**20, 2**22), b=(2**18, 2**20, 2**22), c=(50, 100, 200, 400), b_fused=(128, 256, 512, 1024)
         ),
@@ -269,7 +284,7 @@ PRESETS = {
         a=(2**10, 20),
         b=(2**10, 20),
         c=(16, 2),
-        d=(4, 2),
+        d=(4, (2, 4)),
         chunks=dict(a=(2**8, 2**10), b=(2**8, 2**10), c=(8, 16), b_fused=(64, 128)),
         diagram=(8, 5, 16, 50),
         paper=(8, 8, 16, 100),
@@ -308,8 +323,8 @@ def main(argv=None) -> None:
     preset = "gpu" if args.gpu else "smoke" if args.smoke else "cpu"
     sizes = PRESETS[preset]
     name = device_name()
-    bandwidth = memory_bandwidth(1 << 24 if args.smoke else 1 << 29)
-    print(f"{name}: {bandwidth * 1e-9:.3g} GB/s memory bandwidth (x <- 2x + 1)")
+    bandwidths = [memory_bandwidth(1 << 24 if args.smoke else 1 << 29)]
+    print(f"{name}: {bandwidths[0] * 1e-9:.3g} GB/s memory bandwidth (x <- 2x + 1)")
     rows = []
     for label, build, size in (
         ("(a) SGD, 1-D regression", regression, sizes["a"]),
@@ -318,9 +333,9 @@ def main(argv=None) -> None:
         (f"(c) {sizes['c'][0]} nets 200-200-200, tanh", nets, sizes["c"]),
     ):
         w = build(*size)
-        r_ds = w.work / best_of(w.run_dynsim)
-        r_np = w.base_work / best_of(w.run_numpy)
-        r_pt = w.base_work / best_of(w.run_torch) if torch is not None else float("nan")
+        fns = [w.run_dynsim, w.run_numpy] + ([w.run_torch] if torch is not None else [])
+        seconds = interleaved_best_of(fns) + ([] if torch is not None else [float("nan")])
+        r_ds, r_np, r_pt = w.work / seconds[0], w.base_work / seconds[1], w.base_work / seconds[2]
         rows.append((label, f"{size[0]:,} x {size[1]}", r_ds, r_np, r_pt, w.bytes_per_step))
         print(f"{label}: dynsim {r_ds:.3g}, NumPy {r_np:.3g}, PyTorch {r_pt:.3g} traj-steps/s")
     t_spec, t_base = spectrum_cost(*sizes["d"])
@@ -337,6 +352,8 @@ def main(argv=None) -> None:
         print(f"(b) fused, blocks of {block:,}: {chunks[-1][2]:.3g} traj-steps/s")
     phase_time = sum(diagram_seconds(*sizes["diagram"], refine=1))
     phase_fused = sum(diagram_seconds(*sizes["diagram"], refine=1, engine="fused"))
+    bandwidths.append(memory_bandwidth(1 << 24 if args.smoke else 1 << 29))  # again: outside load lowers it
+    bandwidth = max(bandwidths)
     paper = {e: diagram_seconds(*sizes["paper"], engine=e) for e in ("simulate", "fused")} if sizes["paper"] else None
 
     torch_name = "not installed" if torch is None else f"{torch.__version__} on {torch_device()}"
@@ -362,11 +379,14 @@ def main(argv=None) -> None:
         )
     lines += [
         "",
-        f"Memory bound: the measured bandwidth, {bandwidth * 1e-9:.3g} GB/s (`x <- 2x + 1`, read + write), "
-        "over the bytes one step of the engine reads and writes per trajectory at least "
-        "(`engine_bytes`: state, alive flag and divergence step both ways, run key and traced "
-        "hyperparameters read). The engine makes one pass over the ensemble per step, so no chunk "
-        "larger than the caches runs faster than this. The fused kernel (`dynsim.fused.saddle_modes`: "
+        f"Memory bound: the measured DRAM bandwidth, {bandwidth * 1e-9:.3g} GB/s (`x <- 2x + 1` on 512 MiB, read + "
+        f"write; the larger of {len(bandwidths)} measurements, at the start and the end: "
+        + ", ".join(f"{b * 1e-9:.3g}" for b in bandwidths)
+        + " GB/s), over the bytes one step of the engine moves per trajectory when it reads and writes "
+        "each operand once (`engine_bytes`: state, alive flag and divergence step both ways, run key and traced "
+        "hyperparameters read). The engine makes one pass over the ensemble per step, so a chunk "
+        "larger than the caches cannot run faster than this; an ensemble that fits in the caches (here (a) and "
+        "(b), a few MiB per step) can. The fused kernel (`dynsim.fused.saddle_modes`: "
         "every step of a block of trajectories in one pass, a Pallas kernel on GPU, a compiled loop "
         "elsewhere) reads and writes each trajectory once per run: no memory bound per step.",
     ]
@@ -376,7 +396,11 @@ def main(argv=None) -> None:
     lines += [
         "",
         f"(d) `lyapunov.spectrum` with k = 8 tangent vectors on {sizes['d'][0]} replicas of the net of (c): "
-        f"{t_spec / t_base:.1f}x the time of the base SGD step (target: at most k + 1 = 9x).",
+        f"{t_spec / t_base:.1f}x the time of the base SGD step (target: at most k + 1 = 9x), marginal costs per "
+        f"step between {sizes['d'][1][0]} and {sizes['d'][1][1]} steps ({t_spec * 1e3:.3g} and {t_base * 1e3:.3g} "
+        "ms), so compilation is out of both. Each tangent vector is pushed through the Jacobian of SGD's step, "
+        "which holds the Hessian: a Hessian-vector product costs a few gradients, and the 8 columns and their "
+        "Gram-Schmidt every step add up to more than k + 1 plain steps.",
         "",
         "Phase diagram ({} x {} cells, theory + simulation with {} replicas x {} steps and one refinement): "
         "{:.1f} s end to end; {:.1f} s with `engine='fused'`.".format(*sizes["diagram"], phase_time, phase_fused),
