@@ -10,23 +10,13 @@ import jax
 import jax.numpy as jnp
 
 
-def best_of(fn, repeats: int = 3, *, warm_up: bool = True) -> float:
-    """Smallest wall time of ``repeats`` calls of ``fn`` (after one untimed call: compilation, caches)."""
-    if warm_up:
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def interleaved_best_of(fns, repeats: int = 3) -> list[float]:
+def interleaved_best_of(fns, repeats: int = 3, *, warm_up: bool = True) -> list[float]:
     """Smallest wall time of each of ``fns`` over ``repeats`` rounds that call every function once in turn
-    (after one untimed call of each): a burst of outside load then hits every implementation alike."""
-    for fn in fns:
-        fn()
+    (after one untimed call of each, unless ``warm_up`` is off: compilation, caches), so that a burst of
+    outside load hits every implementation alike."""
+    if warm_up:
+        for fn in fns:
+            fn()
     times = [[] for _ in fns]
     for _ in range(repeats):
         for fn, spent in zip(fns, times):
@@ -34,6 +24,11 @@ def interleaved_best_of(fns, repeats: int = 3) -> list[float]:
             fn()
             spent.append(time.perf_counter() - start)
     return [min(t) for t in times]
+
+
+def best_of(fn, repeats: int = 3, *, warm_up: bool = True) -> float:
+    """Smallest wall time of ``repeats`` calls of ``fn`` (after one untimed call unless ``warm_up`` is off)."""
+    return interleaved_best_of([fn], repeats, warm_up=warm_up)[0]
 
 
 def device_name() -> str:

@@ -29,7 +29,7 @@ from scipy import optimize, special
 
 from dynsim import prng
 from dynsim._validate import check_int, check_positive
-from dynsim.observables import batch_means_stderr, warn_if_correlated
+from dynsim.observables import batch_means_stderr, time_batches, warn_if_correlated
 
 __all__ = [
     "scalar_exponent",
@@ -595,16 +595,17 @@ TIME_BATCHES = 32
 
 def _time_batch_stderr(kept: np.ndarray, dt: int, sort: bool, stacklevel: int) -> np.ndarray:
     """Batch-means standard error of the exponents from per-block log-growth ``(R, blocks, k)``: the
-    replica-averaged growth per step split into :data:`TIME_BATCHES` consecutive batches (sorted per
-    replica within a batch where the exponents are)."""
+    replica-averaged growth per step split into :data:`TIME_BATCHES` consecutive batches as
+    :func:`dynsim.observables.time_batches` splits steps (sorted per replica within a batch where the
+    exponents are)."""
     n_batches = min(TIME_BATCHES, kept.shape[1])
     if n_batches < 2:
         return np.full(kept.shape[2], np.nan)
-    batches = np.array_split(kept, n_batches, axis=1)
-    per_replica = np.stack([b.sum(axis=1) / (b.shape[1] * dt) for b in batches])  # (batches, R, k)
+    counts, bounds = time_batches(kept.shape[1], n_batches)
+    per_replica = np.add.reduceat(kept, bounds[:-1] - 1, axis=1) / (counts[None, :, None] * dt)  # (R, batches, k)
     if sort:
         per_replica = -np.sort(-per_replica, axis=2)
-    means = per_replica.mean(axis=1)  # (batches, k)
+    means = per_replica.mean(axis=0)  # (batches, k)
     with np.errstate(invalid="ignore"):
         warn_if_correlated(means, 0, f"Lyapunov exponents ({n_batches} time batches)", stacklevel=stacklevel)
     return batch_means_stderr(means, axis=0)

@@ -592,11 +592,11 @@ def gradient_curvature_balance(loss_fn: Callable[[Any], jax.Array], samples: Any
     lr = jnp.asarray(lr, dtype)
 
     def one(theta, g):
-        gf = grad(theta)
+        value, gf = jax.value_and_grad(loss_fn)(theta)
         g = gf if g is None else g
         along = tree_vdot(gf, g)
         moved = loss_fn(jax.tree_util.tree_map(lambda p, v: p - lr * v, theta, g))
-        remainder = (moved - loss_fn(theta)) / lr + along
+        remainder = (moved - value) / lr + along
         curvature_here = tree_vdot(g, jax.jvp(grad, (theta,), (g,))[1])  # g^T H(theta) g
         return jnp.stack([along, remainder, lr / 2 * curvature_here])
 

@@ -125,11 +125,14 @@ def test_lyapunov_time_batch_errors_are_calibrated():
         return jax.random.uniform(key, x.shape, minval=0.5, maxval=1.5) * x
 
     z = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no correlated-batches warning: the batches are long enough here
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         for seed in range(150):
             est = ds.lyapunov.top_exponent(step, jnp.ones(1), seed, 2000, n_replicas=4)
             z.append((est.exponents[0] - truth) / est.stderr[0])
+    # the correlated-batches warning is a 3-sigma test on one series (false alarms ~0.13% per estimate,
+    # 0.2 expected here): more than 2 would mean the increments are not independent
+    assert sum("correlated" in str(w.message) for w in caught) <= 2
     z = np.array(z)
     assert abs(z.mean()) < 4 / np.sqrt(z.size)
     assert abs(z.std(ddof=1) - 1) < 4 / np.sqrt(2 * z.size) + 0.02  # + the t-law's excess with 31 df
