@@ -16,6 +16,7 @@ mean-square convergence is the stronger ``L(2) < 0``, with ``L(q) = lim (1/t) lo
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from collections.abc import Callable, Mapping
@@ -526,45 +527,91 @@ def _flat_coordinates(treedef, is_float):
 
 
 def _mgs(Y):
-    """Modified Gram-Schmidt with one reorthogonalization pass: ``Y = Q R``, returns ``Q, |diag R|``.
+    """Modified Gram-Schmidt with one reorthogonalization pass on the rows of ``Y`` (k, d): ``Y^T = Q^T R``.
 
-    Unrolled over the ``k`` columns; for tall-skinny frames (``d >> k``) it is far faster
-    than a batched ``jnp.linalg.qr`` (anchors-peers Sec. 3).
+    Returns ``Q`` (orthonormal rows) and ``|diag R|``. Unrolled over the ``k`` rows; for wide frames
+    (``d >> k``) it is far faster than a batched ``jnp.linalg.qr``, which factors large matrices one at
+    a time (jax#8542). A row annihilated by the map stays zero, with ``R_jj = 0``.
     """
-    d, k = Y.shape
-    cols = []
-    norms = []
-    for j in range(k):
-        v = Y[:, j]
+    rows, norms = [], []
+    for j in range(Y.shape[0]):
+        v = Y[j]
         for _ in range(2):  # reorthogonalize
-            for q in cols:
+            for q in rows:
                 v = v - jnp.dot(q, v) * q
         r = jnp.linalg.norm(v)
         norms.append(r)
-        cols.append(v / jnp.where(r > 0, r, 1.0))
-    return jnp.stack(cols, axis=1), jnp.stack(norms)
+        rows.append(v / jnp.where(r > 0, r, 1.0))
+    return jnp.stack(rows), jnp.stack(norms)
+
+
+def _as_static(step):
+    """``step`` as a static argument of a compiled program: itself if hashable (the program is then reused by
+    every call with the same function), else a new wrapper (compiled on every call)."""
+    try:
+        hash(step)
+    except TypeError:
+        return lambda x, key: step(x, key)
+    return step
 
 
 def _run_tangent(step, x0, key, n_steps, k, transient, dt, n_replicas, n_records):
-    """Shared driver of :func:`top_exponent` and :func:`spectrum`."""
-    leaves, treedef, is_float = _split_state(x0)
-    flat_float, build = _flat_coordinates(treedef, is_float)
-    d = int(flat_float(x0).size)
+    """Shared driver of :func:`top_exponent` and :func:`spectrum`: checks, then :func:`_tangent_growth`."""
+    leaves, _, is_float = _split_state(x0)
+    d = sum(int(np.prod(jnp.shape(leaf))) for leaf, f in zip(leaves, is_float) if f)
     if k > d:
         raise ValueError(f"k={k} exceeds the dimension of the state's floating-point part, {d}")
     n_blocks = n_steps // dt
     if n_blocks < 1:
         raise ValueError(f"n_steps={n_steps} must be >= dt={dt}")
     transient_blocks = -(-transient // dt)
-    kept_blocks = n_blocks - transient_blocks
-    if kept_blocks < 1:
+    if n_blocks - transient_blocks < 1:
         raise ValueError(f"transient={transient} leaves no steps of n_steps={n_steps} (dt={dt})")
+    keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(n_replicas))
+    growth = _tangent_growth(_as_static(step), x0, keys, k, dt, n_blocks)  # (R, n_blocks, k)
+    growth = np.asarray(growth, dtype=np.float64)
+    return _summarise(growth, transient_blocks, dt, n_records, sort=True, stacklevel=4)
+
+
+@functools.partial(jax.jit, static_argnames=("step", "k", "dt", "n_blocks"))
+def _tangent_growth(step, x0, keys, k, dt, n_blocks):
+    """``log|R_jj|`` of every block ``(replicas, n_blocks, k)``: a ``k``-frame pushed by the JVP of ``step`` from
+    ``x0`` and orthonormalized every ``dt`` steps, one replica per key.
+
+    Compiled once per ``step`` (by identity), state shapes, ``k``, ``dt`` and ``n_blocks``: calling again
+    with the same step function reuses the program. The frame is kept as the state's float leaves, each
+    with a leading ``k`` axis, so the tangents go through the linearized step leaf by leaf as the state
+    does (one flat vector cost a slice and a concatenation of the whole frame per step: 2.2x the time of
+    pushing the tangents on the nets of ``benchmarks/run.py``); it is laid out as ``(k, d)`` rows only to
+    be orthonormalized.
+    """
+    leaves, treedef, is_float = _split_state(x0)
+    float_leaves = [leaf for leaf, f in zip(leaves, is_float) if f]
+    d = sum(int(np.prod(leaf.shape)) for leaf in float_leaves)
     acc_dtype = jnp.result_type(float)  # float64 when enabled
+
+    def floats(x):
+        return [leaf for leaf, f in zip(jax.tree_util.tree_leaves(x), is_float) if f]
+
+    def with_floats(new_floats, x):
+        it = iter(new_floats)
+        return jax.tree_util.tree_unflatten(
+            treedef, [next(it) if f else leaf for leaf, f in zip(jax.tree_util.tree_leaves(x), is_float)]
+        )
+
+    def orthonormalize(frame):
+        rows = jnp.concatenate([leaf.reshape(k, -1) for leaf in frame], axis=1)
+        q, r = _mgs(rows)
+        out, i = [], 0
+        for leaf in float_leaves:
+            out.append(q[:, i : i + leaf.size].reshape((k,) + leaf.shape).astype(leaf.dtype))
+            i += leaf.size
+        return out, r
 
     def one_replica(rkey):
         frame_key, run_key = jax.random.split(rkey)
-        frame = jax.random.normal(frame_key, (d, k), flat_float(x0).dtype)
-        frame, _ = _mgs(frame)
+        rows = jax.random.normal(frame_key, (k, d), jnp.result_type(*float_leaves))
+        frame, _ = orthonormalize([rows])
 
         def block(carry, b):
             x, q = carry
@@ -572,21 +619,18 @@ def _run_tangent(step, x0, key, n_steps, k, transient, dt, n_replicas, n_records
             def one_step(c, i):
                 x, q = c
                 skey = prng.step_key(run_key, b * dt + i)
-                template = jax.tree_util.tree_leaves(x)
-                new_x, jvp = jax.linearize(lambda z: step(build(z, template), skey), flat_float(x))
-                pushed = jax.vmap(lambda v: flat_float(jvp(v)), in_axes=1, out_axes=1)(q)
+                new_x, jvp = jax.linearize(lambda z: step(with_floats(z, x), skey), floats(x))
+                pushed = jax.vmap(lambda v: floats(jvp(v)))(q)
                 return (new_x, pushed), None
 
             (x, y), _ = jax.lax.scan(one_step, (x, q), jnp.arange(dt))
-            q, r = _mgs(y)
+            q, r = orthonormalize(y)
             return (x, q), jnp.log(r).astype(acc_dtype)
 
-        (x, q), growth = jax.lax.scan(block, (x0, frame), jnp.arange(n_blocks))
-        return growth  # (n_blocks, k): log|R_jj| of each block
+        _, growth = jax.lax.scan(block, (x0, frame), jnp.arange(n_blocks))
+        return growth
 
-    keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(n_replicas))
-    growth = np.asarray(jax.jit(jax.vmap(one_replica))(keys), dtype=np.float64)  # (R, n_blocks, k)
-    return _summarise(growth, transient_blocks, dt, n_records, sort=True, stacklevel=4)
+    return jax.vmap(one_replica)(keys)
 
 
 TIME_BATCHES = 32
@@ -724,6 +768,21 @@ def spectrum(
     (Benettin et al. 1980; Shimada and Nagashima 1979). Column ``j`` converges to the
     ``j``-th exponent; over a finite run near-equal exponents can come out of order, so each
     replica's values are sorted before averaging (the history is not).
+
+    **Cost and** ``dt``. Each tangent costs a Jacobian-vector product of the step (for SGD a
+    Hessian-vector product), and the Gram-Schmidt makes about ``5 (k - 1)`` passes over the frame
+    (``k (k - 1)`` projections, each reading two vectors and writing one): on the 200-200-200 nets
+    of ``benchmarks/run.py`` (k = 8, 64 replicas, 2 CPU cores), pushing the tangents costs 23 plain
+    steps, and with ``dt=1`` the orthonormalization 3.5 times as much again (103 plain steps in all;
+    29 with ``dt=10``). Between orthonormalizations the
+    frame's condition number grows like ``exp((lambda_1 - lambda_k) dt)``; keep it well below
+    ``1/eps`` of the state's dtype (``(lambda_1 - lambda_k) dt`` below about 8 in float32, 18 in
+    float64) or the lower exponents are lost to rounding. A slowly rotating frame (SGD near a
+    minimum, ``|lambda| << 1`` per step) allows ``dt`` in the tens.
+
+    The program is compiled once per ``step`` function (by identity; a new lambda on every call
+    compiles again), state shapes, ``k``, ``dt``, ``n_steps // dt`` and ``n_replicas``: a second call
+    with the same step function from another start or key reuses it.
     """
     n_steps, transient, dt, n_replicas, n_records = _check_common(n_steps, transient, dt, n_replicas, n_records)
     k = check_int("k", k, minimum=1)
@@ -757,22 +816,31 @@ def two_trajectory(
     """
     n_steps, transient, dt, n_replicas, n_records = _check_common(n_steps, transient, dt, n_replicas, n_records)
     key = _as_key(key)
+    leaves, _, is_float = _split_state(x0)
+    if d0 is None:
+        dtype = jnp.result_type(*[leaf for leaf, f in zip(leaves, is_float) if f])
+        d0 = float(np.sqrt(np.finfo(dtype).eps))
+    d0 = check_positive("d0", d0)
+    n_blocks = n_steps // dt
+    transient_blocks = -(-transient // dt)
+    if n_blocks - transient_blocks < 1:
+        raise ValueError(f"transient={transient} leaves no steps of n_steps={n_steps} (dt={dt})")
+    keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(n_replicas))
+    growth = np.asarray(_separation_growth(_as_static(step), x0, keys, d0, dt, n_blocks), dtype=np.float64)[:, :, None]
+    return _summarise(growth, transient_blocks, dt, n_records, sort=False)
+
+
+@functools.partial(jax.jit, static_argnames=("step", "dt", "n_blocks"))
+def _separation_growth(step, x0, keys, d0, dt, n_blocks):
+    """``log(d / delta)`` of every block ``(replicas, n_blocks)`` of :func:`two_trajectory`, one replica per key
+    (compiled once per ``step``, state shapes, ``dt`` and ``n_blocks``)."""
     leaves, treedef, is_float = _split_state(x0)
     flat_float, build = _flat_coordinates(treedef, is_float)
     x0v = flat_float(x0)
-    if d0 is None:
-        d0 = float(np.sqrt(np.finfo(x0v.dtype).eps))
-    d0 = check_positive("d0", d0)
+    acc_dtype = jnp.result_type(float)
 
     def separation(xv):
         return d0 * jnp.maximum(1.0, jnp.linalg.norm(xv))
-
-    n_blocks = n_steps // dt
-    transient_blocks = -(-transient // dt)
-    kept_blocks = n_blocks - transient_blocks
-    if kept_blocks < 1:
-        raise ValueError(f"transient={transient} leaves no steps of n_steps={n_steps} (dt={dt})")
-    acc_dtype = jnp.result_type(float)
 
     def one_replica(rkey):
         dir_key, run_key = jax.random.split(rkey)
@@ -799,6 +867,4 @@ def two_trajectory(
         _, growth = jax.lax.scan(block, (x0, clone, delta0), jnp.arange(n_blocks))
         return growth
 
-    keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(n_replicas))
-    growth = np.asarray(jax.jit(jax.vmap(one_replica))(keys), dtype=np.float64)[:, :, None]
-    return _summarise(growth, transient_blocks, dt, n_records, sort=False)
+    return jax.vmap(one_replica)(keys)

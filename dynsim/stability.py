@@ -450,6 +450,21 @@ def _label(ds: xr.Dataset, config: dict) -> xr.Dataset:
     return ds
 
 
+@functools.lru_cache(maxsize=16)
+def _phase_simulation(chi, batch_size, n_data, noise_var, c0):
+    """The dynamics and observables of :func:`saddle_phases`' simulations, built once per law: the engine keys
+    its compiled programs on these objects, so a later call with the same law, run length and replica
+    count (a new grid or seed) reuses them instead of compiling again."""
+    import dynsim as ds
+
+    problem = ds.problems.rank1_saddle(chi, n_data=n_data, noise_var=noise_var, c0=c0)
+    observables = {
+        "modes": ds.observables.final_state(),
+        "ms_minus": ds.observables.time_average(lambda m: m["sq_minus"], n_batches=8),
+    }
+    return ds.dynamics.saddle_modes(problem, batch_size=batch_size), observables
+
+
 def _simulate_phases(
     lrs,
     second,
@@ -469,13 +484,8 @@ def _simulate_phases(
 ):
     import dynsim as ds
 
-    problem = ds.problems.rank1_saddle(chi, n_data=n_data, noise_var=noise_var, c0=c0)
-    dynamics = ds.dynamics.saddle_modes(problem, batch_size=batch_size)
+    dynamics, observables = _phase_simulation(chi, batch_size, n_data, float(noise_var), float(c0))
     name = "mu" if chi == "gaussian" else "a"
-    observables = {
-        "modes": ds.observables.final_state(),
-        "ms_minus": ds.observables.time_average(lambda m: m["sq_minus"], n_batches=8),
-    }
 
     def run(lr_values, second_values, steps, run_seed, part):
         if engine == "fused":

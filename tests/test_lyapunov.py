@@ -379,6 +379,37 @@ def test_adam_state_is_differentiated(x64):
         L.spectrum(bound.step, bound.init(prng.key(0)), 0, 50, 7)
 
 
+class _UnhashableStep:
+    """A step function that cannot be a static argument (``__eq__`` without ``__hash__``)."""
+
+    def __eq__(self, other):
+        return isinstance(other, _UnhashableStep)
+
+    __hash__ = None
+
+    def __call__(self, x, key):
+        return henon(x, key)
+
+
+def test_a_second_call_with_the_same_step_reuses_its_program():
+    # a new start, key or replica count of the same size runs the compiled program again; the estimate
+    # is the one a fresh program gives (the same step through a wrapper, compiled anew)
+    start, other = jnp.array([0.1, 0.1]), jnp.array([0.2, 0.0])
+    L.spectrum(henon, start, 0, 64, 2, n_replicas=3)
+    tangent, separation = L._tangent_growth._cache_size(), L._separation_growth._cache_size()
+    again = L.spectrum(henon, other, 5, 64, 2, n_replicas=3)
+    L.two_trajectory(henon, start, 0, 64, n_replicas=3)
+    L.two_trajectory(henon, other, 5, 64, n_replicas=3)
+    assert L._tangent_growth._cache_size() == tangent
+    assert L._separation_growth._cache_size() == separation + 1
+    fresh = L.spectrum(lambda x, key: henon(x, key), other, 5, 64, 2, n_replicas=3)
+    assert L._tangent_growth._cache_size() == tangent + 1
+    np.testing.assert_array_equal(again.per_replica, fresh.per_replica)
+    # a step that cannot be hashed is wrapped and compiled on every call, not refused
+    unhashable = L.spectrum(_UnhashableStep(), other, 5, 64, 2, n_replicas=3)
+    np.testing.assert_array_equal(unhashable.per_replica, fresh.per_replica)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="transient=.* leaves no steps"):
         L.top_exponent(henon, jnp.zeros(2), 0, 10, transient=10)

@@ -182,6 +182,17 @@ def test_refinement_decides_more_cells():
     assert refined.refined.values.sum() == (once.phase.values < 0).sum()
 
 
+def test_a_second_simulated_diagram_of_the_same_law_compiles_nothing():
+    from dynsim import engine
+
+    S.saddle_phases([0.5, 1.0], [0.1], method="simulation", n_replicas=64, n_steps=40, seed=1)
+    programs = dict(engine._PROGRAMS)
+    S.saddle_phases([0.3, 2.0], [0.4], method="simulation", n_replicas=64, n_steps=40, seed=2)
+    assert dict(engine._PROGRAMS) == programs  # the same keys, the same program objects
+    S.saddle_phases([0.3, 2.0], [0.4], method="simulation", n_replicas=64, n_steps=80, seed=2)
+    assert set(engine._PROGRAMS) - set(programs)  # a new program: the time average's batches depend on the run length
+
+
 def test_probabilistic_threshold_and_exponent_known_answers():
     # seed 004 digest Sec. 4.1-4.2 (quad + Brent, float64): lambda_P for S = 1, 2, 4, 8, 32, m_S(lr) and its minima
     np.testing.assert_allclose(
