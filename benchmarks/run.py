@@ -94,7 +94,7 @@ def regression(m, steps, chunk_size=None):
     obs = {"w": ds.observables.final_state()}
 
     def run_dynsim():
-        ds.simulate(
+        return ds.simulate(
             dyn, grid={"lr": [0.1]}, n_replicas=m, n_steps=steps, observables=obs, progress=False, chunk_size=chunk_size
         )
 
@@ -105,6 +105,7 @@ def regression(m, steps, chunk_size=None):
             i = rng.integers(0, 100, size=m)
             xi = x[i]
             w -= np.float32(0.1) * xi * (xi * w - y[i])
+        return w
 
     def run_torch():
         dev = torch_device()
@@ -115,6 +116,7 @@ def regression(m, steps, chunk_size=None):
             xi = xt[i]
             w -= 0.1 * xi * (xi * w - yt[i])
         sync()
+        return w
 
     return Workload(m * steps, run_dynsim, m * base, run_numpy, run_torch, engine_bytes(dyn, {"lr": 0.1}, 1))
 
@@ -132,11 +134,10 @@ def saddle(m, steps, chunk_size=None, fused=False, block_size=256):
 
     def run_dynsim():
         if fused:
-            ds.fused.saddle_modes(
+            return ds.fused.saddle_modes(
                 lrs, [0.1], n_replicas=reps, n_steps=steps, block_size=block_size, chunk_size=chunk_size or 1 << 22
             )
-            return
-        ds.simulate(
+        return ds.simulate(
             dyn,
             grid={"lr": lrs, "mu": [0.1]},
             n_replicas=reps,
@@ -158,6 +159,7 @@ def saddle(m, steps, chunk_size=None, fused=False, block_size=256):
             chi = xx * (0.1 * xx + 0.9 * eps)
             plus += np.log(np.abs(1 + lr * chi))
             minus += np.log(np.abs(1 - lr * chi))
+        return plus, minus
 
     def run_torch():
         dev = torch_device()
@@ -169,12 +171,37 @@ def saddle(m, steps, chunk_size=None, fused=False, block_size=256):
             plus += torch.log(torch.abs(1 + lrt * chi))
             minus += torch.log(torch.abs(1 - lrt * chi))
         sync()
+        return plus, minus
 
     bytes_per_step = 0 if fused else engine_bytes(dyn, {"lr": 1.0, "mu": 0.1}, 2)  # fused: one pass per run
     return Workload(reps * 16 * steps, run_dynsim, reps * 16 * base, run_numpy, run_torch, bytes_per_step)
 
 
 # --------------------------------------------------------------------------- (c) 200-200-200 nets
+
+
+def net_update_numpy(W, U, x, y, lr, outer):
+    """One SGD step in place on ``cells`` nets ``U tanh(W x)`` (weights ``(cells, d, d)``, inputs and targets
+    ``(cells, d)``, rates ``(cells, 1)``) with the loss ``mean((U tanh(W x) - y)^2)``, gradients by hand; the
+    rank-1 updates go through the reused buffer ``outer``."""
+    d = x.shape[1]
+    h = np.tanh(np.einsum("cij,cj->ci", W, x))
+    r = np.einsum("cij,cj->ci", U, h) - y
+    df = 2 * r / d
+    dh = np.einsum("cji,cj->ci", U, df) * (1 - h * h)
+    U -= np.multiply((lr * df)[:, :, None], h[:, None, :], out=outer)
+    W -= np.multiply((lr * dh)[:, :, None], x[:, None, :], out=outer)
+
+
+def net_update_torch(W, U, x, y, lr):
+    """:func:`net_update_numpy` in PyTorch, the rank-1 updates in place (``baddbmm_``)."""
+    d = x.shape[1]
+    h = torch.tanh(torch.bmm(W, x[:, :, None])[:, :, 0])
+    r = torch.bmm(U, h[:, :, None])[:, :, 0] - y
+    df = 2 * r / d
+    dh = torch.bmm(U.transpose(1, 2), df[:, :, None])[:, :, 0] * (1 - h * h)
+    U.baddbmm_((lr * df)[:, :, None], h[:, None, :], alpha=-1)
+    W.baddbmm_((lr * dh)[:, :, None], x[:, None, :], alpha=-1)
 
 
 def nets(cells, steps, chunk_size=None, d=200):
@@ -188,17 +215,12 @@ def nets(cells, steps, chunk_size=None, d=200):
     mu = np.tile(grid["mu"], side).astype(np.float32)[:, None]
 
     def run_dynsim():
-        ds.simulate(dyn, grid=grid, n_steps=steps, observables=obs, progress=False, chunk_size=chunk_size)
+        return ds.simulate(dyn, grid=grid, n_steps=steps, observables=obs, progress=False, chunk_size=chunk_size)
 
     def step_numpy(W, U, rng, outer):
         x = rng.standard_normal((cells, d), dtype=np.float32)
         y = mu * x + (1 - mu) * 2 * rng.standard_normal((cells, d), dtype=np.float32)
-        h = np.tanh(np.einsum("cij,cj->ci", W, x))
-        r = np.einsum("cij,cj->ci", U, h) - y
-        df = 2 * r / d
-        dh = np.einsum("cji,cj->ci", U, df) * (1 - h * h)
-        U -= np.multiply((lr * df)[:, :, None], h[:, None, :], out=outer)  # rank-1 updates in a reused buffer
-        W -= np.multiply((lr * dh)[:, :, None], x[:, None, :], out=outer)
+        net_update_numpy(W, U, x, y, lr, outer)
 
     def run_numpy():
         rng = np.random.default_rng(0)
@@ -209,6 +231,7 @@ def nets(cells, steps, chunk_size=None, d=200):
         assert W.dtype == U.dtype == np.float32
         for _ in range(base):
             step_numpy(W, U, rng, outer)
+        return W, U
 
     def run_torch():
         dev = torch_device()
@@ -218,14 +241,10 @@ def nets(cells, steps, chunk_size=None, d=200):
         for _ in range(base):
             x = torch.randn(cells, d, device=dev)
             y = mut * x + (1 - mut) * 2 * torch.randn(cells, d, device=dev)
-            h = torch.tanh(torch.bmm(W, x[:, :, None])[:, :, 0])
-            r = torch.bmm(U, h[:, :, None])[:, :, 0] - y
-            df = 2 * r / d
-            dh = torch.bmm(U.transpose(1, 2), df[:, :, None])[:, :, 0] * (1 - h * h)
-            U.baddbmm_((lrt * df)[:, :, None], h[:, None, :], alpha=-1)  # rank-1 updates in place
-            W.baddbmm_((lrt * dh)[:, :, None], x[:, None, :], alpha=-1)
+            net_update_torch(W, U, x, y, lrt)
         assert W.dtype == torch.float32
         sync()
+        return W, U
 
     bytes_per_step = engine_bytes(dyn, {"lr": 0.1, "mu": 0.1}, 2)
     return Workload(cells * steps, run_dynsim, cells * base, run_numpy, run_torch, bytes_per_step)

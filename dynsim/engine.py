@@ -508,10 +508,10 @@ def _collect(program: _Program, carry, finals, status, keep, ctx) -> list:
     return entries
 
 
-def _in_blocks(call, carry, start: int, stop: int, size: int, on_block):
+def _in_blocks(call, carry, start: int, stop: int, size: int, on_block, min_seconds: float = _MIN_CALL_SECONDS):
     """``carry`` after ``call(carry, a, b)`` over consecutive blocks ``[a, b)`` covering ``[start, stop)``.
 
-    Blocks start at ``size`` and double while a call takes less than ``_MIN_CALL_SECONDS``, so a
+    Blocks start at ``size`` and double while a call takes less than ``min_seconds``, so a
     short run is not dominated by per-call costs and a long one still reports progress often.
     Results do not depend on the blocks: step ``t`` is the same computation in any of them.
     """
@@ -519,10 +519,9 @@ def _in_blocks(call, carry, start: int, stop: int, size: int, on_block):
     while a < stop:
         b = min(stop, a + size)
         began = time.perf_counter()
-        carry = call(carry, a, b)
-        jax.block_until_ready(carry["alive"])
+        carry = jax.block_until_ready(call(carry, a, b))
         on_block(b - a)
-        if time.perf_counter() - began < _MIN_CALL_SECONDS:
+        if time.perf_counter() - began < min_seconds:
             size *= 2
         a = b
     return carry
@@ -732,7 +731,13 @@ def simulate(
     loaded = 0  # trajectories read back from the checkpoint
     owed = []  # chunks of other shards, not in the checkpoint when this shard passed them
     with tqdm(
-        total=total, unit="traj-step", unit_scale=True, delay=2.0, disable=disable, desc="dynsim", mininterval=1.0
+        total=total,
+        unit="traj-step",
+        unit_scale=True,
+        delay=0.0 if progress else 2.0,
+        disable=disable,
+        desc="dynsim",
+        mininterval=1.0,
     ) as bar:
         for group, (key, cells) in enumerate(groups.items()):
             static_hp = tuple(sorted({**g.constants, **dict(zip(g.static, key))}.items()))

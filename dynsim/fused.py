@@ -308,7 +308,14 @@ def saddle_modes(
     )
     outs = []
     disable = {None: None, True: False, False: True}[progress]
-    bar = tqdm(total=n_traj * n_steps, unit="traj-step", unit_scale=True, delay=2.0, disable=disable, desc="fused")
+    bar = tqdm(
+        total=n_traj * n_steps,
+        unit="traj-step",
+        unit_scale=True,
+        delay=0.0 if progress else 2.0,
+        disable=disable,
+        desc="fused",
+    )
     with bar:
         for start in range(0, n_traj, chunk):
             outs.append([np.asarray(o) for o in run(np.uint32(start), *grid, root, data)])

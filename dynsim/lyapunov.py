@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 from scipy import optimize, special
+from tqdm.auto import tqdm
 
 from dynsim import prng
 from dynsim._validate import check_int, check_positive
@@ -555,8 +557,42 @@ def _as_static(step):
     return step
 
 
-def _run_tangent(step, x0, key, n_steps, k, transient, dt, n_replicas, n_records):
-    """Shared driver of :func:`top_exponent` and :func:`spectrum`: checks, then :func:`_tangent_growth`."""
+_MIN_CALL_SECONDS = 2.0
+"""Calls of a tangent or clone run shown with a progress bar grow until they take this long: each call costs
+about 0.1 s more than its steps (64 nets of ``benchmarks/run.py``, k = 8, on CPU), which calls of 0.5 s
+made 20% of the run."""
+
+
+def _run_in_calls(advance, carry, n_blocks: int, steps: int, progress, desc: str):
+    """``carry`` after ``advance(carry, a, b)`` over the blocks ``[0, n_blocks)``, with a progress bar counting
+    ``steps`` per block: in one call where no bar is shown, else in calls that grow while they are shorter
+    than :data:`_MIN_CALL_SECONDS`.
+
+    ``progress``: ``None`` shows the bar on a terminal for runs longer than 2 s, ``True`` always, ``False`` never.
+    """
+    from dynsim.engine import _PROGRESS_BLOCKS, _in_blocks
+
+    if progress not in (None, True, False):
+        raise TypeError(f"progress must be None, True or False, got {progress!r}")
+    disable = {None: None, True: False, False: True}[progress]
+    with tqdm(
+        total=n_blocks * steps,
+        unit="traj-step",
+        unit_scale=True,
+        delay=0.0 if progress else 2.0,
+        disable=disable,
+        desc=desc,
+        mininterval=1.0,
+    ) as bar:
+        if bar.disable:
+            return advance(carry, 0, n_blocks)
+        size = max(1, math.ceil(n_blocks / _PROGRESS_BLOCKS))
+        return _in_blocks(advance, carry, 0, n_blocks, size, lambda n: bar.update(n * steps), _MIN_CALL_SECONDS)
+
+
+def _run_tangent(step, x0, key, n_steps, k, transient, dt, n_replicas, n_records, progress, desc):
+    """Shared driver of :func:`top_exponent` and :func:`spectrum`: checks, then :func:`_tangent_start` and
+    :func:`_tangent_advance` over the blocks, in calls."""
     leaves, _, is_float = _split_state(x0)
     d = sum(int(np.prod(jnp.shape(leaf))) for leaf, f in zip(leaves, is_float) if f)
     if k > d:
@@ -568,27 +604,18 @@ def _run_tangent(step, x0, key, n_steps, k, transient, dt, n_replicas, n_records
     if n_blocks - transient_blocks < 1:
         raise ValueError(f"transient={transient} leaves no steps of n_steps={n_steps} (dt={dt})")
     keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(n_replicas))
-    growth = _tangent_growth(_as_static(step), x0, keys, k, dt, n_blocks)  # (R, n_blocks, k)
-    growth = np.asarray(growth, dtype=np.float64)
+    step = _as_static(step)
+    carry = _tangent_start(x0, keys, k, n_blocks)
+    carry = _run_in_calls(
+        lambda c, a, b: _tangent_advance(step, c, a, b, dt), carry, n_blocks, dt * n_replicas, progress, desc
+    )
+    growth = np.asarray(carry["growth"], dtype=np.float64)  # (R, n_blocks, k): log|R_jj| of each block
     return _summarise(growth, transient_blocks, dt, n_records, sort=True, stacklevel=4)
 
 
-@functools.partial(jax.jit, static_argnames=("step", "k", "dt", "n_blocks"))
-def _tangent_growth(step, x0, keys, k, dt, n_blocks):
-    """``log|R_jj|`` of every block ``(replicas, n_blocks, k)``: a ``k``-frame pushed by the JVP of ``step`` from
-    ``x0`` and orthonormalized every ``dt`` steps, one replica per key.
-
-    Compiled once per ``step`` (by identity), state shapes, ``k``, ``dt`` and ``n_blocks``: calling again
-    with the same step function reuses the program. The frame is kept as the state's float leaves, each
-    with a leading ``k`` axis, so the tangents go through the linearized step leaf by leaf as the state
-    does (one flat vector cost a slice and a concatenation of the whole frame per step: 2.2x the time of
-    pushing the tangents on the nets of ``benchmarks/run.py``); it is laid out as ``(k, d)`` rows only to
-    be orthonormalized.
-    """
-    leaves, treedef, is_float = _split_state(x0)
-    float_leaves = [leaf for leaf, f in zip(leaves, is_float) if f]
-    d = sum(int(np.prod(leaf.shape)) for leaf in float_leaves)
-    acc_dtype = jnp.result_type(float)  # float64 when enabled
+def _float_parts(x):
+    """``floats(x)``: the float leaves of a state shaped as ``x``; ``with_floats(new, x)``: ``x`` with them replaced."""
+    leaves, treedef, is_float = _split_state(x)
 
     def floats(x):
         return [leaf for leaf, f in zip(jax.tree_util.tree_leaves(x), is_float) if f]
@@ -599,38 +626,77 @@ def _tangent_growth(step, x0, keys, k, dt, n_blocks):
             treedef, [next(it) if f else leaf for leaf, f in zip(jax.tree_util.tree_leaves(x), is_float)]
         )
 
-    def orthonormalize(frame):
-        rows = jnp.concatenate([leaf.reshape(k, -1) for leaf in frame], axis=1)
-        q, r = _mgs(rows)
-        out, i = [], 0
-        for leaf in float_leaves:
-            out.append(q[:, i : i + leaf.size].reshape((k,) + leaf.shape).astype(leaf.dtype))
-            i += leaf.size
-        return out, r
+    return floats, with_floats
+
+
+def _orthonormalize(frame):
+    """The frame (float leaves with a leading ``k`` axis) orthonormalized as ``(k, d)`` rows by :func:`_mgs`,
+    and ``|diag R|``."""
+    k = frame[0].shape[0]
+    q, r = _mgs(jnp.concatenate([leaf.reshape(k, -1) for leaf in frame], axis=1))
+    return _frame_from_rows(q, [leaf[0] for leaf in frame]), r
+
+
+def _frame_from_rows(rows, like):
+    """``(k, d)`` rows as a frame: float leaves shaped and typed as ``like`` (one state's), with a leading ``k``."""
+    out, i = [], 0
+    for leaf in like:
+        out.append(rows[:, i : i + leaf.size].reshape(rows.shape[:1] + leaf.shape).astype(leaf.dtype))
+        i += leaf.size
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("k", "n_blocks"))
+def _tangent_start(x0, keys, k, n_blocks):
+    """Per replica (one per key): the state ``x0``, a random orthonormal ``k``-frame, the run key, and a
+    zero buffer for the ``log|R_jj|`` of the ``n_blocks`` blocks.
+
+    The frame is kept as the state's float leaves, each with a leading ``k`` axis, so that the tangents go
+    through the linearized step leaf by leaf as the state does (one flat vector cost a slice and a
+    concatenation of the whole frame per step: 1.75x the time of pushing the tangents on the nets of
+    ``benchmarks/run.py``); it is laid out as ``(k, d)`` rows only to be orthonormalized.
+    """
+    floats, _ = _float_parts(x0)
+    like = floats(x0)
+    d = sum(int(np.prod(leaf.shape)) for leaf in like)
 
     def one_replica(rkey):
         frame_key, run_key = jax.random.split(rkey)
-        rows = jax.random.normal(frame_key, (k, d), jnp.result_type(*float_leaves))
-        frame, _ = orthonormalize([rows])
-
-        def block(carry, b):
-            x, q = carry
-
-            def one_step(c, i):
-                x, q = c
-                skey = prng.step_key(run_key, b * dt + i)
-                new_x, jvp = jax.linearize(lambda z: step(with_floats(z, x), skey), floats(x))
-                pushed = jax.vmap(lambda v: floats(jvp(v)))(q)
-                return (new_x, pushed), None
-
-            (x, y), _ = jax.lax.scan(one_step, (x, q), jnp.arange(dt))
-            q, r = orthonormalize(y)
-            return (x, q), jnp.log(r).astype(acc_dtype)
-
-        _, growth = jax.lax.scan(block, (x0, frame), jnp.arange(n_blocks))
-        return growth
+        rows = jax.random.normal(frame_key, (k, d), jnp.result_type(*like))
+        frame, _ = _orthonormalize(_frame_from_rows(rows, like))
+        return {"x": x0, "q": frame, "key": run_key, "growth": jnp.zeros((n_blocks, k), jnp.result_type(float))}
 
     return jax.vmap(one_replica)(keys)
+
+
+@functools.partial(jax.jit, static_argnames=("step", "dt"), donate_argnames=("carry",))
+def _tangent_advance(step, carry, a, b, dt):
+    """Blocks ``a <= i < b`` of every replica: ``dt`` steps of the state with the frame pushed by the JVP of
+    ``step`` (same key), then the frame orthonormalized and ``log|R_jj|`` written to block ``i``.
+
+    Compiled once per ``step`` (by identity), state shapes, ``k``, ``dt``, number of blocks and replicas; the
+    block bounds are traced, so calls of any length and a second call with the same step function reuse it.
+    """
+    floats, with_floats = _float_parts(jax.tree_util.tree_map(lambda leaf: leaf[0], carry["x"]))
+
+    def one_replica(x, q, growth, run_key):
+        def block(i, c):
+            x, q, growth = c
+
+            def one_step(j, c):
+                x, q = c
+                skey = prng.step_key(run_key, i * dt + j)
+                new_x, jvp = jax.linearize(lambda z: step(with_floats(z, x), skey), floats(x))
+                return new_x, jax.vmap(lambda v: floats(jvp(v)))(q)
+
+            x, y = jax.lax.fori_loop(0, dt, one_step, (x, q))
+            q, r = _orthonormalize(y)
+            return x, q, growth.at[i].set(jnp.log(r).astype(growth.dtype))
+
+        return jax.lax.fori_loop(a, b, block, (x, q, growth))
+
+    x, q, growth = jax.vmap(one_replica)(carry["x"], carry["q"], carry["growth"], carry["key"])
+    return {**carry, "x": x, "q": q, "growth": growth}
 
 
 TIME_BATCHES = 32
@@ -734,6 +800,7 @@ def top_exponent(
     dt: int = 1,
     n_replicas: int = 1,
     n_records: int = 100,
+    progress: bool | None = None,
 ) -> LyapunovEstimate:
     """Top Lyapunov exponent of ``x_{t+1} = step(x_t, k_t)`` by a renormalized tangent vector.
 
@@ -744,8 +811,13 @@ def top_exponent(
     ``k_t = fold_in(fold_in(key, replica), t)``; the state may be any pytree (integer leaves,
     such as an optimizer's step count, are carried along but not differentiated).
     ``lambda = (1/(n - transient)) sum_{t >= transient} log(|v_{t+1}| / |v_t|)``.
+    ``progress``: a progress bar (``None``: on a terminal, for runs longer than 2 s), as for
+    :func:`dynsim.simulate`; the run goes in calls of growing length, with no effect on the result.
     """
-    return spectrum(step, x0, key, n_steps, 1, transient, dt=dt, n_replicas=n_replicas, n_records=n_records)
+    n_steps, transient, dt, n_replicas, n_records = _check_common(n_steps, transient, dt, n_replicas, n_records)
+    return _run_tangent(
+        step, x0, _as_key(key), n_steps, 1, transient, dt, n_replicas, n_records, progress, "top_exponent"
+    )
 
 
 def spectrum(
@@ -759,6 +831,7 @@ def spectrum(
     dt: int = 1,
     n_replicas: int = 1,
     n_records: int = 100,
+    progress: bool | None = None,
 ) -> LyapunovEstimate:
     """The ``k`` largest Lyapunov exponents, descending, by the discrete QR method.
 
@@ -772,9 +845,9 @@ def spectrum(
     **Cost and** ``dt``. Each tangent costs a Jacobian-vector product of the step (for SGD a
     Hessian-vector product), and the Gram-Schmidt makes about ``5 (k - 1)`` passes over the frame
     (``k (k - 1)`` projections, each reading two vectors and writing one): on the 200-200-200 nets
-    of ``benchmarks/run.py`` (k = 8, 64 replicas, 2 CPU cores), pushing the tangents costs 23 plain
-    steps, and with ``dt=1`` the orthonormalization 3.5 times as much again (103 plain steps in all;
-    29 with ``dt=10``). Between orthonormalizations the
+    of ``benchmarks/run.py`` (k = 8, 64 replicas, 2 CPU cores), pushing the tangents costs 22.5 plain
+    steps, and with ``dt=1`` the orthonormalization 3.4 times as much again (98 plain steps in all; 29
+    with ``dt=10``; ``benchmarks/RESULTS.md``). Between orthonormalizations the
     frame's condition number grows like ``exp((lambda_1 - lambda_k) dt)``; keep it well below
     ``1/eps`` of the state's dtype (``(lambda_1 - lambda_k) dt`` below about 8 in float32, 18 in
     float64) or the lower exponents are lost to rounding. A slowly rotating frame (SGD near a
@@ -782,11 +855,12 @@ def spectrum(
 
     The program is compiled once per ``step`` function (by identity; a new lambda on every call
     compiles again), state shapes, ``k``, ``dt``, ``n_steps // dt`` and ``n_replicas``: a second call
-    with the same step function from another start or key reuses it.
+    with the same step function from another start or key reuses it. ``progress`` as for
+    :func:`top_exponent`.
     """
     n_steps, transient, dt, n_replicas, n_records = _check_common(n_steps, transient, dt, n_replicas, n_records)
     k = check_int("k", k, minimum=1)
-    return _run_tangent(step, x0, _as_key(key), n_steps, k, transient, dt, n_replicas, n_records)
+    return _run_tangent(step, x0, _as_key(key), n_steps, k, transient, dt, n_replicas, n_records, progress, "spectrum")
 
 
 def two_trajectory(
@@ -800,6 +874,7 @@ def two_trajectory(
     dt: int = 1,
     n_replicas: int = 1,
     n_records: int = 100,
+    progress: bool | None = None,
 ) -> LyapunovEstimate:
     """Top exponent without derivatives (Benettin et al. 1976), for maps with kinks (ReLU, clipping).
 
@@ -813,6 +888,7 @@ def two_trajectory(
     to ``sqrt(eps)``. Biased if ``delta`` is not small relative to the scale of the
     nonlinearity. A replica whose clone lands exactly on the base trajectory (``d = 0``, the
     map collapsed the separation) has no direction to follow and is left out, with a warning.
+    ``progress`` as for :func:`top_exponent`; compiled once per ``step`` function, as :func:`spectrum`.
     """
     n_steps, transient, dt, n_replicas, n_records = _check_common(n_steps, transient, dt, n_replicas, n_records)
     key = _as_key(key)
@@ -826,45 +902,70 @@ def two_trajectory(
     if n_blocks - transient_blocks < 1:
         raise ValueError(f"transient={transient} leaves no steps of n_steps={n_steps} (dt={dt})")
     keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(n_replicas))
-    growth = np.asarray(_separation_growth(_as_static(step), x0, keys, d0, dt, n_blocks), dtype=np.float64)[:, :, None]
+    step = _as_static(step)
+    carry = _separation_start(x0, keys, d0, n_blocks)
+    carry = _run_in_calls(
+        lambda c, a, b: _separation_advance(step, c, a, b, d0, dt),
+        carry,
+        n_blocks,
+        dt * n_replicas,
+        progress,
+        "two_trajectory",
+    )
+    growth = np.asarray(carry["growth"], dtype=np.float64)[:, :, None]
     return _summarise(growth, transient_blocks, dt, n_records, sort=False)
 
 
-@functools.partial(jax.jit, static_argnames=("step", "dt", "n_blocks"))
-def _separation_growth(step, x0, keys, d0, dt, n_blocks):
-    """``log(d / delta)`` of every block ``(replicas, n_blocks)`` of :func:`two_trajectory`, one replica per key
-    (compiled once per ``step``, state shapes, ``dt`` and ``n_blocks``)."""
+def _separation(xv, d0):
+    """The clone's distance ``d0 max(1, |x|)``, relative to the state's size."""
+    return d0 * jnp.maximum(1.0, jnp.linalg.norm(xv))
+
+
+@functools.partial(jax.jit, static_argnames=("n_blocks",))
+def _separation_start(x0, keys, d0, n_blocks):
+    """Per replica (one per key) of :func:`two_trajectory`: the state, its clone at distance ``delta`` in a
+    random direction, ``delta``, the run key, and a zero buffer for the log-growth of the ``n_blocks`` blocks."""
     leaves, treedef, is_float = _split_state(x0)
     flat_float, build = _flat_coordinates(treedef, is_float)
     x0v = flat_float(x0)
-    acc_dtype = jnp.result_type(float)
-
-    def separation(xv):
-        return d0 * jnp.maximum(1.0, jnp.linalg.norm(xv))
 
     def one_replica(rkey):
         dir_key, run_key = jax.random.split(rkey)
         u = jax.random.normal(dir_key, x0v.shape, x0v.dtype)
-        delta0 = separation(x0v)
-        clone = build(x0v + delta0 * u / jnp.linalg.norm(u), leaves)
+        delta = _separation(x0v, d0)
+        clone = build(x0v + delta * u / jnp.linalg.norm(u), leaves)
+        growth = jnp.zeros(n_blocks, jnp.result_type(float))
+        return {"x": x0, "y": clone, "delta": delta, "key": run_key, "growth": growth}
 
-        def block(carry, b):
-            x, y, delta = carry
+    return jax.vmap(one_replica)(keys)
 
-            def one_step(c, i):
+
+@functools.partial(jax.jit, static_argnames=("step", "dt"), donate_argnames=("carry",))
+def _separation_advance(step, carry, a, b, d0, dt):
+    """Blocks ``a <= i < b`` of every replica of :func:`two_trajectory`: ``dt`` steps of the state and its clone
+    (same keys), then ``log(d / delta)`` written to block ``i`` and the clone pulled back to the new ``delta``.
+    Compiled once per ``step``, state shapes, ``dt``, number of blocks and replicas."""
+    leaves, treedef, is_float = _split_state(jax.tree_util.tree_map(lambda leaf: leaf[0], carry["x"]))
+    flat_float, build = _flat_coordinates(treedef, is_float)
+
+    def one_replica(x, y, delta, growth, run_key):
+        def block(i, c):
+            x, y, delta, growth = c
+
+            def one_step(j, c):
                 x, y = c
-                skey = prng.step_key(run_key, b * dt + i)
-                return (step(x, skey), step(y, skey)), None
+                skey = prng.step_key(run_key, i * dt + j)
+                return step(x, skey), step(y, skey)
 
-            (x, y), _ = jax.lax.scan(one_step, (x, y), jnp.arange(dt))
+            x, y = jax.lax.fori_loop(0, dt, one_step, (x, y))
             xv, yv = flat_float(x), flat_float(y)
             sep = yv - xv
             d = jnp.linalg.norm(sep)
-            new_delta = separation(xv)
+            new_delta = _separation(xv, d0)
             y = build(xv + sep * (new_delta / d), jax.tree_util.tree_leaves(y))
-            return (x, y, new_delta), (jnp.log(d) - jnp.log(delta)).astype(acc_dtype)
+            return x, y, new_delta, growth.at[i].set((jnp.log(d) - jnp.log(delta)).astype(growth.dtype))
 
-        _, growth = jax.lax.scan(block, (x0, clone, delta0), jnp.arange(n_blocks))
-        return growth
+        return jax.lax.fori_loop(a, b, block, (x, y, delta, growth))
 
-    return jax.vmap(one_replica)(keys)
+    x, y, delta, growth = jax.vmap(one_replica)(carry["x"], carry["y"], carry["delta"], carry["growth"], carry["key"])
+    return {**carry, "x": x, "y": y, "delta": delta, "growth": growth}

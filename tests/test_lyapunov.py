@@ -396,18 +396,39 @@ def test_a_second_call_with_the_same_step_reuses_its_program():
     # is the one a fresh program gives (the same step through a wrapper, compiled anew)
     start, other = jnp.array([0.1, 0.1]), jnp.array([0.2, 0.0])
     L.spectrum(henon, start, 0, 64, 2, n_replicas=3)
-    tangent, separation = L._tangent_growth._cache_size(), L._separation_growth._cache_size()
+    tangent, separation = L._tangent_advance._cache_size(), L._separation_advance._cache_size()
     again = L.spectrum(henon, other, 5, 64, 2, n_replicas=3)
     L.two_trajectory(henon, start, 0, 64, n_replicas=3)
     L.two_trajectory(henon, other, 5, 64, n_replicas=3)
-    assert L._tangent_growth._cache_size() == tangent
-    assert L._separation_growth._cache_size() == separation + 1
+    assert L._tangent_advance._cache_size() == tangent
+    assert L._separation_advance._cache_size() == separation + 1
     fresh = L.spectrum(lambda x, key: henon(x, key), other, 5, 64, 2, n_replicas=3)
-    assert L._tangent_growth._cache_size() == tangent + 1
+    assert L._tangent_advance._cache_size() == tangent + 1
     np.testing.assert_array_equal(again.per_replica, fresh.per_replica)
     # a step that cannot be hashed is wrapped and compiled on every call, not refused
     unhashable = L.spectrum(_UnhashableStep(), other, 5, 64, 2, n_replicas=3)
     np.testing.assert_array_equal(unhashable.per_replica, fresh.per_replica)
+
+
+def test_a_run_does_not_depend_on_how_its_calls_split_it(capsys):
+    # the blocks of a run go in calls of growing length (for the progress bar): step t is the same
+    # computation whichever call runs it, so the log-growth is bitwise that of one call
+    x0, keys = jnp.array([0.1, 0.1]), jax.vmap(lambda r: jax.random.fold_in(prng.key(3), r))(jnp.arange(2))
+    whole = L._tangent_advance(henon, L._tangent_start(x0, keys, 2, 40), 0, 40, 1)["growth"]
+    first = L._tangent_advance(henon, L._tangent_start(x0, keys, 2, 40), 0, 13, 1)
+    np.testing.assert_array_equal(L._tangent_advance(henon, first, 13, 40, 1)["growth"], whole)
+    d0 = 1e-4
+    whole = L._separation_advance(henon, L._separation_start(x0, keys, d0, 40), 0, 40, d0, 1)["growth"]
+    first = L._separation_advance(henon, L._separation_start(x0, keys, d0, 40), 0, 29, d0, 1)
+    np.testing.assert_array_equal(L._separation_advance(henon, first, 29, 40, d0, 1)["growth"], whole)
+    # progress=True shows a bar at once and leaves the estimate as it is
+    shown = L.spectrum(henon, x0, 3, 64, 2, n_replicas=2, progress=True)
+    assert "spectrum" in capsys.readouterr().err
+    quiet = L.spectrum(henon, x0, 3, 64, 2, n_replicas=2, progress=False)
+    assert capsys.readouterr().err == ""
+    np.testing.assert_array_equal(shown.per_replica, quiet.per_replica)
+    with pytest.raises(TypeError, match="progress must be None, True or False"):
+        L.top_exponent(henon, x0, 0, 10, progress="yes")
 
 
 def test_bad_arguments():
