@@ -851,7 +851,10 @@ def spectrum(
     frame's condition number grows like ``exp((lambda_1 - lambda_k) dt)``; keep it well below
     ``1/eps`` of the state's dtype (``(lambda_1 - lambda_k) dt`` below about 8 in float32, 18 in
     float64) or the lower exponents are lost to rounding. A slowly rotating frame (SGD near a
-    minimum, ``|lambda| << 1`` per step) allows ``dt`` in the tens.
+    minimum, ``|lambda| << 1`` per step) allows ``dt`` in the tens. The log-growth of every block
+    stays on the device until the end: ``n_replicas * (n_steps // dt) * k`` floats, 1.3 GB in
+    float32 (2.6 GB with x64) for 400 replicas, k = 8 and 10^5 blocks, besides ``n_replicas (k + 1)``
+    copies of the state.
 
     The program is compiled once per ``step`` function (by identity; a new lambda on every call
     compiles again), state shapes, ``k``, ``dt``, ``n_steps // dt`` and ``n_replicas``: a second call
