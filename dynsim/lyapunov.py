@@ -377,6 +377,8 @@ def from_running_exponent(result: xr.Dataset, var: str = "exponent") -> RunningE
 def with_tangent(dynamics, *, transient: int = 0):
     """``dynamics`` with a unit tangent vector and its log-growth carried in the state.
 
+    The tangent is kept as the state's float leaves (``state["tangent"]``, a list shaped as they are).
+
     Each step pushes the tangent through the Jacobian of the step (``jax.linearize``, the same
     key as the base step), renormalizes it and, once ``transient`` steps have passed, adds
     ``log|J_t v_t|`` to ``log_growth`` and counts the step in ``counted``. Run it through
@@ -390,36 +392,33 @@ def with_tangent(dynamics, *, transient: int = 0):
 
     transient = check_int("transient", transient, minimum=0)
 
-    def coordinates(inner):
-        leaves, treedef, is_float = _split_state(inner)
-        flat_float, build = _flat_coordinates(treedef, is_float)
-        return flat_float, build, leaves
-
     def init(key, hp):
         k_state, k_tangent = jax.random.split(key)
         inner = dynamics.init(k_state, hp)
-        flat_float, _, _ = coordinates(inner)
-        x = flat_float(inner)
-        v = jax.random.normal(k_tangent, x.shape, x.dtype)
+        floats, _ = _float_parts(inner)
+        like = floats(inner)
+        v = jax.random.normal(k_tangent, (1, sum(leaf.size for leaf in like)), jnp.result_type(*like))
         zero = jnp.zeros((), jnp.result_type(float))
         return {
             "inner": inner,
-            "tangent": v / jnp.linalg.norm(v),
+            "tangent": [leaf[0] for leaf in _frame_from_rows(v / jnp.linalg.norm(v), like)],
             "log_growth": zero,
             "steps": jnp.zeros((), jnp.int32),
             "counted": jnp.zeros((), jnp.int32),
         }
 
     def step(state, key, hp):
-        flat_float, build, leaves = coordinates(state["inner"])
-        new_inner, jvp = jax.linearize(lambda z: dynamics.step(build(z, leaves), key, hp), flat_float(state["inner"]))
-        w = flat_float(jvp(state["tangent"]))
-        r = jnp.linalg.norm(w)
+        floats, with_floats = _float_parts(state["inner"])
+        inner = state["inner"]
+        new_inner, jvp = jax.linearize(lambda z: dynamics.step(with_floats(z, inner), key, hp), floats(inner))
+        w = floats(jvp(state["tangent"]))
+        r = jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in w))
         counted = state["steps"] >= transient
         grown = jnp.maximum(state["log_growth"] + jnp.log(r).astype(state["log_growth"].dtype), LOG_ZERO)
+        scale = 1.0 / jnp.where(r > 0, r, 1.0)
         return {
             "inner": new_inner,
-            "tangent": jnp.where(r > 0, w / jnp.where(r > 0, r, 1.0), state["tangent"]),
+            "tangent": [jnp.where(r > 0, leaf * scale, old) for leaf, old in zip(w, state["tangent"])],
             "log_growth": jnp.where(counted, grown, state["log_growth"]),
             "steps": state["steps"] + 1,
             "counted": state["counted"] + counted.astype(jnp.int32),
