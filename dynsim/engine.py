@@ -33,10 +33,10 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
-from tqdm.auto import tqdm
 
 from dynsim import prng
 from dynsim._fusion import SMALL, materialize
+from dynsim._progress import PROGRESS_BLOCKS, check_progress, in_blocks, progress_bar
 from dynsim._validate import (
     LEARNING_RATE_NAMES,
     check_int,
@@ -53,7 +53,6 @@ __all__ = ["simulate", "default_memory_budget"]
 
 _CACHE_SIZE = 32
 _PROGRAMS: OrderedDict[tuple, _Program] = OrderedDict()
-_PROGRESS_BLOCKS = 20
 # Each compiled call has a fixed cost (dispatch, and buffers of the whole ensemble state that are
 # touched afresh: measured 10-30 ms for 400 nets of 80k parameters on CPU); a block of steps that
 # ran faster than this doubles the next one.
@@ -508,25 +507,6 @@ def _collect(program: _Program, carry, finals, status, keep, ctx) -> list:
     return entries
 
 
-def _in_blocks(call, carry, start: int, stop: int, size: int, on_block, min_seconds: float = _MIN_CALL_SECONDS):
-    """``carry`` after ``call(carry, a, b)`` over consecutive blocks ``[a, b)`` covering ``[start, stop)``.
-
-    Blocks start at ``size`` and double while a call takes less than ``min_seconds``, so a
-    short run is not dominated by per-call costs and a long one still reports progress often.
-    Results do not depend on the blocks: step ``t`` is the same computation in any of them.
-    """
-    a = start
-    while a < stop:
-        b = min(stop, a + size)
-        began = time.perf_counter()
-        carry = jax.block_until_ready(call(carry, a, b))
-        on_block(b - a)
-        if time.perf_counter() - began < min_seconds:
-            size *= 2
-        a = b
-    return carry
-
-
 def _run_chunk(program: _Program, inputs, keep: int, ctx: Context, n_slots: int, bar) -> list:
     """Run one chunk of trajectories for ``n_steps`` steps (in blocks, for the progress bar); its outputs."""
     n_steps, record_every = ctx.n_steps, ctx.record_every
@@ -534,22 +514,24 @@ def _run_chunk(program: _Program, inputs, keep: int, ctx: Context, n_slots: int,
     done = 0
     if record_every is not None:
         n_rec = n_steps // record_every
-        carry = _in_blocks(
+        carry = in_blocks(
             lambda c, a, b: program.run_records(c, inputs, a, b),
             carry,
             0,
             n_rec,
-            max(1, math.ceil(n_rec / _PROGRESS_BLOCKS)),
+            max(1, math.ceil(n_rec / PROGRESS_BLOCKS)),
             lambda n: bar.update(keep * n * record_every),
+            _MIN_CALL_SECONDS,
         )
         done = n_rec * record_every
-    carry = _in_blocks(
+    carry = in_blocks(
         lambda c, a, b: program.run_steps(c, inputs, a, b),
         carry,
         done,
         n_steps,
-        max(1, math.ceil((n_steps - done) / _PROGRESS_BLOCKS)),
+        max(1, math.ceil((n_steps - done) / PROGRESS_BLOCKS)),
         lambda n: bar.update(keep * n),
+        _MIN_CALL_SECONDS,
     )
     if done < n_steps:
         carry = program.write(carry, inputs, n_slots - 1)
@@ -666,8 +648,7 @@ def simulate(
     budget = int(check_positive("memory_budget", memory_budget)) if memory_budget is not None else None
     if path is not None:
         path = check_output_path(path)
-    if progress not in (None, True, False):
-        raise TypeError(f"progress must be None, True or False, got {progress!r}")
+    check_progress(progress)
     if shard is not None:
         if checkpoint is None:
             raise ValueError("shard needs a checkpoint folder shared by the shards")
@@ -724,21 +705,12 @@ def simulate(
     root = jax.random.key_data(prng.key(seed))
     outputs = _Outputs(n_cells * n_replicas)
     total = n_cells * n_replicas * n_steps
-    disable = {None: None, True: False, False: True}[progress]
     started = time.perf_counter()
     float_dtype = jnp.result_type(float)
     chunk_number = 0
     loaded = 0  # trajectories read back from the checkpoint
     owed = []  # chunks of other shards, not in the checkpoint when this shard passed them
-    with tqdm(
-        total=total,
-        unit="traj-step",
-        unit_scale=True,
-        delay=0.0 if progress else 2.0,
-        disable=disable,
-        desc="dynsim",
-        mininterval=1.0,
-    ) as bar:
+    with progress_bar(total, progress, "dynsim", mininterval=1.0) as bar:
         for group, (key, cells) in enumerate(groups.items()):
             static_hp = tuple(sorted({**g.constants, **dict(zip(g.static, key))}.items()))
             spec = _Spec(dynamics, tuple(obs.items()), static_hp, ctx, bound, n_slots)

@@ -37,9 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 from jax import lax
-from tqdm.auto import tqdm
 
 from dynsim import prng
+from dynsim._progress import check_progress, progress_bar
 from dynsim._validate import check_choice, check_int, check_positive, grid_values
 from dynsim.dynamics.saddle import LOG_ZERO
 from dynsim.observables import batch_means_stderr, time_batches
@@ -286,8 +286,7 @@ def saddle_modes(
         raise ValueError(f"block_size must be a power of 2, got {block_size}")
     chunk_size = check_int("chunk_size", chunk_size, minimum=1)
     seed = check_int("seed", seed, minimum=0, maximum=2**63 - 1)
-    if progress not in (None, True, False):
-        raise TypeError(f"progress must be None, True or False, got {progress!r}")
+    check_progress(progress)
     backend = _resolve_backend(backend)
 
     counts, bounds = time_batches(n_steps, n_batches)
@@ -307,15 +306,7 @@ def saddle_modes(
         backend, block_size, chunk, tuple(int(b) for b in bounds), law, batch_size, float(noise_var) ** 0.5, float(c0)
     )
     outs = []
-    disable = {None: None, True: False, False: True}[progress]
-    bar = tqdm(
-        total=n_traj * n_steps,
-        unit="traj-step",
-        unit_scale=True,
-        delay=0.0 if progress else 2.0,
-        disable=disable,
-        desc="fused",
-    )
+    bar = progress_bar(n_traj * n_steps, progress, "fused")
     with bar:
         for start in range(0, n_traj, chunk):
             outs.append([np.asarray(o) for o in run(np.uint32(start), *grid, root, data)])

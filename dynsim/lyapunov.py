@@ -28,9 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 from scipy import optimize, special
-from tqdm.auto import tqdm
 
 from dynsim import prng
+from dynsim._progress import PROGRESS_BLOCKS, in_blocks, progress_bar
 from dynsim._validate import check_int, check_positive
 from dynsim.observables import batch_means_stderr, time_batches, warn_if_correlated
 
@@ -412,7 +412,7 @@ def with_tangent(dynamics, *, transient: int = 0):
         inner = state["inner"]
         new_inner, jvp = jax.linearize(lambda z: dynamics.step(with_floats(z, inner), key, hp), floats(inner))
         w = floats(jvp(state["tangent"]))
-        r = jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in w))
+        r = _norm(w)
         counted = state["steps"] >= transient
         grown = jnp.maximum(state["log_growth"] + jnp.log(r).astype(state["log_growth"].dtype), LOG_ZERO)
         scale = 1.0 / jnp.where(r > 0, r, 1.0)
@@ -506,27 +506,6 @@ def _split_state(x):
     return leaves, treedef, is_float
 
 
-def _flat_coordinates(treedef, is_float):
-    """``flat_float(x)``: the float leaves of a state as one vector; ``build(vec, leaves)``: back."""
-
-    def flat_float(x):
-        leaves = jax.tree_util.tree_leaves(x)
-        return jnp.concatenate([jnp.ravel(leaf) for leaf, f in zip(leaves, is_float) if f])
-
-    def build(float_vec, template_leaves):
-        out, i = [], 0
-        for leaf, f in zip(template_leaves, is_float):
-            if f:
-                size = int(np.prod(jnp.shape(leaf)))
-                out.append(float_vec[i : i + size].reshape(jnp.shape(leaf)).astype(jnp.result_type(leaf)))
-                i += size
-            else:
-                out.append(leaf)
-        return jax.tree_util.tree_unflatten(treedef, out)
-
-    return flat_float, build
-
-
 def _mgs(Y):
     """Modified Gram-Schmidt with one reorthogonalization pass on the rows of ``Y`` (k, d): ``Y^T = Q^T R``.
 
@@ -565,28 +544,12 @@ made 20% of the run."""
 def _run_in_calls(advance, carry, n_blocks: int, steps: int, progress, desc: str):
     """``carry`` after ``advance(carry, a, b)`` over the blocks ``[0, n_blocks)``, with a progress bar counting
     ``steps`` per block: in one call where no bar is shown, else in calls that grow while they are shorter
-    than :data:`_MIN_CALL_SECONDS`.
-
-    ``progress``: ``None`` shows the bar on a terminal for runs longer than 2 s, ``True`` always, ``False`` never.
-    """
-    from dynsim.engine import _PROGRESS_BLOCKS, _in_blocks
-
-    if progress not in (None, True, False):
-        raise TypeError(f"progress must be None, True or False, got {progress!r}")
-    disable = {None: None, True: False, False: True}[progress]
-    with tqdm(
-        total=n_blocks * steps,
-        unit="traj-step",
-        unit_scale=True,
-        delay=0.0 if progress else 2.0,
-        disable=disable,
-        desc=desc,
-        mininterval=1.0,
-    ) as bar:
+    than :data:`_MIN_CALL_SECONDS`."""
+    with progress_bar(n_blocks * steps, progress, desc, mininterval=1.0) as bar:
         if bar.disable:
             return advance(carry, 0, n_blocks)
-        size = max(1, math.ceil(n_blocks / _PROGRESS_BLOCKS))
-        return _in_blocks(advance, carry, 0, n_blocks, size, lambda n: bar.update(n * steps), _MIN_CALL_SECONDS)
+        size = max(1, math.ceil(n_blocks / PROGRESS_BLOCKS))
+        return in_blocks(advance, carry, 0, n_blocks, size, lambda n: bar.update(n * steps), _MIN_CALL_SECONDS)
 
 
 def _run_tangent(step, x0, key, n_steps, k, transient, dt, n_replicas, n_records, progress, desc):
@@ -596,20 +559,35 @@ def _run_tangent(step, x0, key, n_steps, k, transient, dt, n_replicas, n_records
     d = sum(int(np.prod(jnp.shape(leaf))) for leaf, f in zip(leaves, is_float) if f)
     if k > d:
         raise ValueError(f"k={k} exceeds the dimension of the state's floating-point part, {d}")
+    n_blocks, transient_blocks = _blocks(n_steps, dt, transient)
+    step = _as_static(step)
+    carry = _tangent_start(x0, _replica_keys(key, n_replicas), k, n_blocks)
+    carry = _run_in_calls(
+        lambda c, a, b: _tangent_advance(step, c, a, b, dt), carry, n_blocks, dt * n_replicas, progress, desc
+    )
+    growth = np.asarray(carry["growth"], dtype=np.float64)  # (R, n_blocks, k): log|R_jj| of each block
+    return _summarise(growth, transient_blocks, dt, n_records, sort=True, stacklevel=4)
+
+
+def _blocks(n_steps: int, dt: int, transient: int) -> tuple[int, int]:
+    """``n_steps // dt`` blocks of ``dt`` steps, of which the first ``ceil(transient / dt)`` are the transient."""
     n_blocks = n_steps // dt
     if n_blocks < 1:
         raise ValueError(f"n_steps={n_steps} must be >= dt={dt}")
     transient_blocks = -(-transient // dt)
     if n_blocks - transient_blocks < 1:
         raise ValueError(f"transient={transient} leaves no steps of n_steps={n_steps} (dt={dt})")
-    keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(n_replicas))
-    step = _as_static(step)
-    carry = _tangent_start(x0, keys, k, n_blocks)
-    carry = _run_in_calls(
-        lambda c, a, b: _tangent_advance(step, c, a, b, dt), carry, n_blocks, dt * n_replicas, progress, desc
-    )
-    growth = np.asarray(carry["growth"], dtype=np.float64)  # (R, n_blocks, k): log|R_jj| of each block
-    return _summarise(growth, transient_blocks, dt, n_records, sort=True, stacklevel=4)
+    return n_blocks, transient_blocks
+
+
+def _replica_keys(key, n_replicas: int) -> jax.Array:
+    """``fold_in(key, r)`` for every replica ``r``."""
+    return jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(n_replicas))
+
+
+def _norm(leaves) -> jax.Array:
+    """The Euclidean norm of a list of arrays taken as one vector."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in leaves))
 
 
 def _float_parts(x):
@@ -657,7 +635,7 @@ def _tangent_start(x0, keys, k, n_blocks):
     """
     floats, _ = _float_parts(x0)
     like = floats(x0)
-    d = sum(int(np.prod(leaf.shape)) for leaf in like)
+    d = sum(leaf.size for leaf in like)
 
     def one_replica(rkey):
         frame_key, run_key = jax.random.split(rkey)
@@ -899,13 +877,9 @@ def two_trajectory(
         dtype = jnp.result_type(*[leaf for leaf, f in zip(leaves, is_float) if f])
         d0 = float(np.sqrt(np.finfo(dtype).eps))
     d0 = check_positive("d0", d0)
-    n_blocks = n_steps // dt
-    transient_blocks = -(-transient // dt)
-    if n_blocks - transient_blocks < 1:
-        raise ValueError(f"transient={transient} leaves no steps of n_steps={n_steps} (dt={dt})")
-    keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(n_replicas))
+    n_blocks, transient_blocks = _blocks(n_steps, dt, transient)
     step = _as_static(step)
-    carry = _separation_start(x0, keys, d0, n_blocks)
+    carry = _separation_start(x0, _replica_keys(key, n_replicas), d0, n_blocks)
     carry = _run_in_calls(
         lambda c, a, b: _separation_advance(step, c, a, b, d0, dt),
         carry,
@@ -918,24 +892,24 @@ def two_trajectory(
     return _summarise(growth, transient_blocks, dt, n_records, sort=False)
 
 
-def _separation(xv, d0):
-    """The clone's distance ``d0 max(1, |x|)``, relative to the state's size."""
-    return d0 * jnp.maximum(1.0, jnp.linalg.norm(xv))
+def _separation(floats, d0):
+    """The clone's distance ``d0 max(1, |x|)``, relative to the size of the state's float leaves."""
+    return d0 * jnp.maximum(1.0, _norm(floats))
 
 
 @functools.partial(jax.jit, static_argnames=("n_blocks",))
 def _separation_start(x0, keys, d0, n_blocks):
     """Per replica (one per key) of :func:`two_trajectory`: the state, its clone at distance ``delta`` in a
     random direction, ``delta``, the run key, and a zero buffer for the log-growth of the ``n_blocks`` blocks."""
-    leaves, treedef, is_float = _split_state(x0)
-    flat_float, build = _flat_coordinates(treedef, is_float)
-    x0v = flat_float(x0)
+    floats, with_floats = _float_parts(x0)
+    like = floats(x0)
 
     def one_replica(rkey):
         dir_key, run_key = jax.random.split(rkey)
-        u = jax.random.normal(dir_key, x0v.shape, x0v.dtype)
-        delta = _separation(x0v, d0)
-        clone = build(x0v + delta * u / jnp.linalg.norm(u), leaves)
+        u = jax.random.normal(dir_key, (1, sum(leaf.size for leaf in like)), jnp.result_type(*like))
+        delta = _separation(like, d0)
+        u = [leaf[0] for leaf in _frame_from_rows(delta * u / jnp.linalg.norm(u), like)]
+        clone = with_floats([x + v for x, v in zip(like, u)], x0)
         growth = jnp.zeros(n_blocks, jnp.result_type(float))
         return {"x": x0, "y": clone, "delta": delta, "key": run_key, "growth": growth}
 
@@ -947,8 +921,7 @@ def _separation_advance(step, carry, a, b, d0, dt):
     """Blocks ``a <= i < b`` of every replica of :func:`two_trajectory`: ``dt`` steps of the state and its clone
     (same keys), then ``log(d / delta)`` written to block ``i`` and the clone pulled back to the new ``delta``.
     Compiled once per ``step``, state shapes, ``dt``, number of blocks and replicas."""
-    leaves, treedef, is_float = _split_state(jax.tree_util.tree_map(lambda leaf: leaf[0], carry["x"]))
-    flat_float, build = _flat_coordinates(treedef, is_float)
+    floats, with_floats = _float_parts(jax.tree_util.tree_map(lambda leaf: leaf[0], carry["x"]))
 
     def one_replica(x, y, delta, growth, run_key):
         def block(i, c):
@@ -960,11 +933,11 @@ def _separation_advance(step, carry, a, b, d0, dt):
                 return step(x, skey), step(y, skey)
 
             x, y = jax.lax.fori_loop(0, dt, one_step, (x, y))
-            xv, yv = flat_float(x), flat_float(y)
-            sep = yv - xv
-            d = jnp.linalg.norm(sep)
-            new_delta = _separation(xv, d0)
-            y = build(xv + sep * (new_delta / d), jax.tree_util.tree_leaves(y))
+            xf = floats(x)
+            sep = [yl - xl for xl, yl in zip(xf, floats(y))]
+            d = _norm(sep)
+            new_delta = _separation(xf, d0)
+            y = with_floats([xl + sl * (new_delta / d) for xl, sl in zip(xf, sep)], y)
             return x, y, new_delta, growth.at[i].set((jnp.log(d) - jnp.log(delta)).astype(growth.dtype))
 
         return jax.lax.fori_loop(a, b, block, (x, y, delta, growth))

@@ -125,7 +125,7 @@ def test_blocks_of_steps_change_nothing(monkeypatch):
 
     grown = _saddle_run(chunk_size=40)  # fast calls: blocks of 1, 2, 4, ... steps
     monkeypatch.setattr(engine, "_MIN_CALL_SECONDS", 0.0)
-    monkeypatch.setattr(engine, "_PROGRESS_BLOCKS", 10**9)  # one step per call throughout
+    monkeypatch.setattr(engine, "PROGRESS_BLOCKS", 10**9)  # one step per call throughout
     single = _saddle_run(chunk_size=40)
     for name in grown.data_vars:
         np.testing.assert_array_equal(grown[name].values, single[name].values)
