@@ -298,8 +298,11 @@ def test_henon_map():
     est = L.spectrum(henon, jnp.array([0.1, 0.1]), 0, 20_000, 2, transient=1000, n_replicas=4)
     assert np.ptp(est.per_replica[:, 0]) < 1e-6 < est.stderr[0] < 0.01
     assert abs(est.exponents[0] - 0.41922) < 4 * est.stderr[0]
-    # lambda_1 + lambda_2 = log|det J| = log 0.3 exactly, for any orbit
+    # lambda_1 + lambda_2 = log|det J| = log 0.3 exactly, for any orbit; the frame's area grows by |det J| at
+    # every step, so the partial sum is log 0.3 up to rounding, not just up to the error bar
     assert est.exponents.sum() == pytest.approx(np.log(0.3), abs=1e-3)
+    assert est.partial_sums[0] == pytest.approx(est.exponents[0], abs=1e-3)
+    assert est.partial_sums[1] == pytest.approx(np.log(0.3), abs=1e-5) and est.partial_sums_stderr[1] < 1e-5
     two = L.two_trajectory(henon, jnp.array([0.1, 0.1]), 0, 20_000, transient=1000)
     assert abs(two.exponents[0] - 0.41922) < 4 * two.stderr[0] and 0 < two.stderr[0] < 0.01
 
@@ -319,6 +322,27 @@ def test_product_of_random_triangular_matrices():
     expected = np.sort(np.log(scales) + e_log_u)[::-1]
     est = L.spectrum(step, jnp.ones(3), 3, 4000, 3, transient=100, n_replicas=8)
     assert np.all(np.abs(est.exponents - expected) < 4 * est.stderr + 1e-3), (est.exponents, expected, est.stderr)
+    z = (est.partial_sums - np.cumsum(expected)) / est.partial_sums_stderr
+    assert np.all(np.abs(z) < 4.5), z
+
+
+def test_equal_exponents_are_split_but_their_partial_sum_is_not(x64):
+    # x' = diag(a_1, a_2, a_3) x, log a_i ~ N(m_i, 0.25) independent, m = (0.1, 0.1, -0.5): lambda_1 = lambda_2 =
+    # 0.1. The frame's first column follows whichever of the first two coordinates has grown most, so the
+    # columns split the pair by about s / sqrt(pi n) (0.0035 here), many standard errors of 400 replicas; the
+    # growth rate of the area of the first two columns, partial_sums[1], is not biased by it.
+    m = np.array([0.1, 0.1, -0.5])
+
+    def step(x, key):
+        return jnp.exp(jnp.asarray(m) + 0.5 * jax.random.normal(key, (3,), x.dtype)) * x
+
+    est = L.spectrum(step, jnp.ones(3), 1, 6450, 3, transient=50, n_replicas=400)
+    split = (est.exponents[:2] - 0.1) * np.array([1, -1])
+    assert np.all(split > 6 * est.stderr[:2]), (split, est.stderr)
+    assert np.all(split < 0.5 / np.sqrt(np.pi * 6400) + 4 * est.stderr[:2]), split
+    z = (est.partial_sums - np.cumsum(m)) / est.partial_sums_stderr
+    assert np.all(np.abs(z[1:]) < 4.5), z  # S_2 = 0.2 and S_3 = -0.3 (S_1 = lambda_1 carries the split)
+    assert z[0] > 4
 
 
 def test_two_trajectory_on_a_kinked_map():

@@ -72,6 +72,7 @@ def test_kesten_tail_index_against_hill(lr):
         ("smoothness_vs_gradient.py", ["--steps", "50"]),
         ("heavy_tail_rates.py", ["--dims", "1", "8", "--n", "50", "--steps", "200"]),
         ("heavy_ball_cycle.py", ["--starts", "101", "--steps", "500"]),
+        ("spectrum_bias.py", ["--replicas", "8", "--steps", "40", "80"]),
         ("nonconvex_heavy_tails.py", ["--n", "4", "--eps", "6e-3"]),
         ("nonstationary_noise.py", ["--n", "50", "--steps", "300"]),
         (
