@@ -488,14 +488,15 @@ class LyapunovEstimate(NamedTuple):
     * the frame's alignment from its random start, ``O(1/n_steps)``: a ``transient`` of a few
       ``1 / (lambda_j - lambda_{j+1})`` steps removes it. On a product of random triangular matrices
       with exponents ``0, -0.3, -0.5``, ``n_steps x error`` is 0.5 to 1 without a transient
-      (``lambda_2`` 4.6 s.e. off after 50 steps) and every error is within 1.7 s.e. with
+      (``lambda_3`` 3.8 s.e. off after 25 steps) and every error is within 1.5 s.e. with
       ``transient=50``;
     * equal exponents (a degenerate or complex pair of a random product): the frame's first column
       follows whichever direction has grown most so far, so the columns split the pair by
       ``O(1/sqrt(n_steps))``, whatever the number of replicas. For ``x' = diag(a_1, a_2) x`` with
-      ``log a_i ~ N(0, s^2)`` i.i.d. (both exponents 0), ``+0.0236, -0.0215`` after 100 steps (s.e.
-      0.0026) and ``+0.0034, -0.0029`` after 6400 (s.e. 0.0003), approaching ``+-s / sqrt(pi n)``
-      (0.0035), the mean of the larger of two random walks.
+      ``log a_i ~ N(0, s^2)`` i.i.d. (both exponents 0), ``+0.0152, -0.0131`` after 100 steps (s.e.
+      0.0022, 0.0026) and ``+0.0034, -0.0028`` after 6400 (s.e. 0.0005), approaching ``+-s / sqrt(pi n)``
+      (0.0035), the mean of the larger of two random walks; the time batches are then correlated (a
+      warning), so even that error is too small.
 
     ``partial_sums[j - 1] = S_j = lambda_1 + ... + lambda_j`` is the growth rate of the volume spanned
     by the frame's first ``j`` columns, read without sorting. Where ``lambda_j > lambda_{j+1}`` no
@@ -588,7 +589,7 @@ def _run_tangent(step, x0, key, n_steps, k, transient, dt, n_replicas, n_records
         lambda c, a, b: _tangent_advance(step, c, a, b, dt), carry, n_blocks, dt * n_replicas, progress, desc
     )
     growth = np.asarray(carry["growth"], dtype=np.float64)  # (R, n_blocks, k): log|R_jj| of each block
-    return _summarise(growth, transient_blocks, dt, n_records, sort=True, stacklevel=4)
+    return _summarise(growth, transient_blocks, dt, n_records, stacklevel=4)
 
 
 def _blocks(n_steps: int, dt: int, transient: int) -> tuple[int, int]:
@@ -702,27 +703,28 @@ TIME_BATCHES = 32
 """Consecutive time batches behind the standard error of :class:`LyapunovEstimate`."""
 
 
-def _time_batch_stderr(kept: np.ndarray, dt: int, sort: bool, stacklevel: int, warn: bool = True) -> np.ndarray:
+def _time_batch_stderr(kept: np.ndarray, dt: int, stacklevel: int, warn: bool = True) -> np.ndarray:
     """Batch-means standard error of the exponents from per-block log-growth ``(R, blocks, k)``: the
     replica-averaged growth per step split into :data:`TIME_BATCHES` consecutive batches as
-    :func:`dynsim.observables.time_batches` splits steps (sorted per replica within a batch where the
-    exponents are). ``warn``: when consecutive batch means are correlated."""
+    :func:`dynsim.observables.time_batches` splits steps. ``warn``: when consecutive batch means are correlated."""
     n_batches = min(TIME_BATCHES, kept.shape[1])
     if n_batches < 2:
         return np.full(kept.shape[2], np.nan)
     counts, bounds = time_batches(kept.shape[1], n_batches)
-    per_replica = np.add.reduceat(kept, bounds[:-1] - 1, axis=1) / (counts[None, :, None] * dt)  # (R, batches, k)
-    if sort:
-        per_replica = -np.sort(-per_replica, axis=2)
-    means = per_replica.mean(axis=0)  # (batches, k)
+    means = np.add.reduceat(kept, bounds[:-1] - 1, axis=1).mean(axis=0) / (counts[:, None] * dt)  # (batches, k)
     if warn:
         with np.errstate(invalid="ignore"):
             warn_if_correlated(means, 0, f"Lyapunov exponents ({n_batches} time batches)", stacklevel=stacklevel)
     return batch_means_stderr(means, axis=0)
 
 
-def _summarise(growth: np.ndarray, transient_blocks: int, dt: int, n_records: int, *, sort: bool, stacklevel: int = 3):
+def _summarise(growth: np.ndarray, transient_blocks: int, dt: int, n_records: int, *, stacklevel: int = 3):
     """Exponents, standard errors and running history from per-block log-growth ``(R, blocks, k)``.
+
+    Column ``j``'s mean over replicas estimates ``lambda_j``; the columns are then put in descending
+    order of that mean (errors, per-replica values and history with them). Sorting each replica's
+    values instead would bias the largest of near-equal exponents up by the spread of the replicas,
+    however many there are.
 
     A replica whose trajectory left the float range or the map's domain grows by NaN or
     ``+inf`` from then on. Every replica is then read over the same window, the blocks before
@@ -761,22 +763,27 @@ def _summarise(growth: np.ndarray, transient_blocks: int, dt: int, n_records: in
             nan,
         )
     per_replica = kept.sum(axis=1) / (window * dt)
-    if sort:
-        per_replica = -np.sort(-per_replica, axis=1)  # descending per replica
     per_record = max(1, window // n_records)
     idx = np.arange(per_record - 1, window, per_record)
     times = (transient_blocks + idx + 1) * dt
     running = np.cumsum(kept, axis=1)[:, idx] / ((idx + 1)[None, :, None] * dt)
     history = running.mean(axis=0)
     exponents = per_replica.mean(axis=0)
-    stderr = np.where(np.isfinite(exponents), _time_batch_stderr(kept, dt, sort, stacklevel + 1), np.nan)
+    stderr = np.where(np.isfinite(exponents), _time_batch_stderr(kept, dt, stacklevel + 1), np.nan)
     volumes = np.cumsum(kept, axis=2)  # log-growth of the volume of the frame's first j + 1 columns, unsorted
     sums = volumes.sum(axis=1).mean(axis=0) / (window * dt)
-    sums_stderr = np.where(
-        np.isfinite(sums), _time_batch_stderr(volumes, dt, False, stacklevel + 1, warn=False), np.nan
-    )
+    sums_stderr = np.where(np.isfinite(sums), _time_batch_stderr(volumes, dt, stacklevel + 1, warn=False), np.nan)
+    order = np.argsort(-exponents, kind="stable")
     return LyapunovEstimate(
-        exponents, stderr, per_replica, history, times, transient_blocks * dt, until, sums, sums_stderr
+        exponents[order],
+        stderr[order],
+        per_replica[:, order],
+        history[:, order],
+        times,
+        transient_blocks * dt,
+        until,
+        sums,
+        sums_stderr,
     )
 
 
@@ -848,10 +855,11 @@ def spectrum(
     its columns, same key as the base step) and re-orthonormalized every ``dt`` steps by
     modified Gram-Schmidt with reorthogonalization; ``lambda_j = sum log|R_jj| / time``
     (Benettin et al. 1980; Shimada and Nagashima 1979). Column ``j`` converges to the
-    ``j``-th exponent; over a finite run near-equal exponents can come out of order, so each
-    replica's values are sorted before averaging (the history is not). Equal exponents are split
-    by ``O(1/sqrt(n_steps))`` beyond the standard error; read them from the unsorted
-    ``partial_sums`` (see :class:`LyapunovEstimate`).
+    ``j``-th exponent; over a finite run near-equal exponents can come out of order, so the
+    columns' means over replicas are put in descending order (not each replica's values, which
+    would bias the top of near-equal exponents up). Equal exponents are split by
+    ``O(1/sqrt(n_steps))`` beyond the standard error; read them from ``partial_sums`` (see
+    :class:`LyapunovEstimate`).
 
     **Cost and** ``dt``. Each tangent costs a Jacobian-vector product of the step (for SGD a
     Hessian-vector product), and the Gram-Schmidt makes about ``5 (k - 1)`` passes over the frame
@@ -923,7 +931,7 @@ def two_trajectory(
         "two_trajectory",
     )
     growth = np.asarray(carry["growth"], dtype=np.float64)[:, :, None]
-    return _summarise(growth, transient_blocks, dt, n_records, sort=False)
+    return _summarise(growth, transient_blocks, dt, n_records)
 
 
 def _separation(floats, d0):
