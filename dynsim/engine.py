@@ -37,6 +37,7 @@ import xarray as xr
 from dynsim import prng
 from dynsim._fusion import SMALL, materialize
 from dynsim._progress import PROGRESS_BLOCKS, check_progress, in_blocks, progress_bar
+from dynsim._tree import check_same_type
 from dynsim._validate import (
     LEARNING_RATE_NAMES,
     check_int,
@@ -235,7 +236,9 @@ class _Program:
         def step_one(state, run_key, alive, div_step, acc, traced, data, t):
             hp = hp_of(traced, data)
             key = prng.step_key(prng.wrap(*run_key), t)
-            new = materialize(dyn.step(state, key, hp))  # computed once, read by many
+            new = dyn.step(state, key, hp)
+            check_same_type(new, state, f"the step of dynamics {dyn.name!r}")  # at trace time
+            new = materialize(new)  # computed once, read by many
             ok = _is_good(new, dyn.params_of(new), spec.bound)
             keep = alive & ok
             state = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, state)

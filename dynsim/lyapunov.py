@@ -31,6 +31,7 @@ from scipy import optimize, special
 
 from dynsim import prng
 from dynsim._progress import PROGRESS_BLOCKS, in_blocks, progress_bar
+from dynsim._tree import check_same_type
 from dynsim._validate import check_int, check_positive
 from dynsim.observables import batch_means_stderr, time_batches, warn_if_correlated
 
@@ -529,6 +530,13 @@ def _split_state(x):
     return leaves, treedef, is_float
 
 
+def _check_step(step, x0) -> None:
+    """``step(x, key)`` must return a state shaped as ``x0`` (checked abstractly: nothing is run)."""
+    check_same_type(
+        jax.eval_shape(step, x0, prng.step_key(prng.key(0), 0)), jax.eval_shape(lambda x: x, x0), "step(x, key)"
+    )
+
+
 def _mgs(Y):
     """Modified Gram-Schmidt with one reorthogonalization pass on the rows of ``Y`` (k, d): ``Y^T = Q^T R``.
 
@@ -579,6 +587,7 @@ def _run_tangent(step, x0, key, n_steps, k, transient, dt, n_replicas, n_records
     """Shared driver of :func:`top_exponent` and :func:`spectrum`: checks, then :func:`_tangent_start` and
     :func:`_tangent_advance` over the blocks, in calls."""
     leaves, _, is_float = _split_state(x0)
+    _check_step(step, x0)
     d = sum(int(np.prod(jnp.shape(leaf))) for leaf, f in zip(leaves, is_float) if f)
     if k > d:
         raise ValueError(f"k={k} exceeds the dimension of the state's floating-point part, {d}")
@@ -915,6 +924,7 @@ def two_trajectory(
     n_steps, transient, dt, n_replicas, n_records = _check_common(n_steps, transient, dt, n_replicas, n_records)
     key = _as_key(key)
     leaves, _, is_float = _split_state(x0)
+    _check_step(step, x0)
     if d0 is None:
         dtype = jnp.result_type(*[leaf for leaf, f in zip(leaves, is_float) if f])
         d0 = float(np.sqrt(np.finfo(dtype).eps))

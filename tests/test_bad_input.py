@@ -36,6 +36,19 @@ CASES = [
     ("inf lr", lambda: run(grid={"lr": [np.inf, 0.1]}), ValueError, r"grid\['lr'\].*finite.*inf"),
     ("lr default", lambda: ds.simulate(ds.dynamics.sgd(PROBLEM, lr=-1.0), n_steps=5), ValueError, r"lr.*> 0.*-1.0"),
     ("lr missing", lambda: ds.simulate(SGD, n_steps=5), ValueError, r"\['lr'\].*no default"),
+    # an optimizer's own checks see every grid value (a traced value would pass them)
+    (
+        "optimizer grid value",
+        lambda: run(ds.dynamics.from_optax(PROBLEM, ds.optim.clipped_sgd), grid={"lr": [0.1], "threshold": [0.5, 0.0]}),
+        ValueError,
+        r"clipped_sgd refuses lr=0.1, threshold=0.0: threshold must be a number > 0",
+    ),
+    (
+        "optimizer default",
+        lambda: run(ds.dynamics.from_optax(PROBLEM, ds.optim.clipped_sgd, threshold=-1.0)),
+        ValueError,
+        r"refuses lr=0.1, threshold=-1.0",
+    ),
     (
         "lr schedule",
         lambda: ds.simulate(ds.dynamics.sgd(PROBLEM, lr=lambda n: 0.1), n_steps=5),

@@ -477,6 +477,11 @@ def test_bad_arguments():
         L.top_exponent(henon, jnp.zeros(2), 0, 0)
     with pytest.raises(ValueError, match="no floating-point leaves"):
         L.top_exponent(lambda x, k: x, jnp.zeros(2, jnp.int32), 0, 5)
+    for run in (L.top_exponent, L.two_trajectory):  # a step that changes the state's shape or dtype
+        with pytest.raises(TypeError, match=r"given float32\[2\], returned float32\[3\]"):
+            run(lambda x, k: jnp.ones(3), jnp.zeros(2), 0, 5)
+    with pytest.raises(TypeError, match=r"returned .*int32\[\]"):
+        L.spectrum(lambda x, k: {"w": x["w"], "n": x["n"].astype(jnp.int32)}, {"w": jnp.ones(2), "n": 0.0}, 0, 5, 1)
 
 
 def test_brentq_reference_for_kesten_index():

@@ -378,10 +378,25 @@ def from_optax(
         updates, opt_state = optimizer(hp).update(g, state.opt_state, state.params)
         return state._replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state)
 
+    def check_values(hp) -> None:
+        """Build the optimizer with each grid value of each of its hyperparameters as a Python number (the
+        others at their first value): its constructor's own checks, such as :mod:`dynsim.optim`'s
+        thresholds > 0, then see every value, which a traced one would pass unchecked."""
+        values = {n: [v.item() for v in np.ravel(hp[n])] if isinstance(hp[n], np.ndarray) else [hp[n]] for n in own}
+        base = {n: v[0] for n, v in values.items()}
+        for name in optimizer_names:
+            for value in values[name]:
+                hp_one = {**base, name: value}
+                try:
+                    optimizer(hp_one)
+                except ValueError as err:
+                    given = ", ".join(f"{n}={hp_one[n]!r}" for n in optimizer_names if hp_one[n] is not None)
+                    raise ValueError(f"{opt_name} refuses {given}: {err}") from err
+
     opt_name = getattr(make_optimizer, "__name__", "optimizer")
     if constants:
         opt_name += "(" + ", ".join(f"{k}={v!r}" for k, v in sorted(constants.items())) + ")"
-    return _build(
+    dyn = _build(
         problem,
         noise,
         replace,
@@ -392,3 +407,4 @@ def from_optax(
         f"from_optax({problem.name}, {opt_name}, batch_size={batch_size})",
         track_batch_loss,
     )
+    return dyn._replace(check=_checks(dyn.check, check_values))
