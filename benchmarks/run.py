@@ -20,16 +20,24 @@ several chunk sizes (a chunk whose state fits in the GPU's L2 cache may beat the
 fused kernel at several block sizes (trajectories per Pallas program). Prints a table and
 rewrites ``benchmarks/RESULTS.md`` with the device's name.
 
-    python benchmarks/run.py            # CPU sizes
-    python benchmarks/run.py --gpu      # GPU sizes (4M trajectories for (a) and (b))
-    python benchmarks/run.py --smoke    # every branch of --gpu at tiny sizes (a minute on CPU)
+A measurement that fails is reported (in the table and at the end of RESULTS.md, exit status 1) and
+the others go on; ``--save`` writes every measurement to a JSON file as it is taken, and
+``--render`` writes RESULTS.md from such a file (of a run cut short, say).
+
+    python benchmarks/run.py                       # CPU sizes
+    python benchmarks/run.py --gpu --save gpu.json # GPU sizes (4M trajectories for (a) and (b))
+    python benchmarks/run.py --render gpu.json     # RESULTS.md from saved measurements
+    python benchmarks/run.py --smoke               # every branch of --gpu at tiny sizes (a minute on CPU)
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
+import os
 import time
+import traceback
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -347,112 +355,191 @@ def diagram_seconds(n_lr, n_mu, n_replicas, n_steps, refine=0, engine="simulate"
     return theory, time.perf_counter() - start - theory
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--gpu", action="store_true", help="GPU sizes, chunk-size scan, --preset paper diagram")
-    mode.add_argument("--smoke", action="store_true", help="every branch of --gpu at tiny sizes; writes nothing")
-    parser.add_argument("--no-write", action="store_true", help="do not rewrite benchmarks/RESULTS.md")
-    args = parser.parse_args(argv)
-    preset = "gpu" if args.gpu else "smoke" if args.smoke else "cpu"
+def _stage(results: dict, name: str, fn: Callable[[], object], save: Callable[[dict], None]):
+    """``fn()``, with its failure (say, a kernel that does not compile on this device) recorded in
+    ``results["failures"]`` and printed instead of raised, so that the other measurements go on; then
+    ``save(results)``, so that a run cut short keeps what it measured."""
+    print(f"-- {name}", flush=True)
+    try:
+        value = fn()
+    except Exception as err:  # noqa: BLE001 - any failure of one measurement is reported, not fatal
+        traceback.print_exc()
+        results["failures"][name] = f"{type(err).__name__}: {err}"[:1000]
+        value = None
+    save(results)
+    return value
+
+
+def measure(preset: str, save: Callable[[dict], None]) -> dict:
+    """Every measurement of ``preset``, most wanted first, as a JSON-able dict (see :func:`render`)."""
     sizes = PRESETS[preset]
-    name = device_name()
-    bandwidths = [memory_bandwidth(1 << 24 if args.smoke else 1 << 29)]
-    print(f"{name}: {bandwidths[0] * 1e-9:.3g} GB/s memory bandwidth (x <- 2x + 1)")
-    rows = []
+    n_bytes = 1 << 24 if preset == "smoke" else 1 << 29
+    torch_name = "not installed" if torch is None else f"{torch.__version__} on {torch_device()}"
+    results = {
+        "preset": preset,
+        "device": device_name(),
+        "versions": f"dynsim {ds.__version__}, JAX {jax.__version__}, NumPy {np.__version__}, PyTorch {torch_name}",
+        "bandwidth_bytes": n_bytes,
+        "bandwidths": [],
+        "rows": [],
+        "spectrum": None,
+        "diagram": None,
+        "paper": {},
+        "chunks": [],
+        "failures": {},
+    }
+    bandwidth = _stage(results, "memory bandwidth", lambda: memory_bandwidth(n_bytes), save)
+    if bandwidth is not None:
+        results["bandwidths"].append(bandwidth)
+        print(f"{results['device']}: {bandwidth * 1e-9:.3g} GB/s memory bandwidth (x <- 2x + 1)")
+
+    def workload_row(label, build, size):
+        w = build(*size)
+        fns = [w.run_dynsim, w.run_numpy] + ([w.run_torch] if torch is not None else [])
+        seconds = interleaved_best_of(fns) + ([] if torch is not None else [float("nan")])
+        rates = [w.work / seconds[0], w.base_work / seconds[1], w.base_work / seconds[2]]
+        print(f"{label}: dynsim {rates[0]:.3g}, NumPy {rates[1]:.3g}, PyTorch {rates[2]:.3g} traj-steps/s")
+        return {"label": label, "shape": f"{size[0]:,} x {size[1]}", "rates": rates, "bytes": w.bytes_per_step}
+
     for label, build, size in (
         ("(a) SGD, 1-D regression", regression, sizes["a"]),
         ("(b) rank-1 saddle, modes", saddle, sizes["b"]),
         ("(b) rank-1 saddle, fused kernel", functools.partial(saddle, fused=True), sizes["b"]),
         (f"(c) {sizes['c'][0]} nets 200-200-200, tanh", nets, sizes["c"]),
     ):
-        w = build(*size)
-        fns = [w.run_dynsim, w.run_numpy] + ([w.run_torch] if torch is not None else [])
-        seconds = interleaved_best_of(fns) + ([] if torch is not None else [float("nan")])
-        r_ds, r_np, r_pt = w.work / seconds[0], w.base_work / seconds[1], w.base_work / seconds[2]
-        rows.append((label, f"{size[0]:,} x {size[1]}", r_ds, r_np, r_pt, w.bytes_per_step))
-        print(f"{label}: dynsim {r_ds:.3g}, NumPy {r_np:.3g}, PyTorch {r_pt:.3g} traj-steps/s")
-    cost = spectrum_cost(*sizes["d"])
-    print("(d) spectrum k = 8, x the base step: " + ", ".join(f"{n} {t / cost['base']:.1f}" for n, t in cost.items()))
-    chunks = []
-    for workload, build in (("a", regression), ("b", saddle), ("c", nets)):  # does a chunk in L2 beat HBM?
-        for chunk in (sizes["chunks"] or {}).get(workload, ()):
-            w = build(*sizes[workload], chunk_size=chunk)
-            chunks.append((f"({workload})", f"{chunk:,}", w.work / best_of(w.run_dynsim)))
-            print(f"({workload}) in chunks of {chunk:,}: {chunks[-1][2]:.3g} traj-steps/s")
-    for block in (sizes["chunks"] or {}).get("b_fused", ()):  # trajectories per program of the fused kernel
-        w = saddle(*sizes["b"], fused=True, block_size=block)
-        chunks.append(("(b) fused", f"{block:,} per program", w.work / best_of(w.run_dynsim)))
-        print(f"(b) fused, blocks of {block:,}: {chunks[-1][2]:.3g} traj-steps/s")
-    phase_time = sum(diagram_seconds(*sizes["diagram"], refine=1))
-    phase_fused = sum(diagram_seconds(*sizes["diagram"], refine=1, engine="fused"))
-    bandwidths.append(memory_bandwidth(1 << 24 if args.smoke else 1 << 29))  # again: outside load lowers it
-    bandwidth = max(bandwidths)
-    paper = {e: diagram_seconds(*sizes["paper"], engine=e) for e in ("simulate", "fused")} if sizes["paper"] else None
+        row = _stage(results, label, functools.partial(workload_row, label, build, size), save)
+        results["rows"].append(row or {"label": label, "shape": f"{size[0]:,} x {size[1]}", "rates": None})
+        save(results)
 
-    torch_name = "not installed" if torch is None else f"{torch.__version__} on {torch_device()}"
-    command = "python benchmarks/run.py" + {"cpu": "", "gpu": " --gpu", "smoke": " --smoke"}[preset]
+    cost = _stage(results, "(d) spectrum", lambda: spectrum_cost(*sizes["d"]), save)
+    if cost is not None:
+        results["spectrum"] = cost
+        print(
+            "(d) spectrum k = 8, x the base step: " + ", ".join(f"{n} {t / cost['base']:.1f}" for n, t in cost.items())
+        )
+
+    def diagram():
+        return {e: sum(diagram_seconds(*sizes["diagram"], refine=1, engine=e)) for e in ("simulate", "fused")}
+
+    results["diagram"] = _stage(results, "phase diagram", diagram, save)
+    for engine in ("simulate", "fused") if sizes["paper"] else ():
+        results["paper"][engine] = _stage(
+            results,
+            f"--preset paper, {engine}",
+            functools.partial(diagram_seconds, *sizes["paper"], engine=engine),
+            save,
+        )
+    scans = [
+        (f"({w})", functools.partial(build, *sizes[w], chunk_size=c), f"{c:,}", f"({w}) in chunks of {c:,}")
+        for w, build in (("a", regression), ("b", saddle), ("c", nets))  # does a chunk in L2 beat HBM?
+        for c in (sizes["chunks"] or {}).get(w, ())
+    ]
+    scans += [
+        (
+            "(b) fused",
+            functools.partial(saddle, *sizes["b"], fused=True, block_size=b),
+            f"{b:,} per program",
+            f"(b) fused, blocks of {b:,}",
+        )  # trajectories per program of the fused kernel
+        for b in (sizes["chunks"] or {}).get("b_fused", ())
+    ]
+    for label, build, size, name in scans:
+
+        def rate(build=build):
+            w = build()
+            return w.work / best_of(w.run_dynsim)
+
+        value = _stage(results, name, rate, save)
+        if value is not None:
+            results["chunks"].append([label, size, value])
+            print(f"{name}: {value:.3g} traj-steps/s")
+            save(results)
+    bandwidth = _stage(results, "memory bandwidth, again", lambda: memory_bandwidth(n_bytes), save)
+    if bandwidth is not None:  # outside load lowers it: the larger of the two is the bound
+        results["bandwidths"].append(bandwidth)
+        save(results)
+    return results
+
+
+def render(results: dict) -> str:
+    """``benchmarks/RESULTS.md`` from the measurements of :func:`measure` (a failed one is said so)."""
+    sizes = PRESETS[results["preset"]]
+    command = "python benchmarks/run.py" + {"cpu": "", "gpu": " --gpu", "smoke": " --smoke"}[results["preset"]]
+    bandwidths = results["bandwidths"]
+    bandwidth = max(bandwidths) if bandwidths else None
     lines = [
         "# Benchmarks",
         "",
-        f"Device: **{name}**; dynsim {ds.__version__}, JAX {jax.__version__}, NumPy {np.__version__}, "
-        f"PyTorch {torch_name}. `{command}`, float32, best of 3 calls for every implementation "
-        "(compilation excluded).",
+        f"Device: **{results['device']}**; {results['versions']}. `{command}`, float32, best of 3 calls for every "
+        "implementation (compilation excluded).",
         "",
         "| workload | trajectories x steps | dynsim (traj-steps/s) | NumPy | PyTorch | dynsim / NumPy "
         "| dynsim / PyTorch | bytes / traj-step | memory bound | dynsim / bound |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for label, shape, r_ds, r_np, r_pt, n_bytes in rows:
+    for row in results["rows"]:
+        if row["rates"] is None:
+            lines.append(f"| {row['label']} | {row['shape']} | failed (below) | | | | | | | |")
+            continue
+        r_ds, r_np, r_pt = row["rates"]
         memory = "- | - | -"  # the fused kernel: one pass per run, no bound per step
-        if n_bytes:
-            memory = f"{n_bytes:,} | {bandwidth / n_bytes:.3g} | {r_ds * n_bytes / bandwidth:.2f}"
+        if row["bytes"] and bandwidth:
+            memory = f"{row['bytes']:,} | {bandwidth / row['bytes']:.3g} | {r_ds * row['bytes'] / bandwidth:.2f}"
         lines.append(
-            f"| {label} | {shape} | {r_ds:.3g} | {r_np:.3g} | {r_pt:.3g} | {r_ds / r_np:.2f} | {r_ds / r_pt:.2f} "
-            f"| {memory} |"
+            f"| {row['label']} | {row['shape']} | {r_ds:.3g} | {r_np:.3g} | {r_pt:.3g} | {r_ds / r_np:.2f} "
+            f"| {r_ds / r_pt:.2f} | {memory} |"
         )
-    lines += [
-        "",
-        f"Memory bound: the measured DRAM bandwidth, {bandwidth * 1e-9:.3g} GB/s (`x <- 2x + 1` on 512 MiB, read + "
-        f"write; the larger of {len(bandwidths)} measurements, at the start and the end: "
-        + ", ".join(f"{b * 1e-9:.3g}" for b in bandwidths)
-        + " GB/s), over the bytes one step of the engine moves per trajectory when it reads and writes "
-        "each operand once (`engine_bytes`: state, alive flag and divergence step both ways, run key and traced "
-        "hyperparameters read). The engine makes one pass over the ensemble per step, so a chunk "
-        "larger than the caches cannot run faster than this; an ensemble that fits in the caches (here (a) and "
-        "(b), a few MiB per step) can. The fused kernel (`dynsim.fused.saddle_modes`: "
-        "every step of a block of trajectories in one pass, a Pallas kernel on GPU, a compiled loop "
-        "elsewhere) reads and writes each trajectory once per run: no memory bound per step.",
-    ]
-    if chunks:
+    if bandwidth:
+        lines += [
+            "",
+            f"Memory bound: the measured DRAM bandwidth, {bandwidth * 1e-9:.3g} GB/s (`x <- 2x + 1` on "
+            f"{results['bandwidth_bytes'] >> 20} MiB, "
+            f"read + write; the larger of {len(bandwidths)} measurements, at the start and the end: "
+            + ", ".join(f"{b * 1e-9:.3g}" for b in bandwidths)
+            + " GB/s), over the bytes one step of the engine moves per trajectory when it reads and writes "
+            "each operand once (`engine_bytes`: state, alive flag and divergence step both ways, run key and traced "
+            "hyperparameters read). The engine makes one pass over the ensemble per step, so a chunk "
+            "larger than the caches cannot run faster than this; an ensemble that fits in the caches (here (a) and "
+            "(b), a few MiB per step) can. The fused kernel (`dynsim.fused.saddle_modes`: "
+            "every step of a block of trajectories in one pass, a Pallas kernel on GPU, a compiled loop "
+            "elsewhere) reads and writes each trajectory once per run: no memory bound per step.",
+        ]
+    if results["chunks"]:
         lines += ["", "| workload | trajectories per chunk | dynsim (traj-steps/s) |", "|---|---:|---:|"]
-        lines += [f"| {label} | {chunk} | {rate:.3g} |" for label, chunk, rate in chunks]
-    lines += [
-        "",
-        f"(d) `lyapunov.spectrum` with k = 8 tangent vectors on {sizes['d'][0]} replicas of the net of (c), marginal "
-        f"costs per step between {sizes['d'][1][0]} and {sizes['d'][1][1]} steps (compilation and the first "
-        "orthonormalization are out of all), target at most k + 1 = 9x the base step:",
-        "",
-        "| run | ms / step | x base step |",
-        "|---|---:|---:|",
-        *(f"| {SPECTRUM_RUNS[n]} | {t * 1e3:.3g} | {t / cost['base']:.1f} |" for n, t in cost.items()),
-        "",
-        "Counted in parameter-sized passes over memory: the plain step reads and writes the weights (4 passes, "
-        "W and U both ways); pushing k tangents through the Jacobian of SGD's step (a Hessian-vector product "
-        "each) reads and writes each tangent (at least 2 k), and any QR reads and writes the frame at least once "
-        "more (2 k). The floor at `dt=1` is thus (4 k + 4) / 4 = k + 1 plain steps, reached only by a QR fused "
-        "into the push. Modified Gram-Schmidt with reorthogonalization makes k (k - 1) projections, each reading "
-        "two vectors and writing one: 5 k (k - 1) = 280 passes at k = 8, the time of 70 plain steps by this count, "
-        "{:.0f} measured (`dt=1` less the push). The push costs {:.1f} plain steps per tangent against a floor of "
-        "0.5. Orthonormalizing every `dt` steps, which a slowly rotating frame (SGD near a minimum) allows, "
-        "takes most of the QR out.".format(
-            (cost["dt=1"] - cost["push"]) / cost["base"], cost["push"] / cost["base"] / 8
-        ),
-        "",
-        "Phase diagram ({} x {} cells, theory + simulation with {} replicas x {} steps and one refinement): "
-        "{:.1f} s end to end; {:.1f} s with `engine='fused'`.".format(*sizes["diagram"], phase_time, phase_fused),
-    ]
-    if paper is not None:
+        lines += [f"| {label} | {chunk} | {rate:.3g} |" for label, chunk, rate in results["chunks"]]
+    cost = results["spectrum"]
+    if cost is not None:
+        lines += [
+            "",
+            f"(d) `lyapunov.spectrum` with k = 8 tangent vectors on {sizes['d'][0]} replicas of the net of (c), "
+            f"marginal costs per step between {sizes['d'][1][0]} and {sizes['d'][1][1]} steps (compilation and the "
+            "first orthonormalization are out of all), target at most k + 1 = 9x the base step:",
+            "",
+            "| run | ms / step | x base step |",
+            "|---|---:|---:|",
+            *(f"| {SPECTRUM_RUNS[n]} | {t * 1e3:.3g} | {t / cost['base']:.1f} |" for n, t in cost.items()),
+            "",
+            "Counted in parameter-sized passes over memory: the plain step reads and writes the weights (4 passes, "
+            "W and U both ways); pushing k tangents through the Jacobian of SGD's step (a Hessian-vector product "
+            "each) reads and writes each tangent (at least 2 k), and any QR reads and writes the frame at least "
+            "once more (2 k). The floor at `dt=1` is thus (4 k + 4) / 4 = k + 1 plain steps, reached only by a QR "
+            "fused into the push. Modified Gram-Schmidt with reorthogonalization makes k (k - 1) projections, each "
+            "reading two vectors and writing one: 5 k (k - 1) = 280 passes at k = 8, the time of 70 plain steps by "
+            "this count, {:.0f} measured (`dt=1` less the push). The push costs {:.1f} plain steps per tangent "
+            "against a floor of 0.5. Orthonormalizing every `dt` steps, which a slowly rotating frame (SGD near a "
+            "minimum) allows, takes most of the QR out.".format(
+                (cost["dt=1"] - cost["push"]) / cost["base"], cost["push"] / cost["base"] / 8
+            ),
+        ]
+    if results["diagram"] is not None:
+        lines += [
+            "",
+            "Phase diagram ({} x {} cells, theory + simulation with {} replicas x {} steps and one refinement): "
+            "{:.1f} s end to end; {:.1f} s with `engine='fused'`.".format(
+                *sizes["diagram"], results["diagram"]["simulate"], results["diagram"]["fused"]
+            ),
+        ]
+    if results["paper"]:
         n_lr, n_mu, n_replicas, n_steps = sizes["paper"]
         work = n_lr * n_mu * n_replicas * n_steps
         lines += [
@@ -460,15 +547,54 @@ def main(argv=None) -> None:
             f"`--preset paper` phase diagram ({n_lr} x {n_mu} cells x {n_replicas} replicas x {n_steps} steps = "
             f"{work:.2g} trajectory-steps), target < 5 s end to end:",
         ]
-        for engine, (theory, simulation) in paper.items():
-            lines.append(
-                f"- `engine='{engine}'`: theory {theory:.1f} s, simulation {simulation:.1f} s "
-                f"({work / simulation:.3g} traj-steps/s)"
-            )
-    text = "\n".join(lines) + "\n"
+        for engine, seconds in results["paper"].items():
+            if seconds is None:
+                lines.append(f"- `engine='{engine}'`: failed (below)")
+            else:
+                theory, simulation = seconds
+                lines.append(
+                    f"- `engine='{engine}'`: theory {theory:.1f} s, simulation {simulation:.1f} s "
+                    f"({work / simulation:.3g} traj-steps/s)"
+                )
+    if results["failures"]:
+        lines += ["", "Failed measurements:", ""]
+        lines += [f"- {name}: `{message}`" for name, message in results["failures"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--gpu", action="store_true", help="GPU sizes, chunk-size scan, --preset paper diagram")
+    mode.add_argument("--smoke", action="store_true", help="every branch of --gpu at tiny sizes; writes nothing")
+    mode.add_argument("--render", metavar="JSON", help="write RESULTS.md from the measurements saved by --save")
+    parser.add_argument(
+        "--save",
+        metavar="JSON",
+        help="save the measurements here after each one (a run cut short "
+        "keeps what it measured; --render writes RESULTS.md from it)",
+    )
+    parser.add_argument("--no-write", action="store_true", help="do not rewrite benchmarks/RESULTS.md")
+    args = parser.parse_args(argv)
+    if args.render:
+        with open(args.render) as fh:
+            results = json.load(fh)
+    else:
+        preset = "gpu" if args.gpu else "smoke" if args.smoke else "cpu"
+
+        def save(results: dict) -> None:
+            if args.save:
+                with open(args.save + ".tmp", "w") as fh:
+                    json.dump(results, fh, indent=1)
+                os.replace(args.save + ".tmp", args.save)
+
+        results = measure(preset, save)
+    text = render(results)
     print(text)
-    if not (args.no_write or args.smoke):
+    if not (args.no_write or results["preset"] == "smoke"):
         write_results("RESULTS.md", text)
+    if results["failures"]:
+        raise SystemExit(f"{len(results['failures'])} measurement(s) failed: {sorted(results['failures'])}")
 
 
 if __name__ == "__main__":

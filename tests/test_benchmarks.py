@@ -2,6 +2,7 @@
 baselines compute what dynsim computes (the same law, the same gradient step)."""
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -14,11 +15,12 @@ import dynsim as ds
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
-def test_benchmark_smoke_runs_every_branch_and_writes_nothing():
+def test_benchmark_smoke_runs_every_branch_and_writes_nothing(tmp_path):
     results = os.path.join(ROOT, "benchmarks", "RESULTS.md")
     before = open(results).read()
+    saved = tmp_path / "smoke.json"
     out = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--smoke"],
+        [sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--smoke", "--save", str(saved)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -29,6 +31,36 @@ def test_benchmark_smoke_runs_every_branch_and_writes_nothing():
     for line in (*expected, "fused kernel", "`engine='fused'`"):
         assert line in out.stdout, line
     assert open(results).read() == before
+    # what was saved renders to what was printed
+    assert bench.render(json.loads(saved.read_text())) in out.stdout
+
+
+def test_a_failed_measurement_is_reported_and_the_others_go_on():
+    saves = []
+    results = {"failures": {}}
+    assert bench._stage(results, "(x) broken", lambda: 1 / 0, saves.append) is None
+    assert bench._stage(results, "(y) fine", lambda: 2.0, saves.append) == 2.0
+    assert results["failures"] == {"(x) broken": "ZeroDivisionError: division by zero"} and len(saves) == 2
+    measured = {
+        "preset": "smoke",
+        "device": "cpu: test",
+        "versions": "-",
+        "bandwidth_bytes": 1 << 24,
+        "bandwidths": [1e11],
+        "rows": [
+            {"label": "(a) SGD", "shape": "8 x 2", "rates": [2.0, 1.0, 4.0], "bytes": 10},
+            {"label": "(b) fused", "shape": "8 x 2", "rates": None},
+        ],
+        "spectrum": None,
+        "diagram": None,
+        "paper": {"simulate": [0.5, 2.0], "fused": None},
+        "chunks": [],
+        "failures": {"(b) fused": "RuntimeError: no kernel", "--preset paper, fused": "RuntimeError: no kernel"},
+    }
+    text = bench.render(measured)
+    assert "| (a) SGD | 8 x 2 | 2 | 1 | 4 | 2.00 | 0.50 | 10 | 1e+10 | 0.00 |" in text
+    assert "| (b) fused | 8 x 2 | failed (below) |" in text and "- `engine='fused'`: failed (below)" in text
+    assert "- (b) fused: `RuntimeError: no kernel`" in text and "(d) `lyapunov.spectrum`" not in text
 
 
 # --------------------------------------------------------------------------- the baselines compute the same thing
