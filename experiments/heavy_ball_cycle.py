@@ -147,7 +147,8 @@ def main(argv=None):
     print(f"Nesterov: max over 200 runs and k of (f(y_k) - f*) / rate bound = {worst:.3f} (<= 1: the rate holds)")
     print(
         f"Lyapunov exponents on the cycle: {lyap.exponents} (both log(2/3) = {np.log(2 / 3):.6f}: the Jacobian "
-        "is the same Jordan block at every point of the cycle and at the minimum)"
+        "is the same Jordan block at every point of the cycle and at the minimum); the pair's mean from the "
+        f"area's growth, partial_sums[1] / 2 = {lyap.partial_sums[1] / 2:.8f}"
     )
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -213,6 +214,7 @@ def main(argv=None):
             "heavy_ball_last": (("x0", "lag"), hb_last),
             "cycle": ("point", cycle),
             "exponents": ("exponent", np.asarray(lyap.exponents)),
+            "partial_sums": ("exponent", np.asarray(lyap.partial_sums)),
         },
         coords={"x0": starts},
         attrs={"outcome": "0: minimum, 3: on the 3-cycle, -1: other", "steps": args.steps},
