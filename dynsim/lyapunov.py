@@ -493,7 +493,8 @@ class LyapunovEstimate(NamedTuple):
       ``transient=50``;
     * equal exponents (a degenerate or complex pair of a random product): the frame's first column
       follows whichever direction has grown most so far, so the columns split the pair by
-      ``O(1/sqrt(n_steps))``, whatever the number of replicas. For ``x' = diag(a_1, a_2) x`` with
+      ``O(1/sqrt(n_steps))``, whatever the number of replicas (:func:`top_exponent`, whose tangent is
+      that first column, is biased up as much). For ``x' = diag(a_1, a_2) x`` with
       ``log a_i ~ N(0, s^2)`` i.i.d. (both exponents 0), ``+0.0152, -0.0131`` after 100 steps (s.e.
       0.0022, 0.0026) and ``+0.0034, -0.0028`` after 6400 (s.e. 0.0005), approaching ``+-s / sqrt(pi n)``
       (0.0035), the mean of the larger of two random walks; the time batches are then correlated (a
