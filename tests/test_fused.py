@@ -64,6 +64,19 @@ def test_same_numbers_for_every_backend_chunk_and_block(chi, batch_size, n_data)
     np.testing.assert_array_equal(one.modes_log_plus.values[0, 0], ref.modes_log_plus.values[0, 0])
 
 
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="the Pallas kernel compiles for a GPU only")
+@pytest.mark.parametrize("chi, batch_size, n_data", [("gaussian", 2, None), ("two_point", 6, None), ("gaussian", 2, 5)])
+def test_pallas_kernel_on_a_gpu_gives_the_numbers_of_the_jax_loop(chi, batch_size, n_data):
+    # the same float32 operations, compiled by Triton instead of XLA: equal up to rounding (fused multiply-adds,
+    # another erfinv), which over 30 steps stays far below 1e-4 on log-modes of order 1
+    kw = dict(n_replicas=300, n_steps=30, chi=chi, batch_size=batch_size, n_data=n_data, seed=5)
+    ref = fused.saddle_modes([0.5, 2.0], [0.1, 0.6], backend="jax", **kw)
+    for block in (128, 256):
+        out = fused.saddle_modes([0.5, 2.0], [0.1, 0.6], backend="pallas", block_size=block, **kw)
+        for var in ref.data_vars:
+            np.testing.assert_allclose(out[var].values, ref[var].values, rtol=1e-4, atol=1e-4, err_msg=var)
+
+
 def test_normals_are_independent_standard_normals():
     n = 200_000
     k0 = jnp.arange(n, dtype=jnp.uint32)
