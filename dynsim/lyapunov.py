@@ -593,13 +593,18 @@ def _run_tangent(step, x0, key, n_steps, k, transient, dt, n_replicas, n_records
     if k > d:
         raise ValueError(f"k={k} exceeds the dimension of the state's floating-point part, {d}")
     n_blocks, transient_blocks = _blocks(n_steps, dt, transient)
+    layout = _Segments.of(n_blocks, transient_blocks)
     step = _as_static(step)
-    carry = _tangent_start(x0, _replica_keys(key, n_replicas), k, n_blocks)
+    carry = _tangent_start(x0, _replica_keys(key, n_replicas), k, layout.n_segments)
     carry = _run_in_calls(
-        lambda c, a, b: _tangent_advance(step, c, a, b, dt), carry, n_blocks, dt * n_replicas, progress, desc
+        lambda c, a, b: _tangent_advance(step, c, a, b, dt, *layout.traced()),
+        carry,
+        n_blocks,
+        dt * n_replicas,
+        progress,
+        desc,
     )
-    growth = np.asarray(carry["growth"], dtype=np.float64)  # (R, n_blocks, k): log|R_jj| of each block
-    return _summarise(growth, transient_blocks, dt, n_records, stacklevel=4)
+    return _summarise(carry, layout, dt, n_records, stacklevel=4)
 
 
 def _blocks(n_steps: int, dt: int, transient: int) -> tuple[int, int]:
@@ -611,6 +616,55 @@ def _blocks(n_steps: int, dt: int, transient: int) -> tuple[int, int]:
     if n_blocks - transient_blocks < 1:
         raise ValueError(f"transient={transient} leaves no steps of n_steps={n_steps} (dt={dt})")
     return n_blocks, transient_blocks
+
+
+MAX_SEGMENTS = 4096
+"""The log-growth of a run is summed on the device into at most this many consecutive segments of its blocks after
+the transient (so its memory does not grow with the run): errors, history and the window before a replica leaves
+the float range are read at that resolution, block by block in runs of at most ``MAX_SEGMENTS`` blocks."""
+
+_NO_EXIT = np.iinfo(np.int32).max
+"""``first_bad`` of a replica that never left the float range."""
+
+
+class _Segments(NamedTuple):
+    """Blocks ``transient <= i < n_blocks`` summed ``per`` at a time into ``n_segments`` segments (the last one may
+    be shorter); block ``i < transient`` goes to a scratch segment, number ``n_segments``."""
+
+    n_blocks: int
+    transient: int
+    per: int
+    n_segments: int
+
+    @classmethod
+    def of(cls, n_blocks: int, transient: int) -> _Segments:
+        per = -(-(n_blocks - transient) // MAX_SEGMENTS)
+        return cls(n_blocks, transient, per, -(-(n_blocks - transient) // per))
+
+    def traced(self) -> tuple[jax.Array, jax.Array]:
+        """``(transient, per)`` as traced arguments: a run of another length reuses the compiled program."""
+        return jnp.int32(self.transient), jnp.int32(self.per)
+
+    def blocks(self) -> np.ndarray:
+        """Blocks in each segment."""
+        n_post = self.n_blocks - self.transient
+        return np.minimum(self.per, n_post - self.per * np.arange(self.n_segments))
+
+
+def _record_growth(growth, first_bad, i, value, transient, per):
+    """Add block ``i``'s log-growth ``value`` (``(k,)`` or ``()``) to its segment, and note ``i`` as the replica's
+    first bad block (after the transient) if ``value`` is NaN or ``+inf`` there and none came before."""
+    post = i >= transient
+    segment = jnp.where(post, (i - transient) // per, growth.shape[0] - 1)
+    bad = post & jnp.any(jnp.isnan(value) | (value == jnp.inf))
+    first_bad = jnp.where(bad & (first_bad == _NO_EXIT), i, first_bad)
+    return growth.at[segment].add(value.astype(growth.dtype)), first_bad
+
+
+def _growth_buffers(n_segments: int, k: int | None):
+    """Zero log-growth of ``n_segments`` segments and the scratch one (``k`` exponents, or one), no bad block."""
+    shape = (n_segments + 1,) if k is None else (n_segments + 1, k)
+    return {"growth": jnp.zeros(shape, jnp.result_type(float)), "first_bad": jnp.int32(_NO_EXIT)}
 
 
 def _replica_keys(key, n_replicas: int) -> jax.Array:
@@ -656,10 +710,10 @@ def _frame_from_rows(rows, like):
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("k", "n_blocks"))
-def _tangent_start(x0, keys, k, n_blocks):
-    """Per replica (one per key): the state ``x0``, a random orthonormal ``k``-frame, the run key, and a
-    zero buffer for the ``log|R_jj|`` of the ``n_blocks`` blocks.
+@functools.partial(jax.jit, static_argnames=("k", "n_segments"))
+def _tangent_start(x0, keys, k, n_segments):
+    """Per replica (one per key): the state ``x0``, a random orthonormal ``k``-frame, the run key, and zero
+    buffers for the ``log|R_jj|`` of ``n_segments`` segments (:func:`_growth_buffers`).
 
     The frame is kept as the state's float leaves, each with a leading ``k`` axis, so that the tangents go
     through the linearized step leaf by leaf as the state does (one flat vector cost a slice and a
@@ -674,24 +728,25 @@ def _tangent_start(x0, keys, k, n_blocks):
         frame_key, run_key = jax.random.split(rkey)
         rows = jax.random.normal(frame_key, (k, d), jnp.result_type(*like))
         frame, _ = _orthonormalize(_frame_from_rows(rows, like))
-        return {"x": x0, "q": frame, "key": run_key, "growth": jnp.zeros((n_blocks, k), jnp.result_type(float))}
+        return {"x": x0, "q": frame, "key": run_key, **_growth_buffers(n_segments, k)}
 
     return jax.vmap(one_replica)(keys)
 
 
 @functools.partial(jax.jit, static_argnames=("step", "dt"), donate_argnames=("carry",))
-def _tangent_advance(step, carry, a, b, dt):
+def _tangent_advance(step, carry, a, b, dt, transient, per):
     """Blocks ``a <= i < b`` of every replica: ``dt`` steps of the state with the frame pushed by the JVP of
-    ``step`` (same key), then the frame orthonormalized and ``log|R_jj|`` written to block ``i``.
+    ``step`` (same key), then the frame orthonormalized and ``log|R_jj|`` added to block ``i``'s segment.
 
-    Compiled once per ``step`` (by identity), state shapes, ``k``, ``dt``, number of blocks and replicas; the
-    block bounds are traced, so calls of any length and a second call with the same step function reuse it.
+    Compiled once per ``step`` (by identity), state shapes, ``k``, ``dt``, number of segments and replicas; the
+    block bounds and the segments' layout are traced, so calls of any length and a second call with the same
+    step function reuse it.
     """
     floats, with_floats = _float_parts(jax.tree_util.tree_map(lambda leaf: leaf[0], carry["x"]))
 
-    def one_replica(x, q, growth, run_key):
+    def one_replica(x, q, growth, first_bad, run_key):
         def block(i, c):
-            x, q, growth = c
+            x, q, growth, first_bad = c
 
             def one_step(j, c):
                 x, q = c
@@ -701,64 +756,73 @@ def _tangent_advance(step, carry, a, b, dt):
 
             x, y = jax.lax.fori_loop(0, dt, one_step, (x, q))
             q, r = _orthonormalize(y)
-            return x, q, growth.at[i].set(jnp.log(r).astype(growth.dtype))
+            return x, q, *_record_growth(growth, first_bad, i, jnp.log(r), transient, per)
 
-        return jax.lax.fori_loop(a, b, block, (x, q, growth))
+        return jax.lax.fori_loop(a, b, block, (x, q, growth, first_bad))
 
-    x, q, growth = jax.vmap(one_replica)(carry["x"], carry["q"], carry["growth"], carry["key"])
-    return {**carry, "x": x, "q": q, "growth": growth}
+    x, q, growth, first_bad = jax.vmap(one_replica)(
+        carry["x"], carry["q"], carry["growth"], carry["first_bad"], carry["key"]
+    )
+    return {**carry, "x": x, "q": q, "growth": growth, "first_bad": first_bad}
 
 
 TIME_BATCHES = 32
 """Consecutive time batches behind the standard error of :class:`LyapunovEstimate`."""
 
 
-def _time_batch_stderr(kept: np.ndarray, dt: int, stacklevel: int, warn: bool = True) -> np.ndarray:
-    """Batch-means standard error of the exponents from per-block log-growth ``(R, blocks, k)``: the
-    replica-averaged growth per step split into :data:`TIME_BATCHES` consecutive batches as
-    :func:`dynsim.observables.time_batches` splits steps. ``warn``: when consecutive batch means are correlated."""
+def _time_batch_stderr(kept: np.ndarray, blocks: np.ndarray, dt: int, stacklevel: int, warn: bool = True):
+    """Batch-means standard error of the exponents from the log-growth of consecutive segments ``(R, segments, k)``
+    of ``blocks`` blocks each: the replica-averaged growth per step split into :data:`TIME_BATCHES` consecutive
+    batches as :func:`dynsim.observables.time_batches` splits steps. ``warn``: when consecutive batch means are
+    correlated."""
     n_batches = min(TIME_BATCHES, kept.shape[1])
     if n_batches < 2:
         return np.full(kept.shape[2], np.nan)
-    counts, bounds = time_batches(kept.shape[1], n_batches)
-    means = np.add.reduceat(kept, bounds[:-1] - 1, axis=1).mean(axis=0) / (counts[:, None] * dt)  # (batches, k)
+    _, bounds = time_batches(kept.shape[1], n_batches)
+    steps = np.add.reduceat(blocks, bounds[:-1] - 1) * dt
+    means = np.add.reduceat(kept, bounds[:-1] - 1, axis=1).mean(axis=0) / steps[:, None]  # (batches, k)
     if warn:
         with np.errstate(invalid="ignore"):
             warn_if_correlated(means, 0, f"Lyapunov exponents ({n_batches} time batches)", stacklevel=stacklevel)
     return batch_means_stderr(means, axis=0)
 
 
-def _summarise(growth: np.ndarray, transient_blocks: int, dt: int, n_records: int, *, stacklevel: int = 3):
-    """Exponents, standard errors and running history from per-block log-growth ``(R, blocks, k)``.
+def _summarise(carry: dict, layout: _Segments, dt: int, n_records: int, *, stacklevel: int = 3):
+    """Exponents, standard errors and running history from a run's summed log-growth: ``carry["growth"]``
+    ``(R, segments + 1, k)`` (:class:`_Segments`) and each replica's first bad block ``carry["first_bad"]``.
+
+    A replica whose trajectory left the float range or the map's domain grows by NaN or
+    ``+inf`` from then on. Every replica is then read over the same window, the segments before
+    the first such exit (with a warning): dropping the replicas that left would keep the slow
+    ones only (on ``x' = (1 - 3.5 z^2) x`` over 300 steps, 0.116 for the exponent 0.255). A
+    tangent annihilated by a zero Jacobian grows by ``log 0 = -inf``: its exponent is ``-inf``,
+    a value, as for :func:`with_tangent`. ``stacklevel``: of the warnings, from here to the user's call.
 
     Column ``j``'s mean over replicas estimates ``lambda_j``; the columns are then put in descending
     order of that mean (errors, per-replica values and history with them). Sorting each replica's
     values instead would bias the largest of near-equal exponents up by the spread of the replicas,
     however many there are.
-
-    A replica whose trajectory left the float range or the map's domain grows by NaN or
-    ``+inf`` from then on. Every replica is then read over the same window, the blocks before
-    the first such exit (with a warning): dropping the replicas that left would keep the slow
-    ones only (on ``x' = (1 - 3.5 z^2) x`` over 300 steps, 0.116 for the exponent 0.255). A
-    tangent annihilated by a zero Jacobian grows by ``log 0 = -inf``: its exponent is ``-inf``,
-    a value, as for :func:`with_tangent`. ``stacklevel``: of the warnings, from here to the user's call.
     """
-    n_replicas, n_blocks, k = growth.shape
-    kept = growth[:, transient_blocks:]
-    bad = np.any(np.isnan(kept) | (kept == np.inf), axis=2)
-    window = int(np.argmax(bad, axis=1)[bad.any(axis=1)].min()) if bad.any() else kept.shape[1]
-    if window < kept.shape[1]:
-        left = int(bad.any(axis=1).sum())
+    growth = np.asarray(carry["growth"], dtype=np.float64)[:, :-1]  # the scratch segment of the transient goes
+    first_bad = np.asarray(carry["first_bad"])
+    n_replicas, _, k = growth.shape
+    blocks = layout.blocks()
+    window = layout.n_segments
+    left = first_bad != _NO_EXIT
+    if left.any():
+        first = int(first_bad[left].min())
+        window = (first - layout.transient) // layout.per
         warnings.warn(
-            f"{left} of {n_replicas} replicas left the float range or the map's domain (a non-finite state or "
-            f"tangent), the first after {window * dt} steps past the transient: every replica's exponent is "
-            "computed over those steps, so that none is selected out; shorten the run, rescale the state, or "
-            "use float64 to read more of it",
+            f"{int(left.sum())} of {n_replicas} replicas left the float range or the map's domain (a non-finite "
+            f"state or tangent), the first after {(first - layout.transient) * dt} steps past the transient: every "
+            "replica's exponent is computed over those steps, so that none is selected out; shorten the run, "
+            "rescale the state, or use float64 to read more of it",
             RuntimeWarning,
             stacklevel=stacklevel,
         )
-    kept = kept[:, :window]
-    until = (transient_blocks + window) * dt
+    kept, blocks = growth[:, :window], blocks[:window]
+    ends = layout.transient + np.cumsum(blocks)  # the block after each segment
+    until = int(ends[-1]) * dt if window else layout.transient * dt
     if window == 0:
         nan = np.full(k, np.nan)
         return LyapunovEstimate(
@@ -767,22 +831,25 @@ def _summarise(growth: np.ndarray, transient_blocks: int, dt: int, n_records: in
             np.full((n_replicas, k), np.nan),
             np.full((0, k), np.nan),
             np.zeros(0, int),
-            transient_blocks * dt,
+            layout.transient * dt,
             until,
             nan,
             nan,
         )
-    per_replica = kept.sum(axis=1) / (window * dt)
+    steps = (ends[-1] - layout.transient) * dt
+    per_replica = kept.sum(axis=1) / steps
     per_record = max(1, window // n_records)
     idx = np.arange(per_record - 1, window, per_record)
-    times = (transient_blocks + idx + 1) * dt
-    running = np.cumsum(kept, axis=1)[:, idx] / ((idx + 1)[None, :, None] * dt)
+    times = ends[idx] * dt
+    running = np.cumsum(kept, axis=1)[:, idx] / ((ends[idx] - layout.transient) * dt)[None, :, None]
     history = running.mean(axis=0)
     exponents = per_replica.mean(axis=0)
-    stderr = np.where(np.isfinite(exponents), _time_batch_stderr(kept, dt, stacklevel + 1), np.nan)
+    stderr = np.where(np.isfinite(exponents), _time_batch_stderr(kept, blocks, dt, stacklevel + 1), np.nan)
     volumes = np.cumsum(kept, axis=2)  # log-growth of the volume of the frame's first j + 1 columns, unsorted
-    sums = volumes.sum(axis=1).mean(axis=0) / (window * dt)
-    sums_stderr = np.where(np.isfinite(sums), _time_batch_stderr(volumes, dt, stacklevel + 1, warn=False), np.nan)
+    sums = volumes.sum(axis=1).mean(axis=0) / steps
+    sums_stderr = np.where(
+        np.isfinite(sums), _time_batch_stderr(volumes, blocks, dt, stacklevel + 1, warn=False), np.nan
+    )
     order = np.argsort(-exponents, kind="stable")
     return LyapunovEstimate(
         exponents[order],
@@ -790,7 +857,7 @@ def _summarise(growth: np.ndarray, transient_blocks: int, dt: int, n_records: in
         per_replica[:, order],
         history[:, order],
         times,
-        transient_blocks * dt,
+        layout.transient * dt,
         until,
         sums,
         sums_stderr,
@@ -880,14 +947,16 @@ def spectrum(
     frame's condition number grows like ``exp((lambda_1 - lambda_k) dt)``; keep it well below
     ``1/eps`` of the state's dtype (``(lambda_1 - lambda_k) dt`` below about 8 in float32, 18 in
     float64) or the lower exponents are lost to rounding. A slowly rotating frame (SGD near a
-    minimum, ``|lambda| << 1`` per step) allows ``dt`` in the tens. The log-growth of every block
-    stays on the device until the end: ``n_replicas * (n_steps // dt) * k`` floats, 1.3 GB in
-    float32 (2.6 GB with x64) for 400 replicas, k = 8 and 10^5 blocks, besides ``n_replicas (k + 1)``
-    copies of the state.
+    minimum, ``|lambda| << 1`` per step) allows ``dt`` in the tens.
+
+    **Memory.** ``n_replicas (k + 1)`` copies of the state, and the log-growth summed on the device into
+    at most :data:`MAX_SEGMENTS` consecutive segments of blocks per replica (52 MB in float32 for 400
+    replicas and k = 8, however long the run): errors, history and the window before a replica leaves
+    the float range are read at that resolution, which is block by block up to 4096 blocks.
 
     The program is compiled once per ``step`` function (by identity; a new lambda on every call
-    compiles again), state shapes, ``k``, ``dt``, ``n_steps // dt`` and ``n_replicas``: a second call
-    with the same step function from another start or key reuses it. ``progress`` as for
+    compiles again), state shapes, ``k``, ``dt``, the number of segments and ``n_replicas``: a second
+    call with the same step function from another start or key reuses it. ``progress`` as for
     :func:`top_exponent`.
     """
     n_steps, transient, dt, n_replicas, n_records = _check_common(n_steps, transient, dt, n_replicas, n_records)
@@ -932,17 +1001,17 @@ def two_trajectory(
     d0 = check_positive("d0", d0)
     n_blocks, transient_blocks = _blocks(n_steps, dt, transient)
     step = _as_static(step)
-    carry = _separation_start(x0, _replica_keys(key, n_replicas), d0, n_blocks)
+    layout = _Segments.of(n_blocks, transient_blocks)
+    carry = _separation_start(x0, _replica_keys(key, n_replicas), d0, layout.n_segments)
     carry = _run_in_calls(
-        lambda c, a, b: _separation_advance(step, c, a, b, d0, dt),
+        lambda c, a, b: _separation_advance(step, c, a, b, d0, dt, *layout.traced()),
         carry,
         n_blocks,
         dt * n_replicas,
         progress,
         "two_trajectory",
     )
-    growth = np.asarray(carry["growth"], dtype=np.float64)[:, :, None]
-    return _summarise(growth, transient_blocks, dt, n_records)
+    return _summarise({**carry, "growth": carry["growth"][:, :, None]}, layout, dt, n_records)
 
 
 def _separation(floats, d0):
@@ -950,10 +1019,10 @@ def _separation(floats, d0):
     return d0 * jnp.maximum(1.0, _norm(floats))
 
 
-@functools.partial(jax.jit, static_argnames=("n_blocks",))
-def _separation_start(x0, keys, d0, n_blocks):
+@functools.partial(jax.jit, static_argnames=("n_segments",))
+def _separation_start(x0, keys, d0, n_segments):
     """Per replica (one per key) of :func:`two_trajectory`: the state, its clone at distance ``delta`` in a
-    random direction, ``delta``, the run key, and a zero buffer for the log-growth of the ``n_blocks`` blocks."""
+    random direction, ``delta``, the run key, and zero buffers for the log-growth of ``n_segments`` segments."""
     floats, with_floats = _float_parts(x0)
     like = floats(x0)
 
@@ -963,22 +1032,21 @@ def _separation_start(x0, keys, d0, n_blocks):
         delta = _separation(like, d0)
         u = [leaf[0] for leaf in _frame_from_rows(delta * u / jnp.linalg.norm(u), like)]
         clone = with_floats([x + v for x, v in zip(like, u)], x0)
-        growth = jnp.zeros(n_blocks, jnp.result_type(float))
-        return {"x": x0, "y": clone, "delta": delta, "key": run_key, "growth": growth}
+        return {"x": x0, "y": clone, "delta": delta, "key": run_key, **_growth_buffers(n_segments, None)}
 
     return jax.vmap(one_replica)(keys)
 
 
 @functools.partial(jax.jit, static_argnames=("step", "dt"), donate_argnames=("carry",))
-def _separation_advance(step, carry, a, b, d0, dt):
+def _separation_advance(step, carry, a, b, d0, dt, transient, per):
     """Blocks ``a <= i < b`` of every replica of :func:`two_trajectory`: ``dt`` steps of the state and its clone
-    (same keys), then ``log(d / delta)`` written to block ``i`` and the clone pulled back to the new ``delta``.
-    Compiled once per ``step``, state shapes, ``dt``, number of blocks and replicas."""
+    (same keys), then ``log(d / delta)`` added to block ``i``'s segment and the clone pulled back to the new
+    ``delta``. Compiled once per ``step``, state shapes, ``dt``, number of segments and replicas."""
     floats, with_floats = _float_parts(jax.tree_util.tree_map(lambda leaf: leaf[0], carry["x"]))
 
-    def one_replica(x, y, delta, growth, run_key):
+    def one_replica(x, y, delta, growth, first_bad, run_key):
         def block(i, c):
-            x, y, delta, growth = c
+            x, y, delta, growth, first_bad = c
 
             def one_step(j, c):
                 x, y = c
@@ -991,9 +1059,12 @@ def _separation_advance(step, carry, a, b, d0, dt):
             d = _norm(sep)
             new_delta = _separation(xf, d0)
             y = with_floats([xl + sl * (new_delta / d) for xl, sl in zip(xf, sep)], y)
-            return x, y, new_delta, growth.at[i].set((jnp.log(d) - jnp.log(delta)).astype(growth.dtype))
+            growth, first_bad = _record_growth(growth, first_bad, i, jnp.log(d) - jnp.log(delta), transient, per)
+            return x, y, new_delta, growth, first_bad
 
-        return jax.lax.fori_loop(a, b, block, (x, y, delta, growth))
+        return jax.lax.fori_loop(a, b, block, (x, y, delta, growth, first_bad))
 
-    x, y, delta, growth = jax.vmap(one_replica)(carry["x"], carry["y"], carry["delta"], carry["growth"], carry["key"])
-    return {**carry, "x": x, "y": y, "delta": delta, "growth": growth}
+    x, y, delta, growth, first_bad = jax.vmap(one_replica)(
+        carry["x"], carry["y"], carry["delta"], carry["growth"], carry["first_bad"], carry["key"]
+    )
+    return {**carry, "x": x, "y": y, "delta": delta, "growth": growth, "first_bad": first_bad}

@@ -386,6 +386,34 @@ def test_two_trajectory_follows_a_state_that_grows_and_shrinks(lr):
     assert abs(est.exponents[0] - quad_log_abs(lr)) < 4 * est.stderr[0], (est.exponents, est.stderr)
 
 
+def test_long_runs_are_summed_in_segments(monkeypatch):
+    # Past MAX_SEGMENTS blocks the log-growth is summed on the device per segment (its memory stays bounded):
+    # the same exponents as block by block (up to the float32 rounding of the sums), the history read at the
+    # segments' ends, and the window before a replica leaves the float range ending at the last whole segment.
+    x0 = jnp.array([0.1, 0.1])
+    fine = L.spectrum(henon, x0, 0, 1030, 2, transient=30, n_replicas=3, n_records=1000)  # 1000 blocks, one each
+    monkeypatch.setattr(L, "MAX_SEGMENTS", 64)  # 62 segments of 16 blocks and one of 8
+    coarse = L.spectrum(henon, x0, 0, 1030, 2, transient=30, n_replicas=3, n_records=1000)
+    np.testing.assert_allclose(coarse.per_replica, fine.per_replica, rtol=1e-5)
+    np.testing.assert_allclose(coarse.partial_sums, fine.partial_sums, rtol=1e-5)
+    assert coarse.until == fine.until == 1030 and coarse.transient == 30
+    np.testing.assert_array_equal(coarse.times, np.r_[np.arange(46, 1030, 16), 1030])
+    np.testing.assert_allclose(coarse.history, fine.history[np.searchsorted(fine.times, coarse.times)], rtol=1e-5)
+    assert np.all(np.isfinite(coarse.stderr)) and np.allclose(coarse.stderr, fine.stderr, rtol=0.5)
+
+    # x' = (1 - 3.5 z^2) x overflows float32 within 300 steps in some replicas (two_trajectory then reads NaN)
+    step = lambda x, key: (1 - 3.5 * jax.random.normal(key) ** 2) * x  # noqa: E731
+    monkeypatch.setattr(L, "MAX_SEGMENTS", 8)  # 300 blocks: 7 segments of 38 and one of 34
+    with pytest.warns(RuntimeWarning, match="none is selected out"):
+        cut = L.two_trajectory(step, jnp.ones(()), 0, 300, n_replicas=64)
+    monkeypatch.setattr(L, "MAX_SEGMENTS", 4096)
+    with pytest.warns(RuntimeWarning, match="none is selected out"):
+        exact = L.two_trajectory(step, jnp.ones(()), 0, 300, n_replicas=64)
+    assert 0 < cut.until <= exact.until < 300 and cut.until % 38 == 0 and exact.until - cut.until < 38
+    same_window = L.two_trajectory(step, jnp.ones(()), 0, cut.until, n_replicas=64)  # no exit before cut.until
+    np.testing.assert_allclose(cut.per_replica, same_window.per_replica, rtol=1e-5)
+
+
 def test_top_exponent_of_sgd_step_shares_the_minibatch():
     # The tangent map of SGD on 1-D regression is 1 - lr x_t^2 with the SAME x_t as the base step.
     lr = 1.0
@@ -451,15 +479,17 @@ def test_a_second_call_with_the_same_step_reuses_its_program():
 
 def test_a_run_does_not_depend_on_how_its_calls_split_it(capsys):
     # the blocks of a run go in calls of growing length (for the progress bar): step t is the same
-    # computation whichever call runs it, so the log-growth is bitwise that of one call
+    # computation whichever call runs it, and a segment's sum the same sequence of additions (segments of 3
+    # blocks after a transient of 5 here, one split inside a segment), so the log-growth is bitwise that of one call
     x0, keys = jnp.array([0.1, 0.1]), jax.vmap(lambda r: jax.random.fold_in(prng.key(3), r))(jnp.arange(2))
-    whole = L._tangent_advance(henon, L._tangent_start(x0, keys, 2, 40), 0, 40, 1)["growth"]
-    first = L._tangent_advance(henon, L._tangent_start(x0, keys, 2, 40), 0, 13, 1)
-    np.testing.assert_array_equal(L._tangent_advance(henon, first, 13, 40, 1)["growth"], whole)
+    layout = (jnp.int32(5), jnp.int32(3))  # 40 blocks: transient 5, then 11 segments of 3 and one of 2
+    whole = L._tangent_advance(henon, L._tangent_start(x0, keys, 2, 12), 0, 40, 1, *layout)["growth"]
+    first = L._tangent_advance(henon, L._tangent_start(x0, keys, 2, 12), 0, 13, 1, *layout)
+    np.testing.assert_array_equal(L._tangent_advance(henon, first, 13, 40, 1, *layout)["growth"], whole)
     d0 = 1e-4
-    whole = L._separation_advance(henon, L._separation_start(x0, keys, d0, 40), 0, 40, d0, 1)["growth"]
-    first = L._separation_advance(henon, L._separation_start(x0, keys, d0, 40), 0, 29, d0, 1)
-    np.testing.assert_array_equal(L._separation_advance(henon, first, 29, 40, d0, 1)["growth"], whole)
+    whole = L._separation_advance(henon, L._separation_start(x0, keys, d0, 12), 0, 40, d0, 1, *layout)["growth"]
+    first = L._separation_advance(henon, L._separation_start(x0, keys, d0, 12), 0, 29, d0, 1, *layout)
+    np.testing.assert_array_equal(L._separation_advance(henon, first, 29, 40, d0, 1, *layout)["growth"], whole)
     # progress=True shows a bar at once and leaves the estimate as it is
     shown = L.spectrum(henon, x0, 3, 64, 2, n_replicas=2, progress=True)
     assert "spectrum" in capsys.readouterr().err
