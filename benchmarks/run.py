@@ -21,11 +21,13 @@ fused kernel at several block sizes (trajectories per Pallas program). Prints a 
 rewrites ``benchmarks/RESULTS.md`` with the device's name.
 
 A measurement that fails is reported (in the table and at the end of RESULTS.md, exit status 1) and
-the others go on; ``--save`` writes every measurement to a JSON file as it is taken, and
-``--render`` writes RESULTS.md from such a file (of a run cut short, say).
+the others go on; ``--save`` writes every measurement to a JSON file as it is taken, ``--resume``
+takes from that file what an earlier run of the same preset on the same device measured (a run cut
+short by a time limit goes on where it stopped), and ``--render`` writes RESULTS.md from such a file.
 
     python benchmarks/run.py                       # CPU sizes
     python benchmarks/run.py --gpu --save gpu.json # GPU sizes (4M trajectories for (a) and (b))
+    python benchmarks/run.py --gpu --save gpu.json --resume  # the rest of a run cut short
     python benchmarks/run.py --render gpu.json     # RESULTS.md from saved measurements
     python benchmarks/run.py --smoke               # every branch of --gpu at tiny sizes (a minute on CPU)
 """
@@ -356,9 +358,13 @@ def diagram_seconds(n_lr, n_mu, n_replicas, n_steps, refine=0, engine="simulate"
 
 
 def _stage(results: dict, name: str, fn: Callable[[], object], save: Callable[[dict], None]):
-    """``fn()``, with its failure (say, a kernel that does not compile on this device) recorded in
-    ``results["failures"]`` and printed instead of raised, so that the other measurements go on; then
-    ``save(results)``, so that a run cut short keeps what it measured."""
+    """``fn()``, kept in ``results["done"][name]``, unless a resumed run has it there already; its failure (say, a
+    kernel that does not compile on this device) is recorded in ``results["failures"]`` and printed instead of
+    raised, so that the other measurements go on. Then ``save(results)``, so that a run cut short keeps what it
+    measured."""
+    if name in results["done"]:
+        print(f"-- {name}: measured before", flush=True)
+        return results["done"][name]
     print(f"-- {name}", flush=True)
     try:
         value = fn()
@@ -366,12 +372,15 @@ def _stage(results: dict, name: str, fn: Callable[[], object], save: Callable[[d
         traceback.print_exc()
         results["failures"][name] = f"{type(err).__name__}: {err}"[:1000]
         value = None
+    else:
+        results["done"][name] = value
     save(results)
     return value
 
 
-def measure(preset: str, save: Callable[[dict], None]) -> dict:
-    """Every measurement of ``preset``, most wanted first, as a JSON-able dict (see :func:`render`)."""
+def measure(preset: str, save: Callable[[dict], None], done: dict | None = None) -> dict:
+    """Every measurement of ``preset``, most wanted first, as a JSON-able dict (see :func:`render`); ``done``:
+    the measurements of an earlier run of the same preset on this device (``results["done"]``), not repeated."""
     sizes = PRESETS[preset]
     n_bytes = 1 << 24 if preset == "smoke" else 1 << 29
     torch_name = "not installed" if torch is None else f"{torch.__version__} on {torch_device()}"
@@ -387,6 +396,7 @@ def measure(preset: str, save: Callable[[dict], None]) -> dict:
         "paper": {},
         "chunks": [],
         "failures": {},
+        "done": dict(done or {}),
     }
     bandwidth = _stage(results, "memory bandwidth", lambda: memory_bandwidth(n_bytes), save)
     if bandwidth is not None:
@@ -574,8 +584,13 @@ def main(argv=None) -> None:
         help="save the measurements here after each one (a run cut short "
         "keeps what it measured; --render writes RESULTS.md from it)",
     )
+    parser.add_argument(
+        "--resume", action="store_true", help="with --save: keep the measurements already in that file, take the rest"
+    )
     parser.add_argument("--no-write", action="store_true", help="do not rewrite benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
+    if args.resume and not args.save:
+        parser.error("--resume needs --save FILE (the measurements to resume from)")
     if args.render:
         with open(args.render) as fh:
             results = json.load(fh)
@@ -588,7 +603,17 @@ def main(argv=None) -> None:
                     json.dump(results, fh, indent=1)
                 os.replace(args.save + ".tmp", args.save)
 
-        results = measure(preset, save)
+        done = None
+        if args.resume and os.path.exists(args.save):
+            with open(args.save) as fh:
+                before = json.load(fh)
+            if (before["preset"], before["device"]) != (preset, device_name()):
+                raise SystemExit(
+                    f"{args.save} holds measurements of preset {before['preset']!r} on {before['device']!r}, not "
+                    f"{preset!r} on {device_name()!r}: not resumed (give another --save file)"
+                )
+            done = before["done"]
+        results = measure(preset, save, done)
     text = render(results)
     print(text)
     if not (args.no_write or results["preset"] == "smoke"):

@@ -9,6 +9,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 import dynsim as ds
 
@@ -37,10 +38,14 @@ def test_benchmark_smoke_runs_every_branch_and_writes_nothing(tmp_path):
 
 def test_a_failed_measurement_is_reported_and_the_others_go_on():
     saves = []
-    results = {"failures": {}}
+    results = {"failures": {}, "done": {}}
     assert bench._stage(results, "(x) broken", lambda: 1 / 0, saves.append) is None
     assert bench._stage(results, "(y) fine", lambda: 2.0, saves.append) == 2.0
     assert results["failures"] == {"(x) broken": "ZeroDivisionError: division by zero"} and len(saves) == 2
+    assert results["done"] == {"(y) fine": 2.0}  # a resumed run takes it from there instead of measuring again
+    assert (
+        bench._stage(results, "(y) fine", lambda: 1 / 0, saves.append) == 2.0 and "(y) fine" not in results["failures"]
+    )
     measured = {
         "preset": "smoke",
         "device": "cpu: test",
@@ -148,3 +153,13 @@ def test_net_baselines_take_the_gradient_step_of_the_problem():
             scale = np.abs(exp_step).max(axis=(1, 2), keepdims=True)
             assert np.all(scale > 0)
             np.testing.assert_array_less(np.abs(step - exp_step) / scale, 1e-3)
+
+
+def test_resume_needs_the_same_preset_on_the_same_device(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--smoke", "--resume"])
+    assert "--resume needs --save" in capsys.readouterr().err
+    saved = tmp_path / "m.json"
+    saved.write_text(json.dumps({"preset": "gpu", "device": "gpu: NVIDIA H100", "done": {}}))
+    with pytest.raises(SystemExit, match="not resumed"):
+        bench.main(["--smoke", "--save", str(saved), "--resume"])
