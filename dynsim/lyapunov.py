@@ -386,7 +386,9 @@ def with_tangent(dynamics, *, transient: int = 0):
     :func:`dynsim.simulate` with :func:`running_exponent` (``log_growth / counted``, so the
     transient is given here only) to get the top Lyapunov exponent of every trajectory of a
     grid in one program. A zero multiplier (a superstable point) gives ``-inf``. Observables
-    see the wrapped dynamics' parameters and data, as before.
+    see the wrapped dynamics' parameters and data, as before. Where the top exponent is shared by
+    several directions (an equal pair), the tangent follows whichever has grown most so far: an
+    upward bias of ``O(1/sqrt(t))``, as for :func:`top_exponent` (see :class:`LyapunovEstimate`).
     """
     from dynsim.dynamics.base import Dynamics
     from dynsim.dynamics.saddle import LOG_ZERO
