@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -204,15 +205,36 @@ def _compiled(
     return jax.jit(run)
 
 
+def _triton_available() -> bool:
+    """Whether this JAX still has Pallas's Triton backend (deprecated in JAX 0.11, to be removed)."""
+    try:
+        from jax.experimental.pallas import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _resolve_backend(backend: str) -> str:
     backend = check_choice("backend", backend, BACKENDS)
     if backend == "auto":
-        return "pallas" if jax.default_backend() == "gpu" else "jax"
+        if jax.default_backend() != "gpu":
+            return "jax"
+        if not _triton_available():
+            warnings.warn(
+                f"JAX {jax.__version__} has no Pallas Triton backend: the fused kernel runs as one compiled JAX "
+                "loop instead (backend='jax', the same numbers)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return "jax"
+        return "pallas"
     if backend == "pallas" and jax.default_backend() != "gpu":
         raise ValueError(
             f"backend='pallas' compiles a Triton kernel and needs a GPU; JAX's default backend is "
             f"{jax.default_backend()!r}. Use backend='jax' (same results) or 'interpret'."
         )
+    if backend == "pallas" and not _triton_available():
+        raise ValueError(f"backend='pallas' needs Pallas's Triton backend, which JAX {jax.__version__} does not have")
     return backend
 
 

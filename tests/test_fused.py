@@ -64,7 +64,10 @@ def test_same_numbers_for_every_backend_chunk_and_block(chi, batch_size, n_data)
     np.testing.assert_array_equal(one.modes_log_plus.values[0, 0], ref.modes_log_plus.values[0, 0])
 
 
-@pytest.mark.skipif(jax.default_backend() != "gpu", reason="the Pallas kernel compiles for a GPU only")
+@pytest.mark.skipif(
+    jax.default_backend() != "gpu" or not fused._triton_available(),
+    reason="the Pallas kernel compiles for a GPU only, with Pallas's Triton backend",
+)
 @pytest.mark.parametrize("chi, batch_size, n_data", [("gaussian", 2, None), ("two_point", 6, None), ("gaussian", 2, 5)])
 def test_pallas_kernel_on_a_gpu_gives_the_numbers_of_the_jax_loop(chi, batch_size, n_data):
     # the same float32 operations, compiled by Triton instead of XLA: equal up to rounding (fused multiply-adds,
@@ -122,6 +125,21 @@ def test_bad_input():
         fused.saddle_modes([1.0], [0.1], n_replicas=2, n_steps=10, chi="cauchy")
     with pytest.raises(ValueError, match="engine"):
         S.saddle_phases([1.0], [0.1], method="simulation", engine="pallas")
+
+
+def test_without_pallas_triton_a_gpu_runs_the_jax_loop(monkeypatch):
+    # JAX 0.11 deprecates Pallas's Triton backend: where it is gone, "auto" on a GPU falls back to the compiled
+    # loop (the same numbers) with a warning, and an explicit "pallas" is refused
+    kw = dict(n_replicas=8, n_steps=10, seed=1)
+    ref = fused.saddle_modes([0.5], [0.1], backend="jax", **kw)
+    monkeypatch.setattr(fused.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(fused, "_triton_available", lambda: False)
+    with pytest.warns(RuntimeWarning, match="no Pallas Triton backend"):
+        out = fused.saddle_modes([0.5], [0.1], **kw)
+    assert out.attrs["engine"] == "dynsim.fused.saddle_modes (jax)"
+    np.testing.assert_array_equal(out.modes_log_plus.values, ref.modes_log_plus.values)
+    with pytest.raises(ValueError, match="needs Pallas's Triton backend"):
+        fused.saddle_modes([0.5], [0.1], backend="pallas", **kw)
 
 
 def test_extreme_bits_give_finite_normals():
