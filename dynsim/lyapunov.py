@@ -31,7 +31,7 @@ from scipy import optimize, special
 
 from dynsim import prng
 from dynsim._progress import PROGRESS_BLOCKS, in_blocks, progress_bar
-from dynsim._tree import check_same_type
+from dynsim._tree import check_same_type, tree_norm
 from dynsim._validate import check_int, check_positive
 from dynsim.observables import batch_means_stderr, time_batches, warn_if_correlated
 
@@ -415,7 +415,7 @@ def with_tangent(dynamics, *, transient: int = 0):
         inner = state["inner"]
         new_inner, jvp = jax.linearize(lambda z: dynamics.step(with_floats(z, inner), key, hp), floats(inner))
         w = floats(jvp(state["tangent"]))
-        r = _norm(w)
+        r = tree_norm(w)
         counted = state["steps"] >= transient
         grown = jnp.maximum(state["log_growth"] + jnp.log(r).astype(state["log_growth"].dtype), LOG_ZERO)
         scale = 1.0 / jnp.where(r > 0, r, 1.0)
@@ -674,11 +674,6 @@ def _replica_keys(key, n_replicas: int) -> jax.Array:
     return jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(n_replicas))
 
 
-def _norm(leaves) -> jax.Array:
-    """The Euclidean norm of a list of arrays taken as one vector."""
-    return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in leaves))
-
-
 def _float_parts(x):
     """``floats(x)``: the float leaves of a state shaped as ``x``; ``with_floats(new, x)``: ``x`` with them replaced."""
     leaves, treedef, is_float = _split_state(x)
@@ -772,21 +767,21 @@ TIME_BATCHES = 32
 """Consecutive time batches behind the standard error of :class:`LyapunovEstimate`."""
 
 
-def _time_batch_stderr(kept: np.ndarray, blocks: np.ndarray, dt: int, stacklevel: int, warn: bool = True):
-    """Batch-means standard error of the exponents from the log-growth of consecutive segments ``(R, segments, k)``
-    of ``blocks`` blocks each: the replica-averaged growth per step split into :data:`TIME_BATCHES` consecutive
-    batches as :func:`dynsim.observables.time_batches` splits steps. ``warn``: when consecutive batch means are
-    correlated."""
+def _time_batch_stderrs(kept: np.ndarray, blocks: np.ndarray, dt: int, stacklevel: int):
+    """Batch-means standard errors of the exponents and of their partial sums, from the log-growth of consecutive
+    segments ``(R, segments, k)`` of ``blocks`` blocks each: the replica-averaged growth per step split into
+    :data:`TIME_BATCHES` consecutive batches as :func:`dynsim.observables.time_batches` splits steps (with a
+    warning when consecutive batch means of the exponents are correlated)."""
     n_batches = min(TIME_BATCHES, kept.shape[1])
     if n_batches < 2:
-        return np.full(kept.shape[2], np.nan)
+        nan = np.full(kept.shape[2], np.nan)
+        return nan, nan
     _, bounds = time_batches(kept.shape[1], n_batches)
     steps = np.add.reduceat(blocks, bounds[:-1] - 1) * dt
     means = np.add.reduceat(kept, bounds[:-1] - 1, axis=1).mean(axis=0) / steps[:, None]  # (batches, k)
-    if warn:
-        with np.errstate(invalid="ignore"):
-            warn_if_correlated(means, 0, f"Lyapunov exponents ({n_batches} time batches)", stacklevel=stacklevel)
-    return batch_means_stderr(means, axis=0)
+    with np.errstate(invalid="ignore"):
+        warn_if_correlated(means, 0, f"Lyapunov exponents ({n_batches} time batches)", stacklevel=stacklevel)
+    return batch_means_stderr(means, axis=0), batch_means_stderr(np.cumsum(means, axis=1), axis=0)
 
 
 def _summarise(carry: dict, layout: _Segments, dt: int, n_records: int, *, stacklevel: int = 3):
@@ -846,12 +841,10 @@ def _summarise(carry: dict, layout: _Segments, dt: int, n_records: int, *, stack
     running = np.cumsum(kept, axis=1)[:, idx] / ((ends[idx] - layout.transient) * dt)[None, :, None]
     history = running.mean(axis=0)
     exponents = per_replica.mean(axis=0)
-    stderr = np.where(np.isfinite(exponents), _time_batch_stderr(kept, blocks, dt, stacklevel + 1), np.nan)
-    volumes = np.cumsum(kept, axis=2)  # log-growth of the volume of the frame's first j + 1 columns, unsorted
-    sums = volumes.sum(axis=1).mean(axis=0) / steps
-    sums_stderr = np.where(
-        np.isfinite(sums), _time_batch_stderr(volumes, blocks, dt, stacklevel + 1, warn=False), np.nan
-    )
+    sums = np.cumsum(exponents)  # growth rates of the volume of the frame's first j + 1 columns, unsorted
+    stderr, sums_stderr = _time_batch_stderrs(kept, blocks, dt, stacklevel + 1)
+    stderr = np.where(np.isfinite(exponents), stderr, np.nan)
+    sums_stderr = np.where(np.isfinite(sums), sums_stderr, np.nan)
     order = np.argsort(-exponents, kind="stable")
     return LyapunovEstimate(
         exponents[order],
@@ -1018,7 +1011,7 @@ def two_trajectory(
 
 def _separation(floats, d0):
     """The clone's distance ``d0 max(1, |x|)``, relative to the size of the state's float leaves."""
-    return d0 * jnp.maximum(1.0, _norm(floats))
+    return d0 * jnp.maximum(1.0, tree_norm(floats))
 
 
 @functools.partial(jax.jit, static_argnames=("n_segments",))
@@ -1058,7 +1051,7 @@ def _separation_advance(step, carry, a, b, d0, dt, transient, per):
             x, y = jax.lax.fori_loop(0, dt, one_step, (x, y))
             xf = floats(x)
             sep = [yl - xl for xl, yl in zip(xf, floats(y))]
-            d = _norm(sep)
+            d = tree_norm(sep)
             new_delta = _separation(xf, d0)
             y = with_floats([xl + sl * (new_delta / d) for xl, sl in zip(xf, sep)], y)
             growth, first_bad = _record_growth(growth, first_bad, i, jnp.log(d) - jnp.log(delta), transient, per)
