@@ -238,9 +238,13 @@ def test_sgd_with_batch_four_converges_in_probability_up_to_lambda_p():
         n_replicas=4000,
         n_steps=300,
         record_every=10,
-        observables={"logdist": ds.observables.log_distance(problem.fixed_point)},
+        observables={
+            "logdist": ds.observables.log_distance(problem.fixed_point),
+            "diverged": ds.observables.diverged(),
+        },
     )
-    est = ds.lyapunov.from_log_distance(res, transient=20)
+    with pytest.warns(RuntimeWarning, match="stopped moving"):  # a few float32 distances underflow at lr = 2.5
+        est = ds.lyapunov.from_log_distance(res, transient=20)
     for lr in lrs:
         e, se = est.exponent.sel(lr=lr).item(), est.stderr.sel(lr=lr).item()
         assert abs(e - float(S.regression_exponent(lr, 4))) < 4 * se, (lr, e, se)
