@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 LEARNING_RATE_NAMES = ("lr", "learning_rate")
@@ -101,10 +102,22 @@ def grid_values(name: str, values: Any) -> np.ndarray:
         raise ValueError(f"grid[{name!r}] must be a 1-D array of numbers, got shape {arr.shape} ({values!r})")
     if arr.size == 0:
         raise ValueError(f"grid[{name!r}] must not be empty")
-    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+    if arr.dtype == bool:
+        raise TypeError(
+            f"grid[{name!r}] holds booleans {values!r}: a grid axis holds numbers. A switch such as {name!r} is "
+            "fixed when the dynamics is built (a keyword of its builder); run one simulation per setting"
+        )
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise TypeError(f"grid[{name!r}] must hold real numbers, got dtype {arr.dtype} ({values!r})")
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"grid[{name!r}] must be finite, got {arr.tolist()}")
+    dtype = jnp.result_type(float)  # the run's floats: float32 unless jax_enable_x64
+    if np.issubdtype(arr.dtype, np.floating) and np.any(np.abs(arr) > np.finfo(dtype).max):
+        big = arr[np.abs(arr) > np.finfo(dtype).max].tolist()
+        raise ValueError(
+            f"grid[{name!r}] holds {big}, beyond the {dtype} range (+-{np.finfo(dtype).max:.3g}) the run "
+            "computes in; enable float64 with jax.config.update('jax_enable_x64', True) for such values"
+        )
     if name in LEARNING_RATE_NAMES and np.any(arr <= 0):
         bad = arr[arr <= 0].tolist()
         raise ValueError(f"grid[{name!r}]: learning rates must be > 0 and finite, got {bad}")
@@ -130,7 +143,7 @@ def check_output_path(path: Any) -> str:
         raise TypeError(f"path must be a str or os.PathLike, got {path!r}")
     path = os.fspath(path)
     if os.path.isdir(path):
-        raise ValueError(f"path {path!r} is a directory; give a file name such as {path!r}/results.nc")
+        raise ValueError(f"path {path!r} is a directory; give a file name such as {os.path.join(path, 'results.nc')!r}")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ValueError(f"path {path!r}: folder {folder!r} does not exist")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -105,10 +106,17 @@ class Checkpoint:
         atomic_write(self._file(group, start, size), write)
 
     def load(self, group: int, start: int, size: int) -> tuple[np.ndarray, list]:
-        with np.load(self._file(group, start, size)) as z:
-            meta = json.loads(str(z["meta"]))
-            entries = [
-                (m["name"], tuple(m["dims"]), z[f"v{i}"], {k: np.asarray(c) for k, c in m["coords"].items()})
-                for i, m in enumerate(meta)
-            ]
-            return z["index"], entries
+        path = self._file(group, start, size)
+        try:
+            with np.load(path) as z:
+                meta = json.loads(str(z["meta"]))
+                entries = [
+                    (m["name"], tuple(m["dims"]), z[f"v{i}"], {k: np.asarray(c) for k, c in m["coords"].items()})
+                    for i, m in enumerate(meta)
+                ]
+                return z["index"], entries
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+            raise ValueError(
+                f"checkpoint chunk {path!r} cannot be read ({type(err).__name__}: {err}): it is damaged or was not "
+                "written by dynsim; delete the file to compute that chunk again"
+            ) from err

@@ -18,6 +18,7 @@ again, as does a chunk of another size.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -510,6 +511,63 @@ def _collect(program: _Program, carry, finals, status, keep, ctx) -> list:
     return entries
 
 
+@contextlib.contextmanager
+def _explain_missing_hyperparameter(names: Sequence[str]):
+    """Turn the bare ``KeyError: 's'`` of a step that reads ``hp["s"]`` while tracing, where no grid axis
+    or default gives ``s``, into an error that says so."""
+    try:
+        yield
+    except KeyError as err:
+        key = err.args[0] if len(err.args) == 1 else None
+        if not isinstance(key, str) or key in names:
+            raise
+        raise KeyError(
+            f"{key!r}: the dynamics read hp[{key!r}], which is neither a grid axis nor a default of the "
+            f"dynamics (hp holds {sorted(names)}); add {key!r} to the grid or to Dynamics(hyperparams=...)"
+        ) from err
+
+
+def _check_names(entries: list, axes: Sequence[str], keys: Sequence[str]) -> None:
+    """Refuse outputs that would overwrite each other or a dimension of the result: every variable
+    name distinct, and none a grid axis, ``replica``, ``time`` or another output's dimension
+    (``{"d": diverged(), "d_step": time_average(f)}`` both write ``d_step``)."""
+
+    def owners(var: str) -> list[str]:
+        return sorted((k for k in keys if var == k or var.startswith(k + "_")), key=len)
+
+    names = [entry[0] for entry in entries]
+    taken = {a: f"grid axis {a!r}" for a in axes} | {"replica": "dimension 'replica'", "time": "dimension 'time'"}
+    for name, dims, _, coords in entries:
+        for d in (*dims, *coords):
+            taken.setdefault(d, f"dimension {d!r} of {name!r}")
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            pair = " and ".join(map(repr, owners(name)))
+            raise ValueError(f"observables {pair} both write the variable {name!r}: rename one")
+        if name in taken:
+            owner = owners(name)[-1:] or [name]
+            raise ValueError(f"observable {owner[0]!r} writes {name!r}, the name of the {taken[name]}: rename it")
+
+
+def _check_output_names(program: _Program, inputs_one: dict, ctx: Context, axes: Sequence[str]) -> None:
+    """:func:`_check_names` before the run, on the outputs of one zero-filled trajectory, named as a
+    chunk's are (the records' and reducers' names and dimensions follow from shapes, not values)."""
+    carry = jax.eval_shape(program.init, inputs_one)
+    finals = jax.eval_shape(program.finish, carry, inputs_one)
+
+    def zeros(tree):
+        return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), tree)
+
+    status = {"diverged_step": np.full(1, -1)}
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            entries = _collect(program, zeros({k: carry[k] for k in ("rec", "acc")}), zeros(finals), status, 1, ctx)
+    except Exception:  # noqa: BLE001 - a finalize that cannot read zeros: the first chunk's outputs are checked
+        return
+    _check_names(entries, axes, [name for name, _ in program.spec.observables])
+
+
 def _run_chunk(program: _Program, inputs, keep: int, ctx: Context, n_slots: int, bar) -> list:
     """Run one chunk of trajectories for ``n_steps`` steps (in blocks, for the progress bar); its outputs."""
     n_steps, record_every = ctx.n_steps, ctx.record_every
@@ -742,6 +800,9 @@ def simulate(
                     per_traj = jax.device_put(per_traj, sharding)
                 return {**per_traj, "root": root, "data": data}
 
+            hp_names = [*dict(static_hp), *g.traced] + (["data"] if program.shared_data is not None else [])
+            with _explain_missing_hyperparameter(hp_names):
+                _check_output_names(program, inputs_for(np.arange(1), data), ctx, g.axes)
             if store is not None:
                 store.check_program(group, program.fingerprint(inputs_for(np.arange(1), data), prng.key(seed)))
             size = store.chunk_size(group) if store else None
@@ -766,9 +827,11 @@ def simulate(
                     continue
                 else:
                     sel = np.minimum(np.arange(start, start + size), n_traj - 1)  # pad by repeating a trajectory
-                    entries = _run_chunk(program, inputs_for(sel, data), keep, ctx, n_slots, bar)
+                    with _explain_missing_hyperparameter(hp_names):
+                        entries = _run_chunk(program, inputs_for(sel, data), keep, ctx, n_slots, bar)
                     if store is not None:
                         store.save(group, start, size, global_index, entries)
+                _check_names(entries, g.axes, list(obs))
                 for name, dims, values, coords in entries:
                     outputs.put(name, dims, global_index, values, coords)
     elapsed = time.perf_counter() - started

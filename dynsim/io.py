@@ -59,4 +59,9 @@ def load(path: str | os.PathLike) -> xr.Dataset:
 
 def config(result: xr.Dataset) -> dict[str, Any]:
     """The run configuration stored by :func:`dynsim.simulate` (``attrs["config"]``), as a dict."""
+    if "config" not in result.attrs:
+        raise ValueError(
+            "result has no 'config' attribute: it was not written by dynsim.simulate "
+            f"(its attributes are {sorted(result.attrs)})"
+        )
     return json.loads(result.attrs["config"])

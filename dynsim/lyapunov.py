@@ -508,7 +508,8 @@ class LyapunovEstimate(NamedTuple):
     ``(S_j - S_{i-1}) / (j - i + 1)``, ``S_0 = 0`` (``+0.0003 +- 0.0002`` for the pair above after
     6400 steps), with ``partial_sums_stderr`` from the same time batches.
     ``per_replica``: ``(n_replicas, k)``; ``history``: ``(n_records, k)`` running
-    estimates (mean over replicas) at ``times``; ``transient``: steps discarded; ``until``: the
+    estimates (mean over replicas) at ``times``, spread evenly up to ``until`` (fewer where the run has
+    fewer blocks, or segments, see :data:`MAX_SEGMENTS`); ``transient``: steps discarded; ``until``: the
     last step read, ``n_steps`` unless a replica left the float range (every replica is then
     read up to the first exit).
     """
@@ -835,8 +836,8 @@ def _summarise(carry: dict, layout: _Segments, dt: int, n_records: int, *, stack
         )
     steps = (ends[-1] - layout.transient) * dt
     per_replica = kept.sum(axis=1) / steps
-    per_record = max(1, window // n_records)
-    idx = np.arange(per_record - 1, window, per_record)
+    n_kept = min(n_records, window)  # segment ends spread evenly over the window, its end the last
+    idx = -(-np.arange(1, n_kept + 1) * window // n_kept) - 1
     times = ends[idx] * dt
     running = np.cumsum(kept, axis=1)[:, idx] / ((ends[idx] - layout.transient) * dt)[None, :, None]
     history = running.mean(axis=0)
@@ -898,7 +899,9 @@ def top_exponent(
     sums otherwise), so exponents of +-10 per step neither overflow nor underflow.
     ``k_t = fold_in(fold_in(key, replica), t)``; the state may be any pytree (integer leaves,
     such as an optimizer's step count, are carried along but not differentiated).
-    ``lambda = (1/(n - transient)) sum_{t >= transient} log(|v_{t+1}| / |v_t|)``.
+    ``lambda = (1/(n - transient)) sum_{t >= transient} log(|v_{t+1}| / |v_t|)``, read over whole blocks of
+    ``dt`` steps: ``transient`` is rounded up and ``n_steps`` down to multiples of ``dt`` (the estimate's
+    ``transient`` and ``until`` are the steps read).
     ``progress``: a progress bar (``None``: on a terminal, for runs longer than 2 s), as for
     :func:`dynsim.simulate`; the run goes in calls of growing length, with no effect on the result.
     """

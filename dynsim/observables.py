@@ -432,7 +432,7 @@ def time_average(
 
     ``on="view"`` calls ``fn`` with the whole :class:`View` (state, hyperparameters, data)
     instead of the parameters. ``keep_batches=True`` also outputs the batch means
-    (``key_batches``, dimension ``key_batch`` holding each batch's last step): with one batch
+    (``key_batches``, dimension ``key_batches_batch`` holding each batch's last step): with one batch
     per epoch and ``fn`` the minibatch loss, seed 000's eq. (2) epoch-mean loss.
     """
     n_batches = check_int("n_batches", n_batches, minimum=2)

@@ -622,6 +622,9 @@ def saddle_phases(
     seed = check_int("seed", seed, minimum=0, maximum=2**63 - 1)
     engine = check_choice("engine", engine, ("simulate", "fused"))
     config = dict(chi=chi, batch_size=batch_size, n_data=n_data, noise_var=noise_var, c0=c0, seed=seed, method=method)
+    if method == "theory" and (checkpoint or engine != "simulate"):
+        given = f"checkpoint={checkpoint!r}" if checkpoint else f"engine={engine!r}"
+        raise ValueError(f"{given} is an option of method='simulation'; method='theory' runs no simulation")
     if method == "theory":
         ds = saddle_exponents(
             lrs,

@@ -2,10 +2,12 @@
 
 import inspect
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import xarray as xr
 
 import dynsim as ds
 
@@ -96,3 +98,57 @@ def test_a_schedule_built_from_the_learning_rate_is_a_grid_axis():
     assert adam.hyperparams["lr"] == 0.01
     with pytest.raises(ValueError, match="not both"):
         ds.dynamics.from_optax(PROBLEM, optax.adam, learning_rate=0.01, lr=0.1)
+
+
+AR1 = ds.dynamics.Dynamics(lambda key, hp: jnp.zeros(()), lambda x, key, hp: hp["a"] * x + jax.random.normal(key, ()))
+
+
+@pytest.mark.parametrize(
+    "observables, message",
+    [
+        # diverged() writes d and d_step: a time average keyed d_step would overwrite it
+        (
+            {"d": "diverged", "d_step": ds.observables.time_average(lambda x: x)},
+            "'d' and 'd_step' both write the variable 'd_step'",
+        ),
+        (
+            {"m": ds.observables.time_average(lambda x: x), "m_stderr": "final_state"},
+            "both write the variable 'm_stderr'",
+        ),
+        ({"a": "final_state"}, "'a' writes 'a', the name of the grid axis 'a'"),
+        ({"replica": "final_state"}, "the name of the dimension 'replica'"),
+        (
+            {"h": ds.observables.histogram(lambda x: x, [-1.0, 0.0, 1.0]), "h_bin": "final_state"},
+            "'h_bin' writes 'h_bin', the name of the dimension 'h_bin' of 'h'",
+        ),
+    ],
+)
+def test_outputs_that_would_overwrite_each_other_are_refused_before_the_run(observables, message, monkeypatch):
+    monkeypatch.setattr(ds.engine, "_run_chunk", lambda *a: pytest.fail("the run started"))
+    with pytest.raises(ValueError, match=message):
+        ds.simulate(AR1, {"a": [0.5]}, n_steps=64, n_replicas=3, observables=observables)
+
+
+def test_a_hyperparameter_the_step_reads_but_nobody_gives_is_named():
+    noisy = AR1._replace(step=lambda x, key, hp: hp["a"] * x + hp["s"] * jax.random.normal(key, ()))
+    with pytest.raises(KeyError, match=r"hp\['s'\], which is neither a grid axis nor a default.*\['a'\]"):
+        ds.simulate(noisy, {"a": [0.5]}, n_steps=4)
+
+
+def test_config_of_a_file_dynsim_did_not_write_says_so():
+    with pytest.raises(ValueError, match="not written by dynsim.simulate"):
+        ds.io.config(xr.Dataset(attrs={"title": "x"}))
+
+
+def test_a_damaged_checkpoint_chunk_is_named(tmp_path):
+    run = dict(grid={"a": [0.5]}, n_steps=8, n_replicas=4, checkpoint=tmp_path / "ck")
+    ds.simulate(AR1, **run)
+    (chunk,) = tmp_path.glob("ck/chunk-*.npz")
+    chunk.write_bytes(b"not a zip file")
+    with pytest.raises(ValueError, match=f"checkpoint chunk '{chunk}' cannot be read.*delete the file"):
+        ds.simulate(AR1, **run)
+
+
+def test_a_folder_given_as_output_path_gets_a_file_name_hint(tmp_path):
+    with pytest.raises(ValueError, match=f"such as '{tmp_path / 'results.nc'}'"):
+        ds.simulate(AR1, {"a": [0.5]}, n_steps=4, path=tmp_path)

@@ -34,6 +34,7 @@ CASES = [
     ("zero lr", lambda: run(grid={"lr": [0.0]}), ValueError, r"grid\['lr'\].*> 0.*0.0"),
     ("nan lr", lambda: run(grid={"lr": [np.nan]}), ValueError, r"grid\['lr'\].*finite.*nan"),
     ("inf lr", lambda: run(grid={"lr": [np.inf, 0.1]}), ValueError, r"grid\['lr'\].*finite.*inf"),
+    ("lr beyond float32", lambda: run(grid={"lr": [1e39]}), ValueError, r"grid\['lr'\] holds \[1e\+39\].*float32"),
     ("lr default", lambda: ds.simulate(ds.dynamics.sgd(PROBLEM, lr=-1.0), n_steps=5), ValueError, r"lr.*> 0.*-1.0"),
     ("lr missing", lambda: ds.simulate(SGD, n_steps=5), ValueError, r"\['lr'\].*no default"),
     # an optimizer's own checks see every grid value (a traced value would pass them)
@@ -61,6 +62,7 @@ CASES = [
     ("2-D axis", lambda: run(grid={"lr": [[0.1, 0.2]]}), ValueError, r"grid\['lr'\].*1-D.*\(1, 2\)"),
     ("scalar axis", lambda: run(grid={"lr": 0.1}), ValueError, r"grid\['lr'\].*1-D"),
     ("string axis", lambda: run(grid={"lr": "0.1"}), TypeError, r"grid\['lr'\].*1-D"),
+    ("flag axis", lambda: run(grid={"lr": [0.1], "nesterov": [True]}), TypeError, r"'nesterov' is fixed when"),
     (
         "unknown axis",
         lambda: run(grid={"lr": [0.1], "momentum": [0.9]}),
@@ -203,6 +205,12 @@ CASES = [
     ("phases: seed", lambda: STAB.saddle_phases([1.0], [0.1], seed=-1), ValueError, r"seed must be >= 0"),
     ("fused: seed", lambda: ds.fused.saddle_modes([1.0], [0.1], n_replicas=1, n_steps=8, seed=-1), ValueError, "seed"),
     ("phases: n_replicas", lambda: STAB.saddle_phases([1.0], [0.1], n_replicas=0), ValueError, r"n_replicas"),
+    (
+        "phases: checkpoint of the theory",
+        lambda: STAB.saddle_phases([1.0], [0.1], checkpoint="ck"),
+        ValueError,
+        r"checkpoint='ck' is an option of method='simulation'",
+    ),
     (
         "phases: theory option in a simulation",
         lambda: STAB.saddle_phases([1.0], [0.1], method="simulation", nodes=10),

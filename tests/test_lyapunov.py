@@ -568,3 +568,13 @@ def test_exponent_estimate_concentrates_like_one_over_t(x64):
         m4 = np.mean((m - m.mean()) ** 4)
         se = np.sqrt((m4 - var**2 * (n - 3) / (n - 1)) / n)  # standard error of a sample variance, any law
         assert abs(var - v / t) < 4 * se
+
+
+def test_history_has_n_records_rows_ending_at_the_last_step_read():
+    # 2000 steps in blocks of 7 with transient 500: blocks 72..284 are read (steps 504 to 1995), 213 blocks
+    est = L.top_exponent(henon, jnp.array([0.1, 0.1]), 0, 2000, transient=500, dt=7, n_records=100)
+    assert (est.transient, est.until) == (504, 1995)
+    assert est.history.shape == (100, 1) and est.times[-1] == 1995 and np.all(np.diff(est.times) > 0)
+    assert est.history[-1, 0] == pytest.approx(est.exponents[0], rel=1e-12)
+    few = L.top_exponent(henon, jnp.array([0.1, 0.1]), 0, 2000, n_records=7)
+    np.testing.assert_array_equal(few.times, [286, 572, 858, 1143, 1429, 1715, 2000])  # ceil(2000 i / 7)
