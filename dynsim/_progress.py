@@ -31,12 +31,13 @@ def progress_bar(total: int, progress: bool | None, desc: str, **options) -> tqd
     )
 
 
-def in_blocks(call, carry, start: int, stop: int, size: int, on_block, min_seconds: float):
+def in_blocks(call, carry, start: int, stop: int, size: int, on_block, min_seconds: float, after=None):
     """``carry`` after ``call(carry, a, b)`` over consecutive blocks ``[a, b)`` covering ``[start, stop)``.
 
     Blocks start at ``size`` and double while a call takes less than ``min_seconds``, so a
     short run is not dominated by per-call costs and a long one still reports progress often.
     Results do not depend on the blocks: step ``t`` is the same computation in any of them.
+    ``after(carry, b)``, if given, sees the carry after each call (to save it).
     """
     a = start
     while a < stop:
@@ -44,6 +45,8 @@ def in_blocks(call, carry, start: int, stop: int, size: int, on_block, min_secon
         began = time.perf_counter()
         carry = jax.block_until_ready(call(carry, a, b))
         on_block(b - a)
+        if after is not None:
+            after(carry, b)
         if time.perf_counter() - began < min_seconds:
             size *= 2
         a = b

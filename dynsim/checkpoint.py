@@ -17,13 +17,44 @@ import re
 import zipfile
 from typing import Any
 
+import jax
+import jax.extend
+import jax.numpy as jnp
 import numpy as np
 
 from dynsim.io import atomic_write
 
-__all__ = ["Checkpoint"]
+__all__ = ["Checkpoint", "add_program"]
 
 _CHUNK = re.compile(r"chunk-(\d+)-(\d+)-(\d+)\.npz$")
+
+
+def _constants(closed):
+    """The constants of a closed jaxpr and of every closed jaxpr nested in its equations (jit, loops, branches)."""
+    yield from closed.consts
+    stack = [closed.jaxpr]
+    while stack:
+        for eqn in stack.pop().eqns:
+            for param in eqn.params.values():
+                for sub in param if isinstance(param, (tuple, list)) else (param,):
+                    if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                        yield from sub.consts
+                        stack.append(sub.jaxpr)
+                    elif isinstance(sub, jax.extend.core.Jaxpr):
+                        stack.append(sub)
+
+
+def add_program(digest, fn, *args) -> None:
+    """Add what ``fn(*args)`` computes to the hash ``digest``: its jaxpr (printed without source locations, so
+    stable across processes) and the constants it closes over (a problem's data, a step's parameters)."""
+    closed = jax.make_jaxpr(fn)(*args)
+    digest.update(closed.jaxpr.pretty_print(source_info=False, name_stack=False).encode())
+    for const in _constants(closed):
+        if jnp.issubdtype(const.dtype, jax.dtypes.prng_key):
+            const = jax.random.key_data(const)
+        value = np.asarray(const)
+        digest.update(f"{value.dtype}{value.shape}".encode())
+        digest.update(value.tobytes())
 
 
 def _write_text(text: str):

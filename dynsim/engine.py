@@ -30,7 +30,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
-import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
@@ -47,7 +46,7 @@ from dynsim._validate import (
     check_positive,
     grid_values,
 )
-from dynsim.checkpoint import Checkpoint
+from dynsim.checkpoint import Checkpoint, add_program
 from dynsim.dynamics.base import Dynamics, resolve_hyperparams
 from dynsim.observables import Context, Observable, View, diverged, final_state, from_name, record_times
 
@@ -328,40 +327,14 @@ class _Program:
         jaxprs are printed without source locations.
         """
         digest = hashlib.sha256()
-
-        def add(fn, *args):
-            closed = jax.make_jaxpr(fn)(*args)
-            digest.update(closed.jaxpr.pretty_print(source_info=False, name_stack=False).encode())
-            for const in _constants(closed):
-                if jnp.issubdtype(const.dtype, jax.dtypes.prng_key):
-                    const = jax.random.key_data(const)
-                value = np.asarray(const)
-                digest.update(f"{value.dtype}{value.shape}".encode())
-                digest.update(value.tobytes())
-
         carry = jax.eval_shape(self.init, inputs_one)
-        add(self.init, inputs_one)
-        add(self.run_steps, carry, inputs_one, 0, 1)
-        add(self.write, carry, inputs_one, 1)
-        add(self.finish, carry, inputs_one)
+        add_program(digest, self.init, inputs_one)
+        add_program(digest, self.run_steps, carry, inputs_one, 0, 1)
+        add_program(digest, self.write, carry, inputs_one, 1)
+        add_program(digest, self.finish, carry, inputs_one)
         if self.shared_data is not None:
-            add(self.shared_data, prng.data_key(root))
+            add_program(digest, self.shared_data, prng.data_key(root))
         return digest.hexdigest()
-
-
-def _constants(closed):
-    """The constants of a closed jaxpr and of every closed jaxpr nested in its equations (jit, loops, branches)."""
-    yield from closed.consts
-    stack = [closed.jaxpr]
-    while stack:
-        for eqn in stack.pop().eqns:
-            for param in eqn.params.values():
-                for sub in param if isinstance(param, (tuple, list)) else (param,):
-                    if isinstance(sub, jax.extend.core.ClosedJaxpr):
-                        yield from sub.consts
-                        stack.append(sub.jaxpr)
-                    elif isinstance(sub, jax.extend.core.Jaxpr):
-                        stack.append(sub)
 
 
 def _freeze(value: Any) -> Any:

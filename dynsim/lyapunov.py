@@ -17,9 +17,13 @@ mean-square convergence is the stronger ``L(2) < 0``, with ``L(q) = lim (1/t) lo
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
+import os
+import time
 import warnings
+import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -32,7 +36,9 @@ from scipy import optimize, special
 from dynsim import prng
 from dynsim._progress import PROGRESS_BLOCKS, in_blocks, progress_bar
 from dynsim._tree import check_same_type, tree_norm
-from dynsim._validate import check_int, check_positive
+from dynsim._validate import check_int, check_output_path, check_positive
+from dynsim.checkpoint import add_program
+from dynsim.io import atomic_write
 from dynsim.observables import batch_means_stderr, time_batches, warn_if_correlated
 
 __all__ = [
@@ -576,20 +582,96 @@ about 0.1 s more than its steps (64 nets of ``benchmarks/run.py``, k = 8, on CPU
 made 20% of the run."""
 
 
-def _run_in_calls(advance, carry, n_blocks: int, steps: int, progress, desc: str):
+CHECKPOINT_SECONDS = 60.0
+"""A tangent or clone run with a ``checkpoint`` file saves its state after the first call that ends this long after
+the last save, and at the end."""
+
+
+class _RunFile:
+    """The checkpoint file of one tangent or clone run (:func:`top_exponent`, :func:`spectrum`,
+    :func:`two_trajectory`): the run's configuration, a fingerprint of the step and of the start (the step's
+    jaxpr and constants, ``x0`` and the key), the blocks done, and every replica's state, frame and summed
+    log-growth. Written atomically (a temporary file, then a rename), so a killed run leaves the last whole save.
+    """
+
+    def __init__(self, path, config: dict, step, x0, key):
+        self.path = check_output_path(path)
+        digest = hashlib.sha256()
+        add_program(digest, step, x0, prng.step_key(key, 0))
+        for leaf in [*jax.tree_util.tree_leaves(x0), jax.random.key_data(key)]:
+            value = np.asarray(leaf)
+            digest.update(f"{value.dtype}{value.shape}".encode() + value.tobytes())
+        self.config = {**config, "step_and_start": digest.hexdigest(), "x64": bool(jax.config.jax_enable_x64)}
+        self.saved_at = time.perf_counter()
+
+    def load(self, carry) -> tuple[Any, int]:
+        """The saved carry and blocks done, or ``carry`` and 0 where nothing is saved yet."""
+        if not os.path.exists(self.path):
+            return carry, 0
+        stored = json.loads(str(self._read("config")[0]))
+        if stored != self.config:
+            keys = sorted(k for k in set(stored) | set(self.config) if stored.get(k) != self.config.get(k))
+            raise ValueError(
+                f"checkpoint {self.path!r} belongs to a different run (differs in {keys}); use another file "
+                "or delete this one"
+            )
+        leaves, treedef = jax.tree_util.tree_flatten(carry)
+        done, *saved = self._read("done", *(f"c{i}" for i in range(len(leaves))))
+        restored = [
+            jax.random.wrap_key_data(value, impl=jax.random.key_impl(leaf)) if _is_key(leaf) else jnp.asarray(value)
+            for leaf, value in zip(leaves, saved)
+        ]
+        return jax.tree_util.tree_unflatten(treedef, restored), int(done)
+
+    def _read(self, *names: str) -> list[np.ndarray]:
+        try:
+            with np.load(self.path) as z:
+                return [z[name] for name in names]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+            raise ValueError(f"checkpoint {self.path!r} cannot be read ({type(err).__name__}: {err})") from err
+
+    def save(self, carry, done: int, *, now: bool = False) -> None:
+        if not now and time.perf_counter() - self.saved_at < CHECKPOINT_SECONDS:
+            return
+        leaves = [jax.random.key_data(leaf) if _is_key(leaf) else leaf for leaf in jax.tree_util.tree_leaves(carry)]
+        arrays = {f"c{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+
+        def write(tmp):
+            with open(tmp, "wb") as fh:
+                np.savez(fh, config=np.array(json.dumps(self.config)), done=np.array(done), **arrays)
+
+        atomic_write(self.path, write)
+        self.saved_at = time.perf_counter()
+
+
+def _is_key(leaf) -> bool:
+    return jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def _run_in_calls(advance, carry, n_blocks: int, steps: int, progress, desc: str, run_file: _RunFile | None = None):
     """``carry`` after ``advance(carry, a, b)`` over the blocks ``[0, n_blocks)``, with a progress bar counting
-    ``steps`` per block: in one call where no bar is shown, else in calls that grow while they are shorter
-    than :data:`_MIN_CALL_SECONDS`."""
-    with progress_bar(n_blocks * steps, progress, desc, mininterval=1.0) as bar:
-        if bar.disable:
+    ``steps`` per block: in one call where no bar is shown and nothing is saved, else in calls that grow while
+    they are shorter than :data:`_MIN_CALL_SECONDS`. With ``run_file``, the run starts from its saved carry and
+    saves after calls (:data:`CHECKPOINT_SECONDS`) and at the end; the blocks do not change the result."""
+    start = 0
+    if run_file is not None:
+        carry, start = run_file.load(carry)
+    with progress_bar((n_blocks - start) * steps, progress, desc, mininterval=1.0) as bar:
+        if bar.disable and run_file is None:
             return advance(carry, 0, n_blocks)
         size = max(1, math.ceil(n_blocks / PROGRESS_BLOCKS))
-        return in_blocks(advance, carry, 0, n_blocks, size, lambda n: bar.update(n * steps), _MIN_CALL_SECONDS)
+        after = None if run_file is None else run_file.save
+        carry = in_blocks(
+            advance, carry, start, n_blocks, size, lambda n: bar.update(n * steps), _MIN_CALL_SECONDS, after
+        )
+    if run_file is not None and start < n_blocks:
+        run_file.save(carry, n_blocks, now=True)
+    return carry
 
 
-def _run_tangent(step, x0, key, n_steps, k, transient, dt, n_replicas, n_records, progress, desc):
+def _run_tangent(step, x0, key, n_steps, k, transient, dt, n_replicas, n_records, progress, desc, checkpoint):
     """Shared driver of :func:`top_exponent` and :func:`spectrum`: checks, then :func:`_tangent_start` and
-    :func:`_tangent_advance` over the blocks, in calls."""
+    :func:`_tangent_advance` over the blocks, in calls (saved to ``checkpoint``, if given)."""
     leaves, _, is_float = _split_state(x0)
     _check_step(step, x0)
     d = sum(int(np.prod(jnp.shape(leaf))) for leaf, f in zip(leaves, is_float) if f)
@@ -597,6 +679,10 @@ def _run_tangent(step, x0, key, n_steps, k, transient, dt, n_replicas, n_records
         raise ValueError(f"k={k} exceeds the dimension of the state's floating-point part, {d}")
     n_blocks, transient_blocks = _blocks(n_steps, dt, transient)
     layout = _Segments.of(n_blocks, transient_blocks)
+    run_file = None
+    if checkpoint is not None:
+        config = {"run": desc, "n_steps": n_steps, "transient": transient, "dt": dt, "n_replicas": n_replicas, "k": k}
+        run_file = _RunFile(checkpoint, config, step, x0, key)
     step = _as_static(step)
     carry = _tangent_start(x0, _replica_keys(key, n_replicas), k, layout.n_segments)
     carry = _run_in_calls(
@@ -606,6 +692,7 @@ def _run_tangent(step, x0, key, n_steps, k, transient, dt, n_replicas, n_records
         dt * n_replicas,
         progress,
         desc,
+        run_file,
     )
     return _summarise(carry, layout, dt, n_records, stacklevel=4)
 
@@ -890,6 +977,7 @@ def top_exponent(
     n_replicas: int = 1,
     n_records: int = 100,
     progress: bool | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> LyapunovEstimate:
     """Top Lyapunov exponent of ``x_{t+1} = step(x_t, k_t)`` by a renormalized tangent vector.
 
@@ -904,10 +992,14 @@ def top_exponent(
     ``transient`` and ``until`` are the steps read).
     ``progress``: a progress bar (``None``: on a terminal, for runs longer than 2 s), as for
     :func:`dynsim.simulate`; the run goes in calls of growing length, with no effect on the result.
+    ``checkpoint``: a file (``.npz``) where the run saves its state every :data:`CHECKPOINT_SECONDS` and at
+    the end, atomically; the same call again resumes from it, with the same result as a run never
+    interrupted. A file from another run (arguments, step function, its constants, ``x0`` or key) is
+    refused.
     """
     n_steps, transient, dt, n_replicas, n_records = _check_common(n_steps, transient, dt, n_replicas, n_records)
     return _run_tangent(
-        step, x0, _as_key(key), n_steps, 1, transient, dt, n_replicas, n_records, progress, "top_exponent"
+        step, x0, _as_key(key), n_steps, 1, transient, dt, n_replicas, n_records, progress, "top_exponent", checkpoint
     )
 
 
@@ -923,6 +1015,7 @@ def spectrum(
     n_replicas: int = 1,
     n_records: int = 100,
     progress: bool | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> LyapunovEstimate:
     """The ``k`` largest Lyapunov exponents, descending, by the discrete QR method.
 
@@ -954,12 +1047,14 @@ def spectrum(
 
     The program is compiled once per ``step`` function (by identity; a new lambda on every call
     compiles again), state shapes, ``k``, ``dt``, the number of segments and ``n_replicas``: a second
-    call with the same step function from another start or key reuses it. ``progress`` as for
-    :func:`top_exponent`.
+    call with the same step function from another start or key reuses it. ``progress`` and ``checkpoint``
+    as for :func:`top_exponent`.
     """
     n_steps, transient, dt, n_replicas, n_records = _check_common(n_steps, transient, dt, n_replicas, n_records)
     k = check_int("k", k, minimum=1)
-    return _run_tangent(step, x0, _as_key(key), n_steps, k, transient, dt, n_replicas, n_records, progress, "spectrum")
+    return _run_tangent(
+        step, x0, _as_key(key), n_steps, k, transient, dt, n_replicas, n_records, progress, "spectrum", checkpoint
+    )
 
 
 def two_trajectory(
@@ -974,6 +1069,7 @@ def two_trajectory(
     n_replicas: int = 1,
     n_records: int = 100,
     progress: bool | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> LyapunovEstimate:
     """Top exponent without derivatives (Benettin et al. 1976), for maps with kinks (ReLU, clipping).
 
@@ -987,7 +1083,8 @@ def two_trajectory(
     to ``sqrt(eps)``. Biased if ``delta`` is not small relative to the scale of the
     nonlinearity. A replica whose clone lands exactly on the base trajectory (``d = 0``, the
     map collapsed the separation) has no direction to follow and is left out, with a warning.
-    ``progress`` as for :func:`top_exponent`; compiled once per ``step`` function, as :func:`spectrum`.
+    ``progress`` and ``checkpoint`` as for :func:`top_exponent`; compiled once per ``step`` function, as
+    :func:`spectrum`.
     """
     n_steps, transient, dt, n_replicas, n_records = _check_common(n_steps, transient, dt, n_replicas, n_records)
     key = _as_key(key)
@@ -998,6 +1095,10 @@ def two_trajectory(
         d0 = float(np.sqrt(np.finfo(dtype).eps))
     d0 = check_positive("d0", d0)
     n_blocks, transient_blocks = _blocks(n_steps, dt, transient)
+    run_file = None
+    if checkpoint is not None:
+        config = {"run": "two_trajectory", "n_steps": n_steps, "transient": transient, "dt": dt}
+        run_file = _RunFile(checkpoint, {**config, "n_replicas": n_replicas, "d0": d0}, step, x0, key)
     step = _as_static(step)
     layout = _Segments.of(n_blocks, transient_blocks)
     carry = _separation_start(x0, _replica_keys(key, n_replicas), d0, layout.n_segments)
@@ -1008,6 +1109,7 @@ def two_trajectory(
         dt * n_replicas,
         progress,
         "two_trajectory",
+        run_file,
     )
     return _summarise({**carry, "growth": carry["growth"][:, :, None]}, layout, dt, n_records)
 

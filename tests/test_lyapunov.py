@@ -578,3 +578,43 @@ def test_history_has_n_records_rows_ending_at_the_last_step_read():
     assert est.history[-1, 0] == pytest.approx(est.exponents[0], rel=1e-12)
     few = L.top_exponent(henon, jnp.array([0.1, 0.1]), 0, 2000, n_records=7)
     np.testing.assert_array_equal(few.times, [286, 572, 858, 1143, 1429, 1715, 2000])  # ceil(2000 i / 7)
+
+
+def test_a_checkpointed_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    # Saved after every call (CHECKPOINT_SECONDS = 0), interrupted at the 4th call, run again: the same numbers,
+    # bit for bit, as a run without a checkpoint. The file then answers the same call at once, and refuses
+    # another run: other arguments, another step function, another start.
+    args = dict(step=henon, x0=jnp.array([0.1, 0.1]), key=0, n_steps=3000, k=2, transient=100, n_replicas=4)
+    plain = L.spectrum(**args)
+    path = tmp_path / "spectrum.npz"
+    monkeypatch.setattr(L, "CHECKPOINT_SECONDS", 0.0)
+    advance, calls = L._tangent_advance, []
+
+    def interrupted(*a, **kw):
+        calls.append(a[2:4])
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return advance(*a, **kw)
+
+    monkeypatch.setattr(L, "_tangent_advance", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        L.spectrum(**args, checkpoint=path)
+    assert int(np.load(path)["done"]) == calls[2][1] < 3000  # the end of the last whole call
+    monkeypatch.setattr(L, "_tangent_advance", advance)
+    resumed = L.spectrum(**args, checkpoint=path)
+    for field in ("exponents", "stderr", "per_replica", "history", "times", "partial_sums", "partial_sums_stderr"):
+        np.testing.assert_array_equal(getattr(resumed, field), getattr(plain, field), err_msg=field)
+    monkeypatch.setattr(L, "_tangent_advance", lambda *a, **kw: pytest.fail("a finished run ran again"))
+    np.testing.assert_array_equal(L.spectrum(**args, checkpoint=path).per_replica, plain.per_replica)
+    for change, differs in [
+        (dict(n_steps=4000), r"\['n_steps'\]"),
+        (dict(x0=jnp.array([0.2, 0.1])), r"\['step_and_start'\]"),
+        (dict(step=lambda x, key: henon(x, key) * 1.0), r"\['step_and_start'\]"),
+    ]:
+        with pytest.raises(ValueError, match=f"belongs to a different run \\(differs in {differs}\\)"):
+            L.spectrum(**{**args, **change}, checkpoint=path)
+    with pytest.raises(ValueError, match=r"belongs to a different run \(differs in \['d0', 'k', 'run'\]\)"):
+        L.two_trajectory(henon, args["x0"], 0, 3000, transient=100, n_replicas=4, checkpoint=path)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot be read"):
+        L.spectrum(**args, checkpoint=path)
