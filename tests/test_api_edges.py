@@ -152,3 +152,9 @@ def test_a_damaged_checkpoint_chunk_is_named(tmp_path):
 def test_a_folder_given_as_output_path_gets_a_file_name_hint(tmp_path):
     with pytest.raises(ValueError, match=f"such as '{tmp_path / 'results.nc'}'"):
         ds.simulate(AR1, {"a": [0.5]}, n_steps=4, path=tmp_path)
+
+
+def test_a_bound_step_given_a_bare_array_says_what_it_takes():
+    bound = ds.dynamics.bind(ds.dynamics.gd(ds.problems.linear_regression_1d(n_data=8)), {"lr": 0.1})
+    with pytest.raises(TypeError, match=r"step takes a state as init\(key\) returns it.*TrainState"):
+        bound.step(jnp.ones(()), jax.random.key(1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -137,7 +138,15 @@ def bind(dynamics: Dynamics, hp: Mapping[str, Any] | None = None, seed: int = 0)
     def init(key):
         return dynamics.init(key, dict(frozen))
 
+    @functools.cache
+    def structure():
+        return jax.tree_util.tree_structure(jax.eval_shape(init, prng.key(0)))
+
     def step(state, key):
+        if jax.tree_util.tree_structure(state) != structure():
+            raise TypeError(
+                f"step takes a state as init(key) returns it, {structure()}; got {jax.tree_util.tree_structure(state)}"
+            )
         return dynamics.step(state, key, dict(frozen))
 
     return Bound(init=init, step=step, hp=frozen)
