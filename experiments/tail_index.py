@@ -27,8 +27,22 @@ jax.config.update("jax_enable_x64", True)  # the tail reaches 1e70
 import _cli  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from scipy import integrate, optimize, stats  # noqa: E402
 
 import dynsim as ds  # noqa: E402
+
+
+def gaussian_tail_index(lam: float) -> float:
+    """Kesten's ``kappa`` with ``E|1 - lam x^2|^kappa = 1``, ``x ~ N(0, 1)``, by quadrature split at the zero
+    ``x = 1/sqrt(lam)``. (A Monte Carlo average of 2e6 normals misses the ``x`` near 6 that dominate the moment at
+    small ``lam``: 8.13 for 8.30 at ``lam = 0.2``; it agrees to 0.1% from ``lam = 0.5``.)"""
+    x0 = 1 / np.sqrt(lam)
+
+    def log_moment(kappa):  # the density is below 1e-300 past |x| = 38
+        f = lambda x: np.exp(kappa * np.log(np.abs(1 - lam * x * x)) + stats.norm.logpdf(x))  # noqa: E731
+        return np.log(2 * (integrate.quad(f, 0, x0)[0] + integrate.quad(f, x0, 40.0, limit=200)[0]))
+
+    return optimize.brentq(log_moment, 1e-3, 20.0, xtol=1e-10)
 
 
 def main(argv=None) -> None:
@@ -90,8 +104,7 @@ def main(argv=None) -> None:
     ax.legend(fontsize=8)
     ax = axes[1]
     lrs = np.linspace(0.2, 2.3, 22)
-    xs = np.random.default_rng(0).standard_normal(2_000_000)
-    kappas = [ds.lyapunov.tail_index(1 - lam * xs**2) for lam in lrs]
+    kappas = [gaussian_tail_index(lam) for lam in lrs]
     ax.semilogy(lrs, kappas, "o-")
     ax.set_xlabel("learning rate λ")
     ax.set_ylabel("Kesten tail index κ")
