@@ -800,8 +800,10 @@ def simulate(
                     continue
                 else:
                     sel = np.minimum(np.arange(start, start + size), n_traj - 1)  # pad by repeating a trajectory
-                    with _explain_missing_hyperparameter(hp_names):
+                    with _explain_missing_hyperparameter(hp_names), warnings.catch_warnings(record=True) as caught:
                         entries = _run_chunk(program, inputs_for(sel, data), keep, ctx, n_slots, bar)
+                    for w in caught:  # an observable's warning (time batches too short, ...) at the caller's line
+                        warnings.warn(w.message, w.category, stacklevel=2)
                     if store is not None:
                         store.save(group, start, size, global_index, entries)
                 _check_names(entries, g.axes, list(obs))

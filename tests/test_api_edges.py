@@ -158,3 +158,9 @@ def test_a_bound_step_given_a_bare_array_says_what_it_takes():
     bound = ds.dynamics.bind(ds.dynamics.gd(ds.problems.linear_regression_1d(n_data=8)), {"lr": 0.1})
     with pytest.raises(TypeError, match=r"step takes a state as init\(key\) returns it.*TrainState"):
         bound.step(jnp.ones(()), jax.random.key(1))
+
+
+def test_an_observables_warning_points_at_the_callers_line():
+    with pytest.warns(RuntimeWarning, match="batch means are correlated") as record:
+        ds.simulate(AR1, {"a": [0.99]}, n_steps=64, n_replicas=3, observables={"m": ds.observables.time_average(abs)})
+    assert record[0].filename == __file__
