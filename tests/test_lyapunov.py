@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 import xarray as xr
+from conftest import import_experiment
 from scipy import integrate, optimize, stats
 
 import dynsim as ds
@@ -618,3 +619,14 @@ def test_a_checkpointed_run_resumes_to_the_uninterrupted_result(tmp_path, monkey
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot be read"):
         L.spectrum(**args, checkpoint=path)
+
+
+def test_gaussian_tail_index_of_the_experiment_against_even_moments():
+    # x ~ N(0, 1): E(1 - lam x^2)^2 = 1 - 2 lam + 3 lam^2 = 1 at lam = 2/3 (kappa = 2), and
+    # E(1 - lam x^2)^4 = 1 - 4 lam + 18 lam^2 - 60 lam^3 + 105 lam^4 = 1 at the real root of 105 l^2 - 60 l + 18 - 4/l
+    # (kappa = 4); at lam = 0.2 an independent quadrature (scipy quad over the whole line) gave 8.3026, 2e6 normals 8.13
+    kappa = import_experiment("tail_index").gaussian_tail_index
+    assert kappa(2 / 3) == pytest.approx(2.0, abs=1e-7)
+    lam4 = optimize.brentq(lambda lam: 105 * lam**3 - 60 * lam**2 + 18 * lam - 4, 0.1, 1.0)
+    assert kappa(lam4) == pytest.approx(4.0, abs=1e-7)
+    assert kappa(0.2) == pytest.approx(8.3026, abs=1e-4)
