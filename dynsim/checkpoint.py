@@ -11,9 +11,11 @@ a checkpoint written by a different configuration or program is refused.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import time
 import zipfile
 from typing import Any
 
@@ -22,11 +24,36 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
+from dynsim._validate import check_output_path
 from dynsim.io import atomic_write
 
-__all__ = ["Checkpoint", "add_program"]
+__all__ = ["Checkpoint", "CarryFile", "add_program"]
 
 _CHUNK = re.compile(r"chunk-(\d+)-(\d+)-(\d+)\.npz$")
+
+
+def _is_key(x) -> bool:
+    return jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _refuse_other_run(path: str, stored: dict, config: dict, remedy: str) -> None:
+    """Raise ``ValueError`` naming the keys in which a checkpoint's stored configuration differs from this run's."""
+    if stored != config:
+        keys = sorted(k for k in set(stored) | set(config) if stored.get(k) != config.get(k))
+        raise ValueError(f"checkpoint {path!r} belongs to a different run (differs in {keys}); {remedy}")
+
+
+@contextlib.contextmanager
+def _open_npz(path: str, remedy: str):
+    """The ``.npz`` file ``path``, open for reading; what cannot be read in it is a ``ValueError`` naming the file."""
+    try:
+        with np.load(path) as z:
+            yield z
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        raise ValueError(
+            f"checkpoint {path!r} cannot be read ({type(err).__name__}: {err}): it is damaged or was not written "
+            f"by dynsim; {remedy}"
+        ) from err
 
 
 def _constants(closed):
@@ -50,7 +77,7 @@ def add_program(digest, fn, *args) -> None:
     closed = jax.make_jaxpr(fn)(*args)
     digest.update(closed.jaxpr.pretty_print(source_info=False, name_stack=False).encode())
     for const in _constants(closed):
-        if jnp.issubdtype(const.dtype, jax.dtypes.prng_key):
+        if _is_key(const):
             const = jax.random.key_data(const)
         value = np.asarray(const)
         digest.update(f"{value.dtype}{value.shape}".encode())
@@ -80,12 +107,7 @@ class Checkpoint:
         if os.path.exists(config_path):
             with open(config_path) as fh:
                 stored = json.load(fh)
-            if stored != json.loads(text):
-                keys = sorted(k for k in set(stored) | set(config) if stored.get(k) != json.loads(text).get(k))
-                raise ValueError(
-                    f"checkpoint {self.path!r} belongs to a different run (differs in {keys}); "
-                    "use another folder or delete this one"
-                )
+            _refuse_other_run(self.path, stored, json.loads(text), "use another folder or delete this one")
         else:
             atomic_write(config_path, _write_text(text))
 
@@ -137,17 +159,54 @@ class Checkpoint:
         atomic_write(self._file(group, start, size), write)
 
     def load(self, group: int, start: int, size: int) -> tuple[np.ndarray, list]:
-        path = self._file(group, start, size)
-        try:
-            with np.load(path) as z:
-                meta = json.loads(str(z["meta"]))
-                entries = [
-                    (m["name"], tuple(m["dims"]), z[f"v{i}"], {k: np.asarray(c) for k, c in m["coords"].items()})
-                    for i, m in enumerate(meta)
-                ]
-                return z["index"], entries
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
-            raise ValueError(
-                f"checkpoint chunk {path!r} cannot be read ({type(err).__name__}: {err}): it is damaged or was not "
-                "written by dynsim; delete the file to compute that chunk again"
-            ) from err
+        with _open_npz(self._file(group, start, size), "delete the file to compute that chunk again") as z:
+            meta = json.loads(str(z["meta"]))
+            entries = [
+                (m["name"], tuple(m["dims"]), z[f"v{i}"], {k: np.asarray(c) for k, c in m["coords"].items()})
+                for i, m in enumerate(meta)
+            ]
+            return z["index"], entries
+
+
+class CarryFile:
+    """The checkpoint of one loop's carry (a pytree of arrays, PRNG keys included) in one ``.npz`` file: the run's
+    ``config`` (JSON, with whatever fingerprints the caller puts in it), the blocks done and the carry's leaves.
+    Written atomically (a temporary file, then a rename) after a call that ends ``every`` seconds after the last
+    save, or when asked (``now=True``); a file from another configuration is refused.
+    """
+
+    def __init__(self, path: str | os.PathLike, config: dict[str, Any], every: float):
+        self.path = check_output_path(path)
+        self.config = json.loads(json.dumps(config))
+        self.every = every
+        self.saved_at = time.perf_counter()
+
+    def load(self, carry) -> tuple[Any, int]:
+        """The saved carry (shaped and typed as ``carry``) and blocks done, or ``carry`` and 0 where none is saved."""
+        if not os.path.exists(self.path):
+            return carry, 0
+        remedy = "use another file or delete this one"
+        with _open_npz(self.path, remedy) as z:
+            stored = json.loads(str(z["config"]))
+        _refuse_other_run(self.path, stored, self.config, remedy)
+        leaves, treedef = jax.tree_util.tree_flatten(carry)
+        with _open_npz(self.path, remedy) as z:
+            done, saved = int(z["done"]), [z[f"c{i}"] for i in range(len(leaves))]
+        restored = [
+            jax.random.wrap_key_data(value, impl=jax.random.key_impl(leaf)) if _is_key(leaf) else jnp.asarray(value)
+            for leaf, value in zip(leaves, saved)
+        ]
+        return jax.tree_util.tree_unflatten(treedef, restored), done
+
+    def save(self, carry, done: int, *, now: bool = False) -> None:
+        if not now and time.perf_counter() - self.saved_at < self.every:
+            return
+        leaves = [jax.random.key_data(leaf) if _is_key(leaf) else leaf for leaf in jax.tree_util.tree_leaves(carry)]
+        arrays = {f"c{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+
+        def write(tmp):
+            with open(tmp, "wb") as fh:
+                np.savez(fh, config=np.array(json.dumps(self.config)), done=np.array(done), **arrays)
+
+        atomic_write(self.path, write)
+        self.saved_at = time.perf_counter()

@@ -522,9 +522,10 @@ def _check_names(entries: list, axes: Sequence[str], keys: Sequence[str]) -> Non
             raise ValueError(f"observable {owner[0]!r} writes {name!r}, the name of the {taken[name]}: rename it")
 
 
-def _check_output_names(program: _Program, inputs_one: dict, ctx: Context, axes: Sequence[str]) -> None:
+def _check_output_names(program: _Program, inputs_one: dict, ctx: Context, axes: Sequence[str]) -> bool:
     """:func:`_check_names` before the run, on the outputs of one zero-filled trajectory, named as a
-    chunk's are (the records' and reducers' names and dimensions follow from shapes, not values)."""
+    chunk's are (the records' and reducers' names and dimensions follow from shapes, not values). False
+    where an observable's ``finalize`` cannot read zeros: the first chunk's outputs are then checked."""
     carry = jax.eval_shape(program.init, inputs_one)
     finals = jax.eval_shape(program.finish, carry, inputs_one)
 
@@ -536,9 +537,10 @@ def _check_output_names(program: _Program, inputs_one: dict, ctx: Context, axes:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
             entries = _collect(program, zeros({k: carry[k] for k in ("rec", "acc")}), zeros(finals), status, 1, ctx)
-    except Exception:  # noqa: BLE001 - a finalize that cannot read zeros: the first chunk's outputs are checked
-        return
+    except Exception:  # noqa: BLE001 - a finalize that cannot read zeros
+        return False
     _check_names(entries, axes, [name for name, _ in program.spec.observables])
+    return True
 
 
 def _run_chunk(program: _Program, inputs, keep: int, ctx: Context, n_slots: int, bar) -> list:
@@ -774,15 +776,14 @@ def simulate(
                 return {**per_traj, "root": root, "data": data}
 
             hp_names = [*dict(static_hp), *g.traced] + (["data"] if program.shared_data is not None else [])
+            inputs_one = inputs_for(np.arange(1), data)
             with _explain_missing_hyperparameter(hp_names):
-                _check_output_names(program, inputs_for(np.arange(1), data), ctx, g.axes)
+                names_checked = _check_output_names(program, inputs_one, ctx, g.axes)
             if store is not None:
-                store.check_program(group, program.fingerprint(inputs_for(np.arange(1), data), prng.key(seed)))
+                store.check_program(group, program.fingerprint(inputs_one, prng.key(seed)))
             size = store.chunk_size(group) if store else None
             if size is None:
-                size = chunk_size or _chunk_size(
-                    program, inputs_for(np.arange(1), data), n_traj, budget or default_memory_budget()
-                )
+                size = chunk_size or _chunk_size(program, inputs_one, n_traj, budget or default_memory_budget())
                 size = lanes * math.ceil(min(size, n_traj) / lanes)
             for start in range(0, n_traj, size):
                 keep = int(min(size, n_traj - start))
@@ -806,7 +807,9 @@ def simulate(
                         warnings.warn(w.message, w.category, stacklevel=2)
                     if store is not None:
                         store.save(group, start, size, global_index, entries)
-                _check_names(entries, g.axes, list(obs))
+                if not names_checked:
+                    _check_names(entries, g.axes, list(obs))
+                    names_checked = True
                 for name, dims, values, coords in entries:
                     outputs.put(name, dims, global_index, values, coords)
     elapsed = time.perf_counter() - started

@@ -21,9 +21,7 @@ import hashlib
 import json
 import math
 import os
-import time
 import warnings
-import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -36,9 +34,8 @@ from scipy import optimize, special
 from dynsim import prng
 from dynsim._progress import PROGRESS_BLOCKS, in_blocks, progress_bar
 from dynsim._tree import check_same_type, tree_norm
-from dynsim._validate import check_int, check_output_path, check_positive
-from dynsim.checkpoint import add_program
-from dynsim.io import atomic_write
+from dynsim._validate import check_int, check_positive
+from dynsim.checkpoint import CarryFile, add_program
 from dynsim.observables import batch_means_stderr, time_batches, warn_if_correlated
 
 __all__ = [
@@ -587,68 +584,20 @@ CHECKPOINT_SECONDS = 60.0
 the last save, and at the end."""
 
 
-class _RunFile:
-    """The checkpoint file of one tangent or clone run (:func:`top_exponent`, :func:`spectrum`,
-    :func:`two_trajectory`): the run's configuration, a fingerprint of the step and of the start (the step's
-    jaxpr and constants, ``x0`` and the key), the blocks done, and every replica's state, frame and summed
-    log-growth. Written atomically (a temporary file, then a rename), so a killed run leaves the last whole save.
-    """
-
-    def __init__(self, path, config: dict, step, x0, key):
-        self.path = check_output_path(path)
-        digest = hashlib.sha256()
-        add_program(digest, step, x0, prng.step_key(key, 0))
-        for leaf in [*jax.tree_util.tree_leaves(x0), jax.random.key_data(key)]:
-            value = np.asarray(leaf)
-            digest.update(f"{value.dtype}{value.shape}".encode() + value.tobytes())
-        self.config = {**config, "step_and_start": digest.hexdigest(), "x64": bool(jax.config.jax_enable_x64)}
-        self.saved_at = time.perf_counter()
-
-    def load(self, carry) -> tuple[Any, int]:
-        """The saved carry and blocks done, or ``carry`` and 0 where nothing is saved yet."""
-        if not os.path.exists(self.path):
-            return carry, 0
-        stored = json.loads(str(self._read("config")[0]))
-        if stored != self.config:
-            keys = sorted(k for k in set(stored) | set(self.config) if stored.get(k) != self.config.get(k))
-            raise ValueError(
-                f"checkpoint {self.path!r} belongs to a different run (differs in {keys}); use another file "
-                "or delete this one"
-            )
-        leaves, treedef = jax.tree_util.tree_flatten(carry)
-        done, *saved = self._read("done", *(f"c{i}" for i in range(len(leaves))))
-        restored = [
-            jax.random.wrap_key_data(value, impl=jax.random.key_impl(leaf)) if _is_key(leaf) else jnp.asarray(value)
-            for leaf, value in zip(leaves, saved)
-        ]
-        return jax.tree_util.tree_unflatten(treedef, restored), int(done)
-
-    def _read(self, *names: str) -> list[np.ndarray]:
-        try:
-            with np.load(self.path) as z:
-                return [z[name] for name in names]
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
-            raise ValueError(f"checkpoint {self.path!r} cannot be read ({type(err).__name__}: {err})") from err
-
-    def save(self, carry, done: int, *, now: bool = False) -> None:
-        if not now and time.perf_counter() - self.saved_at < CHECKPOINT_SECONDS:
-            return
-        leaves = [jax.random.key_data(leaf) if _is_key(leaf) else leaf for leaf in jax.tree_util.tree_leaves(carry)]
-        arrays = {f"c{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
-
-        def write(tmp):
-            with open(tmp, "wb") as fh:
-                np.savez(fh, config=np.array(json.dumps(self.config)), done=np.array(done), **arrays)
-
-        atomic_write(self.path, write)
-        self.saved_at = time.perf_counter()
+def _run_file(path, config: dict, step, x0, key) -> CarryFile:
+    """The checkpoint of a tangent or clone run (:func:`top_exponent`, :func:`spectrum`, :func:`two_trajectory`):
+    its arguments ``config`` and a fingerprint of the step and of the start (the step's jaxpr and constants,
+    ``x0`` and the key), with every replica's state, frame and summed log-growth."""
+    digest = hashlib.sha256()
+    add_program(digest, step, x0, prng.step_key(key, 0))
+    for leaf in [*jax.tree_util.tree_leaves(x0), jax.random.key_data(key)]:
+        value = np.asarray(leaf)
+        digest.update(f"{value.dtype}{value.shape}".encode() + value.tobytes())
+    config = {**config, "step_and_start": digest.hexdigest(), "x64": bool(jax.config.jax_enable_x64)}
+    return CarryFile(path, config, every=CHECKPOINT_SECONDS)
 
 
-def _is_key(leaf) -> bool:
-    return jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
-
-
-def _run_in_calls(advance, carry, n_blocks: int, steps: int, progress, desc: str, run_file: _RunFile | None = None):
+def _run_in_calls(advance, carry, n_blocks: int, steps: int, progress, desc: str, run_file: CarryFile | None = None):
     """``carry`` after ``advance(carry, a, b)`` over the blocks ``[0, n_blocks)``, with a progress bar counting
     ``steps`` per block: in one call where no bar is shown and nothing is saved, else in calls that grow while
     they are shorter than :data:`_MIN_CALL_SECONDS`. With ``run_file``, the run starts from its saved carry and
@@ -682,7 +631,7 @@ def _run_tangent(step, x0, key, n_steps, k, transient, dt, n_replicas, n_records
     run_file = None
     if checkpoint is not None:
         config = {"run": desc, "n_steps": n_steps, "transient": transient, "dt": dt, "n_replicas": n_replicas, "k": k}
-        run_file = _RunFile(checkpoint, config, step, x0, key)
+        run_file = _run_file(checkpoint, config, step, x0, key)
     step = _as_static(step)
     carry = _tangent_start(x0, _replica_keys(key, n_replicas), k, layout.n_segments)
     carry = _run_in_calls(
@@ -1098,7 +1047,7 @@ def two_trajectory(
     run_file = None
     if checkpoint is not None:
         config = {"run": "two_trajectory", "n_steps": n_steps, "transient": transient, "dt": dt}
-        run_file = _RunFile(checkpoint, {**config, "n_replicas": n_replicas, "d0": d0}, step, x0, key)
+        run_file = _run_file(checkpoint, {**config, "n_replicas": n_replicas, "d0": d0}, step, x0, key)
     step = _as_static(step)
     layout = _Segments.of(n_blocks, transient_blocks)
     carry = _separation_start(x0, _replica_keys(key, n_replicas), d0, layout.n_segments)

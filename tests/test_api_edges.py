@@ -145,7 +145,9 @@ def test_a_damaged_checkpoint_chunk_is_named(tmp_path):
     ds.simulate(AR1, **run)
     (chunk,) = tmp_path.glob("ck/chunk-*.npz")
     chunk.write_bytes(b"not a zip file")
-    with pytest.raises(ValueError, match=f"checkpoint chunk '{chunk}' cannot be read.*delete the file"):
+    with pytest.raises(
+        ValueError, match=f"checkpoint '{chunk}' cannot be read.*delete the file to compute that chunk again"
+    ):
         ds.simulate(AR1, **run)
 
 
