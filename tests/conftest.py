@@ -15,10 +15,15 @@ def x64():
         yield
 
 
+_X64_BY_DEFAULT = jax.config.jax_enable_x64  # read at collection, outside any test's enable_x64 context
+
+
 def import_experiment(name: str):
-    """The module of ``experiments/<name>.py`` (tests reuse the constructions an experiment states)."""
+    """The module of ``experiments/<name>.py`` (tests reuse the constructions an experiment states). A script that
+    turns float64 on when imported (``jax.config.update``) does so for itself only: the suite's default is restored."""
     sys.path.insert(0, EXPERIMENTS)
     try:
         return importlib.import_module(name)
     finally:
         sys.path.remove(EXPERIMENTS)
+        jax.config.update("jax_enable_x64", _X64_BY_DEFAULT)
