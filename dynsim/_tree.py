@@ -16,11 +16,12 @@ def tree_vdot(a, b) -> jax.Array:
     return sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 
 
-def check_same_type(new, old, what: str) -> None:
-    """Raise ``TypeError`` unless ``new`` has the tree structure, leaf shapes and dtypes of ``old``.
+def check_same_type(new, old, what: str, returns: str = "a state", error: type[TypeError] = TypeError) -> None:
+    """Raise ``error`` (a ``TypeError``) unless ``new`` has the tree structure, leaf shapes and dtypes of ``old``.
 
-    For a map the runs carry through a loop (``what`` names it, e.g. ``"step(x, key)"``): a mismatch
-    otherwise surfaces as a loop's or a broadcast's error that names neither, or is silently promoted.
+    For a map the runs carry through a loop (``what`` names it, e.g. ``"step(x, key)"``; it returns
+    ``returns``): a mismatch otherwise surfaces as a loop's or a broadcast's error that names neither,
+    or is silently promoted.
     Works on arrays and on abstract values (``jax.eval_shape``, tracers).
     """
 
@@ -28,7 +29,7 @@ def check_same_type(new, old, what: str) -> None:
         return jax.tree_util.tree_map(lambda a: f"{jnp.result_type(a)}{list(jnp.shape(a))}", tree)
 
     if kind(new) != kind(old):
-        raise TypeError(
-            f"{what} must return a state of the same structure, shapes and dtypes as it is given: "
+        raise error(
+            f"{what} must return {returns} of the same structure, shapes and dtypes as it is given: "
             f"given {kind(old)}, returned {kind(new)}"
         )

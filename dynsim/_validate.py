@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
@@ -9,10 +10,35 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 LEARNING_RATE_NAMES = ("lr", "learning_rate")
+
+
+STATIC_HINT = (
+    "A hyperparameter used as a Python number (range(hp['k']), int(hp['n']), `if hp['x'] > 0:`) must be static: "
+    "declare it in Dynamics(..., static={'k'}), and the engine compiles once per value. A traced one (a learning "
+    "rate, a noise level) is a JAX scalar: branch with jnp.where or jax.lax.cond, loop with jax.lax.fori_loop"
+)
+
+
+@contextlib.contextmanager
+def explain_tracing(signatures: str, concretization: str | None = STATIC_HINT):
+    """Add a hint to an error raised while tracing user code when its cause is a common slip: a traced value
+    used as a Python number (the hint ``concretization``), or arguments in the wrong number or order, which
+    JAX reports as a key indexed by a name or used as a number (``signatures`` says how dynsim calls the code)."""
+    try:
+        yield
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError) as err:
+        if concretization:
+            err.add_note(concretization)
+        raise
+    except TypeError as err:
+        if any(sign in str(err) for sign in ("string indexing", "key<", "positional argument")):
+            err.add_note(f"dynsim calls {signatures}: check the number and order of the arguments")
+        raise
 
 
 def _is_real(value: Any) -> bool:
@@ -118,10 +144,33 @@ def grid_values(name: str, values: Any) -> np.ndarray:
             f"grid[{name!r}] holds {big}, beyond the {dtype} range (+-{np.finfo(dtype).max:.3g}) the run "
             "computes in; enable float64 with jax.config.update('jax_enable_x64', True) for such values"
         )
+    if np.issubdtype(arr.dtype, np.floating):
+        check_representable(name, arr, dtype)
     if name in LEARNING_RATE_NAMES and np.any(arr <= 0):
         bad = arr[arr <= 0].tolist()
         raise ValueError(f"grid[{name!r}]: learning rates must be > 0 and finite, got {bad}")
     return arr
+
+
+def check_representable(name: str, arr: np.ndarray, dtype) -> None:
+    """Refuse grid values the run's float ``dtype`` cannot tell apart: a nonzero value below its smallest normal
+    number (flushed to 0 by CPU and GPU arithmetic: ``lr = 1e-50`` would run as ``lr = 0``), or distinct values
+    that round to the same number (two cells computing the same thing under different labels)."""
+    x64 = "enable float64 with jax.config.update('jax_enable_x64', True) for such values"
+    tiny = (arr != 0) & (np.abs(arr) < np.finfo(dtype).tiny)
+    if np.any(tiny):
+        raise ValueError(
+            f"grid[{name!r}] holds {arr[tiny].tolist()}, below the smallest normal {dtype} number "
+            f"({np.finfo(dtype).tiny:.3g}), which the run's arithmetic flushes to 0; {x64}"
+        )
+    distinct = np.unique(arr)  # sorted, and rounding keeps the order: values that collide are neighbours
+    equal = distinct[1:].astype(dtype) == distinct[:-1].astype(dtype)
+    if np.any(equal):
+        same = distinct[np.r_[equal, False] | np.r_[False, equal]].tolist()
+        raise ValueError(
+            f"grid[{name!r}]: the values {same} are distinct but round to the same {dtype} number, so their cells "
+            f"would be the same run under different labels; {x64}"
+        )
 
 
 def check_learning_rate(name: str, value: Any) -> float:

@@ -44,11 +44,21 @@ from dynsim._validate import (
     check_learning_rate,
     check_output_path,
     check_positive,
+    explain_tracing,
     grid_values,
 )
 from dynsim.checkpoint import Checkpoint, add_program
 from dynsim.dynamics.base import Dynamics, resolve_hyperparams
-from dynsim.observables import Context, Observable, View, diverged, final_state, from_name, record_times
+from dynsim.observables import (
+    Context,
+    Observable,
+    ObservableError,
+    View,
+    diverged,
+    final_state,
+    from_name,
+    record_times,
+)
 
 __all__ = ["simulate", "default_memory_budget"]
 
@@ -95,13 +105,46 @@ def _check_observables(observables: Any) -> dict[str, Observable]:
             )
         if isinstance(obs, str):
             obs = from_name(obs)
+        if callable(obs) and getattr(obs, "__module__", None) == "dynsim.observables":
+            raise TypeError(f"observable {name!r} is the function {obs.__name__}: call it, {obs.__name__}(...)")
         if not isinstance(obs, Observable):
             raise ValueError(
                 f"unknown observable {obs!r} for {name!r}: pass a dynsim.observables.Observable "
                 "or one of the names in dynsim.observables.NAMED"
             )
+        _check_observable_functions(name, obs)
         checked[name] = obs
     return checked
+
+
+def _check_observable_functions(name: str, obs: Observable) -> None:
+    """A record has ``record``; a reducer has ``init``, ``update`` and ``finalize``, all callable."""
+    fields = ("record",) if obs.init is None else ("init", "update", "finalize")
+    missing = [f for f in fields if not callable(getattr(obs, f))]
+    if missing:
+        what = "a record needs record(view)" if obs.init is None else "a reducer needs init, update and finalize"
+        raise ObservableError(
+            f"observable {name!r} has no callable {' or '.join(missing)}: {what} (see dynsim.observables.Observable)"
+        )
+
+
+def _finalized(name: str, obs: Observable, acc, status, ctx, keep: int) -> dict:
+    """``obs.finalize(acc, status, ctx)``, checked: a dict of ``suffix: (dims, values[, coords])`` whose values
+    have a leading axis over the ``keep`` trajectories, then one axis per name in ``dims``."""
+    out = obs.finalize(acc, status, ctx)
+    contract = "finalize(acc, status, ctx) must return {suffix: (dims, values) or (dims, values, coords)}"
+    if not isinstance(out, Mapping):
+        raise ObservableError(f"observable {name!r}: {contract}, got {type(out).__name__}")
+    for suffix, entry in out.items():
+        if not isinstance(entry, (tuple, list)) or len(entry) not in (2, 3) or isinstance(entry[0], str):
+            raise ObservableError(f"observable {name!r}, output {suffix!r}: {contract}, got {entry!r:.200}")
+        dims, shape = tuple(entry[0]), np.shape(entry[1])
+        if shape[:1] != (keep,) or len(shape) != 1 + len(dims):
+            raise ObservableError(
+                f"observable {name!r}, output {suffix!r}: values of shape {shape} for dims {dims}; finalize "
+                f"must return one row per trajectory ({keep} here) and then one axis per name in dims"
+            )
+    return out
 
 
 class _Grid(NamedTuple):
@@ -244,8 +287,12 @@ class _Program:
             state = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, state)
             div_step = jnp.where(alive & ~ok, t + 1, div_step)
             view = view_of(state, hp)
-            acc = tuple(o.update(a, view, t + 1, ctx) for a, (_, o) in zip(acc, reducers))
-            return state, keep, div_step, acc
+            new_acc = tuple(o.update(a, view, t + 1, ctx) for a, (_, o) in zip(acc, reducers))
+            for new_a, a, (name, _) in zip(new_acc, acc, reducers):  # at trace time
+                check_same_type(
+                    new_a, a, f"the update(acc, view, t, ctx) of observable {name!r}", "an accumulator", ObservableError
+                )
+            return state, keep, div_step, new_acc
 
         def record_one(state, traced, data, which):
             hp = hp_of(traced, data)
@@ -469,7 +516,9 @@ def _collect(program: _Program, carry, finals, status, keep, ctx) -> list:
             entries.append((var, tuple(f"{var}_dim{i}" for i in range(leaf.ndim - 1)), leaf, {}))
     for name, acc in zip(program.reducer_names, carry["acc"]):
         acc = jax.tree_util.tree_map(lambda x: np.asarray(x)[:keep], acc)
-        for suffix, entry in obs[name].finalize(acc, {k: v[:keep] for k, v in status.items()}, ctx).items():
+        for suffix, entry in _finalized(
+            name, obs[name], acc, {k: v[:keep] for k, v in status.items()}, ctx, keep
+        ).items():
             dims, values = entry[0], entry[1]
             coords = entry[2] if len(entry) > 2 else {}
             var = f"{name}_{suffix}" if suffix else name
@@ -485,11 +534,13 @@ def _collect(program: _Program, carry, finals, status, keep, ctx) -> list:
 
 
 @contextlib.contextmanager
-def _explain_missing_hyperparameter(names: Sequence[str]):
-    """Turn the bare ``KeyError: 's'`` of a step that reads ``hp["s"]`` while tracing, where no grid axis
-    or default gives ``s``, into an error that says so."""
+def _explain_user_code(names: Sequence[str]):
+    """Explain the errors of a dynamics traced for one trajectory: the bare ``KeyError: 's'`` of a step that
+    reads ``hp["s"]`` where no grid axis or default gives ``s`` becomes an error that says so; a traced
+    hyperparameter used as a Python number or arguments in the wrong order get a hint (:func:`explain_tracing`)."""
     try:
-        yield
+        with explain_tracing("init(key, hp) -> state and step(state, key, hp) -> state, hp a dict of scalars"):
+            yield
     except KeyError as err:
         key = err.args[0] if len(err.args) == 1 else None
         if not isinstance(key, str) or key in names:
@@ -532,11 +583,13 @@ def _check_output_names(program: _Program, inputs_one: dict, ctx: Context, axes:
     def zeros(tree):
         return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), tree)
 
-    status = {"diverged_step": np.full(1, -1)}
+    status = {"diverged_step": np.full(1, -1), "cell": np.zeros(1, int)}
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
             entries = _collect(program, zeros({k: carry[k] for k in ("rec", "acc")}), zeros(finals), status, 1, ctx)
+    except ObservableError:
+        raise
     except Exception:  # noqa: BLE001 - a finalize that cannot read zeros
         return False
     _check_names(entries, axes, [name for name, _ in program.spec.observables])
@@ -572,7 +625,7 @@ def _run_chunk(program: _Program, inputs, keep: int, ctx: Context, n_slots: int,
     if done < n_steps:
         carry = program.write(carry, inputs, n_slots - 1)
     finals = program.finish(carry, inputs)
-    status = {"diverged_step": np.asarray(carry["div_step"])}
+    status = {"diverged_step": np.asarray(carry["div_step"]), "cell": np.asarray(inputs["cell"])}
     return _collect(program, carry, finals, status, keep, ctx)
 
 
@@ -777,7 +830,7 @@ def simulate(
 
             hp_names = [*dict(static_hp), *g.traced] + (["data"] if program.shared_data is not None else [])
             inputs_one = inputs_for(np.arange(1), data)
-            with _explain_missing_hyperparameter(hp_names):
+            with _explain_user_code(hp_names):
                 names_checked = _check_output_names(program, inputs_one, ctx, g.axes)
             if store is not None:
                 store.check_program(group, program.fingerprint(inputs_one, prng.key(seed)))
@@ -801,7 +854,7 @@ def simulate(
                     continue
                 else:
                     sel = np.minimum(np.arange(start, start + size), n_traj - 1)  # pad by repeating a trajectory
-                    with _explain_missing_hyperparameter(hp_names), warnings.catch_warnings(record=True) as caught:
+                    with _explain_user_code(hp_names), warnings.catch_warnings(record=True) as caught:
                         entries = _run_chunk(program, inputs_for(sel, data), keep, ctx, n_slots, bar)
                     for w in caught:  # an observable's warning (time batches too short, ...) at the caller's line
                         warnings.warn(w.message, w.category, stacklevel=2)

@@ -36,6 +36,7 @@ __all__ = [
     "View",
     "Context",
     "Observable",
+    "ObservableError",
     "final_state",
     "trajectory",
     "log_distance",
@@ -50,6 +51,7 @@ __all__ = [
     "batch_means_stderr",
     "batch_correlation",
     "warn_if_correlated",
+    "warn_if_drifting",
     "iterate_average",
     "histogram",
     "histogram2d",
@@ -90,8 +92,11 @@ class Observable(NamedTuple):
     Reducers: ``init(view, ctx) -> acc`` at ``t = 0``, ``update(acc, view, t, ctx) -> acc``
     after step ``t`` (1-based), and ``finalize(acc, status, ctx) -> {suffix: entry}`` on
     the host, with NumPy arrays whose leading axis runs over trajectories. ``status`` holds
-    ``"diverged_step"`` (-1 if never). An entry is ``(dims, array)`` or
-    ``(dims, array, coords)``; ``dims`` names the trailing axes.
+    ``"diverged_step"`` (-1 if never) and ``"cell"`` (the grid cell's index, in C order). An
+    entry is ``(dims, array)`` or ``(dims, array, coords)``; ``dims`` names the trailing axes.
+
+    :func:`dynsim.simulate` checks the contract before the run (on one trajectory's outputs) and
+    raises :class:`ObservableError` naming the observable that breaks it.
 
     ``bound``: a trajectory whose parameters exceed it in absolute value counts as
     diverged. ``check(dynamics, ctx)`` validates before compilation. ``config`` is stored in
@@ -107,6 +112,13 @@ class Observable(NamedTuple):
     bound: float | None = None
     check: Callable[[Any, Context], None] | None = None
     config: Mapping[str, Any] = MappingProxyType({})
+
+
+class ObservableError(TypeError):
+    """An observable that does not keep the contract of :class:`Observable`: a reducer without ``update`` or
+    ``finalize``, an ``update`` that changes its accumulator's structure, shapes or dtypes, a ``finalize``
+    that returns other than ``{suffix: (dims, values[, coords])}`` with one row of ``values`` per trajectory.
+    Raised by :func:`dynsim.simulate` before the run, naming the observable."""
 
 
 def _flat(tree) -> jax.Array:
@@ -142,16 +154,21 @@ def _first_time(steps, event, t):
 
 
 def log_norm_squared(tree) -> jax.Array:
-    """``log sum_i x_i^2`` over all leaves, computed as ``2 log m + log sum (x_i/m)^2``, ``m = max|x_i|``.
+    """``log sum_i x_i^2`` over all leaves, computed as ``2 e log 2 + log sum (x_i / 2^e)^2``, ``2^e`` the power
+    of two just above ``m = max|x_i|``.
 
-    The scaling keeps it exact where ``x_i^2`` itself would underflow (``|x| < 1e-19`` in
-    float32) or overflow; it is ``-inf`` only when every ``x_i`` is exactly 0.
+    The scaling keeps it exact where ``x_i^2`` itself would underflow (``|x| < 1e-19`` in float32) or overflow.
+    It divides by two normal powers of two, ``2^(e//2)`` and ``2^(e - e//2)``, since a division by ``m`` is
+    compiled as a product with ``1/m``, which is subnormal, and flushed to zero by the CPU, once
+    ``m > 8.5e37`` in float32. It is ``-inf`` only when every ``x_i`` is 0 (or subnormal, which the CPU flushes
+    to zero).
     """
     x = _flat(tree)
     m = jnp.max(jnp.abs(x))
-    safe = jnp.where(m > 0, m, 1.0)
-    scaled = jnp.sum((x / safe) ** 2)
-    return jnp.where(m > 0, 2 * jnp.log(safe) + jnp.log(scaled), -jnp.inf)
+    _, e = jnp.frexp(jnp.where(m > 0, m, 1))  # m = f 2^e, 1/2 <= f < 1
+    half = e // 2
+    scaled = x / jnp.exp2(half.astype(x.dtype)) / jnp.exp2((e - half).astype(x.dtype))
+    return jnp.where(m > 0, jnp.log(jnp.sum(scaled**2)) + (2 * np.log(2)) * e.astype(x.dtype), -jnp.inf)
 
 
 def _need_point(point, what: str):
@@ -393,29 +410,101 @@ CORRELATED_BATCHES = 0.1
 (standard errors then about 10% or more too small)."""
 
 
-def warn_if_correlated(means: np.ndarray, axis: int, what: str, stacklevel: int = 2) -> None:
+def warn_if_correlated(
+    means: np.ndarray,
+    axis: int,
+    what: str,
+    stacklevel: int = 2,
+    *,
+    groups: np.ndarray | None = None,
+    group_name: str = "cells",
+) -> bool:
     """Warn when the batch means of a set of series are correlated (:func:`batch_correlation`).
 
-    Pools the series: warns when their mean ``r`` exceeds :data:`CORRELATED_BATCHES` by more
-    than three of its standard errors above the independent value ``-1/n_batches`` (the spread
-    over series, or ``1/sqrt(n_batches)`` for one series).
+    ``r`` is computed for every series (``means`` along ``axis``) and pooled within each group (``groups``
+    labels the first axis of ``r``, i.e. of ``means`` without ``axis``; one group if ``None``): a group is
+    flagged when its mean ``r`` exceeds :data:`CORRELATED_BATCHES` by more than three of its standard errors
+    above the independent value ``-1/n_batches`` (the spread over its series, or ``1/sqrt(n_batches)`` for
+    one series, which therefore only catches ``r > 0.5`` with 32 batches). Series that are not independent
+    of each other (the ``k`` exponents of one frame) belong in different groups. One warning names the number
+    of flagged groups (``group_name``) and the worst. Returns whether it warned.
     """
     n_batches = np.shape(means)[axis]
-    r = batch_correlation(means, axis).ravel()
-    r = r[np.isfinite(r)]
-    if n_batches < 8 or r.size == 0:
-        return
-    mean = float(r.mean())
-    se = float(r.std(ddof=1) / np.sqrt(r.size)) if r.size > 1 else 1 / np.sqrt(n_batches)
-    if mean > CORRELATED_BATCHES and mean + 1 / n_batches > 3 * se:
-        series = f"over {r.size} series" if r.size > 1 else "of one series"
-        warnings.warn(
-            f"{what}: consecutive batch means are correlated (lag-1 autocorrelation {mean:.2f} {series}): the "
-            f"batches are not much longer than the correlation time, so the batch-means standard error is too "
-            f"small (by about {np.sqrt((1 + mean) / (1 - mean)):.1f}x); run longer or use fewer batches",
-            RuntimeWarning,
-            stacklevel=stacklevel + 1,
-        )
+    if n_batches < 8:
+        return False
+    r = batch_correlation(means, axis)
+    if r.size == 0:
+        return False
+    r = r.reshape(len(r), -1) if r.ndim else r.reshape(1, 1)
+    labels = np.zeros(len(r), int) if groups is None else np.asarray(groups)
+    flagged = []
+    for cell in np.unique(labels):
+        values = r[labels == cell].ravel()
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            continue
+        mean = float(values.mean())
+        se = float(values.std(ddof=1) / np.sqrt(values.size)) if values.size > 1 else 1 / np.sqrt(n_batches)
+        if mean > CORRELATED_BATCHES and mean + 1 / n_batches > 3 * se:
+            flagged.append((mean, values.size))
+    if not flagged:
+        return False
+    mean, size = max(flagged)
+    series = f"over {size} series" if size > 1 else "of one series"
+    n_groups = len(np.unique(labels))
+    where = f"; in {len(flagged)} of {n_groups} {group_name}, the worst shown" if n_groups > 1 else ""
+    warnings.warn(
+        f"{what}: consecutive batch means are correlated (lag-1 autocorrelation {mean:.2f} {series}{where}): the "
+        f"batches are not much longer than the correlation time, so the batch-means standard error is too "
+        f"small (by about {np.sqrt((1 + mean) / (1 - mean)):.1f}x, or more); run longer or use fewer batches",
+        RuntimeWarning,
+        stacklevel=stacklevel + 1,
+    )
+    return True
+
+
+DRIFTING_BATCHES = 4.0
+"""``|t|`` of the trend of batch means above which :func:`warn_if_drifting` warns (by chance: about 4e-4 of
+series of 32 stationary, independent batch means)."""
+
+
+def warn_if_drifting(
+    means: np.ndarray,
+    axis: int,
+    what: str,
+    name: str = "series",
+    remedy: str = "discard a longer transient or run longer",
+    stacklevel: int = 2,
+) -> bool:
+    """Warn when batch means drift: a least-squares line through each series (``means`` along ``axis``) whose
+    slope is more than :data:`DRIFTING_BATCHES` standard errors (from the residuals) from 0. The estimate then
+    still depends on the run's length (an unfinished transient, a split of equal exponents that shrinks
+    like ``1/sqrt(n)``), a bias its batch-means standard error leaves out. ``name`` names one series (the
+    first axis of ``means`` without ``axis``, numbered from 1); ``remedy`` ends the message. Returns whether
+    it warned."""
+    m = np.moveaxis(np.asarray(means, dtype=np.float64), axis, -1)
+    n = m.shape[-1]
+    if n < 8 or m.size == 0:
+        return False
+    x = np.arange(n) - (n - 1) / 2
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        centred = m - m.mean(axis=-1, keepdims=True)
+        slope = (centred * x).sum(axis=-1) / (x**2).sum()
+        residuals = centred - slope[..., None] * x
+        t = np.atleast_1d(slope / np.sqrt((residuals**2).sum(axis=-1) / (n - 2) / (x**2).sum()))
+    drifting = np.flatnonzero(np.isfinite(t) & (np.abs(t) > DRIFTING_BATCHES))
+    if drifting.size == 0:
+        return False
+    worst = drifting[np.argmax(np.abs(t[drifting]))]
+    which = f"{name}{'s' if drifting.size > 1 else ''} {', '.join(str(i + 1) for i in drifting)}"
+    warnings.warn(
+        f"{what}: the batch means of {which} drift over the run (trend {t[worst]:+.1f} standard errors over {n} "
+        f"batches, {name} {worst + 1}): the estimate still changes with the run's length, a bias its standard "
+        f"error leaves out; {remedy}",
+        RuntimeWarning,
+        stacklevel=stacklevel + 1,
+    )
+    return True
 
 
 def time_average(
@@ -486,7 +575,9 @@ def time_average(
         total = sums.sum(axis=1) / counts.sum()
         stderr = batch_means_stderr(means, axis=1)
         running = np.asarray(status["diverged_step"]) < 0  # a frozen trajectory's means are not a series
-        warn_if_correlated(means[running], 1, f"time_average ({counts.min()}-step batches)")
+        warn_if_correlated(
+            means[running], 1, f"time_average ({counts.min()}-step batches)", groups=status["cell"][running]
+        )
         extra = tuple(f"dim{i}" for i in range(sums.ndim - 2))
         out = {"": (extra, total), "stderr": (extra, stderr)}
         if keep_batches:

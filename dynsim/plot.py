@@ -40,8 +40,23 @@ def _edges(values: np.ndarray) -> np.ndarray:
     return np.concatenate([[v[0] - (mid[0] - v[0])], mid, [v[-1] + (v[-1] - mid[-1])]])
 
 
+def _check_phases(name: str, phase) -> None:
+    """``phase`` must be a 2-D DataArray of phase codes: -1 (undecided) or an index into ``PHASES``."""
+    if not isinstance(phase, xr.DataArray) or phase.ndim != 2:
+        got = f"dims {phase.dims}" if isinstance(phase, xr.DataArray) else type(phase).__name__
+        raise TypeError(f"{name} must be a 2-D xarray.DataArray (the 'phase' of saddle_phases), got {got}")
+    codes = phase.values
+    if not np.issubdtype(codes.dtype, np.integer) or codes.min() < -1 or codes.max() >= len(PHASES):
+        raise ValueError(
+            f"{name} must hold phase codes, integers from -1 (undecided) to {len(PHASES) - 1} (PHASES = {PHASES}), "
+            f"got {codes.dtype} values in [{codes.min()}, {codes.max()}]; draw other 2-D results with xarray, "
+            "e.g. result['x'].plot(x='lr')"
+        )
+
+
 def phase_map(ax, phase: xr.DataArray, *, label: bool = True, y_log: bool = False):
     """Colour the phases of a 2-D ``phase`` array (dims: lr first) and write each phase's name on its largest patch."""
+    _check_phases("phase", phase)
     xdim, ydim = phase.dims
     x, y = phase[xdim].values, phase[ydim].values
     ax.pcolormesh(_edges(x), _edges(y), phase.values.T, cmap=_CMAP, norm=_NORM, shading="flat")
@@ -78,6 +93,8 @@ def disagreement_map(ax, theory: xr.DataArray, simulation: xr.DataArray):
 
     Phases I_ms and I_p count as one (their split is a moment condition, not a sign).
     """
+    _check_phases("theory", theory)
+    _check_phases("simulation", simulation)
     coarse = lambda p: np.where(p == PHASES.index("I_p"), PHASES.index("I_ms"), p)  # noqa: E731
     t, s = coarse(theory.values), coarse(simulation.values)
     status = np.where(s < 0, 1, np.where(s == t, 0, 2))

@@ -55,21 +55,22 @@ def diagonal(x, key):
 
 def measure(step, dim: int, steps, transient: int, replicas: int, seed: int) -> xr.Dataset:
     """Exponents, partial sums and their standard errors of ``spectrum`` over ``n`` steps after ``transient``;
-    ``correlated``: whether ``spectrum`` warned that its time batches are correlated (its errors too small)."""
-    rows, correlated = [], []
+    ``warned``: whether ``spectrum`` warned that its time batches are correlated or drift (its errors then
+    too small, or leaving out a bias)."""
+    rows, warned = [], []
     for n in steps:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             est = ds.lyapunov.spectrum(
                 step, jnp.ones(dim), seed, n + transient, dim, transient=transient, n_replicas=replicas, progress=False
             )
-        correlated.append(any("correlated" in str(w.message) for w in caught))
+        warned.append(any(word in str(w.message) for w in caught for word in ("correlated", "drift")))
         rows.append([est.exponents, est.stderr, est.partial_sums, est.partial_sums_stderr])
     rows = np.array(rows)  # (n, 4, exponent)
     dims = ("n", "exponent")
     names = ["exponents", "stderr", "partial_sums", "partial_sums_stderr"]
     return xr.Dataset(
-        {**{name: (dims, rows[:, i]) for i, name in enumerate(names)}, "correlated": ("n", np.array(correlated))},
+        {**{name: (dims, rows[:, i]) for i, name in enumerate(names)}, "warned": ("n", np.array(warned))},
         coords={"n": np.asarray(steps), "exponent": np.arange(1, dim + 1)},
         attrs=dict(transient=transient, replicas=replicas, seed=seed, sigma=SIGMA),
     )
@@ -80,7 +81,7 @@ def _fmt(values, digits: int = 4) -> str:
 
 
 def _flag(row) -> str:
-    return " (time batches correlated: s.e. too small)" if bool(row.correlated) else ""
+    return " (warned: time batches correlated or drifting)" if bool(row.warned) else ""
 
 
 def main(argv=None):

@@ -1,6 +1,7 @@
 """Edges of the public API: seeds of any integer type, points of the wrong shape, zero Jacobians, names."""
 
 import inspect
+import re
 
 import jax
 import jax.numpy as jnp
@@ -166,3 +167,82 @@ def test_an_observables_warning_points_at_the_callers_line():
     with pytest.warns(RuntimeWarning, match="batch means are correlated") as record:
         ds.simulate(AR1, {"a": [0.99]}, n_steps=64, n_replicas=3, observables={"m": ds.observables.time_average(abs)})
     assert record[0].filename == __file__
+
+
+def _reducer(update=lambda acc, view, t, ctx: acc + 1, finalize=lambda acc, status, ctx: {"": ((), acc)}):
+    return ds.observables.Observable("counter", init=lambda view, ctx: jnp.zeros(()), update=update, finalize=finalize)
+
+
+@pytest.mark.parametrize(
+    "observable, message",
+    [
+        (_reducer(finalize=lambda acc, status, ctx: acc), r"'o': finalize\(acc, status, ctx\) must return \{suffix"),
+        # a sum over the chunk's trajectories would be broadcast to each of them
+        (_reducer(finalize=lambda acc, status, ctx: {"": ((), acc.sum())}), r"'o', output '': values of shape \(\)"),
+        (_reducer(finalize=lambda acc, status, ctx: {"": (("bin",), acc)}), r"shape \(1,\) for dims \('bin',\)"),
+        (_reducer(finalize=None), "'o' has no callable finalize: a reducer needs init, update and finalize"),
+    ],
+)
+def test_an_observable_that_breaks_its_contract_is_named_before_the_run(observable, message, monkeypatch):
+    monkeypatch.setattr(ds.engine, "_run_chunk", lambda *a: pytest.fail("the run started"))
+    with pytest.raises(ds.observables.ObservableError, match=message):
+        ds.simulate(AR1, {"a": [0.5]}, n_steps=4, n_replicas=3, observables={"o": observable})
+
+
+def test_an_update_that_changes_its_accumulator_is_named():
+    to_float = _reducer(update=lambda acc, view, t, ctx: acc + view.params)
+    ints = to_float._replace(init=lambda view, ctx: jnp.zeros((), jnp.int32))
+    with pytest.raises(ds.observables.ObservableError, match=r"update\(acc, view, t, ctx\) of observable 'o' must"):
+        ds.simulate(AR1, {"a": [0.5]}, n_steps=4, observables={"o": ints})
+
+
+@pytest.mark.parametrize(
+    "run, note",
+    [
+        # the arguments of step in the wrong order: hp is a key, indexed by a name
+        (
+            lambda: ds.simulate(AR1._replace(step=lambda x, hp, key: hp["a"] * x), {"a": [0.5]}, n_steps=4),
+            r"dynsim calls init\(key, hp\) -> state and step\(state, key, hp\) -> state",
+        ),
+        (
+            lambda: ds.simulate(AR1._replace(step=lambda x, key: x), {"a": [0.5]}, n_steps=4),
+            "check the number and order of the arguments",
+        ),
+        (
+            lambda: ds.simulate(
+                AR1._replace(step=lambda x, key, hp: x / len(range(hp["a"]))), {"a": [1, 2]}, n_steps=4
+            ),
+            r"must be static: declare it in Dynamics\(..., static=",
+        ),
+        (
+            lambda: ds.lyapunov.top_exponent(lambda key, x: 0.5 * x, jnp.ones(2), 0, 10),
+            r"dynsim calls step\(x, key\) -> x",
+        ),
+    ],
+)
+def test_common_slips_in_a_hand_written_step_get_a_hint(run, note):
+    with pytest.raises(TypeError) as err:  # JAX's own errors, with a note
+        run()
+    assert any(re.search(note, n) for n in getattr(err.value, "__notes__", [])), err.value
+
+
+def test_phase_maps_refuse_what_is_not_a_phase_code():
+    import matplotlib.pyplot as plt
+
+    share = xr.DataArray(np.full((2, 3), 0.4), dims=("lr", "mu"), coords={"lr": [0.1, 0.2], "mu": [0.0, 0.5, 1.0]})
+    fig, ax = plt.subplots()
+    try:
+        with pytest.raises(ValueError, match=r"must hold phase codes.*got float64 values in \[0.4, 0.4\]"):
+            ds.plot.phase_map(ax, share)
+        with pytest.raises(TypeError, match=r"2-D xarray.DataArray.*dims \('lr',\)"):
+            ds.plot.disagreement_map(ax, share.isel(mu=0), share.isel(mu=0))
+        ds.plot.phase_map(ax, (share * 10).astype(int) - 1)  # codes -1 .. 3 are drawn
+    finally:
+        plt.close(fig)
+
+
+def test_a_constructor_given_where_its_result_is_due_and_back():
+    with pytest.raises(TypeError, match=r"'f' is the function final_state: call it, final_state\(...\)"):
+        ds.simulate(AR1, {"a": [0.5]}, n_steps=4, observables={"f": ds.observables.final_state})
+    with pytest.raises(TypeError, match=r"the optimizer's constructor, e.g. optax.adam, not an optimizer built"):
+        ds.dynamics.from_optax(PROBLEM, optax.adam(1e-3))

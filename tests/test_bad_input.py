@@ -35,6 +35,15 @@ CASES = [
     ("nan lr", lambda: run(grid={"lr": [np.nan]}), ValueError, r"grid\['lr'\].*finite.*nan"),
     ("inf lr", lambda: run(grid={"lr": [np.inf, 0.1]}), ValueError, r"grid\['lr'\].*finite.*inf"),
     ("lr beyond float32", lambda: run(grid={"lr": [1e39]}), ValueError, r"grid\['lr'\] holds \[1e\+39\].*float32"),
+    # 1e-50 is 0 in float32 (the step would not move); 1e-40 is subnormal, flushed to 0 in arithmetic
+    ("lr below float32", lambda: run(grid={"lr": [1e-50, 0.1]}), ValueError, r"grid\['lr'\] holds \[1e-50\].*normal"),
+    ("lr subnormal", lambda: run(grid={"lr": [1e-40]}), ValueError, r"grid\['lr'\] holds \[1e-40\].*flushes to 0"),
+    (
+        "cells equal in float32",
+        lambda: run(grid={"lr": [0.1, 0.2, 0.1 + 1e-10]}),
+        ValueError,
+        r"grid\['lr'\]: the values \[0.1, 0.1000000001\] are distinct but round to the same float32",
+    ),
     ("lr default", lambda: ds.simulate(ds.dynamics.sgd(PROBLEM, lr=-1.0), n_steps=5), ValueError, r"lr.*> 0.*-1.0"),
     ("lr missing", lambda: ds.simulate(SGD, n_steps=5), ValueError, r"\['lr'\].*no default"),
     # an optimizer's own checks see every grid value (a traced value would pass them)

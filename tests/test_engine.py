@@ -411,6 +411,21 @@ def test_time_average_warns_when_batches_are_shorter_than_the_correlation_time()
         )
 
 
+def test_time_average_warns_of_one_correlated_cell_among_many():
+    # x' = a x + z with a = 0.999 (correlation time ~2000 steps) in 3125-step batches: r = 0.15 in that cell,
+    # the stderr too small (coverage of +-2 stderr: 88%). Pooled with four cells of a = 0 (r = -1/32), the mean
+    # r over the grid is 0.01 and a grid-wide test stays silent; the test is per cell.
+    ar1 = Dynamics(
+        init=lambda key, hp: jax.random.normal(key) / jnp.sqrt(1 - hp["a"] ** 2),
+        step=lambda x, key, hp: hp["a"] * x + jax.random.normal(key),
+    )
+    grid = {"a": [0.0, 0.0, 0.0, 0.0, 0.999]}
+    with pytest.warns(
+        RuntimeWarning, match=r"correlated \(lag-1 autocorrelation 0.1\d over 128 series; in 1 of 5 cells"
+    ):
+        ds.simulate(ar1, grid, n_replicas=128, n_steps=100_000, observables={"m": obs.time_average(lambda x: x)})
+
+
 def test_time_average_known_value_and_discard():
     # theta_t = 2^-t: (1/T) sum_{t>d} theta_t^2 = (1/T) sum 4^-t
     problem = ds.problems.quadratic(1.0, theta0=1.0)
@@ -428,6 +443,29 @@ def test_log_distance_survives_underflow_of_squares():
     tiny = jnp.array([1e-30, -2e-30], jnp.float32)  # squares underflow in float32
     assert float(obs.log_norm_squared(tiny)) == pytest.approx(np.log(5e-60), rel=1e-6)
     assert float(obs.log_norm_squared(jnp.zeros(3))) == -np.inf
+
+
+@pytest.mark.parametrize("size", [1e-300, 1e-100, 3.0, 1e100, 1e300])
+def test_log_distance_over_the_float64_range(x64, size):
+    x = jnp.array([size, -size, 0.0])
+    assert x.dtype == jnp.float64
+    assert float(jax.jit(obs.log_norm_squared)(x)) == pytest.approx(np.log(2) + 2 * np.log(size), rel=1e-12)
+
+
+@pytest.mark.parametrize("top", [1e38, 3.4e38])
+def test_log_distance_near_the_top_of_float32(top):
+    # 1/max|x| is subnormal above 8.5e37 and flushed to zero on CPU: a scaling by 1/m would read log(0)
+    big = jnp.array([top, -1.0, 0.5 * top], jnp.float32)
+    exact = np.log(1.25 * np.float64(np.float32(top)) ** 2)
+    assert float(obs.log_norm_squared(big)) == pytest.approx(exact, rel=1e-6)
+    assert float(jax.jit(obs.log_norm_squared)(big)) == pytest.approx(exact, rel=1e-6)
+    # x_t = (1.5^t, 1) recorded every step until it leaves float32 at t = 219: log(1.5^2t + 1), never -inf
+    dyn = ds.dynamics.Dynamics(lambda key, hp: jnp.ones(2), lambda x, key, hp: x * jnp.array([1.5, 1.0]))
+    res = ds.simulate(
+        dyn, grid={"n": [0]}, n_steps=218, record_every=1, observables={"ld": obs.log_distance(jnp.zeros(2))}
+    )
+    t = res.time.values
+    np.testing.assert_allclose(res.ld.squeeze().values, np.log(1.5 ** (2.0 * t) + 1), rtol=1e-6)
 
 
 def test_netcdf_round_trip(tmp_path):

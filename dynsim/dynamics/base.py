@@ -56,7 +56,9 @@ class Dynamics(NamedTuple):
         ``shared_data(key, hp) -> data``, drawn once per run (and per static value) from
         ``dynsim.prng.data_key(seed)`` and passed to ``init``/``step`` as ``hp["data"]``.
     params_of:
-        ``state -> params``, the parameters observables look at (default: the state).
+        ``state -> params``, the parameters observables look at (default: the state). Give it where the
+        state holds more than the parameters (a step counter, an iterate average): distances and norms
+        (``log_distance``, ``final_state``) are taken over every leaf of ``params``.
     data_of:
         ``(state, hp) -> data``, the training data of the trajectory (default: none).
     problem:

@@ -299,6 +299,11 @@ def batch_size_axis(problem: Problem, batch_size: int | None, own: dict[str, Any
 def _optimizer_hyperparams(make_optimizer: Callable) -> tuple[dict[str, Any], set[str]]:
     """The numeric arguments of ``make_optimizer`` (hyperparameters, with their defaults) and the
     names of the others (flags such as ``nesterov``, dtypes, functions: fixed when the dynamics is built)."""
+    if isinstance(make_optimizer, optax.GradientTransformation):
+        raise TypeError(
+            "make_optimizer must be the optimizer's constructor, e.g. optax.adam, not an optimizer built from it "
+            "(optax.adam(1e-3)): dynsim calls it with each cell's hyperparameters, the learning rate included"
+        )
     try:
         signature = inspect.signature(make_optimizer)
     except (TypeError, ValueError) as err:
