@@ -424,9 +424,10 @@ def warn_if_correlated(
     ``r`` is computed for every series (``means`` along ``axis``) and pooled within each group (``groups``
     labels the first axis of ``r``, i.e. of ``means`` without ``axis``; one group if ``None``): a group is
     flagged when its mean ``r`` exceeds :data:`CORRELATED_BATCHES` by more than three of its standard errors
-    above the independent value ``-1/n_batches`` (the spread over its series, or ``1/sqrt(n_batches)`` for
-    one series, which therefore only catches ``r > 0.5`` with 32 batches). Series that are not independent
-    of each other (the ``k`` exponents of one frame) belong in different groups. One warning names the number
+    above the independent value ``-1/n_batches``. Each ``r`` has a standard deviation of the spread over the
+    group's series, at least ``1/sqrt(n_batches)`` (its value for independent batches), so one series is
+    flagged only for ``r > 0.5`` with 32 batches. Series that are not independent of each other (the ``k``
+    exponents of one frame) belong in different groups. One warning names the number
     of flagged groups (``group_name``) and the worst. Returns whether it warned.
     """
     n_batches = np.shape(means)[axis]
@@ -444,7 +445,8 @@ def warn_if_correlated(
         if values.size == 0:
             continue
         mean = float(values.mean())
-        se = float(values.std(ddof=1) / np.sqrt(values.size)) if values.size > 1 else 1 / np.sqrt(n_batches)
+        # each r has sd ~ 1/sqrt(n_batches) for independent batches: a floor for the spread of a few series
+        se = max(float(values.std(ddof=1)) if values.size > 1 else 0.0, 1 / np.sqrt(n_batches)) / np.sqrt(values.size)
         if mean > CORRELATED_BATCHES and mean + 1 / n_batches > 3 * se:
             flagged.append((mean, values.size))
     if not flagged:

@@ -664,3 +664,17 @@ def test_a_telescoping_growth_gets_a_safe_error(x64):
         est = L.top_exponent(logistic, jnp.array([x0]), 0, 16_000, transient=100)
         z.append((est.exponents[0] - np.log(2)) / est.stderr[0])
     assert np.all(np.abs(z) < 2) and np.std(z) < 0.5, np.std(z)  # 0.15: the error is 6.6x too large
+
+
+def test_replicas_of_a_deterministic_orbit_raise_no_false_correlation_warning(x64):
+    # 16 replicas of the Henon map from one start differ only in their first frame: once it has aligned they
+    # are one series, not 16 independent ones, and pooling them would make the error of r vanish (7 false
+    # warnings in 30 starts); they are tested as the one series they are
+    x = jnp.array([0.1, 0.1])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(20):
+            for _ in range(137):
+                x = henon(x, None)
+            L.spectrum(henon, x, 0, 2000, 2, transient=100, n_replicas=16)
+    assert sum("correlated" in str(w.message) for w in caught) <= 1
