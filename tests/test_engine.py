@@ -426,6 +426,23 @@ def test_time_average_warns_of_one_correlated_cell_among_many():
         ds.simulate(ar1, grid, n_replicas=128, n_steps=100_000, observables={"m": obs.time_average(lambda x: x)})
 
 
+def test_correlation_warning_over_many_cells_keeps_one_cells_false_alarm_rate():
+    # 25,000 cells of 4 series of 32 independent batch means: at three standard errors per cell about 30 cells
+    # would be flagged by chance (24 with this seed); at the Bonferroni level (5.0) none is, while one cell of
+    # 400 AR(1) series (rho = 0.5: r = 0.4) is
+    rng = np.random.default_rng(0)
+    cells = np.arange(100_000) // 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not obs.warn_if_correlated(rng.standard_normal((100_000, 32)), 1, "iid", groups=cells)
+    ar = np.zeros((400, 32))
+    for j in range(1, 32):
+        ar[:, j] = 0.5 * ar[:, j - 1] + rng.standard_normal(400)
+    means = np.concatenate([rng.standard_normal((100_000, 32)), ar])
+    with pytest.warns(RuntimeWarning, match=r"0.4\d over 400 series; in 1 of 25001 cells"):
+        obs.warn_if_correlated(means, 1, "one cell", groups=np.r_[cells, np.full(400, -1)])
+
+
 def test_time_average_known_value_and_discard():
     # theta_t = 2^-t: (1/T) sum_{t>d} theta_t^2 = (1/T) sum 4^-t
     problem = ds.problems.quadratic(1.0, theta0=1.0)
