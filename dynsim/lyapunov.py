@@ -828,13 +828,14 @@ def _time_batch_stderrs(kept: np.ndarray, blocks: np.ndarray, dt: int, stackleve
     # shows correlation with more power than one series, where the replicas are independent: not where
     # they share their fluctuations (a deterministic map from one start, whose replicas differ only in
     # their first frame), the batch means then varying less across replicas than along time.
-    k = np.arange(means.shape[1])
+    what = f"Lyapunov exponents ({n_batches} time batches)"
+    exponent = np.arange(means.shape[1])
     with np.errstate(invalid="ignore"):
-        what, kw = f"Lyapunov exponents ({n_batches} time batches)", {"group_name": "exponents"}
+        warned = warn_if_correlated(means.T, 1, what, stacklevel, groups=exponent, group_name="exponents")
         independent = per_replica.var(axis=0).mean(axis=0) > 0.5 * per_replica.var(axis=1).mean(axis=0)
-        if not warn_if_correlated(means.T, 1, what, stacklevel, groups=k, **kw) and np.any(independent):
-            pooled = per_replica[:, :, independent].transpose(2, 0, 1)
-            warn_if_correlated(pooled, 2, what, stacklevel, groups=k[independent], **kw)
+        if not warned and np.any(independent):
+            own = per_replica[:, :, independent].transpose(2, 0, 1)  # (exponent, replica, batch)
+            warn_if_correlated(own, 2, what, stacklevel, groups=exponent[independent], group_name="exponents")
         remedy = "raise transient or run longer; read equal exponents (a pair that stays close) from partial_sums"
         warn_if_drifting(means.T, 1, what, "exponent", remedy, stacklevel)
     return batch_means_stderr(means, axis=0), batch_means_stderr(np.cumsum(means, axis=1), axis=0)

@@ -423,14 +423,14 @@ def warn_if_correlated(
     """Warn when the batch means of a set of series are correlated (:func:`batch_correlation`).
 
     ``r`` is computed for every series (``means`` along ``axis``) and pooled within each group (``groups``
-    labels the first axis of ``r``, i.e. of ``means`` without ``axis``; one group if ``None``): a group is
+    labels the first axis of ``r``, i.e. of ``means`` without ``axis``; one group if ``None``). A group is
     flagged when its mean ``r`` exceeds :data:`CORRELATED_BATCHES` and lies more than three of its standard
-    errors above the independent value ``-1/n_batches`` (more for many groups, so that the chance of a false
-    alarm among them all stays that of one group, 0.13%). Each ``r`` has a standard deviation of the spread over the
-    group's series, at least ``1/sqrt(n_batches)`` (its value for independent batches), so one series is
-    flagged only for ``r > 0.5`` with 32 batches. Series that are not independent of each other (the ``k``
-    exponents of one frame) belong in different groups. One warning names the number
-    of flagged groups (``group_name``) and the worst. Returns whether it warned.
+    errors above the independent value ``-1/n_batches``; more for many groups, so that the chance of a false
+    alarm among them all stays that of one group, 0.13%. The standard deviation of one ``r`` is the spread
+    over the group's series, at least ``1/sqrt(n_batches)`` (its value for independent batches): one series
+    is flagged only for ``r > 0.5`` with 32 batches. Series that are not independent of each other (the
+    ``k`` exponents of one frame) belong in different groups. One warning names the number of flagged
+    groups (``group_name``) and the worst. Returns whether it warned.
     """
     n_batches = np.shape(means)[axis]
     if n_batches < 8:
@@ -440,25 +440,27 @@ def warn_if_correlated(
         return False
     r = r.reshape(len(r), -1) if r.ndim else r.reshape(1, 1)
     labels = np.zeros(len(r), int) if groups is None else np.asarray(groups)
-    names, group = np.unique(np.repeat(labels, r.shape[1]), return_inverse=True)  # every group at once:
-    finite = np.isfinite(r.ravel())  # a grid of 1e5 cells is not a Python loop over 1e5 masks
+    # every group at once: a grid of 1e5 cells is not a Python loop over 1e5 masks
+    group_ids, group = np.unique(np.repeat(labels, r.shape[1]), return_inverse=True)
+    n_groups = len(group_ids)
+    finite = np.isfinite(r.ravel())
     values, group = r.ravel()[finite], group[finite]
-    count = np.bincount(group, minlength=len(names))
+    count = np.bincount(group, minlength=n_groups)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.bincount(group, values, len(names)) / count
-        var = (np.bincount(group, values**2, len(names)) - count * mean**2) / (count - 1)
+        mean = np.bincount(group, values, n_groups) / count
+        var = (np.bincount(group, values**2, n_groups) - count * mean**2) / (count - 1)
         # each r has sd ~ 1/sqrt(n_batches) for independent batches: a floor for the spread of a few series
         sd = np.maximum(np.sqrt(np.where(count > 1, np.maximum(var, 0), 0)), 1 / np.sqrt(n_batches))
         # three standard errors for one group; for many, the level that keeps the chance of any false alarm
         # at that of one group (0.13%; Bonferroni): 4.3 for 100 cells, 5.0 for 25,000
-        z = NormalDist().inv_cdf(1 - NormalDist().cdf(-3) / len(names))
+        z = NormalDist().inv_cdf(1 - NormalDist().cdf(-3) / n_groups)
         flagged = (count > 0) & (mean > CORRELATED_BATCHES) & (mean + 1 / n_batches > z * sd / np.sqrt(count))
     if not np.any(flagged):
         return False
     worst = np.flatnonzero(flagged)[np.argmax(mean[flagged])]
     mean, size = float(mean[worst]), int(count[worst])
     series = f"over {size} series" if size > 1 else "of one series"
-    where = f"; in {flagged.sum()} of {len(names)} {group_name}, the worst shown" if len(names) > 1 else ""
+    where = f"; in {flagged.sum()} of {n_groups} {group_name}, the worst shown" if n_groups > 1 else ""
     warnings.warn(
         f"{what}: consecutive batch means are correlated (lag-1 autocorrelation {mean:.2f} {series}{where}): the "
         f"batches are not much longer than the correlation time, so the batch-means standard error is too "
