@@ -248,7 +248,7 @@ def main(argv=None) -> None:
         ax2.legend(fontsize=7, loc="upper right")
     fig.suptitle(
         "Seed 004, Fig. 5 on data that can be had here: the paper's landscape does not reproduce "
-        "(see README); its claim is tested on the closest dataset",
+        "(see docs/seed004.md); its claim is tested on the closest dataset",
         fontsize=10,
     )
     path = _cli.save_figure(fig, args, "fig5_swish.png")
