@@ -658,6 +658,150 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
+def _check_shard(shard, checkpoint) -> None:
+    if shard is None:
+        return
+    if checkpoint is None:
+        raise ValueError("shard needs a checkpoint folder shared by the shards")
+    if not (isinstance(shard, tuple) and len(shard) == 2):
+        raise TypeError(f"shard must be a tuple (index, count), got {shard!r}")
+    count = check_int("shard count", shard[1], minimum=1)
+    check_int("shard index", shard[0], minimum=0, maximum=count - 1)
+
+
+def _per_cell(g: _Grid) -> dict[str, np.ndarray]:
+    """Each grid axis's value in every cell (C order: the last axis varies fastest)."""
+    mesh = np.meshgrid(*g.values, indexing="ij") if g.axes else []
+    return {a: m.reshape(-1) for a, m in zip(g.axes, mesh)}
+
+
+def _static_groups(dynamics: Dynamics, g: _Grid, per_cell: Mapping[str, np.ndarray]) -> dict[tuple, list[int]]:
+    """The cells grouped by their static hyperparameters (one compiled program per group), each group's
+    hyperparameters checked by ``dynamics.check``."""
+    groups: dict[tuple, list[int]] = {}
+    for c in range(math.prod(g.shape)):
+        groups.setdefault(tuple(per_cell[a][c].item() for a in g.static), []).append(c)
+    if dynamics.check is not None:
+        for key, cells in groups.items():
+            hp = {**g.constants, **dict(zip(g.static, key))}
+            dynamics.check(hp | {a: np.unique(per_cell[a][cells]) for a in g.traced})
+    return groups
+
+
+def _trajectory_sharding(device_list: list | None) -> jax.sharding.NamedSharding | None:
+    """The trajectory axis split over several devices (``None`` for one)."""
+    if not device_list or len(device_list) == 1:
+        return None
+    mesh = jax.sharding.Mesh(np.array(device_list), ("trajectory",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("trajectory"))
+
+
+class _Trajectories(NamedTuple):
+    """One static group's trajectories, cell-major then replica: each one's cell, replica and traced
+    hyperparameters."""
+
+    cell: np.ndarray
+    rep: np.ndarray
+    hp: dict[str, np.ndarray]
+
+    @classmethod
+    def of(cls, cells: Sequence[int], n_replicas: int, per_cell: Mapping[str, np.ndarray], traced: Sequence[str]):
+        cell = np.repeat(np.asarray(cells, dtype=np.int64), n_replicas)
+        float_dtype = jnp.result_type(float)
+        hp = {
+            a: per_cell[a][cell].astype(np.int32 if np.issubdtype(per_cell[a].dtype, np.integer) else float_dtype)
+            for a in traced
+        }
+        return cls(cell, np.tile(np.arange(n_replicas), len(cells)), hp)
+
+    def inputs(self, sel: np.ndarray, sharding) -> dict:
+        """The trajectories ``sel`` as a chunk's inputs, split over the devices of ``sharding`` when they divide."""
+        inputs = {
+            "cell": jnp.asarray(self.cell[sel], jnp.int32),
+            "rep": jnp.asarray(self.rep[sel], jnp.int32),
+            "hp": {a: jnp.asarray(v[sel]) for a, v in self.hp.items()},
+        }
+        if sharding is not None and len(sel) % sharding.mesh.devices.size == 0:
+            inputs = jax.device_put(inputs, sharding)
+        return inputs
+
+
+def _run_config(dynamics, g: _Grid, obs, n_steps, n_replicas, seed, record_every, bound) -> dict:
+    """What defines the run, stored (as JSON) in the result's attributes and compared by a checkpoint."""
+    return {
+        "dynamics": dynamics.name,
+        "problem": getattr(dynamics.problem, "name", None),
+        "grid": {a: v.tolist() for a, v in zip(g.axes, g.values)},
+        "hyperparams": {k: _jsonable(v) for k, v in g.constants.items()},
+        "static_axes": list(g.static),
+        "n_steps": n_steps,
+        "n_replicas": n_replicas,
+        "seed": seed,
+        "record_every": record_every,
+        "observables": {n: {"kind": o.kind, **{k: _jsonable(v) for k, v in o.config.items()}} for n, o in obs.items()},
+        "divergence_bound": bound,
+    }
+
+
+class _Sweep:
+    """Where each chunk's outputs come from: the checkpoint, a run (then saved), or, for a chunk of
+    another ``shard``, nobody yet; and the outputs gathered over all trajectories."""
+
+    def __init__(self, store: Checkpoint | None, shard: tuple[int, int] | None, outputs: _Outputs, bar, n_steps: int):
+        self.store, self.shard, self.outputs = store, shard, outputs
+        self.bar, self.n_steps = bar, n_steps
+        self.chunk_number = 0
+        self.loaded = 0  # trajectories read back from the checkpoint
+        self.owed: list = []  # chunks of other shards, not in the checkpoint when this shard passed them
+
+    def chunk(self, group: int, start: int, size: int, global_index: np.ndarray, run) -> list | None:
+        """The outputs of one chunk (``run()`` computes them), put in place; ``None`` for another shard's."""
+        mine = self.shard is None or self.chunk_number % self.shard[1] == self.shard[0]
+        self.chunk_number += 1
+        if self.store is not None and self.store.has(group, start, size):
+            _, entries = self.store.load(group, start, size)
+            self.loaded += len(global_index)
+            self.bar.total -= len(global_index) * self.n_steps  # the bar counts, and times, what this call computes
+            self.bar.refresh()
+        elif not mine:
+            self.owed.append((group, start, size, global_index))
+            return None
+        else:
+            with warnings.catch_warnings(record=True) as caught:
+                entries = run()
+            for w in caught:  # an observable's warning (time batches too short, ...) at the caller's line
+                warnings.warn(w.message, w.category, stacklevel=3)
+            if self.store is not None:
+                self.store.save(group, start, size, global_index, entries)
+        for name, dims, values, coords in entries:
+            self.outputs.put(name, dims, global_index, values, coords)
+        return entries
+
+    def collect_owed(self) -> bool:
+        """Shards finishing together each pass the others' chunks before they are written: look again.
+        Whether every chunk is now in the outputs."""
+        for group, start, size, global_index in self.owed:
+            if not self.store.has(group, start, size):
+                return False
+            for name, dims, values, coords in self.store.load(group, start, size)[1]:
+                self.outputs.put(name, dims, global_index, values, coords)
+        return True
+
+
+def _dataset(outputs: _Outputs, g: _Grid, n_replicas: int, times: np.ndarray | None, attrs: dict) -> xr.Dataset:
+    """The outputs as labeled arrays: the grid axes, ``replica``, then ``time`` for records."""
+    shape, lead = (*g.shape, n_replicas), (*g.axes, "replica")
+    data_vars = {
+        name: (lead + outputs.dims[name], buf.reshape(shape + buf.shape[1:])) for name, buf in outputs.vars.items()
+    }
+    coords: dict[str, Any] = dict(zip(g.axes, g.values))
+    coords["replica"] = np.arange(n_replicas)
+    if times is not None:
+        coords["time"] = times
+    coords.update(outputs.coords)
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
 def simulate(
     dynamics: Dynamics,
     grid: Mapping[str, Any] | None = None,
@@ -738,13 +882,7 @@ def simulate(
     if path is not None:
         path = check_output_path(path)
     check_progress(progress)
-    if shard is not None:
-        if checkpoint is None:
-            raise ValueError("shard needs a checkpoint folder shared by the shards")
-        if not (isinstance(shard, tuple) and len(shard) == 2):
-            raise TypeError(f"shard must be a tuple (index, count), got {shard!r}")
-        count = check_int("shard count", shard[1], minimum=1)
-        check_int("shard index", shard[0], minimum=0, maximum=count - 1)
+    _check_shard(shard, checkpoint)
     device_list = _device_list(devices)
     obs = _check_observables(observables)
     g = _check_grid(dynamics, grid)
@@ -755,81 +893,29 @@ def simulate(
     bounds = [o.bound for o in obs.values() if o.bound is not None]
     bound = min(bounds) if bounds else None
 
-    times = record_times(n_steps, record_every)
-    n_slots = len(times)
-    n_cells = math.prod(g.shape)
-    mesh = np.meshgrid(*g.values, indexing="ij") if g.axes else []
-    per_cell = {a: m.reshape(-1) for a, m in zip(g.axes, mesh)}
-
-    groups: dict[tuple, list[int]] = {}
-    for c in range(n_cells):
-        key = tuple(per_cell[a][c].item() for a in g.static)
-        groups.setdefault(key, []).append(c)
-    for key in groups:
-        hp = {**g.constants, **dict(zip(g.static, key))}
-        hp.update({a: np.unique(per_cell[a][groups[key]]) for a in g.traced})
-        if dynamics.check is not None:
-            dynamics.check(hp)
-
-    config = {
-        "dynamics": dynamics.name,
-        "problem": getattr(dynamics.problem, "name", None),
-        "grid": {a: v.tolist() for a, v in zip(g.axes, g.values)},
-        "hyperparams": {k: _jsonable(v) for k, v in g.constants.items()},
-        "static_axes": list(g.static),
-        "n_steps": n_steps,
-        "n_replicas": n_replicas,
-        "seed": seed,
-        "record_every": record_every,
-        "observables": {n: {"kind": o.kind, **{k: _jsonable(v) for k, v in o.config.items()}} for n, o in obs.items()},
-        "divergence_bound": bound,
-    }
+    n_slots = len(record_times(n_steps, record_every))
+    per_cell = _per_cell(g)
+    groups = _static_groups(dynamics, g, per_cell)
+    config = _run_config(dynamics, g, obs, n_steps, n_replicas, seed, record_every, bound)
     store = Checkpoint(checkpoint, {**config, "x64": bool(jax.config.jax_enable_x64)}) if checkpoint else None
+    sharding = _trajectory_sharding(device_list)
     lanes = _LANES * (len(device_list) if device_list else 1)
-    sharding = None
-    if device_list and len(device_list) > 1:
-        mesh_ = jax.sharding.Mesh(np.array(device_list), ("trajectory",))
-        sharding = jax.sharding.NamedSharding(mesh_, jax.sharding.PartitionSpec("trajectory"))
-
     root = jax.random.key_data(prng.key(seed))
-    outputs = _Outputs(n_cells * n_replicas)
-    total = n_cells * n_replicas * n_steps
     started = time.perf_counter()
-    float_dtype = jnp.result_type(float)
-    chunk_number = 0
-    loaded = 0  # trajectories read back from the checkpoint
-    owed = []  # chunks of other shards, not in the checkpoint when this shard passed them
-    with progress_bar(total, progress, "dynsim", mininterval=1.0) as bar:
+    with progress_bar(math.prod(g.shape) * n_replicas * n_steps, progress, "dynsim", mininterval=1.0) as bar:
+        sweep = _Sweep(store, shard, _Outputs(math.prod(g.shape) * n_replicas), bar, n_steps)
         for group, (key, cells) in enumerate(groups.items()):
             static_hp = tuple(sorted({**g.constants, **dict(zip(g.static, key))}.items()))
-            spec = _Spec(dynamics, tuple(obs.items()), static_hp, ctx, bound, n_slots)
-            program = _program(spec)
-            cells_arr = np.asarray(cells, dtype=np.int64)
-            traj_cell = np.repeat(cells_arr, n_replicas)
-            traj_rep = np.tile(np.arange(n_replicas), len(cells_arr))
-            traced_values = {
-                a: per_cell[a][traj_cell].astype(
-                    np.int32 if np.issubdtype(per_cell[a].dtype, np.integer) else float_dtype
-                )
-                for a in g.traced
-            }
-            n_traj = len(traj_cell)
-            data = None
-            if program.shared_data is not None:
-                data = program.shared_data(prng.data_key(prng.key(seed)))
+            program = _program(_Spec(dynamics, tuple(obs.items()), static_hp, ctx, bound, n_slots))
+            trajectories = _Trajectories.of(cells, n_replicas, per_cell, g.traced)
+            n_traj = len(trajectories.cell)
+            data = None if program.shared_data is None else program.shared_data(prng.data_key(prng.key(seed)))
 
-            def inputs_for(sel, data):
-                per_traj = {
-                    "cell": jnp.asarray(traj_cell[sel], jnp.int32),
-                    "rep": jnp.asarray(traj_rep[sel], jnp.int32),
-                    "hp": {a: jnp.asarray(v[sel]) for a, v in traced_values.items()},
-                }
-                if sharding is not None and len(sel) % len(device_list) == 0:
-                    per_traj = jax.device_put(per_traj, sharding)
-                return {**per_traj, "root": root, "data": data}
+            def inputs_for(sel):
+                return {**trajectories.inputs(sel, sharding), "root": root, "data": data}
 
             hp_names = [*dict(static_hp), *g.traced] + (["data"] if program.shared_data is not None else [])
-            inputs_one = inputs_for(np.arange(1), data)
+            inputs_one = inputs_for(np.arange(1))
             with _explain_user_code(hp_names):
                 names_checked = _check_output_names(program, inputs_one, ctx, g.axes)
             if store is not None:
@@ -841,53 +927,22 @@ def simulate(
             for start in range(0, n_traj, size):
                 keep = int(min(size, n_traj - start))
                 index = start + np.arange(keep)
-                global_index = traj_cell[index] * n_replicas + traj_rep[index]
-                mine = shard is None or chunk_number % shard[1] == shard[0]
-                chunk_number += 1
-                if store is not None and store.has(group, start, size):
-                    _, entries = store.load(group, start, size)
-                    loaded += keep
-                    bar.total -= keep * n_steps  # the bar counts, and times, what this call computes
-                    bar.refresh()
-                elif not mine:
-                    owed.append((group, start, size, global_index))
-                    continue
-                else:
-                    sel = np.minimum(np.arange(start, start + size), n_traj - 1)  # pad by repeating a trajectory
-                    with _explain_user_code(hp_names), warnings.catch_warnings(record=True) as caught:
-                        entries = _run_chunk(program, inputs_for(sel, data), keep, ctx, n_slots, bar)
-                    for w in caught:  # an observable's warning (time batches too short, ...) at the caller's line
-                        warnings.warn(w.message, w.category, stacklevel=2)
-                    if store is not None:
-                        store.save(group, start, size, global_index, entries)
-                if not names_checked:
+                sel = np.minimum(np.arange(start, start + size), n_traj - 1)  # pad by repeating a trajectory
+
+                def run(sel=sel, keep=keep):
+                    with _explain_user_code(hp_names):
+                        return _run_chunk(program, inputs_for(sel), keep, ctx, n_slots, bar)
+
+                entries = sweep.chunk(
+                    group, start, size, trajectories.cell[index] * n_replicas + trajectories.rep[index], run
+                )
+                if entries is not None and not names_checked:
                     _check_names(entries, g.axes, list(obs))
                     names_checked = True
-                for name, dims, values, coords in entries:
-                    outputs.put(name, dims, global_index, values, coords)
     elapsed = time.perf_counter() - started
-    # Shards finishing together each pass the others' chunks before they are written: look again.
-    for group, start, size, global_index in owed:
-        if not store.has(group, start, size):
-            complete = False
-            break
-        for name, dims, values, coords in store.load(group, start, size)[1]:
-            outputs.put(name, dims, global_index, values, coords)
-    else:
-        complete = True
-    if not complete:
+    if not sweep.collect_owed():
         return None  # other shards still owe chunks; a call without ``shard`` assembles the result
 
-    shape = (*g.shape, n_replicas)
-    lead = (*g.axes, "replica")
-    data_vars = {
-        name: (lead + outputs.dims[name], buf.reshape(shape + buf.shape[1:])) for name, buf in outputs.vars.items()
-    }
-    coords: dict[str, Any] = {a: v for a, v in zip(g.axes, g.values)}
-    coords["replica"] = np.arange(n_replicas)
-    if record_every is not None:
-        coords["time"] = times
-    coords.update(outputs.coords)
     attrs = {
         "config": json.dumps(config),
         "seed": seed,
@@ -897,9 +952,11 @@ def simulate(
         "device": str(jax.local_devices()[0].device_kind),
         "x64": int(bool(jax.config.jax_enable_x64)),
         "elapsed_seconds": elapsed,  # this call's: chunks computed by earlier calls are not timed
-        "resumed_trajectories": loaded,
+        "resumed_trajectories": sweep.loaded,
     }
-    result = xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    result = _dataset(
+        sweep.outputs, g, n_replicas, record_times(n_steps, record_every) if record_every else None, attrs
+    )
     if path is not None:
         io.save(result, path)
     return result
