@@ -32,8 +32,12 @@ _DESCRIPTIONS = {
 }
 
 
-def _edges(values: np.ndarray) -> np.ndarray:
+def _edges(values: np.ndarray, log: bool = False) -> np.ndarray:
+    """Cell edges halfway between grid values: arithmetic midpoints, or geometric ones for a log axis (so that
+    every row of a log-spaced grid is drawn equally tall)."""
     v = np.asarray(values, dtype=float)
+    if log and v.size and np.all(v > 0):
+        return np.exp(_edges(np.log(v)))
     if v.size == 1:
         return np.array([v[0] - 0.5, v[0] + 0.5])
     mid = 0.5 * (v[1:] + v[:-1])
@@ -59,7 +63,7 @@ def phase_map(ax, phase: xr.DataArray, *, label: bool = True, y_log: bool = Fals
     _check_phases("phase", phase)
     xdim, ydim = phase.dims
     x, y = phase[xdim].values, phase[ydim].values
-    ax.pcolormesh(_edges(x), _edges(y), phase.values.T, cmap=_CMAP, norm=_NORM, shading="flat")
+    ax.pcolormesh(_edges(x), _edges(y, log=y_log), phase.values.T, cmap=_CMAP, norm=_NORM, shading="flat")
     ax.set_xlabel("learning rate λ" if xdim == "lr" else xdim)
     ax.set_ylabel(
         {"mu": "signal level μ  (noise 1 - μ)", "a": "a  (x y ∈ {1, a})", "batch_size": "batch size S"}.get(ydim, ydim)
@@ -88,34 +92,39 @@ def phase_map(ax, phase: xr.DataArray, *, label: bool = True, y_log: bool = Fals
         )
 
 
-def disagreement_map(ax, theory: xr.DataArray, simulation: xr.DataArray):
+def disagreement_map(ax, theory: xr.DataArray, simulation: xr.DataArray, *, y_log: bool = False, **legend_kw):
     """Cells where the simulated phase differs from theory (red), agrees (light) or is undecided (grey).
 
-    Phases I_ms and I_p count as one (their split is a moment condition, not a sign).
+    Agreement is of the phase itself, I_ms and I_p apart. Returns the status per cell (0 agree, 1 undecided,
+    2 disagree); ``legend_kw`` go to ``ax.legend`` (``legend=False`` draws none).
     """
     _check_phases("theory", theory)
     _check_phases("simulation", simulation)
-    coarse = lambda p: np.where(p == PHASES.index("I_p"), PHASES.index("I_ms"), p)  # noqa: E731
-    t, s = coarse(theory.values), coarse(simulation.values)
+    t, s = theory.values, simulation.values
     status = np.where(s < 0, 1, np.where(s == t, 0, 2))
     xdim, ydim = theory.dims
     cmap = mcolors.ListedColormap(["#f0f0f0", "#969696", "#de2d26"])
     ax.pcolormesh(
         _edges(theory[xdim].values),
-        _edges(theory[ydim].values),
+        _edges(theory[ydim].values, log=y_log),
         status.T,
         cmap=cmap,
         norm=mcolors.BoundaryNorm([-0.5, 0.5, 1.5, 2.5], 3),
         shading="flat",
     )
     ax.set_xlabel("learning rate λ" if xdim == "lr" else xdim)
-    handles = [patches.Patch(color=c, label=lab) for c, lab in zip(cmap.colors, ["agree", "undecided", "disagree"])]
-    ax.legend(handles=handles, fontsize=7, loc="upper right")
+    if y_log:
+        ax.set_yscale("log")
+    if legend_kw.pop("legend", True):
+        labels = ["agree", "undecided", "disagree"]
+        handles = [patches.Patch(facecolor=c, edgecolor="k", lw=0.3, label=lab) for c, lab in zip(cmap.colors, labels)]
+        ax.legend(handles=handles, **{"fontsize": 8, "loc": "upper right", **legend_kw})
     return status
 
 
-def phase_legend(ax, include_undecided: bool = True):
-    """A legend of the phase colours of :func:`phase_map` on ``ax`` (with "undecided" unless told not to)."""
+def phase_legend(where, include_undecided: bool = True, **legend_kw):
+    """A legend of the phase colours of :func:`phase_map` on ``where`` (an Axes, or a Figure for one legend
+    outside the panels), with "undecided" unless told not to; ``legend_kw`` go to ``where.legend``."""
     names = [p for p in _ORDER if include_undecided or p != "undecided"]
     handles = [patches.Patch(facecolor=PHASE_COLORS[p], edgecolor="k", lw=0.3, label=_DESCRIPTIONS[p]) for p in names]
-    ax.legend(handles=handles, fontsize=7, loc="upper right", framealpha=0.9)
+    where.legend(handles=handles, **{"fontsize": 8, "loc": "upper right", "framealpha": 0.9, **legend_kw})

@@ -101,23 +101,24 @@ def save(name: str, theory: xr.Dataset, sim: xr.Dataset, args, extra: dict) -> s
 
 
 def three_panels(theory, sim, title, args, *, y_log=False):
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4), sharey=True)
     plot.phase_map(axes[0], theory.phase, y_log=y_log)
     overlay(axes[0], theory)
     axes[0].set_title("theory (quadrature / exact average)")
     plot.phase_map(axes[1], sim.phase, y_log=y_log)
     overlay(axes[1], theory, zero_lines=True)
-    axes[1].set_title(f"simulation: {args.replicas} replicas x {args.steps} steps per cell")
-    plot.phase_legend(axes[1])
-    plot.disagreement_map(axes[2], theory.phase, sim.phase)
+    axes[1].set_title(f"simulation: {args.replicas} replicas x {args.steps} steps")
+    plot.disagreement_map(axes[2], theory.phase, sim.phase, y_log=y_log, legend=False)
     axes[2].set_title("simulation vs theory")
+    plot.phase_legend(fig, loc="lower center", ncol=6, bbox_to_anchor=(0.5, 0.0), frameon=False)
     decided, agree = agreement(theory.phase, sim.phase)
     fig.suptitle(
-        f"{title}: {decided:.1%} of cells decided, {agree:.2%} of those agree with theory "
-        "(dashed: mean-square boundary of w - u; thin: Λ± = 0)",
+        f"{title}: {decided:.1%} of cells decided, {agree:.2%} of those agree with theory\n"
+        "dashed: mean-square boundary of w - u; thin: Λ± = 0; right: agree (light), undecided (grey), "
+        "disagree (red)",
         fontsize=10,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig, decided, agree
 
 
@@ -145,7 +146,7 @@ def lr_s(args):
 def finite_n(args):
     lrs = np.linspace(*LR_RANGE["finite-N"], args.lr_points)
     mus = np.linspace(0.0, 1.0, args.second_points)
-    fig, axes = plt.subplots(2, len(args.n_data), figsize=(3.2 * len(args.n_data), 6.4), sharex=True, sharey=True)
+    fig, axes = plt.subplots(2, len(args.n_data), figsize=(2.2 * len(args.n_data), 5.4), sharex=True, sharey=True)
     theories, sims, summary = [], [], {}
     for col, n in enumerate(args.n_data):
         theory, sim = run_pair(lrs, mus, args, batch_size=args.batch_size, n_data=n)
@@ -156,16 +157,20 @@ def finite_n(args):
         axes[0, col].set_title(f"N = {n}: theory")
         plot.phase_map(axes[1, col], sim.phase)
         overlay(axes[1, col], theory, ms=False, zero_lines=True)
-        axes[1, col].set_title(f"simulation ({agree:.1%} agree)", fontsize=9)
+        axes[1, col].set_title(f"simulation: {decided:.1%} decided,\n{agree:.1%} of those agree", fontsize=9)
         theories.append(theory.expand_dims(n_data=[n]))
         sims.append(sim.expand_dims(n_data=[n]))
         print(
             f"  N = {n:4d}: share of cells per phase (theory) "
             + ", ".join(f"{p} {np.mean(theory.phase.values == i):.3f}" for i, p in enumerate(PHASES))
         )
-    plot.phase_legend(axes[0, -1])
+    for ax in axes[:, 1:].ravel():
+        ax.set_ylabel("")
+    for ax in axes[0]:
+        ax.set_xlabel("")
+    plot.phase_legend(fig, loc="lower center", ncol=6, bbox_to_anchor=(0.5, 0.0), frameon=False)
     fig.suptitle(
-        f"Finite datasets, S = {args.batch_size}: one dataset per N (seed {args.seed}) shared by all μ. "
+        f"Finite datasets, S = {args.batch_size}: one dataset per N (seed {args.seed}) shared by all μ.\n"
         f"Mean phase shares over {args.datasets} datasets are printed and stored with the results.",
         fontsize=10,
     )
@@ -192,7 +197,7 @@ def finite_n(args):
             + ", ".join(f"{p} {shares[:, i].mean():.3f}" for i, p in enumerate(PHASES))
             + f"  (II: {shares[:, 2].min():.3f} to {shares[:, 2].max():.3f})"
         )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     theory = xr.concat(theories, "n_data", combine_attrs="drop_conflicts")
     sim = xr.concat(sims, "n_data", combine_attrs="drop_conflicts")
     return "finite_N", fig, theory, sim, summary

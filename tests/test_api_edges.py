@@ -241,6 +241,26 @@ def test_phase_maps_refuse_what_is_not_a_phase_code():
         plt.close(fig)
 
 
+def test_phase_maps_draw_log_rows_equally_tall_and_tell_i_ms_from_i_p():
+    import matplotlib.pyplot as plt
+
+    from dynsim.plot import _edges
+    from dynsim.stability import PHASES
+
+    edges = _edges(np.array([1.0, 2.0, 4.0, 8.0]), log=True)
+    np.testing.assert_allclose(edges, 2.0 ** np.arange(-0.5, 4.0))  # geometric midpoints: every row one octave
+    np.testing.assert_allclose(_edges(np.array([1.0, 2.0, 4.0])), [0.5, 1.5, 3.0, 5.0])
+    coords = {"lr": [0.1, 0.2], "mu": [0.0, 1.0]}
+    theory = xr.DataArray([[PHASES.index("I_ms"), 3], [0, 1]], dims=("lr", "mu"), coords=coords)
+    sim = xr.DataArray([[PHASES.index("I_p"), 3], [-1, 1]], dims=("lr", "mu"), coords=coords)
+    fig, ax = plt.subplots()
+    try:
+        status = ds.plot.disagreement_map(ax, theory, sim, legend=False)
+    finally:
+        plt.close(fig)
+    np.testing.assert_array_equal(status, [[2, 0], [1, 0]])  # I_ms against I_p disagrees, as in the agreement count
+
+
 def test_a_constructor_given_where_its_result_is_due_and_back():
     with pytest.raises(TypeError, match=r"'f' is the function final_state: call it, final_state\(...\)"):
         ds.simulate(AR1, {"a": [0.5]}, n_steps=4, observables={"f": ds.observables.final_state})
