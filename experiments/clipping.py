@@ -137,7 +137,7 @@ def stochastic_complexity(args) -> xr.Dataset:
             ),
             "sgd": ds.dynamics.gd(problem, noise=noise),
         }
-        medians = []
+        medians, intervals = [], []
         for name, dyn in runs.items():
             res = ds.simulate(
                 dyn,
@@ -151,9 +151,16 @@ def stochastic_complexity(args) -> xr.Dataset:
             hits = res.hit.values.ravel().astype(float)
             hits[hits < 0] = np.inf  # not within the horizon
             medians.append(np.median(hits))
-        rows.append((m, clip.lr, sgd.lr, medians[0], medians[1], clip.bound, sgd.bound))
+            intervals.append(ds.measure.quantile_interval(hits, 0.5))  # 95% order-statistic interval of T_eps
+        rows.append(
+            (m, clip.lr, sgd.lr, medians[0], medians[1], clip.bound, sgd.bound)
+            + (intervals[0].low, intervals[0].high, intervals[1].low, intervals[1].high)
+        )
     names = ["M", "clipped_lr", "sgd_lr", "clipped_T", "sgd_T", "clipped_bound", "sgd_bound"]
-    return xr.Dataset({n: ("case", np.array(c)) for n, c in zip(names, zip(*rows))})
+    names += ["clipped_T_low", "clipped_T_high", "sgd_T_low", "sgd_T_high"]
+    return xr.Dataset(
+        {n: ("case", np.array(c)) for n, c in zip(names, zip(*rows))}, attrs={"runs": args.stochastic_runs}
+    )
 
 
 def heavy_tails(args) -> xr.Dataset:
@@ -183,20 +190,23 @@ def heavy_tails(args) -> xr.Dataset:
             np.array([x2[:n].mean() for n in sizes]),
             np.array([x2[:n].std(ddof=1) / np.sqrt(n) for n in sizes]),  # meaningful only where E x^4 is finite
             np.array([np.median(np.sqrt(x2[:n])) for n in sizes]),
+            np.array([ds.measure.quantile_interval(np.sqrt(x2[:n]), 0.5)[1:] for n in sizes]),  # 95% interval
         )
     return xr.Dataset(
         {
             "second_moment": (("optimizer", "n"), np.array([v[0] for v in out.values()])),
             "second_moment_stderr": (("optimizer", "n"), np.array([v[1] for v in out.values()])),
             "median_abs": (("optimizer", "n"), np.array([v[2] for v in out.values()])),
+            "median_abs_interval": (("optimizer", "n", "bound"), np.array([v[3] for v in out.values()])),
         },
-        coords={"optimizer": list(out), "n": sizes},
+        coords={"optimizer": list(out), "n": sizes, "bound": ["low", "high"]},
         attrs={"steps": args.heavy_steps, "lr": 0.1, "df": 1.5},
     )
 
 
 def figure(complexity, stochastic, heavy):
-    fig, axes = plt.subplots(1, 4, figsize=(22, 5))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9.5))
+    axes = axes.ravel()
     ax = axes[0]
     ms = complexity.M.values
     fine = np.geomspace(ms[0], ms[-1], 200)
@@ -212,39 +222,64 @@ def figure(complexity, stochastic, heavy):
     ax.loglog(ms, complexity.clipped_slow, "^-", label="clipped GD: slow function")
     ax.loglog(ms, complexity.clipped_exploding, "v-", label="clipped GD: exploding function")
     ax.set_xlabel("M = |f'(x0)| on the exploding function")
-    ax.set_ylabel("iterations until |f'| < 2ε")
+    ax.set_ylabel("iterations until |f'| < 2ε (deterministic)")
+    ax.set_ylim(None, 1e9)  # room for the legend above the points
     ax.set_title(
         f"(L0, L1) = ({L1:g}, {L1:g}), ε = {EPS}, Δ = {DELTA}: GD ∝ M / log M,\n"
-        "clipped GD flat on the slow member, ∝ log M on the exploding one"
+        "clipped GD flat on the slow member, ∝ log M on the exploding one",
+        fontsize=10,
     )
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=8, loc="upper left")
 
     n = heavy.n.values
-    for ax, var, label in [
-        (axes[1], "second_moment", "mean of x_K² over the first N runs"),
-        (axes[2], "median_abs", "median |x_K| over the first N runs"),
-    ]:
-        for name in heavy.optimizer.values:
-            ax.loglog(n, heavy[var].sel(optimizer=name), "o-", ms=3, label=name)
-        ax.set_xlabel("N (runs, nested)")
-        ax.set_ylabel(label)
-        ax.legend(fontsize=8)
-    axes[1].set_title(
+    colors = dict(zip(heavy.optimizer.values, ["C0", "C1", "C2"]))
+    ax = axes[1]
+    for name in heavy.optimizer.values:
+        mean = heavy.second_moment.sel(optimizer=name).values
+        if name.startswith("GClip"):  # bounded steps: E x_K^4 < inf, the standard error means something
+            se = heavy.second_moment_stderr.sel(optimizer=name).values
+            ax.errorbar(n, mean, yerr=2 * se, fmt="o-", ms=3, capsize=2, color=colors[name], label=f"{name} (± 2 s.e.)")
+        else:
+            ax.plot(n, mean, "o-", ms=3, color=colors[name], label=f"{name} (no s.e.: E x_K⁴ = ∞)")
+    ax.set(xscale="log", yscale="log", xlabel="N (runs, nested)", ylabel="mean of x_K² over the first N runs")
+    ax.legend(fontsize=8)
+    ax.set_title(
         f"x²/2 with Student-t(1.5) gradient noise, lr = 0.1, K = {heavy.attrs['steps']}:\n"
-        "E x_K² = ∞ for SGD (and for ACClip); GClip's settles"
+        "E x_K² = ∞ for SGD (and for ACClip); GClip's settles",
+        fontsize=10,
     )
-    axes[2].set_title("the medians settle for all three")
+    ax = axes[2]
+    for name in heavy.optimizer.values:
+        med = heavy.median_abs.sel(optimizer=name).values
+        low, high = heavy.median_abs_interval.sel(optimizer=name).values.T
+        ax.plot(n, med, "o-", ms=3, color=colors[name], label=name)
+        ax.fill_between(n, low, high, color=colors[name], alpha=0.3, lw=0)
+    ax.set(xscale="log", yscale="log", xlabel="N (runs, nested)", ylabel="median |x_K| over the first N runs")
+    ax.set_title("the medians settle for all three\n(bands: 95% order-statistic intervals)", fontsize=10)
+    ax.legend(fontsize=8)
     ax = axes[3]
     ms = stochastic.M.values
-    ax.loglog(ms, stochastic.sgd_T, "s-", label="SGD, Thm 3.4.5's step 1/(L1 (M + τ))")
-    ax.loglog(ms, stochastic.clipped_T, "o-", label="clipped SGD, Thm 3.4.4's step")
+    for name, fmt, label in [
+        ("sgd", "s-", "SGD, Thm 3.4.5's step 1/(L1 (M + τ))"),
+        ("clipped", "o-", "clipped SGD, Thm 3.4.4's step"),
+    ]:
+        t = stochastic[f"{name}_T"].values
+        low, high = stochastic[f"{name}_T_low"].values, stochastic[f"{name}_T_high"].values
+        ax.errorbar(ms, t, yerr=[t - low, high - t], fmt=fmt, ms=4, capsize=3, label=label)
     ax.loglog(ms, stochastic.sgd_T.values[-1] * ms / ms[-1], "k:", lw=1, label="∝ M")
     ax.set_xlabel("M = |f'(x0)| on the exploding function")
     ax.set_ylabel(f"T_ε: median first step with |f'| <= {STOCHASTIC_EPS}")
-    ax.set_title(f"with bounded noise |g - f'| <= {TAU} (Thms 3.4.4, 3.4.5)")
+    bounds = np.concatenate([stochastic.clipped_bound.values, stochastic.sgd_bound.values])
+    ax.set_title(
+        f"with bounded noise |g - f'| <= {TAU} (Thms 3.4.4, 3.4.5); bars: 95% order-\n"
+        f"statistic intervals of the median over {stochastic.attrs['runs']} runs; the theorems'\n"
+        f"bounds ({bounds.min():.1e} to {bounds.max():.1e}) are far above the axes",
+        fontsize=10,
+    )
     ax.legend(fontsize=8)
     fig.suptitle(
-        "Seed 002: clipping under (L0, L1)-smoothness (left, right) and heavy-tailed noise (middle); float64",
+        "Seed 002: clipping under (L0, L1)-smoothness (top left, bottom right) and heavy-tailed noise "
+        "(top right, bottom left); float64",
         fontsize=11,
     )
     return fig

@@ -136,6 +136,102 @@ def slope(k, y, tail: float = 0.5) -> float:
     return float(np.polyfit(np.log(k[keep]), np.log(y[keep]), 1)[0])
 
 
+# coincident series stay visible: each method its own dash pattern, width and marker (markers staggered along k)
+STYLES = [
+    dict(color="tab:gray", ls="-", lw=3.5, alpha=0.45, marker=None),
+    dict(color="tab:red", ls="--", lw=1.6, marker="x", ms=6),
+    dict(color="tab:orange", ls=":", lw=2.2, marker="+", ms=8),
+    dict(color="tab:blue", ls="-", lw=1.0, marker="o", ms=5, mfc="none"),
+    dict(color="goldenrod", ls="-.", lw=1.4, marker="s", ms=5, mfc="none"),
+    dict(color="tab:cyan", ls=(0, (5, 1, 1, 1, 1, 1)), lw=1.2, marker="D", ms=5, mfc="none"),
+]
+BOUND_STYLES = [
+    ("bound_cclip", "CClip bound (Thm 4.5.1)", dict(color="tab:blue", ls="--", lw=1)),
+    ("bound_gclip_sharp", "GClip bound (Thm 4.4.2), G = |B|_alpha", dict(color="tab:orange", ls=(0, (1, 1)), lw=1.6)),
+    ("bound_gclip_lemma", "GClip bound, G from Lemma 4.7.4", dict(color="tab:red", ls=(0, (6, 3)), lw=0.8)),
+]
+
+
+def coincident(values: dict[str, np.ndarray]) -> list[list[str]]:
+    """Groups (two or more) of series that agree to 6 digits (float32 runs) at every point."""
+    groups: list[list[str]] = []
+    for name, v in values.items():
+        for g in groups:
+            if np.allclose(values[g[0]], v, rtol=1e-6, atol=0):
+                g.append(name)
+                break
+        else:
+            groups.append([name])
+    return [g for g in groups if len(g) > 1]
+
+
+def _coincidence_note(groups: list[list[str]], tags: dict[str, str]) -> str:
+    return "; ".join(" = ".join(tags[m] for m in g) for g in groups) if groups else "none"
+
+
+def figure(result: xr.Dataset):
+    """``E f(xbar_k)`` against ``k`` at the smallest and largest ``d`` with the theorems' bounds, and against ``d``
+    at the last ``k``; standard errors over the replicas as bars; identical series named under each panel."""
+    methods = list(result.algorithm.values)
+    tags = {m: f"({chr(ord('a') + i)})" for i, m in enumerate(methods)}
+    tags.update({var: f"({'I' * (j + 1)})" for j, (var, _, _) in enumerate(BOUND_STYLES)})
+    k = result.k.values
+    last = result.isel(k=-1)
+    styles = dict(zip(methods, STYLES))
+    fig = plt.figure(figsize=(12, 6.6))
+    grid = fig.add_gridspec(2, 3, height_ratios=[1, 0.27])
+    axes = [fig.add_subplot(grid[0, i]) for i in range(3)]
+    legend_ax = fig.add_subplot(grid[1, :])  # the legend's own row: nothing hidden under it
+    legend_ax.axis("off")
+    for d, ax in zip([result.d.values[0], result.d.values[-1]], axes[:2]):
+        row = result.sel(d=d)
+        for i, m in enumerate(methods):
+            ax.errorbar(
+                k,
+                row["mean"].sel(algorithm=m),
+                yerr=row["stderr"].sel(algorithm=m),
+                label=f"{tags[m]} {m}",
+                markevery=(i, len(methods)),
+                elinewidth=0.6,
+                **styles[m],
+            )
+        for j, (var, label, st) in enumerate(BOUND_STYLES):
+            ax.plot(k, row[var], label=f"({'I' * (j + 1)}) {label}", **st)
+        curves = {m: row["mean"].sel(algorithm=m).values for m in methods}
+        curves.update({var: row[var].values for var, _, _ in BOUND_STYLES})
+        ax.set(xscale="log", yscale="log", xlabel="iteration k", ylabel="E f(xbar_k) (mean ± s.e.)")
+        ax.set_title(
+            f"d = {d}; identical curves (to 6 digits):\n{_coincidence_note(coincident(curves), tags)}", fontsize=9
+        )
+    ax = axes[2]
+    for m in methods:
+        st = dict(styles[m])
+        st["marker"] = st["marker"] or "o"
+        ax.errorbar(result.d, last["mean"].sel(algorithm=m), yerr=last["stderr"].sel(algorithm=m), **st)
+    ax.set(xscale="log", yscale="log", xlabel="dimension d (|B|_2 fixed)", ylabel=f"E f(xbar_k), k = {k[-1]}")
+    low, high = float(last.bound_cclip.min()), float(last.bound_gclip_lemma.max())
+    notes = []
+    for d in result.d.values:
+        points = {m: last["mean"].sel(algorithm=m, d=d).values for m in methods}
+        notes.append(f"d = {d}: {_coincidence_note(coincident(points), tags)}")
+    ax.set_title(f"error against dimension\n(bounds {low:.2g} to {high:.2g}, off the axes)", fontsize=9)
+    legend_ax.text(
+        0.5,
+        0.0,
+        "identical points in the right panel (to 6 digits; the same noise draws; styles as in the legend): "
+        + "; ".join(notes),
+        transform=legend_ax.transAxes,
+        fontsize=8,
+        ha="center",
+        va="bottom",
+        wrap=True,
+    )
+    handles, labels = axes[0].get_legend_handles_labels()
+    order = [labels.index(lab) for lab in sorted(labels, key=lambda lab: (lab.startswith("(I"), lab))]
+    legend_ax.legend([handles[i] for i in order], [labels[i] for i in order], loc="upper center", ncol=3, fontsize=8)
+    return fig
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dims", type=int, nargs="+", default=[1, 4, 16, 64, 256])
@@ -184,32 +280,7 @@ def main(argv=None):
     print("each method below its theorem's bound at every k and d:", held)
     print("diverged (non-finite) trajectories, all methods and d:", int(result.diverged.sum()))
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
-    palette = ["tab:gray", "tab:red", "tab:orange", "tab:blue", "gold", "tab:cyan", "tab:olive", "tab:purple"]
-    colors = dict(zip(methods, palette))
-    for d, ax in zip([result.d.values[0], result.d.values[-1]], axes[:2]):
-        row = result.sel(d=d)
-        for m in methods:
-            mean, err = row["mean"].sel(algorithm=m), row["stderr"].sel(algorithm=m)
-            ax.errorbar(k, mean, yerr=err, color=colors[m], label=m, lw=1.2)
-        ax.plot(k, row.bound_cclip, "--", color="tab:blue", lw=1, label="CClip bound (Thm 4.5.1)")
-        ax.plot(k, row.bound_gclip_sharp, "--", color="tab:orange", lw=1, label="GClip bound, G = |B|_alpha")
-        ax.set(xscale="log", yscale="log", xlabel="iteration k", ylabel="E f(xbar_k)", title=f"d = {d}")
-    axes[0].legend(fontsize=7)
-    ax = axes[2]
-    for m in methods:
-        ax.errorbar(
-            result.d,
-            last["mean"].sel(algorithm=m),
-            yerr=last["stderr"].sel(algorithm=m),
-            color=colors[m],
-            marker="o",
-            label=m,
-        )
-    ax.set(xscale="log", yscale="log", xlabel="dimension d (|B|_2 fixed)", ylabel=f"E f(xbar_k), k = {k[-1]}")
-    low, high = float(last.bound_cclip.min()), float(last.bound_gclip_lemma.max())
-    ax.set_title(f"error against dimension (bounds {low:.2g} to {high:.2g}, off the axes)", fontsize=10)
-    ax.legend(fontsize=7)
+    fig = figure(result)
     print("figure:", _cli.save_figure(fig, args, "heavy_tail_rates.png"), f"({elapsed:.0f} s)")
     return result
 

@@ -307,7 +307,7 @@ def contraction_ratio(tight: xr.Dataset):
 
 
 def figure(tight, diagram, conf, aligned, lemma, args):
-    fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
+    fig, axes = plt.subplots(2, 3, figsize=(12, 8.6))
 
     ax = axes[0, 0]
     lr, rho, k, ratio, se, n = contraction_ratio(tight)
@@ -315,8 +315,9 @@ def figure(tight, diagram, conf, aligned, lemma, args):
     ax.plot(k, ratio, "o-", ms=3, label=f"mean of {n} runs / (rho^k F_0)")
     ax.axhline(1, color="k", ls="--", lw=1)
     ax.set_xlabel("step k")
-    ax.set_title(f"(3.8) is an equality on |θ|²/2: 4-D, σ = 2, lr = {lr}, ρ = {rho}")
-    ax.legend(fontsize=8)
+    ax.set_ylabel("mean F(θ_k) / (ρ^k F_0)")
+    ax.set_title(f"(3.8) is an equality on |θ|²/2:\n4-D, σ = 2, lr = {lr}, ρ = {rho}")
+    ax.legend(fontsize=8, loc="upper left")
 
     ax = axes[0, 1]
     lrs, sig = diagram.lr.values, diagram.sigma.values
@@ -331,7 +332,7 @@ def figure(tight, diagram, conf, aligned, lemma, args):
     ax.set_yscale("log")
     ax.set_xlabel("σ (ML noise level)")
     ax.set_ylabel("lr")
-    ax.set_title("1-D: blue, exponent < 0 (99%); red, > 0; grey, undecided")
+    ax.set_title("1-D exponent: blue < 0, red > 0 (99%),\ngrey undecided")
     ax.legend(fontsize=8, loc="lower left")
 
     ax = axes[0, 2]
@@ -342,8 +343,10 @@ def figure(tight, diagram, conf, aligned, lemma, args):
         yerr=2 * diagram.stderr.values[:, j],
         fmt="o",
         ms=3,
-        label=f"simulated, σ = {sig[j]:.2f}",
+        label=f"simulated (± 2 s.e.), σ = {sig[j]:.2f}",
     )
+    edge = lj.quadratic_exponent_threshold(sig[j])
+    ax.axvline(edge, color="gray", ls="-.", lw=1, label=f"exponent = 0 at lr = {edge:.3f} (σ = {sig[j]:.2f})")
     fine_lr = np.geomspace(lrs[0], lrs[-1], 400)
     ax.plot(fine_lr, lj.quadratic_exponent(fine_lr, sig[j]), "k-", lw=1, label="E log|1 - lr - lr √(σ/2) Z|")
     rho_line = lj.contraction_rate(fine_lr, ALPHA, C_L, sig[j])
@@ -353,7 +356,7 @@ def figure(tight, diagram, conf, aligned, lemma, args):
     ax.set_ylim(-2.5, 1.5)
     ax.set_xlabel("lr")
     ax.set_ylabel("Lyapunov exponent of |θ_k|")
-    ax.set_title("a.s. convergence far beyond ρ < 1")
+    ax.set_title(f"a.s. convergence far beyond ρ < 1\n(σ = {sig[j]:.2f}: the diagram's σ nearest 2)")
     ax.legend(fontsize=8)
 
     ax = axes[1, 0]
@@ -363,16 +366,19 @@ def figure(tight, diagram, conf, aligned, lemma, args):
         lo, hi = ds.stability.wilson_interval(e, n, level=0.95)
         p = e / n
         shown = np.where(p > 0, p, np.nan)
-        ax.errorbar(
-            conf.x0,
-            shown,
-            yerr=[np.nan_to_num(shown - lo), np.nan_to_num(hi - shown)],
-            fmt="o",
-            capsize=3,
-            label=f"{law} Z: share that left (95% Wilson)",
-        )
+        if (e > 0).any():  # no legend entry for a series with nothing to draw
+            ax.errorbar(
+                conf.x0,
+                shown,
+                yerr=[np.nan_to_num(shown - lo), np.nan_to_num(hi - shown)],
+                fmt="o",
+                color=f"C{i}",
+                capsize=3,
+                label=f"{law} Z: share that left (95% Wilson)",
+            )
         none = e == 0
-        ax.plot(conf.x0[none], hi[none], "v", color=f"C{i}", ms=5, label=f"{law} Z: none left; 95% upper limit")
+        if none.any():
+            ax.plot(conf.x0[none], hi[none], "v", color=f"C{i}", ms=5, label=f"{law} Z: none left; 95% upper limit")
     ax.plot(conf.x0, conf.bound, "k-", label="B_exit (corrected)")
     ax.plot(conf.x0, conf.printed_bound, "k:", label="eq. (3.19) as printed")
     ax.axhline(1, color="gray", lw=0.5)
@@ -380,8 +386,9 @@ def figure(tight, diagram, conf, aligned, lemma, args):
     ax.set_yscale("log")
     ax.set_xlabel("x_0 (θ_0 = (x_0, 0), F_0 = x_0²/2)")
     ax.set_ylabel("P(leave B(θ_0, R-1))")
-    ax.set_title(f"confinement: 2-D, σ = 8, lr = 0.05, R = 2, {n} runs x {conf.attrs['steps']} steps")
-    ax.legend(fontsize=7)
+    ax.set_title(f"confinement: 2-D, σ = 8, lr = 0.05, R = 2,\n{n} runs x {conf.attrs['steps']} steps")
+    ax.set_ylim(1e-10, 1e2)  # room for the legend below the points
+    ax.legend(fontsize=8, loc="lower right")
 
     ax = axes[1, 1]
     for name, res, style in [
@@ -398,8 +405,9 @@ def figure(tight, diagram, conf, aligned, lemma, args):
     ax.axhline(1, color="gray", ls=":", label="Thm 4.1 as stated")
     ax.set_xlabel("radius r")
     ax.set_ylabel("P(leave B(θ_0, r))")
-    ax.set_title(f"θ²/2, θ_0 = 0.5, lr_k = 1.5/(k+2), {args.aligned_steps} steps")
-    ax.legend(fontsize=8)
+    ax.set_ylim(-0.05, 1.4)  # room for the legend above the curves
+    ax.set_title(f"Thm 4.1: θ²/2, θ_0 = 0.5, lr_k = 1.5/(k+2),\n{args.aligned_steps} steps")
+    ax.legend(fontsize=8, loc="upper right")
 
     ax = axes[1, 2]
     x = np.arange(lemma.sizes["case"])

@@ -106,6 +106,69 @@ def best_rates(result: xr.Dataset) -> dict[str, float]:
     return {m: float(median.sel(algorithm=m).idxmin("lr")) for m in result.algorithm.values}
 
 
+def _quantile_band(values: np.ndarray, q: float) -> np.ndarray:
+    """``(value, low, high)`` of the ``q``-quantile of each row (runs along the last axis), 95% order-statistic
+    interval (``ds.measure.quantile_interval``); runs flagged as diverged must be ``inf`` already."""
+    return np.array([ds.measure.quantile_interval(row, q) for row in values]).T
+
+
+def figure(result: xr.Dataset, best: dict[str, float]):
+    """Median and 99% quantile along the run at each method's best rate, and the final median against the rate,
+    each with its 95% order-statistic interval (shaded or as bars)."""
+    t = result.time.values
+    n = result.sizes["replica"]
+    fig = plt.figure(figsize=(12, 5.2))
+    grid = fig.add_gridspec(2, 3, height_ratios=[1, 0.16])
+    axes = [fig.add_subplot(grid[0, i]) for i in range(3)]
+    legend_ax = fig.add_subplot(grid[1, :])  # a row of its own for the legend, so no curve is hidden
+    legend_ax.axis("off")
+    colors = dict(zip(result.algorithm.values, ["tab:gray", "tab:orange", "tab:red", "tab:blue", "tab:green"]))
+    for m in result.algorithm.values:
+        row = result.sel(algorithm=m, lr=best[m])
+        # (time, replica), diverged runs at +inf as in the printed table
+        f = row.f.where(~row.diverged, np.inf).transpose("time", "replica", ...).values.reshape(len(t), -1)
+        for ax, q in [(axes[0], 0.5), (axes[1], 0.99)]:
+            value, low, high = _quantile_band(f, q)
+            high = np.where(np.isfinite(high), high, np.nan)  # an upper limit beyond the sample: not drawn
+            ax.fill_between(t, low, high, color=colors[m], alpha=0.3, lw=0)
+            ax.semilogy(t, value, color=colors[m], lw=1.2, label=f"{m} (lr {best[m]:.3g})" if q == 0.5 else None)
+        final = result.f.sel(algorithm=m).isel(time=-1).where(~result.diverged.sel(algorithm=m), np.inf)
+        final = final.transpose("lr", "replica", ...).values.reshape(len(LRS), -1)
+        value, low, high = _quantile_band(final, 0.5)
+        shown = np.isfinite(value)
+        axes[2].errorbar(
+            LRS[shown],
+            value[shown],
+            yerr=[
+                value[shown] - low[shown],
+                np.where(np.isfinite(high[shown]), high[shown], value[shown]) - value[shown],
+            ],
+            fmt="o-",
+            color=colors[m],
+            ms=3,
+            capsize=2,
+            lw=1,
+        )
+    axes[0].set(xlabel="step t", ylabel="median f(x_t)", title="median loss, each method at its best lr")
+    axes[1].set(xlabel="step t", ylabel="99% quantile of f(x_t)", title="99% quantile of the loss (rare large kicks)")
+    axes[2].set(
+        xscale="log",
+        yscale="log",
+        xlabel="learning rate",
+        ylabel=f"median f(x_T), T = {t[-1]}",
+        title="final loss against the rate\n(diverged runs count as +inf)",
+    )
+    ax2 = axes[0].twinx()
+    ax2.plot(t, noise_scale(t), "k:", lw=1)
+    ax2.set_yscale("log")
+    ax2.set_ylabel("noise scale sigma_t (dotted)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    handles.append(plt.Rectangle((0, 0), 1, 1, color="0.6", alpha=0.3, lw=0))
+    labels.append(f"95% order-statistic interval (bands, bars), {n} runs per lr")
+    legend_ax.legend(handles, labels, loc="center", ncol=3, fontsize=8)
+    return fig
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000, help="runs per method and learning rate")
@@ -144,22 +207,7 @@ def main(argv=None):
         med = result.f.sel(algorithm=m, lr=best[m]).median("replica").values.ravel()
         print(f"{m:>26} {med[6]:>11.3e} {med[30]:>11.3e} {med[-1]:>11.3e}")
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    colors = dict(zip(result.algorithm.values, ["tab:gray", "tab:orange", "tab:red", "tab:blue", "tab:green"]))
-    for m in result.algorithm.values:
-        row = result.f.sel(algorithm=m, lr=best[m])
-        axes[0].semilogy(t, row.median("replica").values.ravel(), color=colors[m], label=f"{m} (lr {best[m]:.3g})")
-        axes[1].semilogy(t, row.quantile(0.99, "replica").values.ravel(), color=colors[m], label=m)
-        final = result.f.sel(algorithm=m).isel(time=-1).where(~result.diverged.sel(algorithm=m))
-        axes[2].loglog(LRS, final.median("replica").values.ravel(), "o-", color=colors[m], ms=3, label=m)
-    axes[0].set(xlabel="step t", ylabel="median f(x_t)", title="median loss, each method at its best lr")
-    axes[1].set(xlabel="step t", ylabel="99% quantile of f(x_t)", title="99% quantile of the loss (rare large kicks)")
-    axes[2].set(xlabel="learning rate", ylabel="median f(x_T)", title=f"final loss against the rate, T = {t[-1]}")
-    ax2 = axes[0].twinx()
-    ax2.plot(t, noise_scale(t), "k:", lw=1)
-    ax2.set_ylabel("noise scale sigma_t (dotted)")
-    axes[0].legend(fontsize=7)
-    axes[2].legend(fontsize=7)
+    fig = figure(result, best)
     print("figure:", _cli.save_figure(fig, args, "nonstationary_noise.png"), f"({elapsed:.0f} s)")
     return result
 

@@ -94,11 +94,11 @@ def main(argv=None) -> None:
     u = np.logspace(np.log10(order[1000]), np.log10(order[0]), 50)
     ax.loglog(u, survival[1000] * (u / order[1000]) ** (-kappa), "k--", label=f"Kesten κ = {kappa:.4f}")
     ax.loglog(u, survival[1000] * (u / order[1000]) ** (-bound), "r:", label=f"paper's bound κ_bd = {bound:.4f}")
-    ax.set_xlabel("|w|")
-    ax.set_ylabel("P(|w| > u)")
+    ax.set_xlabel("threshold u")
+    ax.set_ylabel("P(|w| > u), empirical survival")
     ax.set_title(
-        f"critical lr = {lr:.3f}, N = {args.n_data}: Hill (top 500) = {hills[500].alpha:.3f} "
-        f"± {hills[500].high - hills[500].alpha:.3f}",
+        f"critical lr = {lr:.3f}, N = {args.n_data}: Hill (top 500) = {hills[500].alpha:.3f}, "
+        f"95% CI [{hills[500].low:.3f}, {hills[500].high:.3f}]",
         fontsize=9,
     )
     ax.legend(fontsize=8)
