@@ -15,6 +15,7 @@ shrank (Wilson interval; cells whose interval holds 1/2 are undecided).
     python experiments/phase_diagram.py --diagram two-point  # Fig. 1b, x y in {1, a}
     python experiments/phase_diagram.py --preset paper       # 256 x 256 cells x 1024 replicas x 1e4 steps (GPU)
     python experiments/phase_diagram.py --engine fused       # the simulation through dynsim.fused
+    python experiments/phase_diagram.py --replot             # the figure again from results/, no computation
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def run_pair(lrs, second, args, **kw):
 
 
 def save(name: str, theory: xr.Dataset, sim: xr.Dataset, args, extra: dict) -> str:
+    """Theory and simulation in one NetCDF file (variables ``theory_*`` and ``sim_*``), with what the figure
+    needs to be drawn again from it alone (``--replot``)."""
     merged = xr.merge(
         [
             theory.rename({v: f"theory_{v}" for v in theory.data_vars}),
@@ -94,40 +97,89 @@ def save(name: str, theory: xr.Dataset, sim: xr.Dataset, args, extra: dict) -> s
         steps=args.steps,
         refine=args.refine,
         engine=args.engine,
+        batch_size=args.batch_size,
+        datasets=args.datasets,
     )
     path = os.path.join(args.results, f"phase_diagram_{name}.nc")
     ds.io.save(merged, path)
     return path
 
 
-def three_panels(theory, sim, title, args, *, y_log=False):
+def load(path: str) -> tuple[xr.Dataset, xr.Dataset, dict]:
+    """The theory, the simulation and the attributes of a file written by :func:`save`."""
+    merged = ds.io.load(path)
+
+    def part(prefix):
+        names = [v for v in merged.data_vars if v.startswith(prefix)]
+        return merged[names].rename({v: v.removeprefix(prefix) for v in names})
+
+    return part("theory_"), part("sim_"), dict(merged.attrs)
+
+
+def three_panels(theory, sim, meta, *, y_log=False):
+    """Theory, simulation and where they differ, side by side."""
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.4), sharey=True)
     plot.phase_map(axes[0], theory.phase, y_log=y_log)
     overlay(axes[0], theory)
     axes[0].set_title("theory (quadrature / exact average)")
     plot.phase_map(axes[1], sim.phase, y_log=y_log)
     overlay(axes[1], theory, zero_lines=True)
-    axes[1].set_title(f"simulation: {args.replicas} replicas x {args.steps} steps")
+    axes[1].set_title(f"simulation: {meta['replicas']} replicas x {meta['steps']} steps")
     plot.disagreement_map(axes[2], theory.phase, sim.phase, y_log=y_log, legend=False)
     axes[2].set_title("simulation vs theory")
     plot.phase_legend(fig, loc="lower center", ncol=6, bbox_to_anchor=(0.5, 0.0), frameon=False)
     decided, agree = agreement(theory.phase, sim.phase)
     fig.suptitle(
-        f"{title}: {decided:.1%} of cells decided, {agree:.2%} of those agree with theory\n"
+        f"{meta['title']}: {decided:.1%} of cells decided, {agree:.2%} of those agree with theory\n"
         "dashed: mean-square boundary of w - u; thin: Λ± = 0; right: agree (light), undecided (grey), "
         "disagree (red)",
         fontsize=10,
     )
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    return fig, decided, agree
+    return fig
+
+
+def finite_n_panels(theory, sim, meta):
+    """Theory above simulation, one column per dataset size N."""
+    sizes = theory.n_data.values
+    fig, axes = plt.subplots(2, len(sizes), figsize=(2.2 * len(sizes), 5.4), sharex=True, sharey=True, squeeze=False)
+    for col, n in enumerate(sizes):
+        t, s = theory.sel(n_data=n), sim.sel(n_data=n)
+        decided, agree = agreement(t.phase, s.phase)
+        plot.phase_map(axes[0, col], t.phase)
+        overlay(axes[0, col], t)
+        axes[0, col].set_title(f"N = {n}: theory")
+        plot.phase_map(axes[1, col], s.phase)
+        overlay(axes[1, col], t, ms=False, zero_lines=True)
+        axes[1, col].set_title(f"simulation: {decided:.1%} decided,\n{agree:.1%} of those agree", fontsize=9)
+    for ax in axes[:, 1:].ravel():
+        ax.set_ylabel("")
+    for ax in axes[0]:
+        ax.set_xlabel("")
+    plot.phase_legend(fig, loc="lower center", ncol=6, bbox_to_anchor=(0.5, 0.0), frameon=False)
+    fig.suptitle(
+        f"{meta['title']}: one dataset per N (seed {meta['seed']}) shared by all μ.\n"
+        f"Mean phase shares over {meta['datasets']} datasets are printed and stored with the results.",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+def draw(name: str, theory: xr.Dataset, sim: xr.Dataset, meta: dict):
+    """The figure of diagram ``name`` (``lr_mu``, ``lr_S``, ``finite_N``, ``two_point``, or ``..._fused``)."""
+    if name.startswith("finite_N"):
+        return finite_n_panels(theory, sim, meta)
+    return three_panels(theory, sim, meta, y_log=name.startswith("lr_S"))
 
 
 def lr_mu(args):
     lrs = np.linspace(*LR_RANGE["lr-mu"], args.lr_points)
     mus = np.linspace(0.0, 1.0, args.second_points)
     theory, sim = run_pair(lrs, mus, args, batch_size=args.batch_size)
-    fig, decided, agree = three_panels(theory, sim, f"λ-μ phases, S = {args.batch_size}, N = ∞, Var ε = 4", args)
-    return "lr_mu", fig, theory, sim, dict(decided=decided, agree=agree)
+    decided, agree = agreement(theory.phase, sim.phase)
+    title = f"λ-μ phases, S = {args.batch_size}, N = ∞, Var ε = 4"
+    return "lr_mu", theory, sim, dict(title=title, decided=decided, agree=agree)
 
 
 def lr_s(args):
@@ -139,41 +191,24 @@ def lr_s(args):
         sims.append(m.isel(mu=0).expand_dims(batch_size=[s]).transpose("lr", "batch_size"))
     theory = xr.concat(theories, "batch_size", combine_attrs="drop_conflicts")
     sim = xr.concat(sims, "batch_size", combine_attrs="drop_conflicts")
-    fig, decided, agree = three_panels(theory, sim, f"λ-S phases at μ = {args.mu}, N = ∞", args, y_log=True)
-    return "lr_S", fig, theory, sim, dict(decided=decided, agree=agree, mu=args.mu)
+    decided, agree = agreement(theory.phase, sim.phase)
+    title = f"λ-S phases at μ = {args.mu}, N = ∞"
+    return "lr_S", theory, sim, dict(title=title, decided=decided, agree=agree, mu=args.mu)
 
 
 def finite_n(args):
     lrs = np.linspace(*LR_RANGE["finite-N"], args.lr_points)
     mus = np.linspace(0.0, 1.0, args.second_points)
-    fig, axes = plt.subplots(2, len(args.n_data), figsize=(2.2 * len(args.n_data), 5.4), sharex=True, sharey=True)
-    theories, sims, summary = [], [], {}
-    for col, n in enumerate(args.n_data):
+    theories, sims, summary = [], [], {"title": f"Finite datasets, S = {args.batch_size}"}
+    for n in args.n_data:
         theory, sim = run_pair(lrs, mus, args, batch_size=args.batch_size, n_data=n)
-        decided, agree = agreement(theory.phase, sim.phase)
-        summary[f"N{n}_decided"], summary[f"N{n}_agree"] = decided, agree
-        plot.phase_map(axes[0, col], theory.phase)
-        overlay(axes[0, col], theory)
-        axes[0, col].set_title(f"N = {n}: theory")
-        plot.phase_map(axes[1, col], sim.phase)
-        overlay(axes[1, col], theory, ms=False, zero_lines=True)
-        axes[1, col].set_title(f"simulation: {decided:.1%} decided,\n{agree:.1%} of those agree", fontsize=9)
+        summary[f"N{n}_decided"], summary[f"N{n}_agree"] = agreement(theory.phase, sim.phase)
         theories.append(theory.expand_dims(n_data=[n]))
         sims.append(sim.expand_dims(n_data=[n]))
         print(
             f"  N = {n:4d}: share of cells per phase (theory) "
             + ", ".join(f"{p} {np.mean(theory.phase.values == i):.3f}" for i, p in enumerate(PHASES))
         )
-    for ax in axes[:, 1:].ravel():
-        ax.set_ylabel("")
-    for ax in axes[0]:
-        ax.set_xlabel("")
-    plot.phase_legend(fig, loc="lower center", ncol=6, bbox_to_anchor=(0.5, 0.0), frameon=False)
-    fig.suptitle(
-        f"Finite datasets, S = {args.batch_size}: one dataset per N (seed {args.seed}) shared by all μ.\n"
-        f"Mean phase shares over {args.datasets} datasets are printed and stored with the results.",
-        fontsize=10,
-    )
     print(f"  mean share of cells per phase over {args.datasets} datasets (theory, seeds {args.seed}..):")
     for n in args.n_data:
         shares = np.array(
@@ -197,18 +232,18 @@ def finite_n(args):
             + ", ".join(f"{p} {shares[:, i].mean():.3f}" for i, p in enumerate(PHASES))
             + f"  (II: {shares[:, 2].min():.3f} to {shares[:, 2].max():.3f})"
         )
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
     theory = xr.concat(theories, "n_data", combine_attrs="drop_conflicts")
     sim = xr.concat(sims, "n_data", combine_attrs="drop_conflicts")
-    return "finite_N", fig, theory, sim, summary
+    return "finite_N", theory, sim, summary
 
 
 def two_point(args):
     lrs = np.linspace(*LR_RANGE["two-point"], args.lr_points)
     a = np.linspace(-0.95, 1.0, args.second_points)
     theory, sim = run_pair(lrs, a, args, batch_size=args.batch_size, chi="two_point")
-    fig, decided, agree = three_panels(theory, sim, f"λ-a phases, x y ∈ {{1, a}}, S = {args.batch_size}", args)
-    return "two_point", fig, theory, sim, dict(decided=decided, agree=agree)
+    decided, agree = agreement(theory.phase, sim.phase)
+    title = f"λ-a phases, x y ∈ {{1, a}}, S = {args.batch_size}"
+    return "two_point", theory, sim, dict(title=title, decided=decided, agree=agree)
 
 
 DIAGRAMS = {"lr-mu": lr_mu, "lr-S": lr_s, "finite-N": finite_n, "two-point": two_point}
@@ -234,28 +269,36 @@ def main(argv=None) -> None:
         help="fused: every step of a trajectory in one kernel (Pallas on GPU); no checkpoints; "
         "writes phase_diagram_<name>_fused.png/.nc",
     )
+    parser.add_argument(
+        "--replot", action="store_true", help="draw the figure again from the saved results, computing nothing"
+    )
     args = _cli.parse(parser, argv)
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
 
-    started = time.perf_counter()
-    name, fig, theory, sim, summary = DIAGRAMS[args.diagram](args)
-    elapsed = time.perf_counter() - started
+    name = {"lr-mu": "lr_mu", "lr-S": "lr_S", "finite-N": "finite_N", "two-point": "two_point"}[args.diagram]
     if args.engine == "fused":  # kept apart from the default engine's files
         name = f"{name}_fused"
+    results = os.path.join(args.results, f"phase_diagram_{name}.nc")
+    if not args.replot:
+        started = time.perf_counter()
+        _, theory, sim, summary = DIAGRAMS[args.diagram](args)
+        elapsed = time.perf_counter() - started
+        save(name, theory, sim, args, {**summary, "elapsed_seconds": elapsed})
+        cells = int(np.prod(sim.phase.shape))
+        print(
+            f"{args.diagram}: {cells} cells x {args.replicas} replicas x {args.steps} steps "
+            f"({cells * args.replicas * args.steps:.3g} trajectory-steps, plus refinement) in {elapsed:.1f} s"
+        )
+        for key, value in summary.items():
+            print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+    elif not os.path.exists(results):
+        parser.error(f"--replot: no results at {results}; run without --replot first")
+    theory, sim, meta = load(results)  # the figure is drawn from the saved file, never from memory
     figure = os.path.join(args.out, f"phase_diagram_{name}.png")
-    fig.savefig(figure, dpi=120)
-    results = save(name, theory, sim, args, {**summary, "elapsed_seconds": elapsed})
-    cells = int(np.prod(sim.phase.shape))
-    steps = cells * args.replicas * args.steps
-    print(
-        f"{args.diagram}: {cells} cells x {args.replicas} replicas x {args.steps} steps "
-        f"({steps:.3g} trajectory-steps, plus refinement) in {elapsed:.1f} s"
-    )
-    for key, value in summary.items():
-        print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
-    print(f"wrote {figure} and {results}")
+    draw(name, theory, sim, meta).savefig(figure, dpi=120)
+    print(f"wrote {figure} and {results}" if not args.replot else f"wrote {figure} from {results}")
 
 
 if __name__ == "__main__":
