@@ -127,38 +127,67 @@ def main(argv=None) -> None:
     logs = res.logdist.isel(lr=0).values
     t = res.time.values
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    ax = axes[0]
+    fig = plt.figure(figsize=(12, 5.2))
+    grid = fig.add_gridspec(2, 3, height_ratios=(1, 2.4), width_ratios=(1, 1.3, 0.9))
+    ax = fig.add_subplot(grid[:, 0])
     cs = ax.contourf(W, U, L, levels=np.linspace(L.min(), L.min() + 0.02, 41), cmap="viridis", extend="max")
-    fig.colorbar(cs, ax=ax, label="loss (colour range: minimum + 0.02)")
+    bar = fig.colorbar(cs, ax=ax, format="%.3f", orientation="horizontal", pad=0.16)
+    bar.set_label("loss (colour range: minimum + 0.02)", fontsize=8)
+    bar.ax.tick_params(labelsize=8, rotation=30)
     for m in minima:
         ax.plot(*m, "r^", ms=10)
     ax.plot(0, 0, "w*", ms=14)
     ax.set_xlabel("w")
     ax.set_ylabel("u")
     ax.set_title(
-        f"loss of u tanh(w x), y = {args.teacher[0]} tanh(x) + {args.teacher[1]} ε (10^5 samples):\n"
+        f"loss of u tanh(w x), y = {args.teacher[0]} tanh(x) + {args.teacher[1]} ε\n(10^5 samples): "
         "minima of this sample's loss ▲, saddle ★",
         fontsize=9,
     )
 
-    ax = axes[1]
-    for r in range(8):
-        ax.plot(t, logs[r], lw=0.6, alpha=0.7)
-    ax.plot(t, logs.mean(axis=0), "k", lw=2.5, label="m(t) = E log|θ_t|² (4000 runs)")
-    ax.plot(t, logs.mean(axis=0)[0] + 2 * lam * t, "r--", lw=1.5, label=f"slope 2 max(Λ±) = {2 * lam:.4f}")
-    sample_ms = np.log(np.mean(np.exp(logs), axis=0))
-    ax.plot(t, sample_ms, "tab:purple", lw=1.5, label="log of the sample mean of |θ|²")
+    # the fit's window and its line (it passes through the window's centroid of m(t))
+    mean_logs = logs.mean(axis=0)
+    window = (t >= 500) & (t <= float(est.until.item()))
+    t_bar, m_bar = t[window].mean(), mean_logs[window].mean()
+    top_ax = fig.add_subplot(grid[0, 1])
     # E|theta_t|^2 = (E h_t^2 + E m_t^2) / 2 for the modes h, m = w +- u, with E h_0^2 = E m_0^2 = 0.5
     linear_ms = np.log(0.25) + np.logaddexp(t * np.log(ms_plus), t * np.log(ms_minus))
-    ax.plot(t, linear_ms, "tab:orange", ls=":", lw=2, label="log E|θ|² of the linearisation")
-    ax.set_ylim(-600, 100)
+    top_ax.plot(t, linear_ms, "tab:orange", lw=2)
+    top_ax.set_ylabel("log E|θ_t|²", fontsize=9)
+    top_ax.text(
+        0.02,
+        0.92,
+        f"linearisation: log E|θ_t|² grows by\nlog E(1 + λχ)² = {np.log(ms_plus):.3f} per step",
+        transform=top_ax.transAxes,
+        va="top",
+        fontsize=8,
+        color="tab:orange",
+    )
+    top_ax.tick_params(labelbottom=False, labelsize=8)
+    ax = fig.add_subplot(grid[1, 1], sharex=top_ax)
+    ax.axvspan(0, 500, color="0.9", lw=0)
+    for r in range(8):
+        ax.plot(t, logs[r], lw=0.6, alpha=0.6, color="tab:gray", label="8 single runs" if r == 0 else None)
+    ax.plot(t, mean_logs, "k", lw=2.5, label=f"m(t) = E log|θ_t|² ({args.runs} runs)")
+    ax.plot(
+        t[window],
+        m_bar + 2 * lam * (t[window] - t_bar),
+        "r--",
+        lw=1.5,
+        label=f"theory: slope 2 max(Λ±) = {2 * lam:.4f}, anchored at the fit",
+    )
+    sample_ms = np.log(np.mean(np.exp(logs), axis=0))
+    ax.plot(t, sample_ms, "tab:purple", lw=1.5, label="log of the sample mean of |θ|²")
+    ax.set_ylim(-950, 60)  # the bottom stays free for the legend
+    ax.set_xlim(0, t[-1])
+    ax.text(250, -300, "not\nfitted", ha="center", va="center", fontsize=8, color="0.4")
     ax.set_xlabel("step t")
     ax.set_ylabel("log |θ_t|²")
-    ax.set_title(f"λ = {args.lr}: measured slope {2 * slope:.4f} ± {2 * se:.4f} (theory {2 * lam:.4f})", fontsize=10)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.tick_params(labelsize=8)
+    ax.set_title(f"λ = {args.lr}: slope of m(t), t ≥ 500: {2 * slope:.4f} ± {2 * se:.4f} (s.e.)", fontsize=9)
+    ax.legend(fontsize=8, loc="lower left")
 
-    ax = axes[2]
+    ax = fig.add_subplot(grid[:, 2])
     theta_T = np.stack([res.theta_w.values.ravel(), res.theta_u.values.ravel()])
     init = np.asarray(
         jax.vmap(lambda k: jnp.stack(list(problem.init(k, hp).values())))(
@@ -168,8 +197,9 @@ def main(argv=None) -> None:
     ax.hist(np.log10(np.abs(init.ravel())), bins=60, alpha=0.6, label="before (t = 0)")
     ax.hist(np.log10(np.abs(theta_T.ravel()) + 1e-300), bins=60, alpha=0.6, label=f"after t = {args.steps}")
     ax.set_xlabel("log10 |w|, log10 |u|")
+    ax.set_ylabel(f"count (w and u of {args.runs} runs)")
     ax.set_title("parameters collapse onto the saddle", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left")
     path = _cli.save_figure(fig, args, "fig1a_tanh_saddle.png")
     print(f"minima: {[np.round(m, 4).tolist() for m in minima]}, loss {f(minima[0]):.4f}; saddle loss {f([0, 0]):.4f}")
     exact = linearised_slopes(args.lr, a, b, args.runs, args.steps, 500, args.seed)

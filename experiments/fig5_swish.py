@@ -38,6 +38,7 @@ import _cli  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 from scipy import optimize  # noqa: E402
 
 import dynsim as ds  # noqa: E402
@@ -180,24 +181,38 @@ def main(argv=None) -> None:
         + " (lr < 10)"
     )
 
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
-    ax = axes[0]
+    fig = plt.figure(figsize=(12, 8.2))
+    grid = fig.add_gridspec(2, 3, height_ratios=(1, 1.15))
+    ax = fig.add_subplot(grid[0, 0])
     full = jax.jit(lambda w, u: ds.problems.objective(problem, {"w": w, "u": u}, data, {}))
     g = np.linspace(-3, 3, 161)
     W, U = np.meshgrid(g, g, indexing="ij")
     L = np.asarray(jax.vmap(jax.vmap(full))(jnp.asarray(W), jnp.asarray(U)))
     cs = ax.contourf(W, U, L, levels=np.linspace(L.min(), L.min() + 0.05, 41), cmap="viridis", extend="max")
-    fig.colorbar(cs, ax=ax, label="training loss")
+    bar = fig.colorbar(cs, ax=ax, format="%.3f")
+    bar.set_label("training loss L(w, u)", fontsize=9)
+    bar.ax.tick_params(labelsize=8)
     ax.plot(*A, "r^", ms=10)
-    ax.annotate("A", A, color="w")
+    ax.annotate("A", A, xytext=(3, 6), textcoords="offset points", color="w")
     ax.plot(*B, "rs", ms=9)
-    ax.annotate("B", B, color="w")
+    ax.annotate("B", B, xytext=(-12, 6), textcoords="offset points", color="w")
     ax.plot(0, 0, "w*", ms=13)
+    ax.annotate("C", (0, 0), xytext=(6, 6), textcoords="offset points", color="w")
     ax.set_xlabel("w")
     ax.set_ylabel("u")
-    ax.set_title(f"u swish(w x), dataset seed {seed}: A, B minima, C saddle", fontsize=10)
+    ax.set_title(f"u swish(w x), dataset seed {seed}:\nminima A ▲, B ■, saddle C ★", fontsize=9)
+    key = fig.add_subplot(grid[1, 0])  # the shared legend, so that no curve lies under it
+    key.axis("off")
+    point_loss = {name: float(test_loss({"w": p[0], "u": p[1]})) for name, p in (("A", A), ("B", B), ("C", (0, 0)))}
+    share_style = {  # where a run ended: label, colour, marker
+        "A": ("in A's basin", "tab:red", "^"),
+        "B": ("in B's basin", "tab:blue", "s"),
+        "C": ("at C (|θ| < 1e-3)", "tab:green", "*"),
+        "elsewhere": ("elsewhere: none of the others\n    (e.g. the valley w → 0, |u| large)", "tab:purple", "D"),
+        "diverged": ("diverged (|θ| > 1e3)", "dimgrey", "x"),
+    }
     results = {}
-    for ax, (name, start) in zip(axes[1:], (("B", B), ("A", A))):
+    for col, (name, start) in enumerate((("B", B), ("A", A)), start=1):
         init = lambda key, hp, start=start: {"w": jnp.asarray(start[0]), "u": jnp.asarray(start[1])}  # noqa: E731
         prob = problem._replace(init=init)
         res = ds.simulate(
@@ -220,35 +235,79 @@ def main(argv=None) -> None:
         some = finite > 0
         mean_tl[some] = np.nanmean(tl[some], 1)
         se_tl[some] = np.nanstd(tl[some], 1) / np.sqrt(finite[some])
-        ax.errorbar(
-            lrs,
-            mean_tl,
-            yerr=2 * se_tl,
-            fmt="o-",
-            ms=3,
-            color="k",
-            label="test loss (± 2 s.e.)",
-        )
-        ax.set_ylabel("test loss")
-        ax2 = ax.twinx()
-        for k, color in (("A", "tab:red"), ("B", "tab:blue")):
-            ax2.plot(lrs, near[k].mean(1), color=color, lw=1, label=f"share ending in {k}'s basin")
-        ax2.plot(lrs, near["C"].mean(1), color="tab:green", lw=1, label="share at C (|θ| < 1e-3)")
-        ax2.plot(lrs, res.diverged.values.mean(1), color="grey", lw=1, ls=":", label="share diverged")
-        ax2.set_ylabel("share of runs")
-        ax2.set_ylim(0, 1.05)
-        for h, lab, ls in ((h_a, "2/h_A", "--"), (h_b, "2/h_B", "-.")):
-            ax.axvline(2 / h, color="k", ls=ls, lw=1, label=f"{lab} (linear stability)")
-        for i, (lo, hi) in enumerate(phase_iii):
-            ax.axvspan(lo, min(hi, lrs[-1]), color="tab:green", alpha=0.12, label="C in phase III" if i == 0 else None)
-        ax.set_xlim(0, lrs[-1] * 1.02)
-        ax.set_xlabel("learning rate λ")
+        ax = fig.add_subplot(grid[0, col])
+        share_ax = fig.add_subplot(grid[1, col], sharex=ax)
+        for lo, hi in phase_iii:
+            for a in (ax, share_ax):
+                a.axvspan(lo, min(hi, lrs[-1] * 1.02), color="tab:green", alpha=0.1, lw=0)
+        for a in (ax, share_ax):
+            for h, ls in ((h_a, "--"), (h_b, "-.")):
+                a.axvline(2 / h, color="k", ls=ls, lw=1)
+        for p, color in (("A", "tab:red"), ("B", "tab:blue"), ("C", "tab:green")):
+            ax.axhline(point_loss[p], color=color, lw=0.8, alpha=0.7)
+        survive = finite >= 0.5 * args.replicas
+        ax.errorbar(lrs, mean_tl, yerr=2 * se_tl, fmt="-", color="k", lw=1, elinewidth=1, capsize=0)
+        ax.plot(lrs[survive], mean_tl[survive], "o", ms=4, color="k")
+        ax.plot(lrs[~survive], mean_tl[~survive], "o", ms=4, mfc="w", mec="k")
+        ax.set_ylabel("test loss E[(f - 0.1 swish(x))²] + 0.81", fontsize=9)
         ax.set_title(f"SGD from {name}: {args.replicas} runs x {args.steps} steps", fontsize=10)
-        ax.legend(fontsize=7, loc="upper left")
-        ax2.legend(fontsize=7, loc="upper right")
+        ax.tick_params(labelbottom=False, labelsize=8)
+        shares = dict(near)
+        shares["elsewhere"] = ~(near["A"] | near["B"] | near["C"] | near["diverged"])
+        for k in ("A", "B", "C", "elsewhere", "diverged"):
+            label, color, marker = share_style[k]
+            count = shares[k].sum(1)
+            low, high = ds.stability.wilson_interval(count, args.replicas, 0.95)
+            p = count / args.replicas
+            share_ax.errorbar(
+                lrs,
+                p,
+                yerr=(np.clip(p - low, 0, None), np.clip(high - p, 0, None)),
+                fmt=marker + "-",
+                ms=3.5,
+                lw=1,
+                elinewidth=0.8,
+                color=color,
+            )
+        share_ax.set_ylim(-0.02, 1.02)
+        share_ax.set_ylabel("share of runs ending …", fontsize=9)
+        share_ax.set_xlim(0, lrs[-1] * 1.02)
+        share_ax.set_xlabel("learning rate λ")
+        share_ax.tick_params(labelsize=8)
+    handles = [
+        plt.Line2D(
+            [],
+            [],
+            color="k",
+            marker="o",
+            ms=4,
+            lw=1,
+            label="test loss: mean over runs that did not\ndiverge (± 2 s.e.)",
+        ),
+        plt.Line2D([], [], color="k", marker="o", ms=4, mfc="w", lw=0, label="  the same, fewer than half survive"),
+        *(
+            plt.Line2D(
+                [],
+                [],
+                color=c,
+                lw=0.8,
+                label=f"test loss at {p}: {point_loss[p]:.5f}" + (" (A, C nearly coincide)" if p == "C" else ""),
+            )
+            for p, c in (("A", "tab:red"), ("C", "tab:green"), ("B", "tab:blue"))
+        ),
+        *(
+            plt.Line2D([], [], color=c, marker=m, ms=3.5, lw=1, label=f"share {lab}")
+            for lab, c, m in share_style.values()
+        ),
+        plt.Line2D([], [], color="none", label="  (bars: 95% Wilson intervals)"),
+        plt.Line2D([], [], color="k", ls="--", lw=1, label=f"2/h_A = {2 / h_a:.2f} (A linearly stable below)"),
+        plt.Line2D([], [], color="k", ls="-.", lw=1, label=f"2/h_B = {2 / h_b:.2f} (B linearly stable below)"),
+        Patch(color="tab:green", alpha=0.15, label="C in phase III (exact finite-data exponents)"),
+    ]
+    key.legend(handles=handles, loc="center", fontsize=8, frameon=False, borderaxespad=0)
     fig.suptitle(
         "Seed 004, Fig. 5 on data that can be had here: the paper's landscape does not reproduce "
-        "(see docs/seed004.md); its claim is tested on the closest dataset",
+        "(see docs/seed004.md);\nits claim is tested on the closest dataset",
         fontsize=10,
     )
     path = _cli.save_figure(fig, args, "fig5_swish.png")

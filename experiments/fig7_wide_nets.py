@@ -32,6 +32,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import xarray as xr  # noqa: E402
+from matplotlib.colors import LogNorm, Normalize, TwoSlopeNorm  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 
 import dynsim as ds  # noqa: E402
 
@@ -44,6 +46,25 @@ TOL = 1e-3
 
 def boundary(mu):
     return 2 * mu / (3 * mu**2 + 4 * (1 - mu) ** 2)
+
+
+def cell_edges(centres, log: bool = False) -> np.ndarray:
+    """The cell edges ``pcolormesh(shading="nearest")`` draws around ``centres`` (geometric midpoints if ``log``)."""
+    c = np.log(centres) if log else np.asarray(centres, dtype=float)
+    edges = np.concatenate([[1.5 * c[0] - 0.5 * c[1]], (c[1:] + c[:-1]) / 2, [1.5 * c[-1] - 0.5 * c[-2]]])
+    return np.exp(edges) if log else edges
+
+
+def hatch_missing(ax, x, y, values, log_x: bool = False) -> int:
+    """Grey, hatched cells where ``values`` (x by y) is NaN; returns their number."""
+    xe, ye = cell_edges(x, log_x), cell_edges(y)
+    for i, j in zip(*np.nonzero(np.isnan(values))):
+        ax.add_patch(
+            Rectangle(
+                (xe[i], ye[j]), xe[i + 1] - xe[i], ye[j + 1] - ye[j], facecolor="0.75", edgecolor="k", hatch="xxx", lw=0
+            )
+        )
+    return int(np.isnan(values).sum())
 
 
 def rank_of_last_layer(res: xr.Dataset, width: int) -> np.ndarray:
@@ -97,7 +118,7 @@ def main(argv=None) -> None:
     runs = [("SGD", a, lrs) for a in ("linear", "tanh", "relu", "swish")] + [
         ("Adam", a, adam_lrs) for a in ("linear", "tanh")
     ]
-    fig, axes = plt.subplots(2, 4, figsize=(19, 8.5))
+    fig, axes = plt.subplots(2, 4, figsize=(12, 6.6))
     summary = {}
     started = time.perf_counter()
     for ax, (opt, activation, lr_axis) in zip(axes.ravel(), runs):
@@ -109,17 +130,23 @@ def main(argv=None) -> None:
         kept = np.sum(~np.isnan(rank), axis=-1)
         mean_rank = np.where(kept > 0, np.nansum(rank, axis=-1) / np.maximum(kept, 1), np.nan)  # NaN: all diverged
         summary[(opt, activation)] = (mean_rank, res.diverged.values.mean(-1))
-        mesh = ax.pcolormesh(lr_axis, mus, mean_rank.T, cmap="viridis", vmin=0, vmax=1, shading="nearest")
+        cmap = plt.get_cmap("viridis").copy()
+        cmap.set_bad("0.75")  # NaN: every seed diverged, also hatched
+        mesh = ax.pcolormesh(lr_axis, mus, mean_rank.T, cmap=cmap, vmin=0, vmax=1, shading="nearest")
+        lost = hatch_missing(ax, lr_axis, mus, mean_rank, log_x=opt == "Adam")
         if opt == "SGD":
             grid = np.linspace(0, 0.9, 200)
             ax.plot(boundary(grid), grid, "r--", lw=1.5)
             ax.set_xlim(lr_axis[0] - 0.015, lr_axis[-1] + 0.015)
         else:
             ax.set_xscale("log")
-        ax.set_xlabel(f"{opt} learning rate")
-        ax.set_ylabel("μ")
-        ax.set_title(f"{opt}, {activation}: rank(U) / {args.width} (tol {TOL})", fontsize=10)
-        fig.colorbar(mesh, ax=ax)
+        ax.set_xlabel(f"{opt} learning rate λ", fontsize=9)
+        ax.set_ylabel("μ  (y = μx + (1 - μ)ε)", fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.set_title(f"{opt}, {activation}" + ("\nhatched grey: every seed diverged" if lost else ""), fontsize=9)
+        bar = fig.colorbar(mesh, ax=ax, fraction=0.06, pad=0.03)
+        bar.set_label(f"rank(U) / {args.width}", fontsize=8)
+        bar.ax.tick_params(labelsize=8)
         print(
             f"{opt} {activation}: rank(U)/{args.width} from {np.nanmin(mean_rank):.2f} to "
             f"{np.nanmax(mean_rank):.2f}; "
@@ -129,16 +156,33 @@ def main(argv=None) -> None:
     for ax, activation in zip(axes[1, 2:], ("linear", "tanh")):
         le, le_se = saddle_exponent(ds.problems.two_layer_net(args.width, args.width, activation), lrs, mus, args)
         exponents[activation] = le
-        mesh = ax.pcolormesh(
-            lrs, mus, le.T, cmap="coolwarm", vmin=-np.abs(le).max(), vmax=np.abs(le).max(), shading="nearest"
-        )
-        fig.colorbar(mesh, ax=ax)
+        if np.all(le > 0):  # a log scale, so that the smallest positive exponents do not look neutral
+            norm, cmap = LogNorm(vmin=le.min(), vmax=le.max()), "Reds"
+        elif np.all(le < 0):
+            norm, cmap = Normalize(vmin=le.min(), vmax=le.max()), "Blues_r"
+        else:
+            norm, cmap = TwoSlopeNorm(0.0, vmin=le.min(), vmax=le.max()), "coolwarm"
+        mesh = ax.pcolormesh(lrs, mus, le.T, cmap=cmap, norm=norm, shading="nearest")
+        bar = fig.colorbar(mesh, ax=ax, fraction=0.06, pad=0.03)
+        bar.set_label("top exponent per step" + (" (log scale)" if np.all(le > 0) else ""), fontsize=8)
+        if np.all(le > 0):
+            decades = 10.0 ** np.arange(np.floor(np.log10(le.min())), np.ceil(np.log10(le.max())) + 1)
+            ticks = [v for v in np.outer(decades, (1, 2, 5)).ravel() if le.min() <= v <= le.max()]
+            bar.set_ticks(ticks, labels=[f"{v:.0e}" for v in ticks])
+            bar.ax.minorticks_off()
+        bar.ax.tick_params(labelsize=8)
         grid = np.linspace(0, 0.9, 200)
         ax.plot(boundary(grid), grid, "k--", lw=1.5)
         ax.set_xlim(lrs[0] - 0.015, lrs[-1] + 0.015)
-        ax.set_xlabel("SGD learning rate")
-        ax.set_ylabel("μ")
-        ax.set_title(f"top exponent of SGD at the saddle, {activation} (red > 0: unstable)", fontsize=10)
+        ax.set_xlabel("SGD learning rate λ", fontsize=9)
+        ax.set_ylabel("μ  (y = μx + (1 - μ)ε)", fontsize=9)
+        ax.tick_params(labelsize=8)
+        sign = (
+            f"> 0 in every cell (≥ {np.min(le / le_se):.1f} s.e.)"
+            if np.all(le > 0)
+            else f"> 0 in {np.mean(le > 0):.0%} of cells"
+        )
+        ax.set_title(f"SGD at the saddle W = U = 0, {activation}:\ntop exponent {sign}", fontsize=9)
         print(
             f"saddle exponent, {activation} (4 replicas per cell): min {le.min():+.2e}, max {le.max():+.2e}, "
             f"share of cells > 0: {np.mean(le > 0):.2f}, smallest mean / s.e. over the cells {np.min(le / le_se):.1f}"
@@ -146,8 +190,9 @@ def main(argv=None) -> None:
     fig.suptitle(
         f"Seed 004, Figs. 7-8: {args.width}-{args.width}-{args.width} nets, fresh samples, "
         f"{args.steps} steps, "
-        f"{args.seeds} seeds per cell (mean rank; dashed: 1-D theory line)",
-        fontsize=11,
+        f"{args.seeds} seeds per cell\nrank(U) (tol {TOL}): mean over the seeds that did not diverge; "
+        "exponents: mean of 4 replicas; dashed: the 1-D theory's line λ = 2μ / (3μ² + 4(1 - μ)²)",
+        fontsize=10,
     )
     path = _cli.save_figure(fig, args, "fig7_wide_nets.png", dpi=100)
     out = xr.Dataset(

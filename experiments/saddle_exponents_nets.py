@@ -85,7 +85,7 @@ def main(argv=None) -> None:
 
     lrs = np.linspace(0.05, 2.0, args.lr_points)
     adam_lrs = np.logspace(-4, -0.5, args.lr_points)
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.9))
     for ax, activation in zip(axes[:2], ("tanh", "swish")):
         c0 = ds.problems.C0[activation]
         theory = ds.stability.saddle_exponents(lrs, [MU], c0=c0)
@@ -97,17 +97,60 @@ def main(argv=None) -> None:
         near = ds.problems.scalar_net(activation, init_std=1e-3)
         le_at, se_at, n_at, _ = measure(ds.dynamics.sgd(at), lrs, args, f"sgd_{activation}_at_saddle")
         le_near, se_near, n_near, res_near = measure(ds.dynamics.sgd(near), lrs, args, f"sgd_{activation}_near")
+        iii = phase == ds.stability.PHASES.index("III")
+
+        def top_exponent(lr, c0=c0):
+            t = ds.stability.saddle_exponents([lr], [MU], c0=c0)
+            return max(float(t.Lambda_plus.values[0, 0]), float(t.Lambda_minus.values[0, 0]))
+
+        # phase III's edges: the roots of max(Lambda+-) between the grid points where the phase changes
+        changes = np.flatnonzero(iii[1:] != iii[:-1])
+        roots = {i: optimize.brentq(top_exponent, lrs[i], lrs[i + 1], xtol=1e-6) for i in changes}
+        bounds = ([lrs[0]] if iii[0] else []) + list(roots.values()) + ([lrs[-1]] if iii[-1] else [])
+        for k, (lo, hi) in enumerate(zip(bounds[::2], bounds[1::2])):
+            ax.axvspan(
+                lo, hi, color="tab:green", alpha=0.15, lw=0, label=None if k else "phase III (theory; edges: roots)"
+            )
         ax.plot(lrs, top, "k-", lw=2, label="linearised: max(Λ+, Λ-) (quadrature)")
         ax.errorbar(lrs, le_at, yerr=2 * se_at, fmt="o", ms=4, label="SGD map at the saddle")
-        ax.errorbar(lrs, le_near, yerr=2 * se_near, fmt="s", ms=4, mfc="none", label="SGD from |θ0| ~ 1e-3")
-        iii = phase == ds.stability.PHASES.index("III")
-        if iii.any():
-            ax.axvspan(lrs[iii].min(), lrs[iii].max(), color="tab:green", alpha=0.15, label="phase III (theory)")
+        ax.errorbar(
+            lrs,
+            le_near,
+            yerr=2 * se_near,
+            fmt="s",
+            ms=4,
+            mfc="none",
+            label="SGD from |θ0| ~ 1e-3 (runs that did not\ndiverge; none where over half did)",
+        )
         ax.axhline(0, color="grey", lw=0.5)
         ax.set_xlabel("learning rate λ")
         ax.set_ylabel("top Lyapunov exponent per step")
         ax.set_title(f"u {activation}(w x), c0 = {c0}, μ = {MU}", fontsize=10)
-        ax.legend(fontsize=7)
+        low_y, high_y = ax.get_ylim()
+        ax.set_ylim(low_y, low_y + (high_y - low_y) / 0.6)  # the upper 40% stays free for the legend
+        handles, labels = ax.get_legend_handles_labels()
+        diverged = res_near.diverged.values.sum(axis=1)  # per lr, of args.replicas runs from 1e-3
+        if diverged.any():  # their share on a second axis, with 95% Wilson intervals
+            share_ax = ax.twinx()
+            low, high = ds.stability.wilson_interval(diverged, args.replicas, 0.95)
+            share = diverged / args.replicas
+            bars = share_ax.errorbar(
+                lrs,
+                share,
+                yerr=(np.clip(share - low, 0, None), np.clip(high - share, 0, None)),
+                fmt="x:",
+                ms=5,
+                lw=1,
+                color="tab:red",
+                alpha=0.8,
+            )
+            share_ax.set_ylim(-0.02, -0.02 + 1.04 / 0.6)  # the upper 40% stays free for the legend
+            share_ax.set_yticks([0, 0.25, 0.5, 0.75, 1])
+            share_ax.set_ylabel("share of runs from 1e-3 that diverged (|θ| > 1e6)", color="tab:red", fontsize=9)
+            share_ax.tick_params(axis="y", colors="tab:red", labelsize=8)
+            handles.append(bars)
+            labels.append("share diverged from 1e-3 (right axis,\n95% Wilson intervals)")
+        ax.legend(handles, labels, fontsize=8, loc="upper left")
         z = (le_at - top) / se_at
         scored = np.isfinite(z)
         converged = (res_near.norm.isel(time=-1) if "time" in res_near.norm.dims else res_near.norm) < -20
@@ -133,15 +176,9 @@ def main(argv=None) -> None:
             )
         print(f"  diverged from 1e-3 (|θ| > 1e6): {res_near.diverged.mean('replica').values.round(2).tolist()}")
         if iii.any():  # the upper edge of phase III: the first of Lambda_+- to cross 0 above the last III grid point
-
-            def top_exponent(lr, c0=c0):
-                t = ds.stability.saddle_exponents([lr], [MU], c0=c0)
-                return max(float(t.Lambda_plus.values[0, 0]), float(t.Lambda_minus.values[0, 0]))
-
             last = int(np.flatnonzero(iii).max())
             if last + 1 < len(lrs):
-                edge = optimize.brentq(top_exponent, lrs[last], lrs[last + 1], xtol=1e-6)
-                print(f"  phase III (theory) ends at lr = {edge:.4f} (root of max(Λ+, Λ-))")
+                print(f"  phase III (theory) ends at lr = {roots[last]:.4f} (root of max(Λ+, Λ-))")
     ax = axes[2]
     for activation, marker in (("tanh", "o"), ("swish", "s")):
         near = ds.problems.scalar_net(activation, init_std=1e-3)
@@ -159,7 +196,7 @@ def main(argv=None) -> None:
     ax.set_xlabel("Adam learning rate")
     ax.set_ylabel("top Lyapunov exponent per step (state: θ, m, v)")
     ax.set_title("Adam from |θ0| ~ 1e-3 (no 1-D theory)", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left")
     fig.suptitle(
         "Top Lyapunov exponent of the full update map near the saddle of u σ(w x), "
         f"{args.replicas} replicas x {args.steps} steps (± 2 s.e.)",
