@@ -35,12 +35,15 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 import dynsim as ds  # noqa: E402
 
 LRS = np.array([0.4, 0.1, 0.025])
 BATCH = 32
 EVERY = 5  # epochs between measurements
+WEIGHT_DECAY = {"cannot_fit": 1e-2, "can_fit": 1e-4}
 
 
 def accuracy(x, y, scale_invariant):
@@ -62,7 +65,7 @@ def task_problem(task: str, data: dict) -> ds.problems.Problem:
         n_classes=10,
         bias=not cannot_fit,
         scale_invariant=cannot_fit,
-        weight_decay=1e-2 if cannot_fit else 1e-4,
+        weight_decay=WEIGHT_DECAY[task],
     )
 
 
@@ -223,43 +226,67 @@ def balance_scan(problem, res, args):
 
 
 def plot_task(task, res, scan, scales, args):
-    fig, axes = plt.subplots(2, 4, figsize=(18, 8))
+    """Training curves (mean over seeds, band: min-max over seeds) and Thm. 5.2's Delta(c), on a 3 x 3 grid
+    whose last cell holds the legend. On the can-fit task the loss, gradient and noise span decades: log y."""
+    fig, axes = plt.subplots(3, 3, figsize=(12, 10.5))
+    log_y = task == "can_fit"
+    colors = ("C0", "C1", "C2")
     panels = [
-        ("loss_S", "training loss L_S (eq. 3, last iterate)"),
-        ("grad_S", "|∇L_S| (full batch)"),
-        ("grad_gamma", "|∇L^γ| (with weight decay)"),
-        ("sigma", "per-example noise σ (1000 examples)"),
-        ("sharpness", "sharpness λ_max (1000 examples)"),
-        ("norm", "|θ|"),
-        ("test_acc", "test accuracy"),
+        ("loss_gamma", "L^γ = L_S + γ|θ|²/2", "training loss with weight decay"),
+        ("grad_S", "|∇L_S| (full batch)", "gradient norm, without weight decay"),
+        ("grad_gamma", "|∇L^γ| (full batch)", "gradient norm, with weight decay"),
+        ("sigma", "σ (per-example gradient sd)", "per-example noise σ, on 1000 examples"),
+        ("sharpness", "λ_max of the Hessian of L_S", "sharpness on 1000 examples (dotted: 2/lr)"),
+        ("norm", "|θ|", "weight norm |θ|"),
+        ("test_acc", "test accuracy", "test accuracy"),
     ]
     epoch = res.epoch.values
-    for ax, (var, title) in zip(axes.ravel(), panels):
-        for lr, color in zip(LRS, ("C0", "C1", "C2")):
+    for ax, (var, ylabel, title) in zip(axes.ravel(), panels):
+        for lr, color in zip(LRS, colors):
             v = res[var].sel(lr=lr).values
             ax.fill_between(epoch, v.min(axis=0), v.max(axis=0), color=color, alpha=0.25, lw=0)
-            ax.plot(epoch, v.mean(axis=0), color=color, label=f"lr = {lr}")
+            ax.plot(epoch, v.mean(axis=0), color=color)
             if var == "sharpness":
                 ax.axhline(2 / lr, color=color, ls=":", lw=1)
-        ax.set_title(title + (" (dotted: 2/lr)" if var == "sharpness" else ""), fontsize=9)
+        if log_y and var in ("loss_gamma", "grad_S", "grad_gamma", "sigma"):
+            ax.set_yscale("log")
+            ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("epoch")
-    for lr, color in zip(LRS, ("C0", "C1", "C2")):  # eq. (2): epoch means of the minibatch losses
+        ax.set_ylabel(ylabel)
+    for lr, color in zip(LRS, colors):  # eq. (2): epoch means of the minibatch losses, weight decay included
         eq2 = res.eq2_batches.sel(lr=lr).mean("replica")
-        axes[0, 0].plot(np.arange(1, eq2.size + 1), eq2.values, color=color, ls="--", lw=0.8)
-    axes[0, 0].set_title("training loss: eq. (3) last iterate (solid), eq. (2) epoch mean (dashed)", fontsize=9)
-    axes[0, 0].legend(fontsize=8)
-    ax = axes[1, 3]
-    for lr, color in zip(LRS, ("C0", "C1", "C2")):
+        axes[0, 0].plot(np.arange(1, eq2.size + 1), eq2.values, color=color, ls="--", lw=1, zorder=3)
+    ax = axes[2, 1]
+    for lr, color in zip(LRS, colors):
         means = np.array([scan[lr][c][0] for c in scales])
         se = np.array([scan[lr][c][1] for c in scales])
-        ax.errorbar(scales, means, yerr=2 * se, color=color, marker="o", ms=3, label=f"lr = {lr}")
+        ax.errorbar(scales, means, yerr=2 * se, color=color, marker="o", ms=3, capsize=2)
     ax.axhline(0, color="k", lw=0.5)
     ax.axvline(1, color="k", ls=":", lw=0.5)
     ax.set_xlabel("step multiple c")
-    ax.set_title("Thm 5.2: E[L^γ(F_cη(θ))] - E[L^γ(θ)] from late iterates (±2 s.e.)", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.set_ylabel("Δ(c) = E[L^γ(θ - c·lr·g)] - E[L^γ(θ)]")
+    ax.set_title("Thm 5.2: g = g_B + γθ, θ from the late iterates", fontsize=9)
+    if log_y:
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    ax = axes[2, 2]
+    ax.axis("off")
+    handles = [plt.Line2D([], [], color=c, lw=2, label=f"lr = {lr}") for lr, c in zip(LRS, colors)]
+    handles += [
+        plt.Line2D([], [], color="k", label="mean over seeds (loss: eq. (3),\nL^γ of the iterate θ_t, full batch)"),
+        Patch(color="k", alpha=0.25, lw=0, label="min-max over seeds"),
+        plt.Line2D(
+            [], [], color="k", ls="--", lw=0.8, label="loss: eq. (2), epoch mean of the\nminibatch losses L^γ_B"
+        ),
+        plt.Line2D([], [], color="k", ls=":", lw=1, label="sharpness: 2/lr"),
+        plt.Line2D([], [], color="k", marker="o", ms=3, label="Δ(c): mean ± 2 s.e. over seeds"),
+    ]
+    ax.legend(handles=handles, loc="center", fontsize=9, frameon=False)
     fig.suptitle(
-        f"{task.replace('_', ' ')}: {args.seeds} seeds per learning rate (band: min-max over seeds)", fontsize=11
+        f"{task.replace('_', ' ')}: {args.seeds} seeds per learning rate, SGD with weight decay γ = "
+        f"{WEIGHT_DECAY[task]:g}, batch {BATCH}; "
+        f"records every {EVERY} epochs",
+        fontsize=11,
     )
     fig.tight_layout()
     return fig

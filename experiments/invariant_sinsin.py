@@ -64,6 +64,23 @@ def closed_form_exponent(lr: float) -> float:
     return np.nan
 
 
+def closed_form_averages(lr: float) -> tuple[float, float]:
+    """``(<f>, <|grad f|>)`` on the fixed point or the 2-cycles (tests/test_invariant.py), else NaN.
+
+    Fixed point: ``(-100, 0)``; symmetric 2-cycle ``+-u`` (``sin u / u = 2 / (100 lr)``, lr up to pi/100):
+    ``(-100 cos u, 100 sin u)``; mirror 2-cycles (up to sqrt(pi^2 + 2)/100): ``(0, pi / lr)``.
+    """
+    a = 100 * lr
+    if a <= 2:
+        return -100.0, 0.0
+    if lr < np.pi / 100:
+        u = optimize.brentq(lambda u: np.sin(u) / u - 2 / a, 1e-9, np.pi)
+        return -100 * np.cos(u), 100 * np.sin(u)
+    if lr < np.sqrt(np.pi**2 + 2) / 100:
+        return 0.0, np.pi / lr
+    return np.nan, np.nan
+
+
 def figure4(args, problem):
     lrs = [0.01, 0.04]
     res = ds.simulate(
@@ -78,32 +95,42 @@ def figure4(args, problem):
             "grad_norm": ds.observables.grad_norm(),
         },
     )
-    fig, axes = plt.subplots(2, 4, figsize=(16, 7.5))
+    fig, axes = plt.subplots(2, 4, figsize=(12, 6.6))
     t = res.time.values
+    late = t > args.burn_in  # the sweep's time averages: t = burn-in + 1 ... n_steps
     for row, lr in enumerate(lrs):
         cell = res.sel(lr=lr, replica=0)
         th = cell.theta.values
         ax = axes[row, 0]
         sc = ax.scatter(th[:, 0], th[:, 1], c=t, s=4, cmap="viridis")
-        fig.colorbar(sc, ax=ax, label="step")
-        ax.set_title(f"lr = {lr}: all iterates")
+        fig.colorbar(sc, ax=ax, label="step t", pad=0.02)
+        ax.set_title(f"lr = {lr}: iterates θ_t", fontsize=9)
         tail = np.mod(th[-500:] + np.pi, TWO_PI) - np.pi
         axes[row, 1].scatter(tail[:, 0], tail[:, 1], s=6, c="C3")
-        axes[row, 1].set_title("last 500 iterates (mod 2π)")
+        axes[row, 1].set_title("last 500 iterates (mod 2π)", fontsize=9)
         for ax in axes[row, :2]:
-            ax.set_xlabel("θ1")
-            ax.set_ylabel("θ2")
-        for col, (var, label) in enumerate([("loss", "f(θ_t)"), ("grad_norm", "|∇f(θ_t)|")], start=2):
+            ax.set_xlabel("θ1 (rad)")
+            ax.set_ylabel("θ2 (rad)")
+        for col, (var, label, name) in enumerate(
+            [("loss", "f(θ_t)", "f"), ("grad_norm", "|∇f(θ_t)|", "|∇f|")], start=2
+        ):
+            ax = axes[row, col]
             v = cell[var].values
-            axes[row, col].plot(t, v, lw=0.5, alpha=0.6, label=label)
-            axes[row, col].plot(t[1:], np.cumsum(v[1:]) / np.arange(1, len(v)), lw=2, label="running average")
-            axes[row, col].set_xlabel("step t")
-            axes[row, col].legend(fontsize=8)
-        axes[row, 2].set_title(f"loss: running average {np.mean(cell.loss.values[1:]):.2f}")
-        axes[row, 3].set_title(f"gradient norm: running average {np.mean(cell.grad_norm.values[1:]):.2f}")
+            mean_late = np.mean(v[late])
+            ax.plot(t, v, lw=0.5, alpha=0.6, label=label)
+            ax.plot(t[1:], np.cumsum(v[1:]) / np.arange(1, len(v)), lw=2, label="running average from t = 1")
+            ax.axhline(mean_late, color="k", ls="--", lw=1, label=f"mean over t > {args.burn_in}")
+            ax.axvline(args.burn_in, color="gray", ls=":", lw=1)
+            ax.set_xlabel("step t")
+            ax.set_ylabel(label)
+            ax.set_title(f"mean of {name} over t > {args.burn_in}: {mean_late:.2f}", fontsize=9)
+            lo, hi = np.min(v), np.max(v)
+            ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.6 * (hi - lo))  # headroom: the legend stays off the data
+            ax.legend(fontsize=8, loc="upper right")
     fig.suptitle(
-        f"GD on 100 sin θ1 sin θ2 (seed 000, Fig. 4), θ0 ~ U[-π, π]² (seed {args.seed}): at lr = 0.04 "
-        "the iterates never settle (a chaotic 12-band attractor), the running averages do",
+        f"GD on f = 100 sin θ1 sin θ2 (seed 000, Fig. 4), θ0 ~ U[-π, π]² (seed {args.seed}): at lr = 0.04 the iterates "
+        "never settle\n(a chaotic 12-band attractor), the running averages do; dotted line: end of the "
+        f"{args.burn_in}-step burn-in",
         fontsize=10,
     )
     fig.tight_layout()
@@ -152,70 +179,104 @@ def bifurcation(args, problem):
     return res
 
 
+def chaos_threshold(res: xr.Dataset) -> tuple[float, float]:
+    """``(3 s, s)``, ``s`` the standard deviation of one start's finite-time exponent.
+
+    The script records no standard error per start, so ``s`` is read off the spread over starts: the sd over
+    the starts of each learning rate where none has a period and the median exponent is positive, then the
+    median over those rates (on one chaotic attractor the starts differ only by that finite-time fluctuation;
+    the median discounts the few rates with several attractors). An orbit without a detected period counts as
+    chaotic only where its exponent exceeds ``3 s``; at lr = 0.02 (period doubling) the orbits converge too
+    slowly for the period test and their exponent is about 0: "no period detected", not chaos.
+    """
+    le, period = res.exponent.values, res.period.values
+    cells = np.all(period == 0, axis=1) & (np.median(le, axis=1) > 0)
+    s = float(np.median(np.std(le[cells], axis=1, ddof=1))) if cells.any() else np.nan
+    return 3 * s, s
+
+
 def sweep_figure(res: xr.Dataset, bif: xr.Dataset, args):
     lrs = res.lr.values
-    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
+    fig, axes = plt.subplots(2, 3, figsize=(12, 7.8))
     q = lambda v, p: np.nanquantile(np.where(np.isfinite(v), v, np.nan), p, axis=1)  # noqa: E731
+    fine = np.linspace(0.005, 0.06, 2000)
+    averages = np.array([closed_form_averages(x) for x in fine])  # (lr, [<f>, <|grad f|>])
+    closed_label = "closed form (fixed point, 2-cycles)"
 
     ax = axes[0, 0]
     share = res.converged.mean("replica").values
     ax.plot(lrs, share, "o-", ms=3)
     ax.axvline(0.02, color="k", ls="--", lw=1, label="2/L = 0.02")
-    ax.set_ylabel(f"share of {args.starts} starts converged (|∇f| < 1e-6)")
+    ax.set_ylabel("share of starts converged")
+    ax.set_title(f"converged: |∇f(θ_n)| < 1e-6 ({args.starts} starts)", fontsize=9)
     ax.legend(fontsize=8)
 
     ax = axes[0, 1]
     le = res.exponent.values
     ax.fill_between(lrs, q(le, 0.05), q(le, 0.95), alpha=0.3, label="5-95% over starts")
-    ax.plot(lrs, q(le, 0.5), "o-", ms=3, label="median")
-    fine = np.linspace(0.005, 0.06, 2000)
-    ax.plot(fine, [closed_form_exponent(x) for x in fine], "k--", lw=1, label="closed form (fixed point, 2-cycles)")
+    ax.plot(lrs, q(le, 0.5), "o-", ms=3, label="median over starts")
+    ax.plot(fine, [closed_form_exponent(x) for x in fine], "k--", lw=1.2, zorder=3, label=closed_label)
     ax.axhline(0, color="gray", lw=0.5)
     ax.set_ylim(-3, 1.5)
-    ax.set_ylabel("top Lyapunov exponent")
-    ax.legend(fontsize=8)
+    ax.set_ylabel("top Lyapunov exponent (per step)")
+    ax.set_title(f"exponent after the first {args.burn_in} of {args.steps} steps", fontsize=9)
 
-    for ax, var, label in [
-        (axes[0, 2], "mean_f", "time-averaged f"),
-        (axes[1, 0], "mean_grad_norm", "time-averaged |∇f|"),
+    for ax, var, label, col in [
+        (axes[0, 2], "mean_f", "<f>", 0),
+        (axes[1, 0], "mean_grad_norm", "<|∇f|>", 1),
     ]:
         v = res[var].values
         ax.fill_between(lrs, q(v, 0.05), q(v, 0.95), alpha=0.3, label="5-95% over starts")
-        ax.plot(lrs, q(v, 0.5), "o-", ms=3, label="median")
-        ax.set_ylabel(label + f" (after {args.burn_in} steps)")
-        ax.legend(fontsize=8)
+        ax.plot(lrs, q(v, 0.5), "o-", ms=3, label="median over starts")
+        ax.plot(fine, averages[:, col], "k--", lw=1.2, zorder=3, label=closed_label)
+        ax.set_ylabel(f"time average {label}")
+        ax.set_title(f"{label} over steps {args.burn_in + 1}-{args.steps} of each start", fontsize=9)
 
     ax = axes[1, 1]
     p = bif.p.values  # (lr, replica, lag)
     for r in range(p.shape[1]):
         ax.scatter(np.repeat(bif.lr.values, p.shape[2]), p[:, r].ravel(), s=0.2, c="k", alpha=0.5)
-    ax.set_ylabel("p = θ1 + θ2 (mod 2π, in [-π, π)), last 100 iterates")
-    ax.set_title("bifurcation diagram")
+    ax.set_ylabel("p = θ1 + θ2 (mod 2π, in [-π, π))")
+    ax.set_title(f"bifurcation diagram: last 100 iterates, {p.shape[1]} starts", fontsize=9)
 
     ax = axes[1, 2]
     period = res.period.values
+    threshold, spread = chaos_threshold(res)
+    longer = np.unique(period[period >= 3])
+    longer_label = "period " + (", ".join(str(k) for k in longer) if 0 < longer.size <= 3 else f"3-{args.tail // 2}")
     classes = [
-        ("fixed point", period == 1),
-        ("period 2", period == 2),
-        ("period 4-32", (period >= 3)),
-        ("no period (chaos)", period == 0),
+        ("fixed point", period == 1, "C0"),
+        ("period 2", period == 2, "C1"),
+        (longer_label, period >= 3, "C2"),
+        (f"chaos: no period, exponent > {threshold:.3f}", (period == 0) & (le > threshold), "C3"),
+        (f"no period detected, exponent ≤ {threshold:.3f}", (period == 0) & ~(le > threshold), "0.6"),
     ]
     bottom = np.zeros(len(lrs))
-    for name, mask in classes:
+    for name, mask, color in classes:
         share = mask.mean(axis=1)
-        ax.bar(lrs, share, width=lrs[1] - lrs[0], bottom=bottom, label=name)
+        if share.any():  # no legend entry for a class that is not drawn
+            ax.bar(lrs, share, width=lrs[1] - lrs[0], bottom=bottom, label=name, color=color)
         bottom += share
+    ax.set_ylim(0, 1.9)
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_ylabel("share of starts")
-    ax.set_title(f"detected period (tolerance 1e-7, up to {args.tail // 2})")
-    ax.legend(fontsize=8)
+    ax.set_title(f"detected period (tolerance 1e-7, up to {args.tail // 2})", fontsize=9)
+    ax.legend(
+        fontsize=8,
+        loc="upper left",
+        title=f"{threshold:.3f} = 3 x {spread:.4f}, the sd of one start's exponent",
+        title_fontsize=8,
+    )
     for ax in axes.ravel():
         ax.set_xlabel("learning rate η")
+    handles, labels = axes[0, 1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.955), ncol=3, fontsize=8, frameon=False)
     fig.suptitle(
-        f"GD on 100 sin θ1 sin θ2: {len(lrs)} learning rates x {args.starts} starts x {args.steps} steps "
-        "in one program (float64)",
+        f"GD on f = 100 sin θ1 sin θ2: {len(lrs)} learning rates x {args.starts} starts θ0 ~ U[-π, π]² x {args.steps} "
+        "steps in one program (float64)",
         fontsize=10,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     return fig
 
 
