@@ -27,6 +27,7 @@ loss without 1/2. Two checks, over several datasets:
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import matplotlib
@@ -39,6 +40,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 from jax.flatten_util import ravel_pytree  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
 
 import dynsim as ds  # noqa: E402
 
@@ -216,28 +218,86 @@ def main(argv=None):
                 f"{np.max(row.final_loss.values):.2e})"
             )
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    t = result.time.values
-    for j, fr in enumerate(FRACTIONS):
-        color = plt.cm.viridis(j / (len(FRACTIONS) - 1))
-        for k, targets in enumerate(result.targets.values):
-            r = result.sel(targets=targets)
-            for s in range(args.datasets):
-                label = f"lr = {fr:.2f} x 2/lambda_max" if s == 0 and k == 0 else None
-                axes[k].plot(t, r.in_theta.isel(dataset=s, fraction=j), color=color, lw=0.8, label=label)
-                if targets == "signed":
-                    axes[2].semilogy(t, r.loss.isel(dataset=s, fraction=j), color=color, lw=0.8)
-    for k, targets in enumerate(result.targets.values):
-        axes[k].set(
-            xlabel="SGD step",
-            ylabel="share of runs in Theta",
-            ylim=(-0.02, 1.02),
-            title=f"Thm A.1's set Theta along SGD, {targets} targets",
-        )
-    axes[0].legend(fontsize=8)
-    axes[2].set(xlabel="SGD step", ylabel="median F", title="training loss, signed targets (one line per dataset)")
-    print("figure:", _cli.save_figure(fig, args, "lojasiewicz_network.png"), f"({elapsed:.0f} s)")
+    plot(result, args)
+    print("figure:", os.path.join(args.out, "lojasiewicz_network.png"), f"({elapsed:.0f} s)")
     return result
+
+
+def plot(result: xr.Dataset, args) -> None:
+    """Per dataset and learning rate: the share of runs that stay in Theta at every record after the start (colour)
+    and the share of (run, record) pairs in Theta; and the training loss over the datasets."""
+    n_sets = result.sizes["dataset"]
+    cmap = ListedColormap(plt.cm.RdYlGn(np.linspace(0.15, 0.85, 256)))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 5), gridspec_kw={"width_ratios": [1, 1, 1.25]}, layout="constrained")
+    for ax, targets in zip(axes[:2], result.targets.values):
+        r = result.sel(targets=targets)
+        stays = r.stays_in_theta.transpose("dataset", "fraction").values
+        time_in = r.in_theta.mean("time").transpose("dataset", "fraction").values
+        mesh = ax.pcolormesh(stays, cmap=cmap, vmin=0, vmax=1)
+        for i in range(stays.shape[0]):
+            for j in range(stays.shape[1]):
+                ax.text(
+                    j + 0.5,
+                    i + 0.5,
+                    f"{stays[i, j]:.2f}\n({time_in[i, j]:.2f})",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                )
+        count = (stays == 1).sum(axis=0)
+        ax.set_xticks(
+            np.arange(len(FRACTIONS)) + 0.5,
+            [f"{fr:g}\n{c} of {n_sets}" for fr, c in zip(FRACTIONS, count)],
+        )
+        ax.set_yticks(np.arange(n_sets) + 0.5, [str(s) for s in range(n_sets)])
+        ax.invert_yaxis()
+        ax.tick_params(labelsize=9)
+        ax.set(
+            xlabel="lr / (2/λ_max(θ_0))\n(below: datasets where every run stays in Θ)",
+            ylabel="dataset",
+        )
+        span = "U(-1/2, 1/2)" if targets == "signed" else "U(0, 1/2)"
+        ax.set_title(
+            f"{targets} targets y ~ {span}:\nshare of runs in Θ at every record\n"
+            "(in brackets: share of all records in Θ)",
+            fontsize=9,
+        )
+    cbar = fig.colorbar(mesh, ax=axes[:2], fraction=0.04, pad=0.01)
+    cbar.set_label(f"share of the {args.n} runs in Θ at every record after the start", fontsize=8)
+    cbar.ax.tick_params(labelsize=8)
+
+    ax = axes[2]
+    t = result.time.values
+    for j in range(len(FRACTIONS)):
+        color = plt.cm.viridis(j / (len(FRACTIONS) - 1))
+        for targets, ls in zip(result.targets.values, ("-", "--")):
+            loss = result.sel(targets=targets).loss.isel(fraction=j).values  # (dataset, time)
+            if targets == "signed":
+                ax.fill_between(t, loss.min(axis=0), loss.max(axis=0), color=color, alpha=0.25, lw=0)
+            ax.plot(t, np.median(loss, axis=0), color=color, ls=ls, lw=1.2)
+    ax.set_yscale("log")
+    ax.set(
+        xlabel="SGD step",
+        ylabel="F (median over runs)",
+        title="training loss F (squared loss) along SGD",
+        xlim=(0, t[-1]),
+    )
+    ax.title.set_fontsize(9)
+    handles = [
+        plt.Line2D([], [], color=plt.cm.viridis(j / (len(FRACTIONS) - 1)), lw=2, label=f"lr = {fr:g} x 2/λ_max(θ_0)")
+        for j, fr in enumerate(FRACTIONS)
+    ]
+    handles += [
+        plt.Line2D([], [], color="k", lw=1.2, label="signed targets: median\nover datasets (band: min-max)"),
+        plt.Line2D([], [], color="k", ls="--", lw=1.2, label="positive targets: median\nover datasets"),
+    ]
+    ax.legend(handles=handles, fontsize=8, loc="center right")
+    fig.suptitle(
+        f"Thm A.1's set Θ along batch-1 SGD from θ_0 ({n_sets} datasets x {args.n} runs x {args.steps} steps, "
+        f"records every {args.steps // 40} steps)",
+        fontsize=10,
+    )
+    fig.savefig(os.path.join(args.out, "lojasiewicz_network.png"), dpi=110)
 
 
 if __name__ == "__main__":
