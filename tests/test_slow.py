@@ -112,6 +112,34 @@ def test_seed_001_to_003_experiments_run_end_to_end(tmp_path, script, args):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "script,args",
+    [
+        ("fig1a_tanh_saddle.py", ["--runs", "200", "--steps", "600"]),
+        ("saddle_exponents_nets.py", "--replicas 8 --steps 600 --transient 100 --lr-points 4".split()),
+        ("tail_index.py", ["--chains", "2000", "--steps", "400"]),
+        ("engine_demo.py", ["--replicas", "256", "--steps", "50"]),
+        ("fig5_swish.py", "--replicas 8 --steps 200 --lr-points 4".split()),  # the 200-dataset search stays
+        ("fig7_wide_nets.py", "--width 8 --lr-points 2 --mu-points 2 --seeds 1 --steps 50 --exponent-steps 50".split()),
+    ],
+)
+def test_seed_004_experiments_draw_their_figures(tmp_path, script, args):
+    """Each script at tiny sizes runs to the end and writes its figure (the drawing code sees shares of 0 and 1,
+    cells where every run diverged, and too few points to fit)."""
+    import os
+    import subprocess
+    import sys
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", script)
+    out, res = tmp_path / "figures", tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, path, *args, "--out", str(out), "--results", str(res)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(list(out.glob("*.png"))) >= 1
+
+
+@pytest.mark.slow
 def test_lyapunov_time_batch_errors_are_calibrated():
     # x' = a_t x, a_t ~ U(0.5, 1.5): the exponent is E log U exactly; over 150 independent estimates (4 replicas x
     # 2000 steps each) z = (estimate - truth) / stderr has mean 0 and sd 1 within their sampling errors
