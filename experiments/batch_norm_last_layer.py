@@ -228,41 +228,109 @@ def main(argv=None):
         f"{vc.azuma.values[-1]:.1f} at n = {int(vc.n[-1])}"
     )
 
-    fig, axes = plt.subplots(1, 4, figsize=(19, 4))
-    for i, lr in enumerate(LRS):
+    fig = plt.figure(figsize=(12, 9.6))
+    grid = fig.add_gridspec(3, 2, height_ratios=(1, 1, 0.1))
+    axes = [fig.add_subplot(grid[i // 2, i % 2]) for i in range(4)]
+    legend_ax = fig.add_subplot(grid[2, :])
+    legend_ax.axis("off")
+    for i in range(len(LRS)):
         color = f"C{i}"
         for start, style in (("default", "-"), ("boundary", "--")):
             r = runs[start].isel(lr=i)
             epoch = r.epoch.values
-            label = f"lr {lr}, {start} start"
-            axes[0].semilogy(epoch, r.a_max.max("replica"), style, color=color, lw=1, label=label)
-            axes[2].semilogy(epoch, r.batch_loss_max.max("replica"), style, color=color, lw=1, label=label)
+            axes[0].semilogy(epoch, r.a_max.max("replica"), style, color=color, lw=1.2)
+            axes[2].semilogy(epoch, r.batch_loss_max.max("replica"), style, color=color, lw=1.2)
         r = runs["default"].isel(lr=i)
         for i_w, ls in zip(range(LAST + 1), (":", "-.", "-")):
-            axes[1].semilogy(r.epoch, r[f"W{i_w}"].mean("replica"), ls, color=color, lw=1, label=f"|W{i_w}|, lr {lr}")
+            axes[1].semilogy(r.epoch, r[f"W{i_w}"].mean("replica"), ls, color=color, lw=1.2)
         v = vc.isel(lr=i)
-        axes[3].loglog(v.n, v.quantile95, "o-", color=color, ms=3, label=f"95% quantile of |Delta_n|, lr {lr}")
-        axes[3].loglog(v.n, np.abs(v.boundary), ":", color=color, lw=1)
-    for y, text in ((1.0, "tight box 1/gamma"), (2 * np.sqrt(BATCH), "proof's box 2 sqrt(m)/gamma")):
+        mean = v["mean"].values
+        axes[3].errorbar(
+            v.n + i * 0.04 * v.n,  # a small offset per lr so that the error bars do not overlap
+            np.abs(mean),
+            yerr=v.stderr.values,
+            fmt="o",
+            ms=4,
+            color=color,
+            capsize=2,
+            label="|mean| ± s.e." if i == 0 else None,
+        )
+        axes[3].loglog(
+            v.n,
+            v.quantile95,
+            "x-",
+            color=color,
+            lw=0.6,
+            ms=4,
+            alpha=0.5,
+            label="95% quantile of $|\\Delta_n|$" if i == 0 else None,
+        )
+        axes[3].loglog(
+            v.n, np.abs(v.boundary), ":", color=color, lw=1.2, label="boundary term (dotted)" if i == 0 else None
+        )
+    for y, text in ((1.0, r"tight box $1/\gamma$"), (2 * np.sqrt(BATCH), r"proof's box $2\sqrt{m}/\gamma$")):
         axes[0].axhline(y, color="k", lw=0.8, ls="--" if y > 1 else "-")
-        axes[0].text(0, y * 1.15, text, fontsize=8)
-    for y, text in ((b["loss_tight"], "tight bound"), (b["loss_paper"], "proof's bound 4m/gamma + log d")):
+        axes[0].text(0, y * 1.15, text, fontsize=9)
+    for y, text in ((b["loss_tight"], "tight bound"), (b["loss_paper"], r"proof's bound $4m/\gamma + \log d$")):
         axes[2].axhline(y, color="k", lw=0.8, ls="-" if y == b["loss_tight"] else "--")
-        axes[2].text(0, y * 1.15, text, fontsize=8)
+        axes[2].text(0, y * 1.15, text, fontsize=9)
     axes[3].loglog(vc.n, vc.azuma, "k--", lw=1, label="Azuma bound (M = tight loss bound)")
     n = vc.n.values
-    axes[3].loglog(n, vc.quantile95.isel(lr=1).values[0] * np.sqrt(n[0] / n), "k:", lw=1, label="n^-1/2")
+    axes[3].loglog(n, np.abs(vc["mean"].isel(lr=1).values[0]) * n[0] / n, "k:", lw=1, label="slope $n^{-1}$")
+    axes[3].loglog(
+        n, np.abs(vc["mean"].isel(lr=1).values[0]) * np.sqrt(n[0] / n), "k-.", lw=1, label="slope $n^{-1/2}$"
+    )
     axes[0].set(
-        xlabel="epoch", ylabel="gamma max_k |a_k| (max over seeds)", title="batch-norm scale, against its invariant box"
+        xlabel="epoch",
+        ylabel=r"$\gamma \max_k |a_k|$ (max over seeds)",
+        title="batch-norm scale, against its invariant box",
     )
-    axes[1].set(xlabel="epoch", ylabel="|W_l|_F (mean over seeds)", title="earlier layers: not bounded by the theorem")
-    axes[2].set(xlabel="epoch", ylabel="max L_B over 8 minibatches", title="minibatch loss, against its bound")
+    axes[1].set(
+        xlabel="epoch",
+        ylabel=r"$\|W_l\|_F$ (mean over seeds)",
+        title="earlier layers (default start): not bounded by the theorem",
+    )
+    axes[2].set(
+        xlabel="epoch",
+        ylabel=r"$\max L_B$ over 8 fixed minibatches and the seeds",
+        title="minibatch loss, against its bound",
+    )
     axes[3].set(
-        xlabel="n (SGD steps)", ylabel="|E_mu_n[L_B - L_B o F]|", title="vanishing change (dotted: boundary term)"
+        xlabel="n (SGD steps)",
+        ylabel=r"$|E_{\mu_n}[L_B - L_B \circ F]|$",
+        title=f"vanishing change from the default start, {args.vc_runs} runs",
     )
-    axes[0].legend(fontsize=7)
-    axes[1].legend(fontsize=6, ncol=3)
-    axes[3].legend(fontsize=7)
+    for ax in axes:
+        ax.title.set_fontsize(10)
+    axes[0].legend(
+        [plt.Line2D([], [], color="k", ls=ls) for ls in ("-", "--")],
+        ["default start (a = 1, b = 0)", r"start on the box's corners ($\pm 1/\gamma$)"],
+        fontsize=8,
+        loc="upper right",
+        bbox_to_anchor=(1, 0.93),
+    )
+    axes[1].legend(
+        [plt.Line2D([], [], color="k", ls=ls) for ls in (":", "-.", "-")],
+        [f"$\\|W_{i_w}\\|_F$" for i_w in range(LAST + 1)],
+        fontsize=9,
+        loc="best",
+    )
+    axes[3].legend(fontsize=8, loc="upper right", bbox_to_anchor=(1, 0.72))
+    legend_ax.legend(
+        [plt.Line2D([], [], color=f"C{i}", lw=2) for i in range(len(LRS))],
+        [f"lr = {lr}" for lr in LRS],
+        loc="center",
+        ncol=len(LRS),
+        fontsize=10,
+        frameon=False,
+        title="colour: learning rate (all panels)",
+        title_fontsize=9,
+    )
+    fig.suptitle(
+        f"Seed 000, Thm. 4.4: batch norm in the last layer, MNIST-1D (10% labels redrawn), "
+        rf"$\gamma$ = {GAMMA}, m = {BATCH}, {args.seeds} seeds x {args.epochs} epochs",
+        fontsize=11,
+    )
     print("figure:", _cli.save_figure(fig, args, "batch_norm_last_layer.png"), f"({elapsed:.0f} s)")
     return result, vc
 

@@ -5,7 +5,7 @@ x_1^2 = c. SGD converges in probability iff m = (1/N) sum_i log|1 - lr x_i^2| < 
 the map of its sign over (lr, c) shows a bulk stable band barely moved by the outlier, a first
 branch (0, ~2/c) once c >> N, and thin stripes around the critical rates 1/x_i^2. Overlaid:
 lambda_GD = 2N / sum x_i^2 (grey), lambda_GD / N (green) and the mean-square threshold
-lambda_DS = 2 sum x_i^2 / sum x_i^4 (white; seed 004's "1/(Nc)" is off by 2N, digest Sec. 2.1).
+lambda_DS = 2 sum x_i^2 / sum x_i^4 (magenta; seed 004's "1/(Nc)" is off by 2N, digest Sec. 2.1).
 Cells are spot-checked by simulation: the top exponent of the SGD map (``with_tangent``) over
 many replicas against m.
 
@@ -78,6 +78,86 @@ def spot_check(n, cells, seed, args):
     return rows
 
 
+def figure(maps, lrs, cs, n_check, checks, args):
+    """The sign of m over (lr, c) for each N, and m against lr at the spot-checked c with the simulated exponents."""
+    panels = len(args.sizes)
+    rows = panels // 2 + 1
+    fig = plt.figure(figsize=(12, 4.6 * rows + 1.1))
+    grid = fig.add_gridspec(rows + 1, 2, height_ratios=(1,) * rows + (0.22,))
+    axes = [fig.add_subplot(grid[i // 2, i % 2]) for i in range(panels + 1)]
+    legend_ax = fig.add_subplot(grid[rows, :])
+    legend_ax.axis("off")
+    lines = [
+        ("grey", "--", r"$\lambda_{GD} = 2N/\sum x_i^2$ (GD's critical lr)"),
+        ("lime", "--", r"$\lambda_{GD}/N$"),
+        ("magenta", ":", r"$\lambda_{DS} = 2\sum x_i^2/\sum x_i^4$ (mean-square threshold)"),
+    ]
+    for ax, n in zip(axes, args.sizes):
+        ax.pcolormesh(lrs, cs, (maps[n] < 0).T, cmap="cividis", shading="auto", vmin=0, vmax=1, rasterized=True)
+        th = thresholds(n, cs, args.seed)
+        for k, (color, ls, _) in enumerate(lines):
+            ax.plot(th[:, k], cs, color=color, ls=ls, lw=2 if color == "magenta" else 1.5)
+        if n == n_check:
+            ax.plot(
+                [r[0] for r in checks], [r[1] for r in checks], "o", ms=7, mfc="none", mec="red", mew=1.8, clip_on=False
+            )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(lrs[0], lrs[-1])
+        ax.set_ylim(cs[0], cs[-1])
+        ax.set_xlabel("learning rate lr")
+        ax.set_ylabel("outlier $x_1^2 = c$")
+        ax.set_title(
+            f"N = {n}" + (f": red circles, the {len(checks)} cells simulated" if n == n_check else ""), fontsize=10
+        )
+
+    ax = axes[panels]
+    fine = np.logspace(-6, 1, 4000)
+    for c, color in ((1.0, "C0"), (1e4, "C1")):
+        m = exponent_map(n_check, fine, np.array([c]), args.seed)[:, 0]
+        ax.plot(fine, m, color=color, lw=1, label=f"m (exact), c = {c:g}")
+        rows = [r for r in checks if r[1] == c]
+        ax.errorbar(
+            [r[0] for r in rows],
+            [r[3] for r in rows],
+            yerr=[2 * r[4] for r in rows],
+            fmt="o",
+            ms=6,
+            mfc="none",
+            mew=1.5,
+            color=color,
+            capsize=3,
+            label=f"simulated top exponent of SGD ± 2 s.e., c = {c:g}",
+        )
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_xlim(fine[0], fine[-1])
+    ax.set_xlabel("learning rate lr")
+    ax.set_ylabel("m (symlog; m < 0: stable)")
+    ax.set_title(
+        f"N = {n_check}: m against lr at c = 1 and 1e4, and the {len(checks)} spot checks\n"
+        f"({args.replicas} replicas x {args.steps} steps each)",
+        fontsize=10,
+    )
+    handles = [
+        plt.matplotlib.patches.Patch(color=plt.cm.cividis(1.0), label="m < 0 (stable)"),
+        plt.matplotlib.patches.Patch(color=plt.cm.cividis(0.0), label="m > 0 (unstable)"),
+    ]
+    handles += [plt.Line2D([], [], color=c, ls=ls, lw=2, label=label) for c, ls, label in lines]
+    handles.append(
+        plt.Line2D([], [], ls="none", marker="o", ms=7, mfc="none", mec="red", mew=1.8, label="cells simulated")
+    )
+    handles += ax.get_legend_handles_labels()[0]
+    legend_ax.legend(handles=handles, loc="center", ncol=3, fontsize=9, frameon=False)
+    fig.suptitle(
+        r"Seed 004, Fig. 2: sign of $m = \frac{1}{N}\sum_i \log|1 - \mathrm{lr}\, x_i^2|$, "
+        f"N - 1 standard normal points (seed {args.seed}) and one outlier",
+        fontsize=11,
+    )
+    return fig
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
@@ -90,39 +170,18 @@ def main(argv=None) -> None:
     lrs = np.logspace(-6, 1, args.lr_points)
     cs = np.logspace(0, 5, args.c_points)
     maps = {n: exponent_map(n, lrs, cs, args.seed) for n in args.sizes}
-    fig, axes = plt.subplots(1, len(args.sizes) + 1, figsize=(5 * (len(args.sizes) + 1), 4.6))
-    panels = [(n, lrs, cs, maps[n]) for n in args.sizes]
-    zoom_lrs = np.logspace(-6, -1, args.lr_points)
-    panels.append((args.sizes[-1], zoom_lrs, cs, exponent_map(args.sizes[-1], zoom_lrs, cs, args.seed)))
-    for ax, (n, lr_axis, c_axis, m) in zip(axes, panels):
-        ax.pcolormesh(lr_axis, c_axis, (m < 0).T, cmap="cividis", shading="auto", vmin=0, vmax=1)
-        th = thresholds(n, c_axis, args.seed)
-        ax.plot(th[:, 0], c_axis, color="grey", ls="--", lw=1.5, label="λ_GD = 2N/Σx²")
-        ax.plot(th[:, 1], c_axis, color="lime", ls="--", lw=1.5, label="λ_GD/N")
-        ax.plot(th[:, 2], c_axis, color="white", ls=":", lw=1.5, label="λ_DS = 2Σx²/Σx⁴")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlim(lr_axis[0], lr_axis[-1])
-        ax.set_xlabel("learning rate λ")
-        ax.set_ylabel("outlier x₁² = c")
-        ax.set_title(f"N = {n}" + (" (zoom)" if lr_axis is zoom_lrs else "") + ": yellow m < 0 (stable)", fontsize=10)
-    axes[0].legend(fontsize=7, loc="lower left")
-    fig.suptitle(
-        f"Seed 004, Fig. 2: sign of m = (1/N) Σ log|1 - λx_i²|, N - 1 standard normal points (seed "
-        f"{args.seed}) and one outlier",
-        fontsize=10,
-    )
-    path = _cli.save_figure(fig, args, "fig2_outlier.png")
+    n = 100 if 100 in args.sizes else args.sizes[0]
+    cells = [(0.5, 1.0), (2.0, 1.0), (3.0, 1.0), (1e-3, 1e4), (1.5e-4, 1e4), (0.03, 1e4), (0.2, 1e4), (2.0, 1e4)]
+    checks = spot_check(n, cells, args.seed, args)
+    path = _cli.save_figure(figure(maps, lrs, cs, n, checks, args), args, "fig2_outlier.png")
     ds.io.save(
         xr.Dataset({f"m_N{n}": (("lr", "c"), m) for n, m in maps.items()}, coords={"lr": lrs, "c": cs}),
         os.path.join(args.results, "fig2_outlier.nc"),
     )
 
-    n = 100 if 100 in args.sizes else args.sizes[0]
-    cells = [(0.5, 1.0), (2.0, 1.0), (3.0, 1.0), (1e-3, 1e4), (1.5e-4, 1e4), (0.03, 1e4), (0.2, 1e4), (2.0, 1e4)]
     print(f"spot checks, N = {n}: simulated top exponent of SGD ({args.replicas} replicas x {args.steps} steps) vs m")
     agree = 0
-    for lr, c, m, le, se in spot_check(n, cells, args.seed, args):
+    for lr, c, m, le, se in checks:
         same = np.sign(le) == np.sign(m)
         agree += same
         print(

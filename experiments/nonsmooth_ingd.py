@@ -1,12 +1,12 @@
 """Nonsmooth nonconvex optimization with INGD (seed 002, thesis ch. 5), float32.
 
-* **(a) INGD's oracle complexity** (Algorithm 2, Thm 5.4.1): INGD on ``f = |x|_1`` in ``R^8``
+* **(a, b) INGD's oracle complexity** (Algorithm 2, Thm 5.4.1): INGD on ``f = |x|_1`` in ``R^8``
   (``L = sqrt(8)``) from a fixed start (``Delta = f(x_1) = 4.744``), over a grid of ``delta`` and
   ``eps``, many replicas per cell: the gradient-oracle calls until the certificate ``|m| <= eps``
   against the theorem's ``192 Delta L^2/(eps^3 delta) log(4 Delta/(gamma delta eps))`` and the
   descents against ``T - 1 = 4 Delta/(eps delta) - 1``; every certified point checked against the
   exact ``d(0, df(x + delta B))`` of ``|x|_1`` (``ds.nonsmooth.l1_goldstein_distance``).
-* **(b) Lemma 5.7.2**: inside one local search, ``v_k = E|m_{t,k}|^2 / L^2 <= 3/(k+2)``, by Monte Carlo
+* **(c) Lemma 5.7.2**: inside one local search, ``v_k = E|m_{t,k}|^2 / L^2 <= 3/(k+2)``, by Monte Carlo
   (``m`` set to 0 once the loop stops, as in the lemma) on three functions where the descent test
   never passes: ``|x|`` at ``x_t = 0.6 delta`` (exactly ``v_k = 0.6^(k-1)``), a max of 7 linear
   pieces, and ``|x|_1`` in ``R^8`` near 0.
@@ -14,7 +14,7 @@
   with Gaussian gradient noise ``sigma``: ``(1/T) sum_t E|m_t|`` against ``eps/4``, and the share of
   iterates with ``|x_t| <= delta`` (the (delta, eps)-stationary ones; Algorithm 3 outputs one of them
   at a uniform random time, lagged by ``K``).
-* **(c) Fig. 5-1 substitute** (ResNet20 on CIFAR-10 is out of reach): a ReLU MLP 64-128-128-10 on
+* **(e, f) Fig. 5-1 substitute** (ResNet20 on CIFAR-10 is out of reach): a ReLU MLP 64-128-128-10 on
   scikit-learn digits (1297 train / 500 test), batch 128, 100 epochs of ``1297 // 128`` minibatches
   (drawn with replacement), several seeds per optimizer in one ``simulate`` call each, with the
   thesis's settings: SGD with momentum (lr 0.1, momentum 0.9, lr / 10 at epochs 50 and 75, weight
@@ -44,7 +44,7 @@ import xarray as xr  # noqa: E402
 
 import dynsim as ds  # noqa: E402
 
-X1 = np.array([0.274, -0.46, -0.918, -0.967, 0.627, 0.826, 0.213, 0.459])  # (a): start in R^8
+X1 = np.array([0.274, -0.46, -0.918, -0.967, 0.627, 0.826, 0.213, 0.459])  # (a, b): start in R^8
 DELTAS = np.array([0.01, 0.02, 0.05, 0.1, 0.2])
 EPSS = np.array([0.5, 1.0, 2.0])
 GAMMA = 1 / 3  # Thm 5.4.1's failure probability at the complexity's 2/3-quantile (eq. 5.4)
@@ -52,7 +52,7 @@ THM_EPS, THM_DELTA, THM_X1 = 0.9, 0.5, 1.0  # (d)
 BATCH = 128
 
 
-# --------------------------------------------------------------------------- (a) oracle complexity
+# --------------------------------------------------------------------------- (a, b) oracle complexity
 
 
 def oracle_complexity(args) -> xr.Dataset:
@@ -98,7 +98,7 @@ def oracle_complexity(args) -> xr.Dataset:
     return out
 
 
-# --------------------------------------------------------------------------- (b) Lemma 5.7.2
+# --------------------------------------------------------------------------- (c) Lemma 5.7.2
 
 
 def _polygon(n_sides: int = 7):
@@ -213,7 +213,7 @@ def theorem_5_5_1(args) -> xr.Dataset:
     )
 
 
-# --------------------------------------------------------------------------- (c) digits
+# --------------------------------------------------------------------------- (e, f) digits
 
 
 def sgd_step_decay(learning_rate, momentum=0.9, first=0.0, second=0.0):
@@ -296,70 +296,86 @@ def _se(v, axis=0):
 
 
 def figure(a, b, d, c):
-    fig, axes = plt.subplots(2, 3, figsize=(18, 10))
-    ax = axes[0, 0]
+    fig, axes = plt.subplots(3, 2, figsize=(12, 15))
+    axes = axes.ravel()  # panels a-f in reading order
+    ax = axes[0]
     for j, (e, color) in enumerate(zip(EPSS, ("C0", "C1", "C2"))):
         calls = a.calls.values[:, j]
         q = np.quantile(calls, 2 / 3, axis=-1)
-        ax.loglog(DELTAS, q, "o-", color=color, label=f"ε = {e:g}: 2/3-quantile of calls")
+        ax.loglog(DELTAS, q, "o-", color=color, label=f"$\\varepsilon$ = {e:g}: 2/3-quantile of calls")
         ax.loglog(DELTAS, calls.max(-1), "v", color=color, mfc="none", ms=5)
-        ax.loglog(DELTAS, a.bound.values[:, j], "--", color=color, lw=1, label=f"ε = {e:g}: Thm 5.4.1 bound (γ = 1/3)")
+        ax.loglog(
+            DELTAS,
+            a.bound.values[:, j],
+            "--",
+            color=color,
+            lw=1,
+            label=f"$\\varepsilon$ = {e:g}: Thm 5.4.1 bound ($\\gamma$ = 1/3)",
+        )
         ax.loglog(DELTAS, a.T.values[:, j], ":", color=color, lw=1)
-    ax.set_xlabel("δ")
-    ax.set_ylabel("gradient-oracle calls until |m| ≤ ε")
+    ax.set_xlabel(r"$\delta$")
+    ax.set_ylabel(r"gradient-oracle calls until $|m| \leq \varepsilon$")
     ax.set_title(
-        f"(a) INGD on |x|_1 in R^{X1.size} (Δ = {a.Delta:.3f}, L = √{X1.size}), {a.sizes['replica']} runs per cell:\n"
-        "2/3-quantile (o), max (▽); dashed: 192ΔL²/(ε³δ)·log(4Δ/(γδε)); dotted: T = 4Δ/(εδ)",
-        fontsize=9,
+        f"(a) INGD on $|x|_1$ in $R^{X1.size}$ ($\\Delta$ = {a.Delta:.3f}, L = $\\sqrt{{{X1.size}}}$), "
+        f"{a.sizes['replica']} runs per cell:\n"
+        r"2/3-quantile (o), max ($\triangledown$); dashed: $192\Delta L^2/(\varepsilon^3\delta)"
+        r"\log(4\Delta/(\gamma\delta\varepsilon))$; dotted: $T = 4\Delta/(\varepsilon\delta)$",
+        fontsize=10,
     )
-    ax.legend(fontsize=7)
+    ax.set_ylim(8, 1e12)  # room above the bounds for the legend
+    ax.legend(fontsize=8, loc="upper right")
 
-    ax = axes[0, 1]
+    ax = axes[1]
     j = list(EPSS).index(1.0)
     for i, (dl, color) in enumerate(zip(DELTAS, plt.cm.viridis(np.linspace(0, 0.9, len(DELTAS))))):
         calls = np.sort(a.calls.values[i, j])
-        ax.semilogx(calls, np.arange(1, calls.size + 1) / calls.size, color=color, label=f"δ = {dl:g}")
+        ax.semilogx(calls, np.arange(1, calls.size + 1) / calls.size, color=color, label=f"$\\delta$ = {dl:g}")
         ax.axvline(a.T.values[i, j], color=color, ls=":", lw=1)
     ax.axhline(2 / 3, color="k", lw=0.5)
-    ax.set_xlabel("gradient-oracle calls until |m| ≤ ε")
+    ax.set_xlabel(r"gradient-oracle calls until $|m| \leq \varepsilon$")
     ax.set_ylabel("fraction of runs certified")
     ax.set_title(
-        "(a) ε = 1: distribution of calls (dotted: T = 4Δ/(εδ));\n"
-        f"the Thm 5.4.1 bounds, {a.bound.values[:, j].min():.2g} to {a.bound.values[:, j].max():.2g}, are off the axis",
-        fontsize=9,
+        r"(b) $\varepsilon$ = 1: distribution of calls (dotted: $T = 4\Delta/(\varepsilon\delta)$);"
+        f"\nthe Thm 5.4.1 bounds, {a.bound.values[:, j].min():.2g} to {a.bound.values[:, j].max():.2g}, "
+        "are off the axis",
+        fontsize=10,
     )
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=8)
 
-    ax = axes[0, 2]
+    ax = axes[2]
     k = b.k.values
     for i, (case, color) in enumerate(zip(b.case.values, ("C0", "C1", "C2"))):
         v, se = b.v.values[i], b.stderr.values[i]
-        ax.loglog(k, np.maximum(v, 1e-12), color=color, label=case)
+        label = str(case).replace("|x|_1", "$|x|_1$").replace("R^8", "$R^8$").replace("]^8", "]$^8$")
+        ax.loglog(k, np.maximum(v, 1e-12), color=color, label=label.replace("x_t", "$x_t$"))
         ax.fill_between(k, np.maximum(v - 2 * se, 1e-12), v + 2 * se, color=color, alpha=0.3, lw=0)
     ax.loglog(k, b.bound.values, "k--", label="Lemma 5.7.2: 3/(k+2)")
-    ax.loglog(k, b.exact_abs.values, "C0:", lw=1, label="|x| exact: 0.6^(k-1)")
+    ax.loglog(k, b.exact_abs.values, "C0:", lw=1, label="$|x|$ exact: $0.6^{k-1}$")
     ax.set_ylim(1e-7, 2)
     ax.set_xlabel("inner step k")
-    ax.set_ylabel("E|m_{t,k}|² / L²  (±2 s.e.)")
-    ax.set_title(f"(b) Lemma 5.7.2 inside one local search, {b.attrs['replicas']} runs each", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_ylabel(r"$v_k = E|m_{t,k}|^2 / L^2$  (band: ±2 s.e.)")
+    ax.set_title(f"(c) Lemma 5.7.2 inside one local search, {b.attrs['replicas']} runs each", fontsize=10)
+    ax.legend(fontsize=8)
 
-    ax = axes[1, 0]
+    ax = axes[3]
     for i, (sigma, color) in enumerate(zip(d.sigma.values, ("C0", "C1", "C2"))):
-        label = f"σ = {sigma:g} (T = {int(d.T[i]):,})"
+        label = f"$\\sigma$ = {sigma:g} (T = {int(d.T[i]):,})"
         ax.semilogy(d.fraction.values, d.running_mean_m.values[i], color=color, label=label)
-    ax.axhline(THM_EPS / 4, color="k", ls="--", label="ε/4")
+    ax.axhline(THM_EPS / 4, color="k", ls="--", label=r"$\varepsilon/4$")
     ax.set_xlabel("t / T")
-    ax.set_ylabel("(1/t) Σ_{s≤t} E|m_s|")
+    ax.set_ylabel(r"$(1/t) \sum_{s \leq t} E|m_s|$")
     ax.set_title(
-        f"(d) Thm 5.5.1: Stochastic INGD on |x| + N(0, σ²) noise, theorem's β, p, q, T\n"
-        f"(ε = {THM_EPS}, δ = {THM_DELTA}, x_1 = {THM_X1}, {d.attrs['replicas']} runs)",
-        fontsize=9,
+        r"(d) Thm 5.5.1: Stochastic INGD on $|x|$ + N(0, $\sigma^2$) noise, theorem's $\beta$, p, q, T"
+        f"\n($\\varepsilon$ = {THM_EPS}, $\\delta$ = {THM_DELTA}, $x_1$ = {THM_X1}, {d.attrs['replicas']} runs)",
+        fontsize=10,
     )
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=8)
 
     epoch = c.epoch.values
-    for ax, var, label in [(axes[1, 1], "train_acc", "train accuracy"), (axes[1, 2], "test_acc", "test accuracy")]:
+    for ax, var, label, letter in [
+        (axes[4], "train_acc", "train accuracy", "e"),
+        (axes[5], "test_acc", "test accuracy", "f"),
+    ]:
         for name, color in zip(c.optimizer.values, ("C0", "C1", "C2")):
             v = c[var].sel(optimizer=name).values
             mean, se = v.mean(0), _se(v)
@@ -369,16 +385,19 @@ def figure(a, b, d, c):
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.set_title(
-            f"(c) Fig. 5-1 substitute: MLP 64-128-128-10 (ReLU) on digits, {c.sizes['replica']} seeds (±2 s.e.)",
-            fontsize=9,
+            f"({letter}) Fig. 5-1 substitute, {label}: MLP 64-128-128-10 (ReLU)\n"
+            f"on digits, mean of {c.sizes['replica']} seeds (band: ±2 s.e.)",
+            fontsize=10,
         )
-        ax.legend(fontsize=8)
-    fig.suptitle("Seed 002, ch. 5: INGD and (δ, ε)-stationarity (float32)", fontsize=11)
+        ax.legend(fontsize=9)
+    fig.suptitle(r"Seed 002, ch. 5: INGD and $(\delta, \varepsilon)$-stationarity (float32)", fontsize=12)
     return fig
 
 
 def summary(a, b, d, c) -> None:
-    print(f"(a) INGD on |x|_1 in R^{X1.size}, Delta = {a.Delta:.3f}, L = {a.L:.4f}, {a.sizes['replica']} runs per cell")
+    print(
+        f"(a, b) INGD on |x|_1 in R^{X1.size}, Delta = {a.Delta:.3f}, L = {a.L:.4f}, {a.sizes['replica']} runs per cell"
+    )
     print(
         f"{'delta':>6} {'eps':>4} {'K':>5} {'cert.':>6} {'median':>7} {'q2/3':>6} {'max':>5} {'bound(1/3)':>11} "
         f"{'bound/q':>8} {'desc.max':>8} {'T-1':>6} {'restarts':>8} {'max d_exact':>11} {'max |m|':>8}"
@@ -407,7 +426,7 @@ def summary(a, b, d, c) -> None:
         q = np.quantile(a.calls.values[:, j], 2 / 3, axis=-1)
         slope = np.polyfit(np.log(1 / DELTAS), np.log(q), 1)[0]
         print(f"  eps = {e:g}: slope of log(2/3-quantile of calls) against log(1/delta): {slope:.3f}")
-    print(f"(b) Lemma 5.7.2, {b.attrs['replicas']} runs: E|m_k|^2/L^2 (+- s.e.) against 3/(k+2)")
+    print(f"(c) Lemma 5.7.2, {b.attrs['replicas']} runs: E|m_k|^2/L^2 (+- s.e.) against 3/(k+2)")
     for i, case in enumerate(b.case.values):
         v, se, bound = b.v.values[i], b.stderr.values[i], b.bound.values
         cells = ", ".join(
@@ -433,7 +452,7 @@ def summary(a, b, d, c) -> None:
             f"(+- {float(r.mean_m_se):.1g}) vs eps/4 = {THM_EPS / 4}; below eps/4 from t/T = {below:.3f}; share of "
             f"iterates with |x_t| <= delta = {float(r.stationary):.4f} (min over runs {float(r.stationary_min):.4f})"
         )
-    print(f"(c) digits, {c.sizes['replica']} seeds, train / test accuracy (mean +- s.e.) at epochs:")
+    print(f"(e, f) digits, {c.sizes['replica']} seeds, train / test accuracy (mean +- s.e.) at epochs:")
     for name in c.optimizer.values:
         tr, te = c.train_acc.sel(optimizer=name).values, c.test_acc.sel(optimizer=name).values
         loss = c.train_loss.sel(optimizer=name).values
@@ -461,25 +480,25 @@ def summary(a, b, d, c) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=2000, help="(a): INGD runs per (delta, eps) cell")
-    parser.add_argument("--max-calls", type=int, default=5000, help="(a): steps (oracle calls) per run")
-    parser.add_argument("--lemma-n", type=int, default=20000, help="(b): runs per function")
-    parser.add_argument("--lemma-k", type=int, default=200, help="(b): inner steps k")
+    parser.add_argument("--n", type=int, default=2000, help="(a, b): INGD runs per (delta, eps) cell")
+    parser.add_argument("--max-calls", type=int, default=5000, help="(a, b): steps (oracle calls) per run")
+    parser.add_argument("--lemma-n", type=int, default=20000, help="(c): runs per function")
+    parser.add_argument("--lemma-k", type=int, default=200, help="(c): inner steps k")
     parser.add_argument("--thm-n", type=int, default=256, help="(d): runs per noise level")
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.5, 1.0], help="(d): noise levels")
-    parser.add_argument("--seeds", type=int, default=8, help="(c): seeds per optimizer")
-    parser.add_argument("--epochs", type=int, default=100, help="(c): epochs")
+    parser.add_argument("--seeds", type=int, default=8, help="(e, f): seeds per optimizer")
+    parser.add_argument("--epochs", type=int, default=100, help="(e, f): epochs")
     args = _cli.parse(parser, argv)
     timings = {}
     started = time.perf_counter()
     a = oracle_complexity(args)
-    timings["a"] = time.perf_counter() - started
+    timings["a, b"] = time.perf_counter() - started
     b = lemma_5_7_2(args)
-    timings["b"] = time.perf_counter() - started - sum(timings.values())
+    timings["c"] = time.perf_counter() - started - sum(timings.values())
     d = theorem_5_5_1(args)
     timings["d"] = time.perf_counter() - started - sum(timings.values())
     c = digits(args)
-    timings["c"] = time.perf_counter() - started - sum(timings.values())
+    timings["e, f"] = time.perf_counter() - started - sum(timings.values())
     path = _cli.save_figure(figure(a, b, d, c), args, "nonsmooth_ingd.png")
     for name, res in [("complexity", a), ("lemma", b), ("theorem", d), ("digits", c)]:
         ds.io.save(res, os.path.join(args.results, f"nonsmooth_ingd_{name}.nc"))

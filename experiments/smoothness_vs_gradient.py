@@ -86,23 +86,29 @@ def log_correlation(g, lhat):
 
 
 def figure(res):
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4.8))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9.2))
+    axes = axes.ravel()
     for ax, run in zip(axes, res.run.values):
         r = res.sel(run=run)
         g, lhat = r.grad_norm.values, r.local_smoothness.values
-        sc = ax.scatter(g, lhat, c=r.step.values, s=3, cmap="viridis")
+        sc = ax.scatter(g, lhat, c=r.step.values, s=3, cmap="viridis", rasterized=True)
         corr, n = log_correlation(g, lhat)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("|∇F(x_k)| (full batch)")
-        ax.set_ylabel("local smoothness along the step")
-        ax.set_title(f"{run}\ncorrelation of the logs {corr:+.2f} ({n} steps)", fontsize=9)
-        fig.colorbar(sc, ax=ax, label="step")
+        ax.set_xlabel(r"$|\nabla F(x_k)|$ (full batch)")
+        ax.set_ylabel(r"$\hat L_k = |\nabla F(x_k + d_k/2) - \nabla F(x_k)| \,/\, (|d_k|/2)$")
+        ax.set_title(f"{run}\ncorrelation of the logs {corr:+.2f} ({n} steps)", fontsize=10)
+        fig.colorbar(sc, ax=ax, label="step k")
         axes[3].semilogy(r.step, r.loss, lw=0.8, label=run)
-    axes[3].set_xlabel("step")
-    axes[3].set_ylabel("full-batch training loss")
-    axes[3].legend(fontsize=8)
-    fig.suptitle("Seed 002, Figs. 3-1 to 3-3 on digits: MLP 64-32-32-10 (tanh), batch 32", fontsize=11)
+    axes[3].set_xlabel("step k")
+    axes[3].set_ylabel("full-batch training loss $F(x_k)$")
+    axes[3].set_title("training loss of the three runs", fontsize=10)
+    axes[3].legend(fontsize=9)
+    fig.suptitle(
+        "Seed 002, Figs. 3-1 to 3-3 on digits: local smoothness against gradient norm along training,\n"
+        "MLP 64-32-32-10 (tanh), batch 32, $d_k = x_{k+1} - x_k$",
+        fontsize=11,
+    )
     return fig
 
 

@@ -131,7 +131,8 @@ def sgd(args) -> tuple[xr.Dataset, xr.Dataset]:
 
 
 def figure(steps: xr.Dataset, probes: xr.Dataset, sgd_probes: xr.Dataset, args):
-    fig, axes = plt.subplots(2, 4, figsize=(19, 8.5))
+    fig, grid = plt.subplots(4, 2, figsize=(12, 15.5))
+    axes = grid.ravel().reshape(2, 4)  # panels in reading order: axes[0, :] first, then axes[1, :]
     t = steps.time.values
     for i, lr in enumerate(GD_LRS):
         label = f"lr = 2/{2 / lr:.0f}"
@@ -145,31 +146,33 @@ def figure(steps: xr.Dataset, probes: xr.Dataset, sgd_probes: xr.Dataset, args):
         axes[0, 3].plot(t, sm, color=f"C{i}", lw=0.5, alpha=0.6)
         prof = lr / 2 * p.gd_profile.values
         mean, sd = prof.mean(axis=1), prof.std(axis=1)
-        axes[0, 3].errorbar(p.time, mean, yerr=sd, fmt="o", ms=2, color=f"C{i}", label=f"{label}: mean ± sd over τ")
+        axes[0, 3].errorbar(
+            p.time, mean, yerr=sd, fmt="o", ms=2, color=f"C{i}", label=f"{label}: mean ± sd over $\\tau$"
+        )
         axes[1, 0].plot(-1 + sm, rp, ".", ms=1.5, color=f"C{i}", label=label)
     axes[0, 0].set_title("GD: full-batch loss (non-monotone at the edge of stability)")
-    axes[0, 0].set_ylabel("f(θ_t)")
+    axes[0, 0].set_ylabel(r"$f(\theta_t)$")
     axes[0, 1].axhline(1, color="k", ls="--", lw=1)
     axes[0, 1].set_title(f"sharpness (Lanczos, {args.lanczos} steps) x lr/2")
-    axes[0, 1].set_ylabel("(lr/2) λ_max")
+    axes[0, 1].set_ylabel(r"(lr/2) $\lambda_{max}(\nabla^2 f(\theta_t))$")
     axes[0, 2].set_ylim(-1.2, 0.6)
     axes[0, 2].set_title("RP (Def. 1): every step, and means over 50 steps")
     axes[0, 2].set_ylabel("RP")
     axes[0, 3].set_ylim(-0.2, 1.4)
     axes[0, 3].axhline(1, color="k", ls="--", lw=1)
-    axes[0, 3].set_title("(lr/2) L(θ; lr∇f) every step; τ-profile (Exp. 5)")
-    axes[0, 3].set_ylabel("(lr/2) L")
+    axes[0, 3].set_title(r"(lr/2) $L(\theta_t; \mathrm{lr}\,\nabla f)$ every step; $\tau$-profile (Exp. 5)")
+    axes[0, 3].set_ylabel(r"(lr/2) $L(\theta_t; \tau\,\mathrm{lr}\,\nabla f)$")
     for ax in axes[0]:
         ax.set_xlabel("step t")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=9)
     ax = axes[1, 0]
     ax.plot([-1.1, 0.4], [-1.1, 0.4], "k--", lw=1, label="eq. (5): RP = -1 + (lr/2) L")
     ax.set_xlim(-1.1, 0.4)
     ax.set_ylim(-1.1, 0.6)
-    ax.set_xlabel("-1 + (lr/2) L(θ_t; lr∇f)")
-    ax.set_ylabel("RP_t")
-    ax.set_title("relation (5), every step")
-    ax.legend(fontsize=8, markerscale=6)
+    ax.set_xlabel(r"$-1 + $(lr/2) $L(\theta_t; \mathrm{lr}\,\nabla f)$")
+    ax.set_ylabel("RP at step t")
+    ax.set_title("GD: relation (5), every step")
+    ax.legend(fontsize=9, markerscale=6)
 
     ep = sgd_probes.epoch.values
     for i, lr in enumerate(SGD_LRS):
@@ -194,6 +197,9 @@ def figure(steps: xr.Dataset, probes: xr.Dataset, sgd_probes: xr.Dataset, args):
         )
     m = sgd_probes.attrs["probe_minibatches"]
     axes[1, 1].set_title("SGD (batch 32, random labels): full-batch loss")
+    axes[1, 1].set_ylabel("full-batch training loss")
+    axes[1, 2].set_ylabel("E[RP] and the right side of eq. (6)")
+    axes[1, 3].set_ylabel("share of minibatch steps")
     axes[1, 2].axhline(0, color="k", lw=0.5)
     axes[1, 2].set_title(f"E[RP] (Def. 3) and eq. (6), ± s.e. over {m} minibatches")
     axes[1, 3].axhline(0.5, color="k", lw=0.5)
@@ -201,11 +207,13 @@ def figure(steps: xr.Dataset, probes: xr.Dataset, sgd_probes: xr.Dataset, args):
     axes[1, 3].set_title("share of minibatch steps that lower f (Remark 6)")
     for ax in axes[1, 1:]:
         ax.set_xlabel("epoch")
-        ax.legend(fontsize=7)
+    axes[1, 1].legend(fontsize=8)
+    axes[1, 2].legend(fontsize=8, loc="upper left")
+    axes[1, 3].legend(fontsize=8, loc="upper right")
     fig.suptitle(
-        "Seed 001 on digits: GD on a tanh MLP with the square loss (top, bottom left); SGD on a ReLU MLP with random "
-        "labels (bottom right)",
-        fontsize=11,
+        "Seed 001 on digits: GD on a tanh MLP with the square loss (first five panels);\n"
+        "SGD on a ReLU MLP with random labels (last three)\n",
+        fontsize=12,
     )
     return fig
 

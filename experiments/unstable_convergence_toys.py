@@ -153,7 +153,8 @@ def family(args) -> xr.Dataset:
 
 
 def figure(ex: dict, bas: xr.Dataset, fam: xr.Dataset, args):
-    fig, axes = plt.subplots(2, 4, figsize=(19, 8.5))
+    fig, grid = plt.subplots(4, 2, figsize=(12, 15.5))
+    axes = grid.ravel().reshape(2, 4)  # panels in reading order: axes[0, :] first, then axes[1, :]
     t1 = np.arange(201)
 
     ax = axes[0, 0]
@@ -162,30 +163,35 @@ def figure(ex: dict, bas: xr.Dataset, fam: xr.Dataset, args):
         th = res.theta.values[i, 0, :, 0]
         ax.semilogy(res.time.values, np.abs(th), color=f"C{i}", label=f"lr = 2/{2 / lr:.0f}")
         ax.semilogy(t1, np.abs(1 - 40 * lr) ** t1, "k:", lw=1)
-    ax.set_title("Ex. 1: 20 t1² + t2² (L = 40); dotted: |1 - 40 lr|^t")
-    ax.set_ylabel("|t1|")
-    ax.legend(fontsize=8)
+    ax.set_title(r"Ex. 1: $20 t_1^2 + t_2^2$ (L = 40); dotted: $|1 - 40\,\mathrm{lr}|^t$")
+    ax.set_ylabel("$|t_1|$")
+    ax.legend(fontsize=9)
 
     ax = axes[0, 1]
-    for name, label in [("ex2_quadratic", "20 t1² + t2²"), ("ex2_tanh", "tanh(20 t1² + t2²)")]:
+    for name, label in [("ex2_quadratic", "$20 t_1^2 + t_2^2$"), ("ex2_tanh", r"$\tanh(20 t_1^2 + t_2^2)$")]:
         r = ex[name].isel(lr=0, replica=0)
         stop = int(r.diverged_step) if int(r.diverged_step) >= 0 else None
         ax.semilogy(r.time.values[:stop], r.loss.values[:stop], label=label)
-    ax.axhline(CYCLE_T, color="k", ls="--", lw=1, label="1/√40 (loss on the 2-cycle)")
+    ax.axhline(CYCLE_T, color="k", ls="--", lw=1, label=r"$1/\sqrt{40}$ (loss on the 2-cycle)")
     ax.set_title("Ex. 2: lr = 2/39 > 2/L")
-    ax.set_ylabel("f(θ_t)")
-    ax.legend(fontsize=8)
+    ax.set_ylabel(r"$f(\theta_t)$")
+    ax.legend(fontsize=9)
 
     ax = axes[0, 2]
     r = ex["ex2_tanh"].isel(lr=0, replica=0)
     lr = 2 / 39
     ax.plot(r.time, r.progress_relative_progress, label="RP (Def. 1)")
-    ax.plot(r.time, lr / 2 * r.progress_directional_smoothness, label="(lr/2) L(θ; lr∇f) (Def. 2)")
-    ax.plot(r.time, lr / 2 * r.sharpness, label="(lr/2) λ_max(∇²f(θ_t))")
-    ax.axhline(lr / 2 * 40, color="gray", ls=":", label="(lr/2) λ_max at 0 = 40/39")
+    ax.plot(
+        r.time,
+        lr / 2 * r.progress_directional_smoothness,
+        label=r"(lr/2) $L(\theta_t; \mathrm{lr}\,\nabla f)$ (Def. 2)",
+    )
+    ax.plot(r.time, lr / 2 * r.sharpness, label=r"(lr/2) $\lambda_{max}(\nabla^2 f(\theta_t))$")
+    ax.axhline(lr / 2 * 40, color="gray", ls=":", label=r"(lr/2) $\lambda_{max}$ at 0 = 40/39")
     ax.set_ylim(-1.2, 1.3)
+    ax.set_ylabel("RP, (lr/2) L, (lr/2) $\\lambda_{max}$")
     ax.set_title("Ex. 2, tanh: RP -> 0, (lr/2) L -> 1, sharpness stays below 2/lr")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=9)
 
     ax = axes[0, 3]
     for activation in ("linear", "tanh"):
@@ -196,24 +202,24 @@ def figure(ex: dict, bas: xr.Dataset, fam: xr.Dataset, args):
             r.loss.values[:stop],
             label=f"{activation} ({'converges' if stop is None else 'diverges at step ' + str(stop)})",
         )
-    ax.set_title("Ex. 3: (t1 σ(t2))², θ0 = (13, 0.01), lr = 2/150")
-    ax.set_ylabel("f(θ_t)")
-    ax.legend(fontsize=8)
+    ax.set_title(r"Ex. 3: $(t_1 \sigma(t_2))^2$, $\theta_0$ = (13, 0.01), lr = 2/150")
+    ax.set_ylabel(r"$f(\theta_t)$")
+    ax.legend(fontsize=9)
 
     ax = axes[1, 0]
     r = ex["ex3_tanh"].isel(lr=0, replica=0)
-    ax.plot(r.time, r.sharpness, label="sharpness λ_max = 2 t1² on the valley")
+    ax.plot(r.time, r.sharpness, label=r"sharpness $\lambda_{max} = 2 t_1^2$ on the valley")
     ax.axhline(150, color="k", ls="--", lw=1, label="2/lr = 150")
-    ax.set_ylabel("λ_max(∇²f(θ_t))")
+    ax.set_ylabel(r"$\lambda_{max}(\nabla^2 f(\theta_t))$")
     ax2 = ax.twinx()
     ax2.plot(r.time, r.progress_relative_progress, color="C1", lw=0.8, label="RP")
     ax2.set_ylim(-1.2, 1.5)
     ax2.set_ylabel("RP", color="C1")
     final = r.isel(time=-1)
-    ax.set_title(f"Ex. 3, tanh: t1 -> {float(final.theta[0]):.4f}, sharpness {float(final.sharpness):.2f} < 150")
+    ax.set_title(f"Ex. 3, tanh: $t_1$ -> {float(final.theta[0]):.4f}, sharpness {float(final.sharpness):.2f} < 150")
     ax.set_xscale("symlog", linthresh=10)
     ax.set_xlim(0, args.ex3_steps)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=9, loc="upper right")
 
     lrL = fam.lrL.values
     ax = axes[1, 1]
@@ -221,7 +227,7 @@ def figure(ex: dict, bas: xr.Dataset, fam: xr.Dataset, args):
     for rep in range(min(4, orbit.shape[1])):
         ax.scatter(np.repeat(lrL, orbit.shape[2]), orbit[:, rep].ravel(), s=0.2, c="k", alpha=0.4)
     ax.set_ylabel(f"x, last {args.tail} iterates")
-    ax.set_title("bifurcation diagram of x -> x (1 - lr L sech²(L x²/2))")
+    ax.set_title(r"bifurcation diagram of $x \to x\,(1 - \mathrm{lr}\,L\,\mathrm{sech}^2(L x^2/2))$")
 
     ax = axes[1, 2]
     le = np.where(np.isfinite(fam.exponent.values), fam.exponent.values, np.nan)
@@ -235,7 +241,7 @@ def figure(ex: dict, bas: xr.Dataset, fam: xr.Dataset, args):
     ax.set_ylim(-3, 1.2)
     ax.set_ylabel("top Lyapunov exponent")
     ax.set_title(f"{len(lrL)} step sizes x {fam.sizes['replica']} starts x {args.family_steps} steps")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
 
     ax = axes[1, 3]
     share = fam.at_minimum.mean("replica").values
@@ -248,13 +254,13 @@ def figure(ex: dict, bas: xr.Dataset, fam: xr.Dataset, args):
         [80 / 39], [at], "s", color="C3", label=f"Ex. 2 (2-D), lr L = 80/39: {at:.0%} at 0, {on:.2%} on the 2-cycle"
     )
     ax.set_ylabel("share converged to the minimum")
-    ax.set_title("Thm 1: GD never settles where λ_max > 2/lr")
-    ax.legend(fontsize=7)
+    ax.set_title(r"Thm 1: GD never settles where $\lambda_{max}$ > 2/lr")
+    ax.legend(fontsize=8)
     for ax in axes[1, 1:]:
         ax.set_xlabel("lr L")
     for ax in (*axes[0], axes[1, 0]):
         ax.set_xlabel("step t")
-    fig.suptitle("Unstable convergence of GD on the toys of seed 001 (float64)", fontsize=11)
+    fig.suptitle("Unstable convergence of GD on the toys of seed 001 (float64)\n", fontsize=12)
     return fig
 
 
