@@ -288,10 +288,12 @@ def main(argv=None) -> None:
         save(name, theory, sim, args, {**summary, "elapsed_seconds": elapsed})
         cells = int(np.prod(sim.phase.shape))
         print(
-            f"{args.diagram}: {cells} cells x {args.replicas} replicas x {args.steps} steps "
+            f"{args.diagram} ({summary['title']}): {cells} cells x {args.replicas} replicas x {args.steps} steps "
             f"({cells * args.replicas * args.steps:.3g} trajectory-steps, plus refinement) in {elapsed:.1f} s"
         )
         for key, value in summary.items():
+            if key == "title":
+                continue
             print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
     elif not os.path.exists(results):
         parser.error(f"--replot: no results at {results}; run without --replot first")
