@@ -21,6 +21,7 @@ Data: x ~ N(0, 1), y = mu x + (1 - mu) eps, eps ~ N(0, 4), mu = 0.1; S = 1, fres
 from __future__ import annotations
 
 import argparse
+import os
 
 import matplotlib
 
@@ -33,6 +34,7 @@ import _cli  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+import xarray as xr  # noqa: E402
 from scipy import optimize  # noqa: E402
 
 import dynsim as ds  # noqa: E402
@@ -86,6 +88,7 @@ def main(argv=None) -> None:
     lrs = np.linspace(0.05, 2.0, args.lr_points)
     adam_lrs = np.logspace(-4, -0.5, args.lr_points)
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.9))
+    saved = {}  # what the figure shows, for the results file
     for ax, activation in zip(axes[:2], ("tanh", "swish")):
         c0 = ds.problems.C0[activation]
         theory = ds.stability.saddle_exponents(lrs, [MU], c0=c0)
@@ -98,6 +101,16 @@ def main(argv=None) -> None:
         le_at, se_at, n_at, _ = measure(ds.dynamics.sgd(at), lrs, args, f"sgd_{activation}_at_saddle")
         le_near, se_near, n_near, res_near = measure(ds.dynamics.sgd(near), lrs, args, f"sgd_{activation}_near")
         iii = phase == ds.stability.PHASES.index("III")
+        saved.update(
+            {
+                f"{activation}_linearised": ("lr", top),
+                f"{activation}_sgd_at_saddle": ("lr", le_at),
+                f"{activation}_sgd_at_saddle_stderr": ("lr", se_at),
+                f"{activation}_sgd_near": ("lr", le_near),
+                f"{activation}_sgd_near_stderr": ("lr", se_near),
+                f"{activation}_sgd_near_diverged": ("lr", res_near.diverged.mean("replica").values),
+            }
+        )
 
         def top_exponent(lr, c0=c0):
             t = ds.stability.saddle_exponents([lr], [MU], c0=c0)
@@ -184,6 +197,7 @@ def main(argv=None) -> None:
         near = ds.problems.scalar_net(activation, init_std=1e-3)
         le, se, n, _ = measure(ds.dynamics.from_optax(near, optax.adam), adam_lrs, args, f"adam_{activation}_near")
         ax.errorbar(adam_lrs, le, yerr=2 * se, fmt=marker + "-", ms=4, label=f"Adam, {activation}")
+        saved.update({f"{activation}_adam_near": ("adam_lr", le), f"{activation}_adam_near_stderr": ("adam_lr", se)})
         shown = [0, int(np.argmin(np.abs(adam_lrs - 1e-2))), len(adam_lrs) - 1]
         print(
             f"Adam, {activation}: exponents from 1e-3 at lr 1e-4 / 1e-2 / 0.3: "
@@ -203,7 +217,10 @@ def main(argv=None) -> None:
         fontsize=10,
     )
     path = _cli.save_figure(fig, args, "saddle_exponents_nets.png")
-    print(f"wrote {path}")
+    results = os.path.join(args.results, "saddle_exponents_nets.nc")
+    attrs = {"mu": MU, "replicas": args.replicas, "steps": args.steps, "transient": args.transient, "seed": args.seed}
+    ds.io.save(xr.Dataset(saved, coords={"lr": lrs, "adam_lr": adam_lrs}, attrs=attrs), results)
+    print(f"wrote {path} and {results}")
 
 
 if __name__ == "__main__":
