@@ -957,6 +957,9 @@ def simulate(
     result = _dataset(
         sweep.outputs, g, n_replicas, record_times(n_steps, record_every) if record_every else None, attrs
     )
+    for name, o in obs.items():  # on the whole run: one warning, not one per chunk
+        for message in o.diagnose(result, name, ctx) if o.diagnose is not None else []:
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
     if path is not None:
         io.save(result, path)
     return result

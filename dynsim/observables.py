@@ -20,6 +20,7 @@ records are ``inf`` or NaN, and the ``diverged`` output says which trajectories 
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from statistics import NormalDist
@@ -52,6 +53,7 @@ __all__ = [
     "batch_means_stderr",
     "batch_correlation",
     "warn_if_correlated",
+    "correlated_batches_message",
     "warn_if_drifting",
     "iterate_average",
     "histogram",
@@ -101,7 +103,9 @@ class Observable(NamedTuple):
 
     ``bound``: a trajectory whose parameters exceed it in absolute value counts as
     diverged. ``check(dynamics, ctx)`` validates before compilation. ``config`` is stored in
-    the result's attributes.
+    the result's attributes. ``diagnose(result, name, ctx) -> [message]`` reads the whole result
+    (every chunk, shard and resumed part) once it is assembled; :func:`dynsim.simulate` warns each
+    message (:func:`time_average`: cells whose batch means are correlated).
     """
 
     kind: str
@@ -113,6 +117,7 @@ class Observable(NamedTuple):
     bound: float | None = None
     check: Callable[[Any, Context], None] | None = None
     config: Mapping[str, Any] = MappingProxyType({})
+    diagnose: Callable[[Any, str, Context], list[str]] | None = None
 
 
 class ObservableError(TypeError):
@@ -423,21 +428,43 @@ def warn_if_correlated(
     """Warn when the batch means of a set of series are correlated (:func:`batch_correlation`).
 
     ``r`` is computed for every series (``means`` along ``axis``) and pooled within each group (``groups``
-    labels the first axis of ``r``, i.e. of ``means`` without ``axis``; one group if ``None``). A group is
-    flagged when its mean ``r`` exceeds :data:`CORRELATED_BATCHES` and lies more than three of its standard
-    errors above the independent value ``-1/n_batches``; more for many groups, so that the chance of a false
-    alarm among them all stays that of one group, 0.13%. The standard deviation of one ``r`` is the spread
-    over the group's series, at least ``1/sqrt(n_batches)`` (its value for independent batches): one series
-    is flagged only for ``r > 0.5`` with 32 batches. Series that are not independent of each other (the
-    ``k`` exponents of one frame) belong in different groups. One warning names the number of flagged
-    groups (``group_name``) and the worst. Returns whether it warned.
+    labels the first axis of ``r``, i.e. of ``means`` without ``axis``; one group if ``None``); see
+    :func:`correlated_batches_message` for when a group is flagged. Series that are not independent of each
+    other (the ``k`` exponents of one frame) belong in different groups. One warning names the number of
+    flagged groups (``group_name``) and the worst. Returns whether it warned.
     """
     n_batches = np.shape(means)[axis]
     if n_batches < 8:
         return False
     r = batch_correlation(means, axis)
-    if r.size == 0:
-        return False
+    message = correlated_batches_message(r, n_batches, what, groups=groups, group_name=group_name)
+    if message is not None:
+        warnings.warn(message, RuntimeWarning, stacklevel=stacklevel + 1)
+    return message is not None
+
+
+def correlated_batches_message(
+    r: np.ndarray,
+    n_batches: int,
+    what: str,
+    *,
+    groups: np.ndarray | None = None,
+    group_name: str = "cells",
+    describe: Callable[[Any], str] | None = None,
+) -> str | None:
+    """The warning of :func:`warn_if_correlated` for the lag-1 autocorrelations ``r`` of series of
+    ``n_batches`` batch means (NaN: no series), or None where no group is flagged.
+
+    ``groups`` labels the first axis of ``r`` (one group if ``None``). A group is flagged when its mean
+    ``r`` exceeds :data:`CORRELATED_BATCHES` and lies more than three of its standard errors above the
+    independent value ``-1/n_batches``; more for many groups, so that the chance of a false alarm among them
+    all stays that of one group, 0.13%. The standard deviation of one ``r`` is the spread over the group's
+    series, at least ``1/sqrt(n_batches)`` (its value for independent batches): one series is flagged only for
+    ``r > 0.5`` with 32 batches. ``describe(label)`` names the worst group in the message.
+    """
+    r = np.asarray(r, dtype=np.float64)
+    if n_batches < 8 or r.size == 0:
+        return None
     r = r.reshape(len(r), -1) if r.ndim else r.reshape(1, 1)
     labels = np.zeros(len(r), int) if groups is None else np.asarray(groups)
     # every group at once: a grid of 1e5 cells is not a Python loop over 1e5 masks
@@ -456,19 +483,17 @@ def warn_if_correlated(
         z = NormalDist().inv_cdf(1 - NormalDist().cdf(-3) / n_groups)
         flagged = (count > 0) & (mean > CORRELATED_BATCHES) & (mean + 1 / n_batches > z * sd / np.sqrt(count))
     if not np.any(flagged):
-        return False
+        return None
     worst = np.flatnonzero(flagged)[np.argmax(mean[flagged])]
+    name = f" ({describe(group_ids[worst])})" if describe is not None else ""
     mean, size = float(mean[worst]), int(count[worst])
     series = f"over {size} series" if size > 1 else "of one series"
-    where = f"; in {flagged.sum()} of {n_groups} {group_name}, the worst shown" if n_groups > 1 else ""
-    warnings.warn(
+    where = f"; in {flagged.sum()} of {n_groups} {group_name}, the worst{name} shown" if n_groups > 1 else ""
+    return (
         f"{what}: consecutive batch means are correlated (lag-1 autocorrelation {mean:.2f} {series}{where}): the "
         f"batches are not much longer than the correlation time, so the batch-means standard error is too "
-        f"small (by about {np.sqrt((1 + mean) / (1 - mean)):.1f}x, or more); run longer or use fewer batches",
-        RuntimeWarning,
-        stacklevel=stacklevel + 1,
+        f"small (by about {np.sqrt((1 + mean) / (1 - mean)):.1f}x, or more); run longer or use fewer batches"
     )
-    return True
 
 
 DRIFTING_BATCHES = 4.0
@@ -523,9 +548,13 @@ def time_average(
     The ``T = n_steps - discard`` steps are split into ``n_batches`` consecutive batches;
     ``stderr = sd(batch means) / sqrt(n_batches)``, valid when a batch is much longer than
     the correlation time. Sums are compensated (Kahan), so float32 runs of 1e7 steps keep
-    their precision. Outputs ``key`` and ``key_stderr``; frozen (diverged) trajectories keep
-    adding their last finite value. A value that overflows makes the average ``inf`` (and
-    its standard error ``inf``), never NaN.
+    their precision. Outputs ``key``, ``key_stderr`` and ``key_batch_correlation``, the lag-1
+    autocorrelation of the trajectory's batch means (:func:`batch_correlation`; near
+    ``-1/n_batches`` when the standard error is valid, NaN for a diverged trajectory). Once the run
+    is assembled, one warning names the cells whose batch means are correlated, the worst by its
+    coordinates (:func:`correlated_batches_message`; needs ``n_batches >= 8``). Frozen (diverged)
+    trajectories keep adding their last finite value. A value that overflows makes the average
+    ``inf`` (and its standard error ``inf``), never NaN.
 
     ``on="view"`` calls ``fn`` with the whole :class:`View` (state, hyperparameters, data)
     instead of the parameters. ``keep_batches=True`` also outputs the batch means
@@ -582,16 +611,36 @@ def time_average(
         means = sums / counts.reshape(shape)
         total = sums.sum(axis=1) / counts.sum()
         stderr = batch_means_stderr(means, axis=1)
-        running = np.asarray(status["diverged_step"]) < 0  # a frozen trajectory's means are not a series
-        warn_if_correlated(
-            means[running], 1, f"time_average ({counts.min()}-step batches)", groups=status["cell"][running]
-        )
+        correlation = batch_correlation(means, axis=1)
+        frozen = np.asarray(status["diverged_step"]) >= 0  # a frozen trajectory's means are not a series
+        correlation[frozen] = np.nan
         extra = tuple(f"dim{i}" for i in range(sums.ndim - 2))
-        out = {"": (extra, total), "stderr": (extra, stderr)}
+        out = {"": (extra, total), "stderr": (extra, stderr), "batch_correlation": (extra, correlation)}
         if keep_batches:
             ends = discard + np.cumsum(counts)
             out["batches"] = (("batch", *extra), means, {"batch": ends})
         return out
+
+    def diagnose(result, name: str, ctx: Context) -> list[str]:
+        r = result.get(f"{name}_batch_correlation")
+        if r is None:  # a checkpoint written before the output existed
+            return []
+        lead = r.dims.index("replica")
+        cells, shape = r.dims[:lead], r.shape[:lead]
+
+        def describe(cell) -> str:
+            values = (r[d].values[i] for d, i in zip(cells, np.unravel_index(cell, shape)))
+            return ", ".join(f"{d} = {v:g}" if np.isreal(v) else f"{d} = {v}" for d, v in zip(cells, values))
+
+        counts, _ = time_batches(ctx.n_steps, n_batches, discard)
+        message = correlated_batches_message(
+            r.values.reshape(math.prod(shape), -1),
+            n_batches,
+            f"time_average {name!r} ({counts.min()}-step batches)",
+            groups=np.arange(math.prod(shape)),
+            describe=describe,
+        )
+        return [] if message is None else [message]
 
     return Observable(
         "time_average",
@@ -600,6 +649,7 @@ def time_average(
         finalize=finalize,
         check=check,
         config={"n_batches": n_batches, "discard": discard, "on": on},
+        diagnose=diagnose,
     )
 
 

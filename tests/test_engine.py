@@ -177,7 +177,9 @@ def test_far_above_two_over_h_everything_diverges_without_nan():
     assert bool(res.div.all())
     assert int(res.div_step.min()) >= 1 and int(res.div_step.max()) <= 300
     for name in res.data_vars:
-        assert not np.any(np.isnan(res[name].values)), name
+        if name != "avg_batch_correlation":
+            assert not np.any(np.isnan(res[name].values)), name
+    assert np.all(np.isnan(res.avg_batch_correlation.values))  # a frozen trajectory's batch means are no series
     # frozen at the last finite state: w stays finite
     assert np.all(np.isfinite(res.w.values))
 
@@ -402,7 +404,7 @@ def test_time_average_warns_when_batches_are_shorter_than_the_correlation_time()
         init=lambda key, hp: jax.random.normal(key) / np.sqrt(1 - a * a),
         step=lambda x, key, hp: a * x + jax.random.normal(key),
     )
-    with pytest.warns(RuntimeWarning, match=r"time_average \(31-step batches\): consecutive batch means"):
+    with pytest.warns(RuntimeWarning, match=r"time_average 'm' \(31-step batches\): consecutive batch means"):
         ds.simulate(ar1, n_replicas=64, n_steps=1000, observables={"m": obs.time_average(lambda x: x**2)})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -421,9 +423,35 @@ def test_time_average_warns_of_one_correlated_cell_among_many():
     )
     grid = {"a": [0.0, 0.0, 0.0, 0.0, 0.999]}
     with pytest.warns(
-        RuntimeWarning, match=r"correlated \(lag-1 autocorrelation 0.1\d over 128 series; in 1 of 5 cells"
+        RuntimeWarning,
+        match=r"correlated \(lag-1 autocorrelation 0.1\d over 128 series; in 1 of 5 cells, the worst \(a = 0.999\)",
     ):
         ds.simulate(ar1, grid, n_replicas=128, n_steps=100_000, observables={"m": obs.time_average(lambda x: x)})
+
+
+def test_time_average_warns_once_per_run_over_all_chunks():
+    # the correlated cell (a = 0.99, r ~ 0.5 in 62-step batches) among 12 independent ones, in chunks of 8
+    # trajectories: one warning for the run, naming the cell by its coordinates, pooled over the run's 13
+    # cells (not one warning per chunk at a per-chunk level). Each trajectory's r is an output: near the
+    # independent value -1/32 where a = 0 (its sd over 64 series is about 0.17 / 8).
+    ar1 = Dynamics(
+        init=lambda key, hp: jax.random.normal(key) / jnp.sqrt(1 - hp["a"] ** 2),
+        step=lambda x, key, hp: hp["a"] * x + jax.random.normal(key),
+    )
+    grid = {"a": [0.0] * 12 + [0.99], "b": [1.0]}
+    observables = {"m": obs.time_average(lambda x: x)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = ds.simulate(ar1, grid, n_replicas=64, n_steps=2000, chunk_size=8, observables=observables)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1, messages
+    assert "in 1 of 13 cells, the worst (a = 0.99, b = 1) shown" in messages[0]
+    assert caught[0].filename == __file__  # at the caller's line
+    r = res.m_batch_correlation
+    assert r.dims == ("a", "b", "replica")
+    independent = r.isel(a=slice(0, 12)).values
+    assert abs(independent.mean() + 1 / 32) < 4 * independent.std() / np.sqrt(independent.size)
+    assert float(r.isel(a=12).mean()) > 0.3
 
 
 def test_correlation_warning_over_many_cells_keeps_one_cells_false_alarm_rate():
