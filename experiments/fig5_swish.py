@@ -20,12 +20,14 @@ A -> B -> divergence as lr grows, probabilistic stability A -> C -> divergence.
    whose sign changes are found by root-finding.
 
     python experiments/fig5_swish.py [--datasets 200] [--replicas 256] [--steps 10000]
+    python experiments/fig5_swish.py --replot   # the figure and tables again from results/, no computation
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import os
 
 import matplotlib
 
@@ -38,6 +40,7 @@ import _cli  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import xarray as xr  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from scipy import optimize  # noqa: E402
 
@@ -139,55 +142,87 @@ def scan(args):
     return rows
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", type=int, default=200)
-    parser.add_argument("--replicas", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=10_000)
-    parser.add_argument("--lr-points", type=int, default=24)
-    args = _cli.parse(parser, argv)
+ENDINGS = {  # where a run ended: label, colour, marker
+    "A": ("in A's basin", "tab:red", "^"),
+    "B": ("in B's basin", "tab:blue", "s"),
+    "C": ("at C (|θ| < 1e-3)", "tab:green", "*"),
+    "elsewhere": ("elsewhere: none of the others\n    (e.g. the valley w → 0, |u| large)", "tab:purple", "D"),
+    "diverged": ("diverged (|θ| > 1e3)", "dimgrey", "x"),
+}
 
-    rows = scan(args)
-    found = dict(rows)[1.0]
-    if not found:
-        print("no dataset with both minima at x_std = 1: nothing to simulate")
-        return
+
+def simulate(args, found) -> xr.Dataset | None:
+    """SGD from B and from A on the first dataset with both minima: test losses and where the runs end,
+    with the landscape and the linear and probabilistic references the figure draws."""
     seed, (A, h_a, loss_a), (B, h_b, loss_b) = found[0]
     problem = problem_for(1.0)
     data = ds.problems.draw_dataset(problem, ds.prng.data_key(ds.prng.key(seed)), N)
-    print(
-        f"\nfirst dataset with both minima: seed {seed} (the first {seed} seeds have not); paper: "
-        "A ~ (-0.7, -0.2), h_A ~ 7.7; B ~ (1.1, -0.3), h_B ~ 3.0"
-    )
-    print(f"  A = ({A[0]:+.3f}, {A[1]:+.3f}), h_A = {h_a:.3f}, train loss {loss_a:.4f}")
-    print(f"  B = ({B[0]:+.3f}, {B[1]:+.3f}), h_B = {h_b:.3f}, train loss {loss_b:.4f}")
-
     x, y = np.asarray(data["x"], np.float64), np.asarray(data["y"], np.float64)
-    chi = 0.5 * x * y
     lrs = np.concatenate([[0.01, 0.02], np.linspace(0.05, 1.5 * max(2 / h_a, 2 / h_b), args.lr_points)])
-    phase_iii = phase_iii_intervals(chi, 10.0)
-
     test = ds.problems.draw_dataset(problem, ds.prng.key(10_000 + seed), 100_000)
     tx = jnp.asarray(test["x"])
 
     def test_loss(p):
         return jnp.mean((p["u"] * jax.nn.swish(p["w"] * tx) - 0.1 * jax.nn.swish(tx)) ** 2) + 0.81
 
-    for name, point in (("A", A), ("B", B), ("C", (0.0, 0.0))):
-        print(f"  test loss at {name}: {float(test_loss({'w': point[0], 'u': point[1]})):.5f}")
-    print(
-        "  C in phase III (both finite-data exponents < 0) for lr in "
-        + " and ".join(f"({lo:.3f}, {hi:.3f})" for lo, hi in phase_iii)
-        + " (lr < 10)"
-    )
-
-    fig = plt.figure(figsize=(12, 8.2))
-    grid = fig.add_gridspec(2, 3, height_ratios=(1, 1.15))
-    ax = fig.add_subplot(grid[0, 0])
     full = jax.jit(lambda w, u: ds.problems.objective(problem, {"w": w, "u": u}, data, {}))
     g = np.linspace(-3, 3, 161)
     W, U = np.meshgrid(g, g, indexing="ij")
-    L = np.asarray(jax.vmap(jax.vmap(full))(jnp.asarray(W), jnp.asarray(U)))
+    landscape = np.asarray(jax.vmap(jax.vmap(full))(jnp.asarray(W), jnp.asarray(U)))
+
+    losses, counts = [], []
+    for name, start in (("B", B), ("A", A)):
+        init = lambda key, hp, start=start: {"w": jnp.asarray(start[0]), "u": jnp.asarray(start[1])}  # noqa: E731
+        res = ds.simulate(
+            ds.dynamics.sgd(problem._replace(init=init)),
+            grid={"lr": lrs},
+            n_replicas=args.replicas,
+            n_steps=args.steps,
+            seed=seed,
+            observables={"theta": ds.observables.final_state(), "diverged": ds.observables.diverged(bound=1e3)},
+            checkpoint=_cli.checkpoint(args, f"fig5_swish_from_{name}"),
+        )
+        params = {"w": jnp.asarray(res.theta_w.values), "u": jnp.asarray(res.theta_u.values)}
+        losses.append(np.where(res.diverged.values, np.nan, np.asarray(jax.vmap(jax.vmap(test_loss))(params))))
+        end = np.stack([res.theta_w.values, res.theta_u.values], -1)
+        near = endings(problem, data, end, res.diverged.values, A, B)
+        near["elsewhere"] = ~(near["A"] | near["B"] | near["C"] | near["diverged"])
+        counts.append(np.stack([near[k].sum(1) for k in ENDINGS], -1))
+    phase_iii = np.asarray(phase_iii_intervals(0.5 * x * y, 10.0), float).reshape(-1, 2)
+    point_loss = {name: float(test_loss({"w": p[0], "u": p[1]})) for name, p in (("A", A), ("B", B), ("C", (0, 0)))}
+    return xr.Dataset(
+        {
+            "test_loss": (("start", "lr", "replica"), np.stack(losses)),
+            "endings": (("start", "lr", "ending"), np.stack(counts)),
+            "landscape": (("w", "u"), landscape),
+            "phase_iii": (("interval", "edge"), phase_iii),
+        },
+        coords={"start": ["B", "A"], "lr": lrs, "ending": list(ENDINGS), "w": g, "u": g},
+        attrs={
+            "dataset_seed": seed,
+            "A": np.asarray(A, float),
+            "B": np.asarray(B, float),
+            "h_A": h_a,
+            "h_B": h_b,
+            "train_loss_A": loss_a,
+            "train_loss_B": loss_b,
+            **{f"test_loss_{k}": v for k, v in point_loss.items()},
+            "replicas": args.replicas,
+            "steps": args.steps,
+        },
+    )
+
+
+def figure(res: xr.Dataset):
+    """The landscape with A, B, C; per start, the test loss and where the runs end against the rate."""
+    A, B, h_a, h_b = res.attrs["A"], res.attrs["B"], float(res.attrs["h_A"]), float(res.attrs["h_B"])
+    replicas, lrs = int(res.attrs["replicas"]), res.lr.values
+    point_loss = {p: float(res.attrs[f"test_loss_{p}"]) for p in ("A", "B", "C")}
+    fig = plt.figure(figsize=(12, 8.2))
+    grid = fig.add_gridspec(2, 3, height_ratios=(1, 1.15))
+    ax = fig.add_subplot(grid[0, 0])
+    L = res.landscape.values
+    W, U = np.meshgrid(res.w.values, res.u.values, indexing="ij")
     cs = ax.contourf(W, U, L, levels=np.linspace(L.min(), L.min() + 0.05, 41), cmap="viridis", extend="max")
     bar = fig.colorbar(cs, ax=ax, format="%.3f")
     bar.set_label("training loss L(w, u)", fontsize=9)
@@ -200,36 +235,13 @@ def main(argv=None) -> None:
     ax.annotate("C", (0, 0), xytext=(6, 6), textcoords="offset points", color="w")
     ax.set_xlabel("w")
     ax.set_ylabel("u")
-    ax.set_title(f"u swish(w x), dataset seed {seed}:\nminima A ▲, B ■, saddle C ★", fontsize=9)
+    ax.set_title(
+        f"u swish(w x), dataset seed {int(res.attrs['dataset_seed'])}:\nminima A ▲, B ■, saddle C ★", fontsize=9
+    )
     key = fig.add_subplot(grid[1, 0])  # the shared legend, so that no curve lies under it
     key.axis("off")
-    point_loss = {name: float(test_loss({"w": p[0], "u": p[1]})) for name, p in (("A", A), ("B", B), ("C", (0, 0)))}
-    share_style = {  # where a run ended: label, colour, marker
-        "A": ("in A's basin", "tab:red", "^"),
-        "B": ("in B's basin", "tab:blue", "s"),
-        "C": ("at C (|θ| < 1e-3)", "tab:green", "*"),
-        "elsewhere": ("elsewhere: none of the others\n    (e.g. the valley w → 0, |u| large)", "tab:purple", "D"),
-        "diverged": ("diverged (|θ| > 1e3)", "dimgrey", "x"),
-    }
-    results = {}
-    for col, (name, start) in enumerate((("B", B), ("A", A)), start=1):
-        init = lambda key, hp, start=start: {"w": jnp.asarray(start[0]), "u": jnp.asarray(start[1])}  # noqa: E731
-        prob = problem._replace(init=init)
-        res = ds.simulate(
-            ds.dynamics.sgd(prob),
-            grid={"lr": lrs},
-            n_replicas=args.replicas,
-            n_steps=args.steps,
-            seed=seed,
-            observables={"theta": ds.observables.final_state(), "diverged": ds.observables.diverged(bound=1e3)},
-            checkpoint=_cli.checkpoint(args, f"fig5_swish_from_{name}"),
-        )
-        params = {"w": jnp.asarray(res.theta_w.values), "u": jnp.asarray(res.theta_u.values)}
-        tl = np.asarray(jax.vmap(jax.vmap(test_loss))(params))
-        tl = np.where(res.diverged.values, np.nan, tl)
-        end = np.stack([res.theta_w.values, res.theta_u.values], -1)
-        near = endings(problem, data, end, res.diverged.values, A, B)
-        results[name] = (tl, near, res.diverged.values)
+    for col, name in enumerate(("B", "A"), start=1):
+        tl = res.test_loss.sel(start=name).values
         finite = np.sum(np.isfinite(tl), 1)
         mean_tl, se_tl = np.full(len(lrs), np.nan), np.full(len(lrs), np.nan)  # NaN where every run diverged
         some = finite > 0
@@ -237,7 +249,7 @@ def main(argv=None) -> None:
         se_tl[some] = np.nanstd(tl[some], 1) / np.sqrt(finite[some])
         ax = fig.add_subplot(grid[0, col])
         share_ax = fig.add_subplot(grid[1, col], sharex=ax)
-        for lo, hi in phase_iii:
+        for lo, hi in res.phase_iii.values:
             for a in (ax, share_ax):
                 a.axvspan(lo, min(hi, lrs[-1] * 1.02), color="tab:green", alpha=0.1, lw=0)
         for a in (ax, share_ax):
@@ -245,20 +257,17 @@ def main(argv=None) -> None:
                 a.axvline(2 / h, color="k", ls=ls, lw=1)
         for p, color in (("A", "tab:red"), ("B", "tab:blue"), ("C", "tab:green")):
             ax.axhline(point_loss[p], color=color, lw=0.8, alpha=0.7)
-        survive = finite >= 0.5 * args.replicas
+        survive = finite >= 0.5 * replicas
         ax.errorbar(lrs, mean_tl, yerr=2 * se_tl, fmt="-", color="k", lw=1, elinewidth=1, capsize=0)
         ax.plot(lrs[survive], mean_tl[survive], "o", ms=4, color="k")
         ax.plot(lrs[~survive], mean_tl[~survive], "o", ms=4, mfc="w", mec="k")
         ax.set_ylabel("test loss E[(f - 0.1 swish(x))²] + 0.81", fontsize=9)
-        ax.set_title(f"SGD from {name}: {args.replicas} runs x {args.steps} steps", fontsize=10)
+        ax.set_title(f"SGD from {name}: {replicas} runs x {int(res.attrs['steps'])} steps", fontsize=10)
         ax.tick_params(labelbottom=False, labelsize=8)
-        shares = dict(near)
-        shares["elsewhere"] = ~(near["A"] | near["B"] | near["C"] | near["diverged"])
-        for k in ("A", "B", "C", "elsewhere", "diverged"):
-            label, color, marker = share_style[k]
-            count = shares[k].sum(1)
-            low, high = ds.stability.wilson_interval(count, args.replicas, 0.95)
-            p = count / args.replicas
+        for k, (_, color, marker) in ENDINGS.items():
+            count = res.endings.sel(start=name, ending=k).values
+            low, high = ds.stability.wilson_interval(count, replicas, 0.95)
+            p = count / replicas
             share_ax.errorbar(
                 lrs,
                 p,
@@ -295,10 +304,7 @@ def main(argv=None) -> None:
             )
             for p, c in (("A", "tab:red"), ("C", "tab:green"), ("B", "tab:blue"))
         ),
-        *(
-            plt.Line2D([], [], color=c, marker=m, ms=3.5, lw=1, label=f"share {lab}")
-            for lab, c, m in share_style.values()
-        ),
+        *(plt.Line2D([], [], color=c, marker=m, ms=3.5, lw=1, label=f"share {lab}") for lab, c, m in ENDINGS.values()),
         plt.Line2D([], [], color="none", label="  (bars: 95% Wilson intervals)"),
         plt.Line2D([], [], color="k", ls="--", lw=1, label=f"2/h_A = {2 / h_a:.2f} (A linearly stable below)"),
         plt.Line2D([], [], color="k", ls="-.", lw=1, label=f"2/h_B = {2 / h_b:.2f} (B linearly stable below)"),
@@ -310,15 +316,62 @@ def main(argv=None) -> None:
         "(see docs/seed004.md);\nits claim is tested on the closest dataset",
         fontsize=10,
     )
-    path = _cli.save_figure(fig, args, "fig5_swish.png")
-    for name, (tl, near, div) in results.items():
+    return fig
+
+
+def report(res: xr.Dataset) -> None:
+    """What the docs quote: the dataset's minima, the points' test losses, phase III of C, and per start the
+    mean test loss and where the runs ended at every third rate."""
+    a = res.attrs
+    print(
+        f"\nfirst dataset with both minima: seed {int(a['dataset_seed'])} (the first {int(a['dataset_seed'])} seeds "
+        "have not); paper: A ~ (-0.7, -0.2), h_A ~ 7.7; B ~ (1.1, -0.3), h_B ~ 3.0"
+    )
+    for p in ("A", "B"):
+        w, u = a[p]
+        h, loss = float(a[f"h_{p}"]), float(a[f"train_loss_{p}"])
+        print(f"  {p} = ({w:+.3f}, {u:+.3f}), h_{p} = {h:.3f}, train loss {loss:.4f}")
+    for p in ("A", "B", "C"):
+        print(f"  test loss at {p}: {float(a[f'test_loss_{p}']):.5f}")
+    print(
+        "  C in phase III (both finite-data exponents < 0) for lr in "
+        + " and ".join(f"({lo:.3f}, {hi:.3f})" for lo, hi in res.phase_iii.values)
+        + " (lr < 10)"
+    )
+    share = res.endings / int(a["replicas"])
+    for name in res.start.values:
         print(f"from {name}: lr, mean test loss, share in A's basin / B's basin / at C, diverged")
-        for i in [0, 1, *range(2, len(lrs), 3)]:
+        tl = res.test_loss.sel(start=name).values
+        s = share.sel(start=name)
+        for i in [0, 1, *range(2, res.sizes["lr"], 3)]:
             loss = f"{np.nanmean(tl[i]):.4f}" if np.isfinite(tl[i]).any() else "none (all runs diverged)"
+            cell = s.isel(lr=i)
             print(
-                f"  {lrs[i]:.3f} {loss}  {near['A'][i].mean():.2f}/{near['B'][i].mean():.2f}/"
-                f"{near['C'][i].mean():.2f}  {div[i].mean():.2f}"
+                f"  {float(res.lr[i]):.3f} {loss}  {float(cell.sel(ending='A')):.2f}/{float(cell.sel(ending='B')):.2f}/"
+                f"{float(cell.sel(ending='C')):.2f}  {float(cell.sel(ending='diverged')):.2f}"
             )
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", type=int, default=200)
+    parser.add_argument("--replicas", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=10_000)
+    parser.add_argument("--lr-points", type=int, default=24)
+    parser.add_argument(
+        "--replot", action="store_true", help="draw the figure again from the saved results, computing nothing"
+    )
+    args = _cli.parse(parser, argv)
+    results = os.path.join(args.results, "fig5_swish.nc")
+    if not args.replot:
+        found = dict(scan(args))[1.0]
+        if not found:
+            print("no dataset with both minima at x_std = 1: nothing to simulate")
+            return
+        ds.io.save(simulate(args, found), results)
+    res = ds.io.load(results)
+    path = _cli.save_figure(figure(res), args, "fig5_swish.png")
+    report(res)
     print(f"wrote {path}")
 
 
