@@ -14,6 +14,7 @@ constant lr, for ``--steps`` steps. All (lr, noise) models of a panel train in o
 * Batch size (Fig. 12): rank over (p, S) at lr = 0.1.
 
     python experiments/fig9_rank_noise.py [--steps 20000] [--seeds 3]
+    python experiments/fig9_rank_noise.py --replot   # the figure and tables again from results/, no training
 """
 
 from __future__ import annotations
@@ -77,30 +78,39 @@ def evaluate(res: xr.Dataset, features, data) -> xr.Dataset:
     return xr.Dataset(out, coords={d: res[d] for d in dims})
 
 
-def heat(ax, fig, da, title, vmin=None, vmax=None, xlog=True):
-    mean = da.mean("replica")
-    xdim, ydim = mean.dims
-    mesh = ax.pcolormesh(
-        np.arange(mean.sizes[xdim]),
-        mean[ydim].values,
-        mean.values.T,
-        shading="nearest",
-        cmap="viridis",
-        vmin=vmin,
-        vmax=vmax,
-    )
-    ax.set_xticks(np.arange(mean.sizes[xdim]), [f"{v:g}" for v in mean[xdim].values])
-    ax.set_xlabel("learning rate" if xdim == "lr" else "batch size S")
+def mean_se(da: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard error over the seeds (``replica``, moved last); the error is NaN for one seed."""
+    values = da.transpose(..., "replica").values
+    n = values.shape[-1]
+    se = values.std(axis=-1, ddof=1) / np.sqrt(n) if n > 1 else np.full(values.shape[:-1], np.nan)
+    return values.mean(axis=-1), se
+
+
+def heat(ax, fig, da, title, vmin=None, vmax=None, fmt="{:.1f}", label=None):
+    """Seed means as colours on a categorical grid (one equal cell per value), each cell annotated with
+    ``mean ± s.e.`` over the seeds."""
+    xdim, ydim = (d for d in da.dims if d != "replica")
+    mean, se = mean_se(da.transpose(xdim, ydim, "replica"))
+    mesh = ax.pcolormesh(mean.T, cmap="viridis", vmin=vmin, vmax=vmax)
+    lo, hi = mesh.get_clim()
+    for i in range(mean.shape[0]):
+        for j in range(mean.shape[1]):
+            dark = (mean[i, j] - lo) < 0.6 * (hi - lo)
+            text = fmt.format(mean[i, j]) + ("" if np.isnan(se[i, j]) else "\n±" + fmt.format(se[i, j]))
+            ax.text(i + 0.5, j + 0.5, text, ha="center", va="center", fontsize=7.5, color="w" if dark else "k")
+    ax.set_xticks(np.arange(mean.shape[0]) + 0.5, [f"{v:g}" for v in da[xdim].values])
+    ax.set_yticks(np.arange(mean.shape[1]) + 0.5, [f"{v:g}" for v in da[ydim].values])
+    ax.tick_params(labelsize=9)
+    ax.set_xlabel("learning rate lr" if xdim == "lr" else "batch size S (lr = 0.1)")
     ax.set_ylabel("label noise p")
     ax.set_title(title, fontsize=9)
-    fig.colorbar(mesh, ax=ax)
+    cbar = fig.colorbar(mesh, ax=ax)
+    cbar.set_label(label or "mean over seeds", fontsize=9)
+    cbar.ax.tick_params(labelsize=8)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=20_000)
-    parser.add_argument("--seeds", type=int, default=3, help="trained models per cell")
-    args = _cli.parse(parser, argv)
+def compute(args) -> dict[str, xr.Dataset]:
+    """Train every model and evaluate it: ``dynamic`` (lr, p), ``static`` (lr, p) and ``batch`` (S, p) noise."""
     started = time.perf_counter()
     data = ds.problems.load_mnist1d()
     observables = {"theta": ds.observables.final_state(), "diverged": ds.observables.diverged(bound=1e6)}
@@ -148,55 +158,107 @@ def main(argv=None) -> None:
         observables=observables,
         checkpoint=_cli.checkpoint(args, "fig9_batch"),
     )
-    batch_eval = evaluate(res_s, features, data).isel(lr=0)
+    batch_eval = evaluate(res_s, features, data).isel(lr=0, drop=True)
     print(f"batch sizes done at {time.perf_counter() - started:.0f} s")
+    return {"dynamic": dyn_eval, "static": stat_eval, "batch": batch_eval}
 
-    fig, axes = plt.subplots(2, 4, figsize=(19, 8))
-    heat(axes[0, 0], fig, dyn_eval["rank"], f"dynamic noise: rank of the 64 features (tol {TOL})", 0, 64)
-    heat(axes[0, 1], fig, dyn_eval.test_accuracy, "dynamic noise: test accuracy", 0, 1)
-    heat(axes[0, 2], fig, dyn_eval.sparsity_penultimate, "dynamic noise: share of ~0 weights, penultimate layer", 0, 1)
-    heat(axes[0, 3], fig, dyn_eval.sparsity_conv1, "dynamic noise: share of ~0 weights, conv1", 0, 1)
-    heat(axes[1, 0], fig, stat_eval["rank"], "static noise: rank of the features", 0, 64)
-    heat(axes[1, 1], fig, stat_eval.test_accuracy, "static noise: test accuracy", 0, 1)
+
+def paths(folder: str) -> dict[str, str]:
+    return {name: os.path.join(folder, f"fig9_rank_noise_{name}.nc") for name in ("dynamic", "static", "batch")}
+
+
+def figure(evals: dict[str, xr.Dataset], steps: int, seeds: int):
+    dyn, stat = evals["dynamic"], evals["static"]
+    fig, axes = plt.subplots(3, 3, figsize=(12, 12))
+    rank, accuracy = "rank (of 64)", "test accuracy"
+    heat(axes[0, 0], fig, dyn["rank"], f"dynamic noise: rank of the 64 features (tol {TOL})", 0, 64, label=rank)
+    heat(axes[0, 1], fig, dyn.test_accuracy, "dynamic noise: test accuracy", 0, 1, "{:.2f}", accuracy)
+    heat(
+        axes[0, 2],
+        fig,
+        dyn.effective_rank,
+        "dynamic noise: effective rank exp(entropy of s/Σs)",
+        0,
+        None,
+        label="effective rank",
+    )
+    heat(axes[1, 0], fig, stat["rank"], "static noise: rank of the features", 0, 64, label=rank)
+    heat(axes[1, 1], fig, stat.test_accuracy, "static noise: test accuracy", 0, 1, "{:.2f}", accuracy)
     heat(
         axes[1, 2],
         fig,
-        batch_eval["rank"].transpose("batch_size", "label_noise", "replica"),
-        "dynamic noise, lr = 0.1: rank vs batch size",
+        evals["batch"]["rank"].transpose("batch_size", "label_noise", "replica"),
+        "dynamic noise, lr = 0.1: rank vs batch size\n(its own runs: S = 32 differs from the lr = 0.1 column of\n"
+        "the top-left panel by the random stream only)",
         0,
         64,
+        label=rank,
     )
-    heat(axes[1, 3], fig, dyn_eval.effective_rank, "dynamic noise: effective rank exp(entropy of s/Σs)", 0, None)
+    share = "share of weights with |w| < 1e-3 max|w|"
+    heat(
+        axes[2, 0], fig, dyn.sparsity_penultimate, "dynamic noise: ~0 weights, penultimate layer", 0, 1, "{:.2f}", share
+    )
+    heat(axes[2, 1], fig, dyn.sparsity_conv1, "dynamic noise: ~0 weights, conv1", 0, 1, "{:.2f}", share)
+    axes[2, 2].axis("off")
+    axes[2, 2].text(
+        0.0,
+        0.5,
+        f"colour: mean over {seeds} seed(s) per cell\n"
+        "numbers: mean ± s.e. over the seeds\n\n"
+        "dynamic noise: every step each batch label is\nredrawn uniformly with probability p\n"
+        "static noise: labels redrawn once (a dataset per p)\n\n"
+        "rank: #{singular values > 1e-3 s_max} of the\n64 penultimate features on 1000 test inputs",
+        transform=axes[2, 2].transAxes,
+        va="center",
+        fontsize=9,
+    )
     fig.suptitle(
-        f"Substitute for seed 004 Figs. 1c, 9-12: CNN on MNIST-1D, SGD batch 32, {args.steps} steps, "
-        f"{args.seeds} seed(s) per cell",
+        f"Substitute for seed 004 Figs. 1c, 9-12: CNN on MNIST-1D, SGD batch 32 (batch panel: S), {steps} steps, "
+        f"{seeds} seed(s) per cell",
         fontsize=11,
     )
-    path = _cli.save_figure(fig, args, "fig9_rank_noise.png", dpi=100)
-    for name, ev in (("dynamic", dyn_eval), ("static", stat_eval)):
-        ds.io.save(ev, os.path.join(args.results, f"fig9_rank_noise_{name}.nc"))
-    ds.io.save(batch_eval, os.path.join(args.results, "fig9_rank_noise_batch.nc"))
+    return fig
 
-    def mean_se(values):  # over the seeds (the last axis); NaN for one seed
-        n = values.shape[-1]
-        se = values.std(axis=-1, ddof=1) / np.sqrt(n) if n > 1 else np.full(values.shape[:-1], np.nan)
-        return values.mean(axis=-1), se
 
-    print(f"mean ± s.e. over {args.seeds} seed(s)")
-    for name, ev in (("dynamic", dyn_eval), ("static", stat_eval)):
-        r, r_se = mean_se(ev["rank"].transpose("lr", "label_noise", "replica").values)
-        a = ev.test_accuracy.mean("replica")
-        print(f"{name} noise: rank (rows lr {LRS.tolist()}, columns p {NOISE.tolist()})")
-        for i, lr in enumerate(LRS):
+def report(evals: dict[str, xr.Dataset], seeds: int) -> None:
+    """The tables the docs quote: rank (mean ± s.e.) and accuracy per cell."""
+    print(f"mean ± s.e. over {seeds} seed(s)")
+    for name in ("dynamic", "static"):
+        ev = evals[name].transpose("lr", "label_noise", "replica")
+        r, r_se = mean_se(ev["rank"])
+        a, _ = mean_se(ev.test_accuracy)
+        print(f"{name} noise: rank (rows lr {ev.lr.values.tolist()}, columns p {ev.label_noise.values.tolist()})")
+        for i, lr in enumerate(ev.lr.values):
             print(
                 f"  lr {lr:5.2f}: rank "
                 + " ".join(f"{v:5.1f}±{e:<4.1f}" for v, e in zip(r[i], r_se[i]))
                 + "   accuracy "
-                + " ".join(f"{v:.2f}" for v in a.values[i])
+                + " ".join(f"{v:.2f}" for v in a[i])
             )
-    r, r_se = mean_se(batch_eval["rank"].transpose("batch_size", "label_noise", "replica").values)
-    for i, s in enumerate(BATCHES):
+    batch = evals["batch"].transpose("batch_size", "label_noise", "replica")
+    r, r_se = mean_se(batch["rank"])
+    for i, s in enumerate(batch.batch_size.values):
         print(f"  batch {s:4d}, lr 0.1: rank " + " ".join(f"{v:5.1f}±{e:<4.1f}" for v, e in zip(r[i], r_se[i])))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20_000)
+    parser.add_argument("--seeds", type=int, default=3, help="trained models per cell")
+    parser.add_argument(
+        "--replot", action="store_true", help="draw the figure again from the saved results, computing nothing"
+    )
+    args = _cli.parse(parser, argv)
+    started = time.perf_counter()
+    files = paths(args.results)
+    if not args.replot:
+        for name, ev in compute(args).items():
+            ev.attrs.update(steps=args.steps, seeds=args.seeds, seed=args.seed, dynsim_version=ds.__version__)
+            ds.io.save(ev, files[name])
+    evals = {name: ds.io.load(path) for name, path in files.items()}
+    meta = evals["dynamic"].attrs
+    path = _cli.save_figure(figure(evals, int(meta["steps"]), int(meta["seeds"])), args, "fig9_rank_noise.png", dpi=100)
+    report(evals, int(meta["seeds"]))
     print(f"wrote {path} in {time.perf_counter() - started:.0f} s")
 
 

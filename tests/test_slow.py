@@ -121,11 +121,13 @@ def test_seed_001_to_003_experiments_run_end_to_end(tmp_path, script, args):
         ("engine_demo.py", ["--replicas", "256", "--steps", "50"]),
         ("fig5_swish.py", "--replicas 8 --steps 200 --lr-points 4".split()),  # the 200-dataset search stays
         ("fig7_wide_nets.py", "--width 8 --lr-points 2 --mu-points 2 --seeds 1 --steps 50 --exponent-steps 50".split()),
+        ("fig9_rank_noise.py", ["--steps", "50", "--seeds", "2"]),
     ],
 )
 def test_seed_004_experiments_draw_their_figures(tmp_path, script, args):
     """Each script at tiny sizes runs to the end and writes its figure (the drawing code sees shares of 0 and 1,
-    cells where every run diverged, and too few points to fit)."""
+    cells where every run diverged, and too few points to fit). A script with ``--replot`` draws the same figure,
+    byte for byte, again from its results files alone."""
     import os
     import subprocess
     import sys
@@ -136,7 +138,18 @@ def test_seed_004_experiments_draw_their_figures(tmp_path, script, args):
         [sys.executable, path, *args, "--out", str(out), "--results", str(res)], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert len(list(out.glob("*.png"))) >= 1
+    figures = sorted(out.glob("*.png"))
+    assert len(figures) >= 1
+    with open(path) as f:
+        if "--replot" not in f.read():
+            return
+    again = tmp_path / "again"
+    done = subprocess.run(
+        [sys.executable, path, "--replot", "--out", str(again), "--results", str(res)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    for figure in figures:
+        assert (again / figure.name).read_bytes() == figure.read_bytes(), figure.name
 
 
 @pytest.mark.slow
