@@ -6,11 +6,15 @@ import argparse
 import os
 
 
-def parse(parser: argparse.ArgumentParser, argv=None, *, seed: int = 0, resume: bool = True) -> argparse.Namespace:
+def parse(
+    parser: argparse.ArgumentParser, argv=None, *, seed: int = 0, resume: bool = True, replot: bool = False
+) -> argparse.Namespace:
     """Add ``--seed``, ``--out`` (figures) and ``--results`` (NetCDF), parse, and create both folders.
 
     ``resume``: also add ``--resume`` (for experiments whose simulations take a checkpoint, see
     :func:`checkpoint`); an experiment without simulations has nothing to resume and passes False.
+    ``replot``: also add ``--replot``, for experiments that draw their figure from their results files
+    (see :func:`check_replot`).
     """
     parser.add_argument("--seed", type=int, default=seed)
     parser.add_argument("--out", default="figures", help="folder for the figures")
@@ -20,6 +24,10 @@ def parse(parser: argparse.ArgumentParser, argv=None, *, seed: int = 0, resume: 
             "--resume",
             action="store_true",
             help="checkpoint every finished chunk under the results folder and resume from it",
+        )
+    if replot:
+        parser.add_argument(
+            "--replot", action="store_true", help="draw the figure again from the saved results, computing nothing"
         )
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -38,3 +46,10 @@ def save_figure(fig, args: argparse.Namespace, filename: str, *, dpi: int = 110)
 def checkpoint(args: argparse.Namespace, name: str) -> str | None:
     """The checkpoint folder of one simulation of the experiment when ``--resume`` is given, else None."""
     return os.path.join(args.results, "checkpoints", name) if getattr(args, "resume", False) else None
+
+
+def check_replot(parser: argparse.ArgumentParser, args: argparse.Namespace, *paths: str) -> None:
+    """With ``--replot``, stop with a usage error when a results file the figure is drawn from is missing."""
+    missing = [path for path in paths if not os.path.exists(path)]
+    if args.replot and missing:
+        parser.error(f"--replot: no results at {', '.join(missing)}; run without --replot first")

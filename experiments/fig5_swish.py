@@ -358,11 +358,9 @@ def main(argv=None) -> None:
     parser.add_argument("--replicas", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--lr-points", type=int, default=24)
-    parser.add_argument(
-        "--replot", action="store_true", help="draw the figure again from the saved results, computing nothing"
-    )
-    args = _cli.parse(parser, argv)
+    args = _cli.parse(parser, argv, replot=True)
     results = os.path.join(args.results, "fig5_swish.nc")
+    _cli.check_replot(parser, args, results)
     if not args.replot:
         found = dict(scan(args))[1.0]
         if not found:

@@ -245,12 +245,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--seeds", type=int, default=3, help="trained models per cell")
-    parser.add_argument(
-        "--replot", action="store_true", help="draw the figure again from the saved results, computing nothing"
-    )
-    args = _cli.parse(parser, argv)
+    args = _cli.parse(parser, argv, replot=True)
     started = time.perf_counter()
     files = paths(args.results)
+    _cli.check_replot(parser, args, *files.values())
     if not args.replot:
         for name, ev in compute(args).items():
             ev.attrs.update(steps=args.steps, seeds=args.seeds, seed=args.seed, dynsim_version=ds.__version__)

@@ -269,10 +269,7 @@ def main(argv=None) -> None:
         help="fused: every step of a trajectory in one kernel (Pallas on GPU); no checkpoints; "
         "writes phase_diagram_<name>_fused.png/.nc",
     )
-    parser.add_argument(
-        "--replot", action="store_true", help="draw the figure again from the saved results, computing nothing"
-    )
-    args = _cli.parse(parser, argv)
+    args = _cli.parse(parser, argv, replot=True)
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -281,6 +278,7 @@ def main(argv=None) -> None:
     if args.engine == "fused":  # kept apart from the default engine's files
         name = f"{name}_fused"
     results = os.path.join(args.results, f"phase_diagram_{name}.nc")
+    _cli.check_replot(parser, args, results)
     if not args.replot:
         started = time.perf_counter()
         _, theory, sim, summary = DIAGRAMS[args.diagram](args)
@@ -295,8 +293,6 @@ def main(argv=None) -> None:
             if key == "title":
                 continue
             print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
-    elif not os.path.exists(results):
-        parser.error(f"--replot: no results at {results}; run without --replot first")
     theory, sim, meta = load(results)  # the figure is drawn from the saved file, never from memory
     figure = os.path.join(args.out, f"phase_diagram_{name}.png")
     draw(name, theory, sim, meta).savefig(figure, dpi=120)
