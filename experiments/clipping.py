@@ -17,6 +17,7 @@
   settings, does not either (its threshold grows with the spike it should clip).
 
     python experiments/clipping.py [--m-values 10 30 100 300 1000 3000 10000] [--n 200000]
+    python experiments/clipping.py --replot   # the figure and tables again from results/, no computation
 """
 
 from __future__ import annotations
@@ -81,7 +82,9 @@ def exploding_table(args) -> xr.Dataset:
         clip = iterations(problem, dyn, {"lr": [eta]}, 1e-3, args.max_steps)
         rows.append((l1, m, h, gd[0], gd[1], clip[0]))
     names = ["L1", "M", "h_crit", "gd_below", "gd_above", "clipped"]
-    return xr.Dataset({n: ("case", np.array(c)) for n, c in zip(names, zip(*rows))})
+    return xr.Dataset(
+        {n: ("case", np.array(c)) for n, c in zip(names, zip(*rows))}, attrs={"max_steps": args.max_steps}
+    )
 
 
 def class_complexity(args) -> xr.Dataset:
@@ -159,7 +162,8 @@ def stochastic_complexity(args) -> xr.Dataset:
     names = ["M", "clipped_lr", "sgd_lr", "clipped_T", "sgd_T", "clipped_bound", "sgd_bound"]
     names += ["clipped_T_low", "clipped_T_high", "sgd_T_low", "sgd_T_high"]
     return xr.Dataset(
-        {n: ("case", np.array(c)) for n, c in zip(names, zip(*rows))}, attrs={"runs": args.stochastic_runs}
+        {n: ("case", np.array(c)) for n, c in zip(names, zip(*rows))},
+        attrs={"runs": args.stochastic_runs, "steps": args.stochastic_steps},
     )
 
 
@@ -285,26 +289,32 @@ def figure(complexity, stochastic, heavy):
     return fig
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--m-values", type=float, nargs="+", default=[10, 30, 100, 300, 1000, 3000, 10000])
-    parser.add_argument("--max-steps", type=int, default=60_000)
-    parser.add_argument("--n", type=int, default=200_000, help="runs for the heavy-tailed panel")
-    parser.add_argument("--heavy-steps", type=int, default=1000)
-    parser.add_argument("--stochastic-m", type=float, nargs="+", default=[10, 100, 1000, 10000])
-    parser.add_argument("--stochastic-runs", type=int, default=200)
-    parser.add_argument("--stochastic-steps", type=int, default=200_000)
-    args = _cli.parse(parser, argv)
-    started = time.perf_counter()
+RESULTS = ("table", "complexity", "stochastic", "heavy_tails")  # one results file each
+
+
+def compute(args) -> dict[str, xr.Dataset]:
+    """The results of every panel and table, in float64, by the names in ``RESULTS``."""
     with jax.enable_x64(True):
-        table = exploding_table(args)
-        complexity = class_complexity(args)
-        stochastic = stochastic_complexity(args)
-        heavy = heavy_tails(args)
-    path = _cli.save_figure(figure(complexity, stochastic, heavy), args, "clipping.png")
-    for name, res in [("table", table), ("complexity", complexity), ("stochastic", stochastic), ("heavy_tails", heavy)]:
-        res.to_netcdf(os.path.join(args.results, f"clipping_{name}.nc"))
-    print(f"exploding function, iterations to |f'| <= 1e-3 (-2: diverged, -1: not within {args.max_steps} steps):")
+        return {
+            "table": exploding_table(args),
+            "complexity": class_complexity(args),
+            "stochastic": stochastic_complexity(args),
+            "heavy_tails": heavy_tails(args),
+        }
+
+
+def paths(folder: str) -> dict[str, str]:
+    return {name: os.path.join(folder, f"clipping_{name}.nc") for name in RESULTS}
+
+
+def report(results: dict[str, xr.Dataset]) -> None:
+    """The tables the docs quote: the exact reference runs, the class complexity, the stochastic complexity and
+    the heavy-tailed second moments."""
+    table, complexity, stochastic, heavy = (results[name] for name in RESULTS)
+    print(
+        f"exploding function, iterations to |f'| <= 1e-3 (-2: diverged, -1: not within {table.attrs['max_steps']} "
+        "steps):"
+    )
     print(f"{'L1':>4} {'M':>8} {'h_crit':>12} {'GD 0.99 h':>10} {'GD 1.01 h':>10} {'clipped':>8}")
     for c in range(table.sizes["case"]):
         r = table.isel(case=c)
@@ -322,7 +332,7 @@ def main(argv=None) -> None:
         )
     print(
         f"with noise |g - f'| <= {TAU} (uniform), L0 = L1 = {L1}, T_eps = median first step with |f'| <= "
-        f"{STOCHASTIC_EPS} over {args.stochastic_runs} runs (inf: not within {args.stochastic_steps} steps):"
+        f"{STOCHASTIC_EPS} over {stochastic.attrs['runs']} runs (inf: not within {stochastic.attrs['steps']} steps):"
     )
     print(f"{'M':>8} {'clip lr':>9} {'clip T':>8} {'Thm 3.4.4':>10} {'SGD lr':>9} {'SGD T':>8} {'Thm 3.4.5':>10}")
     for c in range(stochastic.sizes["case"]):
@@ -332,7 +342,7 @@ def main(argv=None) -> None:
             f"{float(r.sgd_lr):9.2e} {float(r.sgd_T):8.0f} {float(r.sgd_bound):10.2e}"
         )
     print(
-        f"heavy tails, K = {args.heavy_steps}: mean x_K^2 +- s.e. (median |x_K|) over the first N runs "
+        f"heavy tails, K = {heavy.attrs['steps']}: mean x_K^2 +- s.e. (median |x_K|) over the first N runs "
         "(the s.e. means something only where E x_K^4 is finite: GClip's bounded steps)"
     )
     for name in heavy.optimizer.values:
@@ -347,6 +357,28 @@ def main(argv=None) -> None:
             )
         )
         print(f"  {name}: {cells}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--m-values", type=float, nargs="+", default=[10, 30, 100, 300, 1000, 3000, 10000])
+    parser.add_argument("--max-steps", type=int, default=60_000)
+    parser.add_argument("--n", type=int, default=200_000, help="runs for the heavy-tailed panel")
+    parser.add_argument("--heavy-steps", type=int, default=1000)
+    parser.add_argument("--stochastic-m", type=float, nargs="+", default=[10, 100, 1000, 10000])
+    parser.add_argument("--stochastic-runs", type=int, default=200)
+    parser.add_argument("--stochastic-steps", type=int, default=200_000)
+    args = _cli.parse(parser, argv, replot=True)
+    started = time.perf_counter()
+    files = paths(args.results)
+    _cli.check_replot(parser, args, *files.values())
+    if not args.replot:
+        for name, res in compute(args).items():
+            ds.io.save(res, files[name])
+    results = {name: ds.io.load(path) for name, path in files.items()}
+    fig = figure(results["complexity"], results["stochastic"], results["heavy_tails"])
+    path = _cli.save_figure(fig, args, "clipping.png")
+    report(results)
     print(f"wrote {path} and {args.results}/clipping_*.nc in {time.perf_counter() - started:.1f} s")
 
 

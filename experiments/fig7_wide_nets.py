@@ -14,6 +14,7 @@ saddle, same grid) and reports next to the rank.
 
     python experiments/fig7_wide_nets.py                   # CPU: d = width = 64, 20 000 steps
     python experiments/fig7_wide_nets.py --preset paper    # GPU: d = width = 200, 100 000 steps
+    python experiments/fig7_wide_nets.py --replot          # the figure and tables again from results/, no training
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ PRESETS = {
     "paper": dict(width=200, lr_points=25, mu_points=21, seeds=4, steps=100_000, exponent_steps=20_000),
 }
 TOL = 1e-3
+RUNS = [("SGD", a) for a in ("linear", "tanh", "relu", "swish")] + [("Adam", a) for a in ("linear", "tanh")]
+SADDLE_ACTIVATIONS = ("linear", "tanh")  # the saddle's exponent is measured for these, under SGD
 
 
 def boundary(mu):
@@ -98,38 +101,45 @@ def saddle_exponent(problem, lrs, mus, args):
     return le.mean(axis=-1), le.std(axis=-1, ddof=1) / np.sqrt(le.shape[-1])
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="laptop")
-    parser.add_argument("--width", type=int)
-    parser.add_argument("--lr-points", type=int)
-    parser.add_argument("--mu-points", type=int)
-    parser.add_argument("--seeds", type=int)
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--exponent-steps", type=int)
-    args = _cli.parse(parser, argv)
-    for key, value in PRESETS[args.preset].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-
+def compute(args) -> xr.Dataset:
+    """Train every (optimizer, activation) run and measure the saddle's exponents. Per run: the mean rank of U
+    over the seeds that did not diverge (NaN where all did), which seeds diverged, and the seconds since the
+    first run started when it ended (attribute ``seconds_<opt>_<activation>``); per activation, the top exponent
+    at the saddle and its standard error."""
     lrs = np.linspace(0.25 / args.lr_points, 0.25, args.lr_points)
-    adam_lrs = np.logspace(-4, -1.5, args.lr_points)
+    lr_axes = {"SGD": lrs, "Adam": np.logspace(-4, -1.5, args.lr_points)}
     mus = np.linspace(0.0, 0.9, args.mu_points)
-    runs = [("SGD", a, lrs) for a in ("linear", "tanh", "relu", "swish")] + [
-        ("Adam", a, adam_lrs) for a in ("linear", "tanh")
-    ]
-    fig, axes = plt.subplots(2, 4, figsize=(12, 6.6))
-    summary = {}
+    variables, seconds = {}, {}
     started = time.perf_counter()
-    for ax, (opt, activation, lr_axis) in zip(axes.ravel(), runs):
+    for opt, activation in RUNS:
         problem = ds.problems.two_layer_net(args.width, args.width, activation)
         dynamics = ds.dynamics.sgd(problem) if opt == "SGD" else ds.dynamics.from_optax(problem, optax.adam)
-        res = train(problem, dynamics, lr_axis, mus, args, f"{opt}_{activation}")
+        res = train(problem, dynamics, lr_axes[opt], mus, args, f"{opt}_{activation}")
         rank = rank_of_last_layer(res, args.width)
         rank = np.where(res.diverged.values, np.nan, rank)
         kept = np.sum(~np.isnan(rank), axis=-1)
         mean_rank = np.where(kept > 0, np.nansum(rank, axis=-1) / np.maximum(kept, 1), np.nan)  # NaN: all diverged
-        summary[(opt, activation)] = (mean_rank, res.diverged.values.mean(-1))
+        variables[f"rank_{opt}_{activation}"] = ((f"lr_{opt}", "mu"), mean_rank)
+        diverged_dims = tuple(f"lr_{opt}" if d == "lr" else d for d in res.diverged.dims)
+        variables[f"diverged_{opt}_{activation}"] = (diverged_dims, res.diverged.values)
+        seconds[f"seconds_{opt}_{activation}"] = time.perf_counter() - started
+    for activation in SADDLE_ACTIVATIONS:
+        le, le_se = saddle_exponent(ds.problems.two_layer_net(args.width, args.width, activation), lrs, mus, args)
+        variables[f"exponent_{activation}"] = (("lr_SGD", "mu"), le)
+        variables[f"exponent_{activation}_stderr"] = (("lr_SGD", "mu"), le_se)
+    return xr.Dataset(
+        variables,
+        coords={"lr_SGD": lrs, "lr_Adam": lr_axes["Adam"], "mu": mus},
+        attrs={"width": args.width, "steps": args.steps, "seeds": args.seeds, **seconds},
+    )
+
+
+def figure(res: xr.Dataset):
+    """The rank of U per run over (lr, mu), and the saddle's top exponent under SGD, with the 1-D theory's line."""
+    width, mus, lrs = int(res.attrs["width"]), res.mu.values, res.lr_SGD.values
+    fig, axes = plt.subplots(2, 4, figsize=(12, 6.6))
+    for ax, (opt, activation) in zip(axes.ravel(), RUNS):
+        lr_axis, mean_rank = res[f"lr_{opt}"].values, res[f"rank_{opt}_{activation}"].values
         cmap = plt.get_cmap("viridis").copy()
         cmap.set_bad("0.75")  # NaN: every seed diverged, also hatched
         mesh = ax.pcolormesh(lr_axis, mus, mean_rank.T, cmap=cmap, vmin=0, vmax=1, shading="nearest")
@@ -145,17 +155,10 @@ def main(argv=None) -> None:
         ax.tick_params(labelsize=8)
         ax.set_title(f"{opt}, {activation}" + ("\nhatched grey: every seed diverged" if lost else ""), fontsize=9)
         bar = fig.colorbar(mesh, ax=ax, fraction=0.06, pad=0.03)
-        bar.set_label(f"rank(U) / {args.width}", fontsize=8)
+        bar.set_label(f"rank(U) / {width}", fontsize=8)
         bar.ax.tick_params(labelsize=8)
-        print(
-            f"{opt} {activation}: rank(U)/{args.width} from {np.nanmin(mean_rank):.2f} to "
-            f"{np.nanmax(mean_rank):.2f}; "
-            f"diverged share {res.diverged.values.mean():.2f} ({time.perf_counter() - started:.0f} s)"
-        )
-    exponents = {}
-    for ax, activation in zip(axes[1, 2:], ("linear", "tanh")):
-        le, le_se = saddle_exponent(ds.problems.two_layer_net(args.width, args.width, activation), lrs, mus, args)
-        exponents[activation] = le
+    for ax, activation in zip(axes[1, 2:], SADDLE_ACTIVATIONS):
+        le, le_se = res[f"exponent_{activation}"].values, res[f"exponent_{activation}_stderr"].values
         if np.all(le > 0):  # a log scale, so that the smallest positive exponents do not look neutral
             norm, cmap = LogNorm(vmin=le.min(), vmax=le.max()), "Reds"
         elif np.all(le < 0):
@@ -183,24 +186,55 @@ def main(argv=None) -> None:
             else f"> 0 in {np.mean(le > 0):.0%} of cells"
         )
         ax.set_title(f"SGD at the saddle W = U = 0, {activation}:\ntop exponent {sign}", fontsize=9)
+    fig.suptitle(
+        f"Seed 004, Figs. 7-8: {width}-{width}-{width} nets, fresh samples, "
+        f"{int(res.attrs['steps'])} steps, "
+        f"{int(res.attrs['seeds'])} seeds per cell\nrank(U) (tol {TOL}): mean over the seeds that did not diverge; "
+        "exponents: mean of 4 replicas; dashed: the 1-D theory's line λ = 2μ / (3μ² + 4(1 - μ)²)",
+        fontsize=10,
+    )
+    return fig
+
+
+def report(res: xr.Dataset) -> None:
+    """Per run, the range of the rank and the share of diverged runs; per activation, the saddle's exponents."""
+    width = int(res.attrs["width"])
+    for opt, activation in RUNS:
+        mean_rank, diverged = res[f"rank_{opt}_{activation}"].values, res[f"diverged_{opt}_{activation}"].values
+        print(
+            f"{opt} {activation}: rank(U)/{width} from {np.nanmin(mean_rank):.2f} to "
+            f"{np.nanmax(mean_rank):.2f}; "
+            f"diverged share {diverged.mean():.2f} ({float(res.attrs[f'seconds_{opt}_{activation}']):.0f} s)"
+        )
+    for activation in SADDLE_ACTIVATIONS:
+        le, le_se = res[f"exponent_{activation}"].values, res[f"exponent_{activation}_stderr"].values
         print(
             f"saddle exponent, {activation} (4 replicas per cell): min {le.min():+.2e}, max {le.max():+.2e}, "
             f"share of cells > 0: {np.mean(le > 0):.2f}, smallest mean / s.e. over the cells {np.min(le / le_se):.1f}"
         )
-    fig.suptitle(
-        f"Seed 004, Figs. 7-8: {args.width}-{args.width}-{args.width} nets, fresh samples, "
-        f"{args.steps} steps, "
-        f"{args.seeds} seeds per cell\nrank(U) (tol {TOL}): mean over the seeds that did not diverge; "
-        "exponents: mean of 4 replicas; dashed: the 1-D theory's line λ = 2μ / (3μ² + 4(1 - μ)²)",
-        fontsize=10,
-    )
-    path = _cli.save_figure(fig, args, "fig7_wide_nets.png", dpi=100)
-    out = xr.Dataset(
-        {f"rank_{o}_{a}": ((f"lr_{o}", "mu"), r) for (o, a), (r, _) in summary.items()}
-        | {f"exponent_{a}": (("lr_SGD", "mu"), e) for a, e in exponents.items()},
-        coords={"lr_SGD": lrs, "lr_Adam": adam_lrs, "mu": mus},
-    )
-    ds.io.save(out, os.path.join(args.results, "fig7_wide_nets.nc"))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="laptop")
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--lr-points", type=int)
+    parser.add_argument("--mu-points", type=int)
+    parser.add_argument("--seeds", type=int)
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--exponent-steps", type=int)
+    args = _cli.parse(parser, argv, replot=True)
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    started = time.perf_counter()
+    results = os.path.join(args.results, "fig7_wide_nets.nc")
+    _cli.check_replot(parser, args, results)
+    if not args.replot:
+        ds.io.save(compute(args), results)
+    res = ds.io.load(results)
+    path = _cli.save_figure(figure(res), args, "fig7_wide_nets.png", dpi=100)
+    report(res)
     print(f"wrote {path} in {time.perf_counter() - started:.0f} s")
 
 

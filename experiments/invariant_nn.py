@@ -17,6 +17,7 @@ full-batch loss of the last iterate. Then Thm. 5.2: from the late iterates (an e
 invariant measure), one SGD step of size c lr changes L^gamma by Delta(c) < 0 for small c.
 
     python experiments/invariant_nn.py [--seeds 8] [--epochs-a 200] [--epochs-b 150]
+    python experiments/invariant_nn.py --replot   # the figures and tables again from results/, no training
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import xarray as xr  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
@@ -44,6 +46,8 @@ LRS = np.array([0.4, 0.1, 0.025])
 BATCH = 32
 EVERY = 5  # epochs between measurements
 WEIGHT_DECAY = {"cannot_fit": 1e-2, "can_fit": 1e-4}
+TASKS = ("cannot_fit", "can_fit")
+SCALES = [0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5]  # the step multiples c of Thm 5.2
 
 
 def accuracy(x, y, scale_invariant):
@@ -160,14 +164,13 @@ def weight_norm_balance(problem, res):
 
     sigma2_all = jax.jit(jax.vmap(sigma2))
     late = np.flatnonzero(res.time.values >= 0.6 * res.time.values[-1])
-    rows = []
+    lhs, rhs = [], []
     for lr in LRS:
         cell = res.sel(lr=lr)
         noise = np.stack([np.asarray(sigma2_all(it.samples(cell, r))) for r in range(res.sizes["replica"])])
-        lhs = float((gamma * (2 - lr * gamma) * cell.norm.isel(time=late) ** 2 / lr).mean())
-        rhs = float((cell.grad_S.isel(time=late) ** 2).mean() + noise.mean() / BATCH)
-        rows.append((lr, lhs, rhs))
-    return rows
+        lhs.append(float((gamma * (2 - lr * gamma) * cell.norm.isel(time=late) ** 2 / lr).mean()))
+        rhs.append(float((cell.grad_S.isel(time=late) ** 2).mean() + noise.mean() / BATCH))
+    return xr.Dataset({"norm_balance_lhs": ("lr", lhs), "norm_balance_rhs": ("lr", rhs)}, coords={"lr": LRS})
 
 
 def mean_over_seeds(per_seed):
@@ -175,7 +178,7 @@ def mean_over_seeds(per_seed):
     return per_seed.mean(axis=0), per_seed.std(axis=0, ddof=1) / np.sqrt(len(per_seed))
 
 
-def invariant_step_scan(problem, res, scales, args):
+def invariant_step_scan(problem, res, scales, args) -> xr.Dataset:
     """Thm. 5.2: Delta(c) = E[L^gamma(theta - c lr (g_B + gamma theta))] - E[L^gamma(theta)] over late iterates.
 
     For each seed, the late records are the samples of the empirical invariant measure
@@ -183,7 +186,7 @@ def invariant_step_scan(problem, res, scales, args):
     one seed are correlated.
     """
     it = late_iterates(problem, res)
-    out = {}
+    means, stderrs = [], []
     for lr in LRS:
 
         def update(p, key, lr=lr):
@@ -197,11 +200,15 @@ def invariant_step_scan(problem, res, scales, args):
             for r in range(cell.sizes["replica"])
         ]
         mean, se = mean_over_seeds(per_seed)
-        out[lr] = {c: (mean[i], se[i]) for i, c in enumerate(scales)}
-    return out
+        means.append(mean)
+        stderrs.append(se)
+    return xr.Dataset(
+        {"delta": (("lr", "scale"), np.array(means)), "delta_stderr": (("lr", "scale"), np.array(stderrs))},
+        coords={"lr": LRS, "scale": scales},
+    )
 
 
-def balance_scan(problem, res, args):
+def balance_scan(problem, res, args) -> xr.Dataset:
     """Eq. (10), corrected: ``E<grad L^g, g_B> = lr E[int (1-s) g_B^T H(theta - s lr g_B) g_B ds]`` over late iterates.
 
     One minibatch gradient ``g_B + gamma theta`` per late record; means over the records of each seed,
@@ -210,7 +217,7 @@ def balance_scan(problem, res, args):
     crosses (the Hessian does not see them).
     """
     it = late_iterates(problem, res)
-    out = {}
+    means, stderrs, ratios = [], [], []
     for lr in LRS:
         cell = res.sel(lr=lr)
         per_seed = []
@@ -220,12 +227,23 @@ def balance_scan(problem, res, args):
             b = ds.measure.gradient_curvature_balance(it.objective, samples, lr, grads=grads)
             per_seed.append([b.grad_sq, b.curvature, b.local])
         per_seed = np.array(per_seed)
-        ratios = [ds.measure.ratio_of_means(per_seed[:, 0], per_seed[:, j]) for j in (1, 2)]
-        out[lr] = (*mean_over_seeds(per_seed), ratios)
-    return out
+        mean, se = mean_over_seeds(per_seed)
+        means.append(mean)
+        stderrs.append(se)
+        ratios.append([ds.measure.ratio_of_means(per_seed[:, 0], per_seed[:, j]) for j in (1, 2)])
+    ratios = np.array(ratios)  # (lr, right side, (ratio, stderr))
+    return xr.Dataset(
+        {
+            "balance": (("lr", "term"), np.array(means)),
+            "balance_stderr": (("lr", "term"), np.array(stderrs)),
+            "balance_ratio": (("lr", "right_side"), ratios[..., 0]),
+            "balance_ratio_stderr": (("lr", "right_side"), ratios[..., 1]),
+        },
+        coords={"lr": LRS, "term": ["grad_sq", "curvature", "local"], "right_side": ["curvature", "local"]},
+    )
 
 
-def plot_task(task, res, scan, scales, args):
+def plot_task(task, res, checks):
     """Training curves (mean over seeds, band: min-max over seeds) and Thm. 5.2's Delta(c), on a 3 x 3 grid
     whose last cell holds the legend. On the can-fit task the loss, gradient and noise span decades: log y."""
     fig, axes = plt.subplots(3, 3, figsize=(12, 10.5))
@@ -259,9 +277,8 @@ def plot_task(task, res, scan, scales, args):
         axes[0, 0].plot(np.arange(1, eq2.size + 1), eq2.values, color=color, ls="--", lw=1, zorder=3)
     ax = axes[2, 1]
     for lr, color in zip(LRS, colors):
-        means = np.array([scan[lr][c][0] for c in scales])
-        se = np.array([scan[lr][c][1] for c in scales])
-        ax.errorbar(scales, means, yerr=2 * se, color=color, marker="o", ms=3, capsize=2)
+        means, se = checks.delta.sel(lr=lr).values, checks.delta_stderr.sel(lr=lr).values
+        ax.errorbar(checks.scale.values, means, yerr=2 * se, color=color, marker="o", ms=3, capsize=2)
     ax.axhline(0, color="k", lw=0.5)
     ax.axvline(1, color="k", ls=":", lw=0.5)
     ax.set_xlabel("step multiple c")
@@ -283,7 +300,7 @@ def plot_task(task, res, scan, scales, args):
     ]
     ax.legend(handles=handles, loc="center", fontsize=9, frameon=False)
     fig.suptitle(
-        f"{task.replace('_', ' ')}: {args.seeds} seeds per learning rate, SGD with weight decay γ = "
+        f"{task.replace('_', ' ')}: {int(res.attrs['seeds'])} seeds per learning rate, SGD with weight decay γ = "
         f"{WEIGHT_DECAY[task]:g}, batch {BATCH}; "
         f"records every {EVERY} epochs",
         fontsize=11,
@@ -305,6 +322,80 @@ def eq2_vs_eq3(res, steps_per_epoch):
     return rows
 
 
+def compute(task: str, data: dict, args) -> tuple[xr.Dataset, xr.Dataset]:
+    """Train a task and examine its late iterates: the records without the parameters (with the run's sizes and
+    training time in the attributes), and the checks of Thm 5.2, eq. (10) and, on the scale-invariant net, the
+    equilibrium of |theta|."""
+    started = time.perf_counter()
+    problem, _, res, steps_per_epoch = train(task, data, args)
+    trained = time.perf_counter() - started
+    checks = invariant_step_scan(problem, res, SCALES, args)
+    if task == "cannot_fit":
+        checks = checks.merge(weight_norm_balance(problem, res))
+    checks = checks.merge(balance_scan(problem, res, args))
+    records = res.drop_vars([v for v in res.data_vars if v.startswith("theta_")]).assign_attrs(
+        seeds=args.seeds, draws=args.draws, steps_per_epoch=steps_per_epoch, train_seconds=trained
+    )
+    return records, checks
+
+
+def paths(folder: str, task: str) -> tuple[str, str]:
+    """The results files of a task: its records, and the checks on its late iterates."""
+    return os.path.join(folder, f"invariant_nn_{task}.nc"), os.path.join(folder, f"invariant_nn_{task}_checks.nc")
+
+
+def report(task: str, res: xr.Dataset, checks: xr.Dataset) -> None:
+    """The tables the docs quote: the late records per lr, then the checks on the late iterates."""
+    late = res.time.values >= 0.6 * res.time.values[-1]
+    print(
+        f"\n{task}: {res.sizes['lr']} lrs x {int(res.attrs['seeds'])} seeds x {res.time.values[-1]} steps, trained in "
+        f"{float(res.attrs['train_seconds']):.0f} s; means over seeds of the late records (epochs >= 60% of the run), "
+        "+- sd over seeds"
+    )
+    print(
+        f"{'lr':>6} {'L_S':>14} {'|grad L_S|':>14} {'|grad L^g|':>14} {'sigma':>14} {'sharpness':>14} "
+        f"{'|theta|':>12} {'test acc':>10}"
+    )
+    for lr in LRS:
+        cell = res.sel(lr=lr).isel(time=np.flatnonzero(late))
+        cols = []
+        for var in ("loss_S", "grad_S", "grad_gamma", "sigma", "sharpness", "norm", "test_acc"):
+            per_seed = cell[var].mean("time").values
+            cols.append(f"{per_seed.mean():7.3f}±{per_seed.std(ddof=1):5.3f}")
+        print(f"{lr:6.3f} " + " ".join(cols))
+    if "norm_balance_lhs" in checks:
+        for lr in LRS:
+            lhs, rhs = float(checks.norm_balance_lhs.sel(lr=lr)), float(checks.norm_balance_rhs.sel(lr=lr))
+            print(
+                f"  |theta| at equilibrium, lr {lr}: gamma (2 - lr gamma) E|theta|^2 / lr = {lhs:.3f} vs "
+                f"E|g_B|^2 = E|grad L_S|^2 + E sigma^2 / B = {rhs:.3f} (ratio {lhs / rhs:.3f})"
+            )
+    for lr, s3, s2 in eq2_vs_eq3(res, int(res.attrs["steps_per_epoch"])):
+        print(
+            f"  lr {lr}: sd of changes between records, eq. (3) last iterate {s3:.4f} vs eq. (2) epoch mean "
+            f"{s2:.4f} ({s3 / s2:.1f}x smoother)"
+        )
+    for lr in LRS:
+        cell = checks.sel(lr=lr)
+        print(
+            f"  Thm 5.2, lr {lr}: Delta(c) = "
+            + ", ".join(
+                f"{c}: {mean:+.4f}±{se:.4f}"
+                for c, mean, se in zip(checks.scale.values, cell.delta.values, cell.delta_stderr.values)
+            )
+        )
+    for lr in LRS:
+        cell = checks.sel(lr=lr)
+        mean, se = cell.balance.values, cell.balance_stderr.values
+        (r1, r2), (r1_se, r2_se) = cell.balance_ratio.values, cell.balance_ratio_stderr.values
+        print(
+            f"  eq. (10), lr {lr}: E<grad L^g, g_B> = {mean[0]:.4f}±{se[0]:.4f}; exact right side "
+            f"{mean[1]:.4f}±{se[1]:.4f} (ratio {r1:.3f}±{r1_se:.3f}); (lr/2)E[g^T H g] "
+            f"{mean[2]:.4f}±{se[2]:.4f} (ratio {r2:.3f}±{r2_se:.3f}); as printed, lr E[g^T H g] "
+            f"(ratio {r2 / 2:.3f}±{r2_se / 2:.3f})"
+        )
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=8)
@@ -312,62 +403,21 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs-b", type=int, default=150, help="epochs on digits (can fit)")
     parser.add_argument("--label-noise", type=float, default=0.1)
     parser.add_argument("--draws", type=int, default=8, help="minibatches per late iterate for Thm 5.2")
-    args = _cli.parse(parser, argv)
-    scales = [0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
-
-    mnist = ds.problems.load_mnist1d()
-    mnist["y"] = ds.problems.corrupt_labels(mnist["y"], args.label_noise, 10, seed=args.seed)
-    tasks = {"cannot_fit": mnist, "can_fit": ds.problems.load_digits()}
-    for task, data in tasks.items():
-        started = time.perf_counter()
-        problem, dynamics, res, spe = train(task, data, args)
-        trained = time.perf_counter() - started
-        scan = invariant_step_scan(problem, res, scales, args)
-        fig = plot_task(task, res, scan, scales, args)
+    args = _cli.parse(parser, argv, replot=True)
+    files = {task: paths(args.results, task) for task in TASKS}
+    _cli.check_replot(parser, args, *(path for pair in files.values() for path in pair))
+    if not args.replot:
+        mnist = ds.problems.load_mnist1d()
+        mnist["y"] = ds.problems.corrupt_labels(mnist["y"], args.label_noise, 10, seed=args.seed)
+        tasks = {"cannot_fit": mnist, "can_fit": ds.problems.load_digits()}
+    for task in TASKS:  # task by task, so that the first task's tables come before the second task trains
+        if not args.replot:
+            for dataset, path in zip(compute(task, tasks[task], args), files[task]):
+                ds.io.save(dataset, path)
+        res, checks = (ds.io.load(path) for path in files[task])
+        fig = plot_task(task, res, checks)
         fig.savefig(os.path.join(args.out, f"invariant_nn_{task}.png"), dpi=100)
-        ds.io.save(
-            res.drop_vars([v for v in res.data_vars if v.startswith("theta_")]),
-            os.path.join(args.results, f"invariant_nn_{task}.nc"),
-        )
-        late = res.time.values >= 0.6 * res.time.values[-1]
-        print(
-            f"\n{task}: {res.sizes['lr']} lrs x {args.seeds} seeds x {res.time.values[-1]} steps, trained in "
-            f"{trained:.0f} s; means over seeds of the late records (epochs >= 60% of the run), +- sd over seeds"
-        )
-        print(
-            f"{'lr':>6} {'L_S':>14} {'|grad L_S|':>14} {'|grad L^g|':>14} {'sigma':>14} {'sharpness':>14} "
-            f"{'|theta|':>12} {'test acc':>10}"
-        )
-        for lr in LRS:
-            cell = res.sel(lr=lr).isel(time=np.flatnonzero(late))
-            cols = []
-            for var in ("loss_S", "grad_S", "grad_gamma", "sigma", "sharpness", "norm", "test_acc"):
-                per_seed = cell[var].mean("time").values
-                cols.append(f"{per_seed.mean():7.3f}±{per_seed.std(ddof=1):5.3f}")
-            print(f"{lr:6.3f} " + " ".join(cols))
-        if task == "cannot_fit":
-            for lr, lhs, rhs in weight_norm_balance(problem, res):
-                print(
-                    f"  |theta| at equilibrium, lr {lr}: gamma (2 - lr gamma) E|theta|^2 / lr = {lhs:.3f} vs "
-                    f"E|g_B|^2 = E|grad L_S|^2 + E sigma^2 / B = {rhs:.3f} (ratio {lhs / rhs:.3f})"
-                )
-        for lr, s3, s2 in eq2_vs_eq3(res, spe):
-            print(
-                f"  lr {lr}: sd of changes between records, eq. (3) last iterate {s3:.4f} vs eq. (2) epoch mean "
-                f"{s2:.4f} ({s3 / s2:.1f}x smoother)"
-            )
-        for lr in LRS:
-            print(
-                f"  Thm 5.2, lr {lr}: Delta(c) = "
-                + ", ".join(f"{c}: {scan[lr][c][0]:+.4f}±{scan[lr][c][1]:.4f}" for c in scales)
-            )
-        for lr, (mean, se, ((r1, r1_se), (r2, r2_se))) in balance_scan(problem, res, args).items():
-            print(
-                f"  eq. (10), lr {lr}: E<grad L^g, g_B> = {mean[0]:.4f}±{se[0]:.4f}; exact right side "
-                f"{mean[1]:.4f}±{se[1]:.4f} (ratio {r1:.3f}±{r1_se:.3f}); (lr/2)E[g^T H g] "
-                f"{mean[2]:.4f}±{se[2]:.4f} (ratio {r2:.3f}±{r2_se:.3f}); as printed, lr E[g^T H g] "
-                f"(ratio {r2 / 2:.3f}±{r2_se / 2:.3f})"
-            )
+        report(task, res, checks)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ every constant is known (``alpha = 2``, ``C_L = 1``), in float64:
   (``gamma^2 / (2 (2 gamma - 1))`` for ``q = 1``, ``gamma / 4`` for ``q < 1``) and the paper's constant.
 
     python experiments/local_lojasiewicz.py [--n 200000] [--grid 48]
+    python experiments/local_lojasiewicz.py --replot   # the figure and tables again from results/, no simulation
 """
 
 from __future__ import annotations
@@ -161,7 +162,18 @@ def travel(n_runs: int = 20_000, seed: int = 0, k_max: int = 60) -> dict[str, np
     }
 
 
-def summary_travel(t: dict[str, np.ndarray]) -> None:
+def travel_dataset(t: dict[str, np.ndarray]) -> xr.Dataset:
+    """:func:`travel`'s results as a dataset: per step ``k`` the mean step and its bounds, per run the path length,
+    and the path bounds."""
+    per_step = ("step_mean", "step_stderr", "step_bound", "step_bound_printed")
+    return xr.Dataset(
+        {name: ("k", t[name]) for name in per_step}
+        | {"path": ("run", t["path"]), "path_bound": t["path_bound"], "path_bound_printed": t["path_bound_printed"]}
+    )
+
+
+def summary_travel(travelled: xr.Dataset) -> None:
+    t = {name: travelled[name].values for name in travelled.data_vars}
     ratios = ", ".join(f"{t['step_mean'][k] / t['step_bound'][k]:.3f} at k = {k}" for k in (0, 10, 30))
     path = t["path"]
     print(
@@ -286,31 +298,42 @@ def lemma42(args) -> xr.Dataset:
         paper = gamma**2 * C_L / (ALPHA * gamma - 2) if q == 1 else gamma**2 * C_L / (ALPHA * gamma)
         rows.append((q, gamma, n0, k**q * f.mean(), k**q * f.std(ddof=1) / np.sqrt(f.size), k**q * m / 2, limit, paper))
     names = ["q", "gamma", "n0", "simulated", "stderr", "exact", "limit", "paper"]
-    return xr.Dataset({n: ("case", np.array(col)) for n, col in zip(names, zip(*rows))})
+    return xr.Dataset(
+        {n: ("case", np.array(col)) for n, col in zip(names, zip(*rows))},
+        attrs={"n": args.n_lemma, "steps": args.lemma_steps},
+    )
 
 
-def contraction_ratio(tight: xr.Dataset):
-    """``(lr, rho, k, ratio, stderr, n)``: the mean of ``F(theta_k)`` over ``n`` runs divided by ``rho^k F_0``."""
+def contraction_ratio(tight: xr.Dataset) -> xr.Dataset:
+    """The mean of ``F(theta_k)`` over the ``n`` runs divided by ``rho^k F_0`` (``ratio``, with its ``stderr``) per
+    step ``k``; ``lr``, ``rho`` and ``n`` in the attributes."""
     lr = float(tight.lr[0])
     rho = float(lj.contraction_rate(lr, ALPHA, C_L, 2.0))
     loss = tight.loss.isel(lr=0).values  # (replica, time)
     k = tight.time.values
     exact = rho**k * loss[0, 0]
-    return (
-        lr,
-        rho,
-        k,
-        loss.mean(axis=0) / exact,
-        loss.std(axis=0, ddof=1) / np.sqrt(loss.shape[0]) / exact,
-        loss.shape[0],
+    return xr.Dataset(
+        {
+            "ratio": ("k", loss.mean(axis=0) / exact),
+            "stderr": ("k", loss.std(axis=0, ddof=1) / np.sqrt(loss.shape[0]) / exact),
+        },
+        coords={"k": k},
+        attrs={"lr": lr, "rho": rho, "n": loss.shape[0]},
     )
 
 
-def figure(tight, diagram, conf, aligned, lemma, args):
+def unpack_contraction(contraction: xr.Dataset):
+    """``(lr, rho, k, ratio, stderr, n)`` of :func:`contraction_ratio`'s dataset."""
+    a = contraction.attrs
+    k, ratio, se = contraction.k.values, contraction.ratio.values, contraction.stderr.values
+    return float(a["lr"]), float(a["rho"]), k, ratio, se, int(a["n"])
+
+
+def figure(contraction, diagram, conf, aligned, lemma):
     fig, axes = plt.subplots(2, 3, figsize=(12, 8.6))
 
     ax = axes[0, 0]
-    lr, rho, k, ratio, se, n = contraction_ratio(tight)
+    lr, rho, k, ratio, se, n = unpack_contraction(contraction)
     ax.fill_between(k, ratio - 2 * se, ratio + 2 * se, alpha=0.3, label="± 2 s.e.")
     ax.plot(k, ratio, "o-", ms=3, label=f"mean of {n} runs / (rho^k F_0)")
     ax.axhline(1, color="k", ls="--", lw=1)
@@ -406,15 +429,15 @@ def figure(tight, diagram, conf, aligned, lemma, args):
     ax.set_xlabel("radius r")
     ax.set_ylabel("P(leave B(θ_0, r))")
     ax.set_ylim(-0.05, 1.4)  # room for the legend above the curves
-    ax.set_title(f"Thm 4.1: θ²/2, θ_0 = 0.5, lr_k = 1.5/(k+2),\n{args.aligned_steps} steps")
+    ax.set_title(f"Thm 4.1: θ²/2, θ_0 = 0.5, lr_k = 1.5/(k+2),\n{ds.io.config(aligned['aligned'])['n_steps']} steps")
     ax.legend(fontsize=8, loc="upper right")
 
     ax = axes[1, 2]
     x = np.arange(lemma.sizes["case"])
     ax.errorbar(
-        x - 0.1, lemma.simulated, yerr=2 * lemma.stderr, fmt="o", label=f"simulated ({args.n_lemma} runs, ± 2 s.e.)"
+        x - 0.1, lemma.simulated, yerr=2 * lemma.stderr, fmt="o", label=f"simulated ({lemma.attrs['n']} runs, ± 2 s.e.)"
     )
-    ax.plot(x, lemma.exact, "k_", ms=20, mew=2, label=f"exact at k = {args.lemma_steps}")
+    ax.plot(x, lemma.exact, "k_", ms=20, mew=2, label=f"exact at k = {lemma.attrs['steps']}")
     ax.plot(x + 0.1, lemma.limit, "s", mfc="none", label="exact limit k → ∞")
     ax.plot(x, lemma.paper, "v", color="C3", label="Lemma 4.2's constant (a bound)")
     ax.set_xticks(
@@ -427,6 +450,27 @@ def figure(tight, diagram, conf, aligned, lemma, args):
     ax.legend(fontsize=8)
     fig.suptitle("Seed 003 (SGD under a local Łojasiewicz condition) on quadratics, float64", fontsize=11)
     return fig
+
+
+RESULTS = ("contraction", "diagram", "confinement", "aligned", "control", "corrected", "lemma42", "travel")
+
+
+def compute(args) -> dict[str, xr.Dataset]:
+    """Every panel's and table's results, in float64, by the names in ``RESULTS``."""
+    with jax.enable_x64(True):
+        return {
+            "contraction": contraction_ratio(tight_contraction(args)),
+            "diagram": exponent_diagram(args),
+            "confinement": confinement(args),
+            **aligned_noise(args),
+            "corrected": corrected_condition(args),
+            "lemma42": lemma42(args),
+            "travel": travel_dataset(travel(seed=args.seed)),
+        }
+
+
+def paths(folder: str) -> dict[str, str]:
+    return {name: os.path.join(folder, f"local_lojasiewicz_{name}.nc") for name in RESULTS}
 
 
 def main(argv=None) -> None:
@@ -444,31 +488,25 @@ def main(argv=None) -> None:
     parser.add_argument("--huber-steps", type=int, default=3000)
     parser.add_argument("--n-lemma", type=int, default=20_000)
     parser.add_argument("--lemma-steps", type=int, default=20_000)
-    args = _cli.parse(parser, argv)
+    args = _cli.parse(parser, argv, replot=True)
     started = time.perf_counter()
-    with jax.enable_x64(True):
-        tight = tight_contraction(args)
-        diagram = exponent_diagram(args)
-        conf = confinement(args)
-        aligned = aligned_noise(args)
-        corrected = corrected_condition(args)
-        lemma = lemma42(args)
-        travelled = travel(seed=args.seed)
-    path = _cli.save_figure(figure(tight, diagram, conf, aligned, lemma, args), args, "local_lojasiewicz.png")
-    diagram.to_netcdf(os.path.join(args.results, "local_lojasiewicz_diagram.nc"))
-    conf.to_netcdf(os.path.join(args.results, "local_lojasiewicz_confinement.nc"))
-    lemma.to_netcdf(os.path.join(args.results, "local_lojasiewicz_lemma42.nc"))
-    corrected.to_netcdf(os.path.join(args.results, "local_lojasiewicz_corrected.nc"))
-    for name, res in aligned.items():
-        ds.io.save(res, os.path.join(args.results, f"local_lojasiewicz_{name}.nc"))
-    summary(tight, diagram, conf, aligned, lemma)
-    summary_corrected(corrected)
-    summary_travel(travelled)
+    files = paths(args.results)
+    _cli.check_replot(parser, args, *files.values())
+    if not args.replot:
+        for name, res in compute(args).items():
+            ds.io.save(res, files[name])
+    results = {name: ds.io.load(path) for name, path in files.items()}
+    panels = [results[name] for name in ("contraction", "diagram", "confinement")]
+    panels += [{name: results[name] for name in ("aligned", "control")}, results["lemma42"]]
+    path = _cli.save_figure(figure(*panels), args, "local_lojasiewicz.png")
+    summary(*panels)
+    summary_corrected(results["corrected"])
+    summary_travel(results["travel"])
     print(f"wrote {path} and {args.results}/local_lojasiewicz_*.nc in {time.perf_counter() - started:.1f} s")
 
 
-def summary(tight, diagram, conf, aligned, lemma) -> None:
-    _, _, k, ratio, se, _ = contraction_ratio(tight)
+def summary(contraction, diagram, conf, aligned, lemma) -> None:
+    _, _, k, ratio, se, _ = unpack_contraction(contraction)
     z = (ratio[1:] - 1) / se[1:]
     print(
         f"(3.8): mean F_k / (rho^k F_0) in [{ratio.min():.4f}, {ratio.max():.4f}], "

@@ -16,11 +16,13 @@ with standard errors over the initializations, and their running variance
 ``V_n = (1/n) sum_{i<=n} |g_{B_i} - grad F|^2`` (Fig. 4-1 d, h).
 
     python experiments/noise_shape.py [--seeds 8] [--steps 1000] [--n-batches 4000]
+    python experiments/noise_shape.py --replot   # the figure and table again from results/, no training
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import matplotlib
@@ -102,6 +104,8 @@ def measure(args) -> xr.Dataset:
             "adam_steps": args.steps,
             "lr": args.lr,
             "hill_k": args.hill_k,
+            "n_batches": args.n_batches,
+            "seeds": args.seeds,
         },
     )
 
@@ -124,9 +128,10 @@ def tail_summary(result: xr.Dataset, k: int) -> xr.Dataset:
     )
 
 
-def figure(result: xr.Dataset, summary: xr.Dataset, args):
+def figure(result: xr.Dataset, summary: xr.Dataset):
     """Histogram of the noise norms, their Hill indices with reference levels, and the running variance."""
-    b_plot = max(args.batch_sizes)
+    b_plot = int(result.batch_size.max())
+    n_batches, hill_k, seeds = (int(result.attrs[name]) for name in ("n_batches", "hill_k", "seeds"))
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
     colors = dict(zip(summary.setting.values, ["tab:red", "tab:orange", "tab:blue", "tab:green"]))
     ax = axes[0]
@@ -137,7 +142,7 @@ def figure(result: xr.Dataset, summary: xr.Dataset, args):
         yscale="log",
         xlabel="|g_B - grad F| / median",
         ylabel="density",
-        title=f"noise norms after training, B = {b_plot}\n(first init, {args.n_batches} minibatches)",
+        title=f"noise norms after training, B = {b_plot}\n(first init, {n_batches} minibatches)",
     )
     ax.legend(fontsize=8)
     ax = axes[1]
@@ -148,7 +153,7 @@ def figure(result: xr.Dataset, summary: xr.Dataset, args):
             positions + 0.1 * (2 * j - 1), row.hill, yerr=row.hill_stderr, fmt="o" if j else "s", label=st, capsize=3
         )
     ax.axhline(2.0, color="k", ls="--", lw=1, label="2: infinite variance below")
-    if (args.hill_k, args.n_batches) == (100, 4000):  # the reference is for these settings (docs)
+    if (hill_k, n_batches) == (100, 4000):  # the reference is for these settings (docs)
         ax.axhline(
             GAUSSIAN_HILL,
             color="0.4",
@@ -158,14 +163,14 @@ def figure(result: xr.Dataset, summary: xr.Dataset, args):
         )
     ax.set_xticks(positions, [s.replace(", ", "\n") for s in summary.setting.values], fontsize=8)
     ax.set(
-        ylabel=f"Hill index (top {args.hill_k} of {args.n_batches}); smaller = heavier",
-        title=f"tail of the noise norm, B = {b_plot}\n(mean ± s.e. over {args.seeds} inits)",
+        ylabel=f"Hill index (top {hill_k} of {n_batches}); smaller = heavier",
+        title=f"tail of the noise norm, B = {b_plot}\n(mean ± s.e. over {seeds} inits)",
     )
     top = float((summary.hill + summary.hill_stderr).sel(batch_size=b_plot).max())
     ax.set_ylim(0, 1.5 * top)  # room for the legend above the points
     ax.legend(fontsize=8, loc="upper left")
     ax = axes[2]
-    n = np.arange(1, args.n_batches + 1)
+    n = np.arange(1, n_batches + 1)
     for s in summary.setting.values:
         x = result.norms.sel(setting=s, stage="trained", batch_size=b_plot).values[0]
         ax.plot(n, np.cumsum(x**2) / n / np.mean(x**2), color=colors[s], label=s)
@@ -176,6 +181,27 @@ def figure(result: xr.Dataset, summary: xr.Dataset, args):
         title="running variance after training\n(first init; colours as on the left)",
     )
     return fig
+
+
+def paths(folder: str) -> dict[str, str]:
+    """The results files: the noise norms and losses, and their tail summary."""
+    return {"result": os.path.join(folder, "noise_shape.nc"), "summary": os.path.join(folder, "noise_shape_summary.nc")}
+
+
+def report(result: xr.Dataset, summary: xr.Dataset) -> None:
+    """The table the docs quote: per setting, stage and batch size, the tail of the noise norms and the loss."""
+    n_batches, seeds = int(result.attrs["n_batches"]), int(result.attrs["seeds"])
+    print(f"noise norms |g_B - grad F| over {n_batches} minibatches, {seeds} inits (mean +- stderr):")
+    print(f"{'setting':>26} {'stage':>8} {'B':>3} {'Hill index':>15} {'max/median':>14} {'loss':>6}")
+    for s in summary.setting.values:
+        for st in STAGES:
+            for b in summary.batch_size.values:
+                row = summary.sel(setting=s, stage=st, batch_size=b)
+                loss = float(result.loss.sel(setting=s, stage=st).mean())
+                print(
+                    f"{s:>26} {st:>8} {b:>3} {float(row.hill):>8.1f} +- {float(row.hill_stderr):<4.1f}"
+                    f" {float(row.max_over_median):>7.2f} +- {float(row.max_over_median_stderr):<4.2f} {loss:>6.2f}"
+                )
 
 
 def main(argv=None):
@@ -190,28 +216,21 @@ def main(argv=None):
     parser.add_argument("--length", type=int, default=16)
     parser.add_argument("--vocab", type=int, default=512)
     parser.add_argument("--width", type=int, default=32)
-    args = _cli.parse(parser, argv, resume=False)  # no simulate call: nothing to checkpoint
+    args = _cli.parse(parser, argv, resume=False, replot=True)  # no simulate call: nothing to checkpoint
     if args.seeds < 2:
         parser.error("--seeds must be >= 2 (the standard errors are over initializations)")
+    files = paths(args.results)
+    _cli.check_replot(parser, args, *files.values())
     start = time.perf_counter()
-    result = measure(args)
-    ds.io.save(result, f"{args.results}/noise_shape.nc")
-    summary = tail_summary(result, args.hill_k)
+    if not args.replot:
+        result = measure(args)
+        ds.io.save(result, files["result"])
+        ds.io.save(tail_summary(result, args.hill_k), files["summary"])
+    result, summary = ds.io.load(files["result"]), ds.io.load(files["summary"])
     elapsed = time.perf_counter() - start
 
-    print(f"noise norms |g_B - grad F| over {args.n_batches} minibatches, {args.seeds} inits (mean +- stderr):")
-    print(f"{'setting':>26} {'stage':>8} {'B':>3} {'Hill index':>15} {'max/median':>14} {'loss':>6}")
-    for s in summary.setting.values:
-        for st in STAGES:
-            for b in summary.batch_size.values:
-                row = summary.sel(setting=s, stage=st, batch_size=b)
-                loss = float(result.loss.sel(setting=s, stage=st).mean())
-                print(
-                    f"{s:>26} {st:>8} {b:>3} {float(row.hill):>8.1f} +- {float(row.hill_stderr):<4.1f}"
-                    f" {float(row.max_over_median):>7.2f} +- {float(row.max_over_median_stderr):<4.2f} {loss:>6.2f}"
-                )
-
-    fig = figure(result, summary, args)
+    report(result, summary)
+    fig = figure(result, summary)
     print("figure:", _cli.save_figure(fig, args, "noise_shape.png"), f"({elapsed:.0f} s)")
     return result, summary
 

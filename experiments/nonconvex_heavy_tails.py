@@ -23,11 +23,13 @@ Lemma 4.7.9.5 stops bounding the gradient from below), and Thm 4.4.1's left side
 see ``nonconvex_clip_parameters``).
 
     python experiments/nonconvex_heavy_tails.py [--n 256] [--eps 6e-3 4e-3 2e-3]
+    python experiments/nonconvex_heavy_tails.py --replot   # the figure and table again from results/, no simulation
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import matplotlib
@@ -136,18 +138,16 @@ def run_chain(eps: float, args) -> xr.Dataset:
     return result.expand_dims(eps=[eps])
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=256, help="runs per chain and method")
-    parser.add_argument("--eps", type=float, nargs="+", default=[6e-3, 4e-3, 2e-3])
-    args = _cli.parse(parser, argv)
-    jax.config.update("jax_enable_x64", True)
-    begin = time.perf_counter()
-    runs = [run_chain(eps, args) for eps in args.eps]
-    ds.io.save(xr.concat(runs, dim="eps", join="outer", coords="minimal"), f"{args.results}/nonconvex_heavy_tails.nc")
-    elapsed = time.perf_counter() - begin
+def chains(result: xr.Dataset) -> list[xr.Dataset]:
+    """The results of each chain (``eps`` of length 1), on its own time axis: the results file holds the chains
+    on the union of their time axes, NaN where a chain has no record."""
+    return [result.isel(eps=[i]).dropna("time", subset=["k_over_kmax"]) for i in range(result.sizes["eps"])]
 
-    print(f"alpha = {ALPHA}, L = {L}, Delta = {DELTA}, G = {G}; {args.n} runs per chain and method")
+
+def report(runs: list[xr.Dataset], n: int) -> None:
+    """The table the docs quote: per chain its constants, per method the gradient norm, the share at the chain's
+    end and Thm 4.4.1's left side."""
+    print(f"alpha = {ALPHA}, L = {L}, Delta = {DELTA}, G = {G}; {n} runs per chain and method")
     for r in runs:
         r = r.squeeze("eps")
         eps = float(r.eps)
@@ -170,6 +170,10 @@ def main(argv=None):
                 f"theorem's parameters {float(r.bound):.3g}); diverged {int(row.diverged)}"
             )
 
+
+def figure(runs: list[xr.Dataset]):
+    """Per chain and method: the gradient norm and the share at the chain's end over time, and Thm 4.4.1's left side
+    against its bound."""
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     for i, r in enumerate(runs):
         r = r.squeeze("eps")
@@ -205,7 +209,27 @@ def main(argv=None):
     )
     axes[1].legend(fontsize=7, loc="center left")
     axes[2].legend(fontsize=8)
-    print("figure:", _cli.save_figure(fig, args, "nonconvex_heavy_tails.png"), f"({elapsed:.0f} s)")
+    return fig
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=256, help="runs per chain and method")
+    parser.add_argument("--eps", type=float, nargs="+", default=[6e-3, 4e-3, 2e-3])
+    args = _cli.parse(parser, argv, replot=True)
+    results = os.path.join(args.results, "nonconvex_heavy_tails.nc")
+    _cli.check_replot(parser, args, results)
+    jax.config.update("jax_enable_x64", True)
+    begin = time.perf_counter()
+    if not args.replot:
+        runs = [run_chain(eps, args) for eps in args.eps]
+        ds.io.save(xr.concat(runs, dim="eps", join="outer", coords="minimal").assign_attrs(n=args.n), results)
+    result = ds.io.load(results)
+    runs = chains(result)
+    elapsed = time.perf_counter() - begin
+
+    report(runs, int(result.attrs["n"]))
+    print("figure:", _cli.save_figure(figure(runs), args, "nonconvex_heavy_tails.png"), f"({elapsed:.0f} s)")
     return runs
 
 

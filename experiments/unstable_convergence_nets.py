@@ -16,6 +16,7 @@ CIFAR-10 cannot be had here; the substitutes are the seed digest's calibrated on
   share of minibatch steps that lower the full-batch loss (Remark 6).
 
     python experiments/unstable_convergence_nets.py [--steps 1500] [--epochs 120] [--probe-m 200]
+    python experiments/unstable_convergence_nets.py --replot   # the figure and tables again from results/, no training
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def gd(args) -> tuple[xr.Dataset, xr.Dataset]:
         checkpoint=_cli.checkpoint(args, "unstable_convergence_gd_probes"),
         **common,
     )
-    probes = probes.rename({"gd_profile_dim0": "tau"}).assign_coords(tau=TAUS)
+    probes = probes.rename({"gd_profile_dim0": "tau"}).assign_coords(tau=TAUS).assign_attrs(lanczos=args.lanczos)
     return every_step, probes
 
 
@@ -130,7 +131,7 @@ def sgd(args) -> tuple[xr.Dataset, xr.Dataset]:
     return res.drop_vars(names), probes
 
 
-def figure(steps: xr.Dataset, probes: xr.Dataset, sgd_probes: xr.Dataset, args):
+def figure(steps: xr.Dataset, probes: xr.Dataset, sgd_probes: xr.Dataset):
     fig, grid = plt.subplots(4, 2, figsize=(12, 15.5))
     axes = grid.ravel().reshape(2, 4)  # panels in reading order: axes[0, :] first, then axes[1, :]
     t = steps.time.values
@@ -153,7 +154,7 @@ def figure(steps: xr.Dataset, probes: xr.Dataset, sgd_probes: xr.Dataset, args):
     axes[0, 0].set_title("GD: full-batch loss (non-monotone at the edge of stability)")
     axes[0, 0].set_ylabel(r"$f(\theta_t)$")
     axes[0, 1].axhline(1, color="k", ls="--", lw=1)
-    axes[0, 1].set_title(f"sharpness (Lanczos, {args.lanczos} steps) x lr/2")
+    axes[0, 1].set_title(f"sharpness (Lanczos, {int(probes.attrs['lanczos'])} steps) x lr/2")
     axes[0, 1].set_ylabel(r"(lr/2) $\lambda_{max}(\nabla^2 f(\theta_t))$")
     axes[0, 2].set_ylim(-1.2, 0.6)
     axes[0, 2].set_title("RP (Def. 1): every step, and means over 50 steps")
@@ -271,20 +272,27 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=120, help="SGD epochs")
     parser.add_argument("--probe-every", type=int, default=4, help="epochs between SGD probes")
     parser.add_argument("--probe-m", type=int, default=200, help="minibatches per SGD probe")
-    args = _cli.parse(parser, argv)
+    args = _cli.parse(parser, argv, replot=True)
     started = time.perf_counter()
-    steps, probes = gd(args)
-    gd_time = time.perf_counter() - started
-    _, sgd_probes = sgd(args)
-    path = _cli.save_figure(figure(steps, probes, sgd_probes, args), args, "unstable_convergence_nets.png")
-    ds.io.save(steps, os.path.join(args.results, "unstable_convergence_gd_steps.nc"))
-    ds.io.save(probes, os.path.join(args.results, "unstable_convergence_gd_probes.nc"))
-    sgd_probes.to_netcdf(os.path.join(args.results, "unstable_convergence_sgd_probes.nc"))
+    files = [
+        os.path.join(args.results, f"unstable_convergence_{name}.nc")
+        for name in ("gd_steps", "gd_probes", "sgd_probes")
+    ]
+    _cli.check_replot(parser, args, *files)
+    if not args.replot:
+        steps, probes = gd(args)
+        gd_time = time.perf_counter() - started
+        _, sgd_probes = sgd(args)
+        for result, file in zip((steps, probes, sgd_probes), files):
+            ds.io.save(result, file)
+    steps, probes, sgd_probes = (ds.io.load(file) for file in files)
+    path = _cli.save_figure(figure(steps, probes, sgd_probes), args, "unstable_convergence_nets.png")
     summary(steps, probes, sgd_probes)
-    print(
-        f"wrote {path} and {args.results}/unstable_convergence_*.nc in "
-        f"{time.perf_counter() - started:.1f} s (GD {gd_time:.1f} s)"
-    )
+    elapsed = time.perf_counter() - started
+    if args.replot:
+        print(f"wrote {path} in {elapsed:.1f} s")
+    else:
+        print(f"wrote {path} and {args.results}/unstable_convergence_*.nc in {elapsed:.1f} s (GD {gd_time:.1f} s)")
 
 
 if __name__ == "__main__":

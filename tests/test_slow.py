@@ -96,19 +96,40 @@ def test_kesten_tail_index_against_hill(lr):
     ],
 )
 def test_seed_001_to_003_experiments_run_end_to_end(tmp_path, script, args):
-    """Each script at tiny sizes: it runs, writes its figure and its NetCDF results."""
+    """Each script at tiny sizes: it runs, writes its figure and its NetCDF results (and replots them)."""
+    pytest.importorskip("sklearn")
+    _run_and_replot(tmp_path, script, args)
+    assert len(list((tmp_path / "results").glob("*.nc"))) >= 1
+
+
+def _run_and_replot(tmp_path, script: str, args: list[str]) -> None:
+    """Run ``experiments/<script>`` with ``args`` into ``tmp_path``; it must write a figure. A script with ``--replot``
+    must draw the same figures, byte for byte, again from its results files alone (``args`` are passed again: they
+    choose which results, e.g. ``--engine fused``, and sizes must not matter to a replot)."""
     import os
     import subprocess
     import sys
 
-    pytest.importorskip("sklearn")
     path = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", script)
     out, res = tmp_path / "figures", tmp_path / "results"
     done = subprocess.run(
         [sys.executable, path, *args, "--out", str(out), "--results", str(res)], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert len(list(out.glob("*.png"))) >= 1 and len(list(res.glob("*.nc"))) >= 1
+    figures = sorted(out.glob("*.png"))
+    assert len(figures) >= 1
+    with open(path) as f:
+        if "replot=True" not in f.read():
+            return
+    again = tmp_path / "again"
+    done = subprocess.run(
+        [sys.executable, path, *args, "--replot", "--out", str(again), "--results", str(res)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    for figure in figures:
+        assert (again / figure.name).read_bytes() == figure.read_bytes(), figure.name
 
 
 @pytest.mark.slow
@@ -126,30 +147,8 @@ def test_seed_001_to_003_experiments_run_end_to_end(tmp_path, script, args):
 )
 def test_seed_004_experiments_draw_their_figures(tmp_path, script, args):
     """Each script at tiny sizes runs to the end and writes its figure (the drawing code sees shares of 0 and 1,
-    cells where every run diverged, and too few points to fit). A script with ``--replot`` draws the same figure,
-    byte for byte, again from its results files alone."""
-    import os
-    import subprocess
-    import sys
-
-    path = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", script)
-    out, res = tmp_path / "figures", tmp_path / "results"
-    done = subprocess.run(
-        [sys.executable, path, *args, "--out", str(out), "--results", str(res)], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    figures = sorted(out.glob("*.png"))
-    assert len(figures) >= 1
-    with open(path) as f:
-        if "--replot" not in f.read():
-            return
-    again = tmp_path / "again"
-    done = subprocess.run(
-        [sys.executable, path, "--replot", "--out", str(again), "--results", str(res)], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    for figure in figures:
-        assert (again / figure.name).read_bytes() == figure.read_bytes(), figure.name
+    cells where every run diverged, and too few points to fit), and replots it from its results files."""
+    _run_and_replot(tmp_path, script, args)
 
 
 @pytest.mark.slow
