@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 
 
 def parse(
@@ -46,6 +47,21 @@ def save_figure(fig, args: argparse.Namespace, filename: str, *, dpi: int = 110)
 def checkpoint(args: argparse.Namespace, name: str) -> str | None:
     """The checkpoint folder of one simulation of the experiment when ``--resume`` is given, else None."""
     return os.path.join(args.results, "checkpoints", name) if getattr(args, "resume", False) else None
+
+
+def saved_results(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, files: dict[str, str], compute: Callable[[], dict]
+) -> dict:
+    """The datasets a figure is drawn from, by name: ``compute()`` (datasets by the names of ``files``) saved to
+    ``files`` first, unless ``--replot``; then, either way, read back from ``files``, so that the figure and the
+    printed tables come from the saved files alone."""
+    import dynsim as ds
+
+    check_replot(parser, args, *files.values())
+    if not args.replot:
+        for name, result in compute().items():
+            ds.io.save(result, files[name])
+    return {name: ds.io.load(path) for name, path in files.items()}
 
 
 def check_replot(parser: argparse.ArgumentParser, args: argparse.Namespace, *paths: str) -> None:

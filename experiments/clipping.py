@@ -370,12 +370,7 @@ def main(argv=None) -> None:
     parser.add_argument("--stochastic-steps", type=int, default=200_000)
     args = _cli.parse(parser, argv, replot=True)
     started = time.perf_counter()
-    files = paths(args.results)
-    _cli.check_replot(parser, args, *files.values())
-    if not args.replot:
-        for name, res in compute(args).items():
-            ds.io.save(res, files[name])
-    results = {name: ds.io.load(path) for name, path in files.items()}
+    results = _cli.saved_results(parser, args, paths(args.results), lambda: compute(args))
     fig = figure(results["complexity"], results["stochastic"], results["heavy_tails"])
     path = _cli.save_figure(fig, args, "clipping.png")
     report(results)

@@ -160,7 +160,10 @@ def compute(args) -> dict[str, xr.Dataset]:
     )
     batch_eval = evaluate(res_s, features, data).isel(lr=0, drop=True)
     print(f"batch sizes done at {time.perf_counter() - started:.0f} s")
-    return {"dynamic": dyn_eval, "static": stat_eval, "batch": batch_eval}
+    evals = {"dynamic": dyn_eval, "static": stat_eval, "batch": batch_eval}
+    for ev in evals.values():
+        ev.attrs.update(steps=args.steps, seeds=args.seeds, seed=args.seed, dynsim_version=ds.__version__)
+    return evals
 
 
 def paths(folder: str) -> dict[str, str]:
@@ -247,13 +250,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="trained models per cell")
     args = _cli.parse(parser, argv, replot=True)
     started = time.perf_counter()
-    files = paths(args.results)
-    _cli.check_replot(parser, args, *files.values())
-    if not args.replot:
-        for name, ev in compute(args).items():
-            ev.attrs.update(steps=args.steps, seeds=args.seeds, seed=args.seed, dynsim_version=ds.__version__)
-            ds.io.save(ev, files[name])
-    evals = {name: ds.io.load(path) for name, path in files.items()}
+    evals = _cli.saved_results(parser, args, paths(args.results), lambda: compute(args))
     meta = evals["dynamic"].attrs
     path = _cli.save_figure(figure(evals, int(meta["steps"]), int(meta["seeds"])), args, "fig9_rank_noise.png", dpi=100)
     report(evals, int(meta["seeds"]))

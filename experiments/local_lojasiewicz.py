@@ -490,12 +490,7 @@ def main(argv=None) -> None:
     parser.add_argument("--lemma-steps", type=int, default=20_000)
     args = _cli.parse(parser, argv, replot=True)
     started = time.perf_counter()
-    files = paths(args.results)
-    _cli.check_replot(parser, args, *files.values())
-    if not args.replot:
-        for name, res in compute(args).items():
-            ds.io.save(res, files[name])
-    results = {name: ds.io.load(path) for name, path in files.items()}
+    results = _cli.saved_results(parser, args, paths(args.results), lambda: compute(args))
     panels = [results[name] for name in ("contraction", "diagram", "confinement")]
     panels += [{name: results[name] for name in ("aligned", "control")}, results["lemma42"]]
     path = _cli.save_figure(figure(*panels), args, "local_lojasiewicz.png")

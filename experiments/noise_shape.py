@@ -219,14 +219,14 @@ def main(argv=None):
     args = _cli.parse(parser, argv, resume=False, replot=True)  # no simulate call: nothing to checkpoint
     if args.seeds < 2:
         parser.error("--seeds must be >= 2 (the standard errors are over initializations)")
-    files = paths(args.results)
-    _cli.check_replot(parser, args, *files.values())
     start = time.perf_counter()
-    if not args.replot:
+
+    def compute():
         result = measure(args)
-        ds.io.save(result, files["result"])
-        ds.io.save(tail_summary(result, args.hill_k), files["summary"])
-    result, summary = ds.io.load(files["result"]), ds.io.load(files["summary"])
+        return {"result": result, "summary": tail_summary(result, args.hill_k)}
+
+    results = _cli.saved_results(parser, args, paths(args.results), compute)
+    result, summary = results["result"], results["summary"]
     elapsed = time.perf_counter() - start
 
     report(result, summary)
