@@ -365,15 +365,17 @@ class _Program:
         self.write = jax.jit(write, donate_argnums=0)
         self.finish = jax.jit(finish)
 
-    def fingerprint(self, inputs_one: dict, root) -> str:
+    def fingerprint(self, inputs_one: dict, root, outputs: str = "") -> str:
         """SHA-256 of what the programs compute: their jaxprs and the constants they close over.
 
         Covers the dynamics' ``init`` and ``step`` (so a problem's constants and dataset), the
         observables' records and updates, and the shared dataset's generator; a checkpoint
         compares it to refuse chunks computed by other code. Stable across processes: the
-        jaxprs are printed without source locations.
+        jaxprs are printed without source locations. ``outputs`` describes what the host-side
+        ``finalize`` functions return (:func:`_output_schema`), which no jaxpr shows: a chunk
+        saved without an output the code now gives is refused too.
         """
-        digest = hashlib.sha256()
+        digest = hashlib.sha256(outputs.encode())
         carry = jax.eval_shape(self.init, inputs_one)
         add_program(digest, self.init, inputs_one)
         add_program(digest, self.run_steps, carry, inputs_one, 0, 1)
@@ -573,10 +575,11 @@ def _check_names(entries: list, axes: Sequence[str], keys: Sequence[str]) -> Non
             raise ValueError(f"observable {owner[0]!r} writes {name!r}, the name of the {taken[name]}: rename it")
 
 
-def _check_output_names(program: _Program, inputs_one: dict, ctx: Context, axes: Sequence[str]) -> bool:
-    """:func:`_check_names` before the run, on the outputs of one zero-filled trajectory, named as a
-    chunk's are (the records' and reducers' names and dimensions follow from shapes, not values). False
-    where an observable's ``finalize`` cannot read zeros: the first chunk's outputs are then checked."""
+def _output_schema(program: _Program, inputs_one: dict, ctx: Context, axes: Sequence[str]) -> str | None:
+    """The outputs of one zero-filled trajectory, named as a chunk's are, checked by :func:`_check_names` before
+    the run (the records' and reducers' names and dimensions follow from shapes, not values) and described one per
+    line (name, dims, dtype, shape). None where an observable's ``finalize`` cannot read zeros: the first chunk's
+    outputs are then checked."""
     carry = jax.eval_shape(program.init, inputs_one)
     finals = jax.eval_shape(program.finish, carry, inputs_one)
 
@@ -591,9 +594,11 @@ def _check_output_names(program: _Program, inputs_one: dict, ctx: Context, axes:
     except ObservableError:
         raise
     except Exception:  # noqa: BLE001 - a finalize that cannot read zeros
-        return False
+        return None
     _check_names(entries, axes, [name for name, _ in program.spec.observables])
-    return True
+    return "\n".join(
+        f"{name} {dims} {np.asarray(values).dtype} {np.shape(values)[1:]}" for name, dims, values, _ in entries
+    )
 
 
 def _run_chunk(program: _Program, inputs, keep: int, ctx: Context, n_slots: int, bar) -> list:
@@ -917,9 +922,10 @@ def simulate(
             hp_names = [*dict(static_hp), *g.traced] + (["data"] if program.shared_data is not None else [])
             inputs_one = inputs_for(np.arange(1))
             with _explain_user_code(hp_names):
-                names_checked = _check_output_names(program, inputs_one, ctx, g.axes)
+                schema = _output_schema(program, inputs_one, ctx, g.axes)
+            names_checked = schema is not None
             if store is not None:
-                store.check_program(group, program.fingerprint(inputs_one, prng.key(seed)))
+                store.check_program(group, program.fingerprint(inputs_one, prng.key(seed), schema or ""))
             size = store.chunk_size(group) if store else None
             if size is None:
                 size = chunk_size or _chunk_size(program, inputs_one, n_traj, budget or default_memory_budget())

@@ -7,6 +7,7 @@ import sys
 import textwrap
 import time
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import xarray as xr
@@ -202,3 +203,35 @@ def test_checkpoint_of_another_program_is_refused(tmp_path):
     for curvature, power in [(2.0, 4), (5.0, 2)]:
         with pytest.raises(ValueError, match="different program"):
             run(curvature, power, tmp_path / "ck")
+
+
+def test_checkpoint_whose_chunks_lack_an_output_is_refused(tmp_path):
+    # The same compiled program, but finalize (host side, in no jaxpr) gives one more output: chunks saved by the
+    # first version would leave the new output at zero for their trajectories, so the checkpoint is refused.
+    def running_sum(extra: bool) -> ds.observables.Observable:
+        def finalize(acc, status, ctx):
+            out = {"": ((), np.asarray(acc))}
+            return out | {"half": ((), np.asarray(acc) / 2)} if extra else out
+
+        return ds.observables.Observable(
+            "running_sum",
+            init=lambda view, ctx: jnp.zeros(()),
+            update=lambda acc, view, t, ctx: acc + view.params[0],
+            finalize=finalize,
+        )
+
+    def run(extra):
+        return ds.simulate(
+            ds.dynamics.gd(ds.problems.quadratic(1.0, theta0=1.0)),
+            grid={"lr": [0.5]},
+            n_steps=10,
+            observables={"s": running_sum(extra)},
+            checkpoint=tmp_path / "ck",
+            progress=False,
+        )
+
+    first = run(False)
+    np.testing.assert_allclose(first.s.item(), sum(0.5**t for t in range(1, 11)), rtol=1e-6)
+    np.testing.assert_array_equal(run(False).s.values, first.s.values)  # the same code resumes
+    with pytest.raises(ValueError, match="different program"):
+        run(True)
