@@ -151,7 +151,7 @@ ENDINGS = {  # where a run ended: label, colour, marker
 }
 
 
-def simulate(args, found) -> xr.Dataset | None:
+def sgd_from_minima(args, found) -> xr.Dataset:
     """SGD from B and from A on the first dataset with both minima: test losses and where the runs end,
     with the landscape and the linear and probabilistic references the figure draws."""
     seed, (A, h_a, loss_a), (B, h_b, loss_b) = found[0]
@@ -366,7 +366,7 @@ def main(argv=None) -> None:
         if not found:
             print("no dataset with both minima at x_std = 1: nothing to simulate")
             return
-        ds.io.save(simulate(args, found), results)
+        ds.io.save(sgd_from_minima(args, found), results)
     res = ds.io.load(results)
     path = _cli.save_figure(figure(res), args, "fig5_swish.png")
     report(res)
