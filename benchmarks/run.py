@@ -260,7 +260,7 @@ def nets(cells, steps, chunk_size=None, d=200):
     return Workload(cells * steps, run_dynsim, cells * base, run_numpy, run_torch, bytes_per_step)
 
 
-def spectrum_cost(cells, steps, k=8, d=200):
+def spectrum_cost(cells, steps, k=8, d=200, repeats=3):
     """Seconds per step, on ``cells`` replicas of one net: the plain step (``base``), ``spectrum`` with k tangents
     orthonormalized every step (``dt=1``) and every 10 steps (``dt=10``), and the k tangents pushed with one
     orthonormalization per run (``push``: ``dt`` = the run's length), whose difference to ``dt=1`` is the QR.
@@ -287,7 +287,7 @@ def spectrum_cost(cells, steps, k=8, d=200):
     cost = {}
     for name, run in runs.items():  # the base step is cheap: 10x the steps, for as long a clock as the others
         m1, m2 = (n1, n1 + 10 * (n2 - n1)) if name == "base" else (n1, n2)
-        t1, t2 = interleaved_best_of([functools.partial(run, m1), functools.partial(run, m2)])
+        t1, t2 = interleaved_best_of([functools.partial(run, m1), functools.partial(run, m2)], repeats)
         cost[name] = (t2 - t1) / (m2 - m1)
     return cost
 
@@ -311,6 +311,7 @@ PRESETS = {
         chunks=None,
         diagram=(72, 41, 256, 1000),
         paper=None,
+        repeats=3,
     ),
     "gpu": dict(
         a=(4 * 2**20, 1000),
@@ -322,6 +323,7 @@ PRESETS = {
         ),
         diagram=(72, 41, 256, 1000),
         paper=(256, 256, 1024, 10_000),  # experiments/phase_diagram.py --preset paper
+        repeats=3,
     ),
     # every branch of --gpu at tiny sizes, to check the script before spending device time on it
     "smoke": dict(
@@ -332,10 +334,12 @@ PRESETS = {
         chunks=dict(a=(2**8, 2**10), b=(2**8, 2**10), c=(8, 16), b_fused=(64, 128)),
         diagram=(8, 5, 16, 50),
         paper=(8, 8, 16, 100),
+        repeats=1,
     ),
 }
-"""Sizes: (trajectories, steps) of (a)-(c), (replicas, steps) of (d), chunk sizes to scan, and the
-phase diagrams as (lr points, mu points, replicas, steps)."""
+"""Sizes: (trajectories, steps) of (a)-(c), (replicas, steps) of (d), chunk sizes to scan, the phase
+diagrams as (lr points, mu points, replicas, steps), and the timed calls of each measurement after its
+warm-up call (the smallest time is kept)."""
 
 
 def diagram_seconds(n_lr, n_mu, n_replicas, n_steps, refine=0, engine="simulate"):
@@ -406,7 +410,7 @@ def measure(preset: str, save: Callable[[dict], None], done: dict | None = None)
     def workload_row(label, build, size):
         w = build(*size)
         fns = [w.run_dynsim, w.run_numpy] + ([w.run_torch] if torch is not None else [])
-        seconds = interleaved_best_of(fns) + ([] if torch is not None else [float("nan")])
+        seconds = interleaved_best_of(fns, sizes["repeats"]) + ([] if torch is not None else [float("nan")])
         rates = [w.work / seconds[0], w.base_work / seconds[1], w.base_work / seconds[2]]
         print(f"{label}: dynsim {rates[0]:.3g}, NumPy {rates[1]:.3g}, PyTorch {rates[2]:.3g} traj-steps/s")
         return {"label": label, "shape": f"{size[0]:,} x {size[1]}", "rates": rates, "bytes": w.bytes_per_step}
@@ -421,7 +425,7 @@ def measure(preset: str, save: Callable[[dict], None], done: dict | None = None)
         results["rows"].append(row or {"label": label, "shape": f"{size[0]:,} x {size[1]}", "rates": None})
         save(results)
 
-    cost = _stage(results, "(d) spectrum", lambda: spectrum_cost(*sizes["d"]), save)
+    cost = _stage(results, "(d) spectrum", lambda: spectrum_cost(*sizes["d"], repeats=sizes["repeats"]), save)
     if cost is not None:
         results["spectrum"] = cost
         print(
@@ -457,7 +461,7 @@ def measure(preset: str, save: Callable[[dict], None], done: dict | None = None)
 
         def rate(build=build):
             w = build()
-            return w.work / best_of(w.run_dynsim)
+            return w.work / best_of(w.run_dynsim, sizes["repeats"])
 
         value = _stage(results, name, rate, save)
         if value is not None:

@@ -5,6 +5,26 @@ import sys
 import jax
 import pytest
 
+
+def pytest_configure(config):
+    """Compiled programs are kept in JAX's persistent compilation cache under ``.pytest_cache``, shared by the xdist
+    workers and the subprocesses that tests start (through the environment): many tests build the same programs
+    again (``simulate`` traces afresh per call), and a cache hit skips XLA's compilation, which dominates small runs.
+    The cache is keyed by the program, the JAX version and the compiler flags, so a hit runs what a compilation
+    would have produced."""
+    cache = getattr(config, "cache", None)  # absent under ``-p no:cacheprovider``
+    if cache is None or "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return
+    settings = {
+        "jax_compilation_cache_dir": str(cache.mkdir("jax-compilation-cache")),
+        "jax_persistent_cache_min_compile_time_secs": 0,
+        "jax_persistent_cache_min_entry_size_bytes": 0,
+    }
+    for name, value in settings.items():
+        os.environ[name.upper()] = str(value)
+        jax.config.update(name, value)
+
+
 EXPERIMENTS = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, "experiments"))
 
 

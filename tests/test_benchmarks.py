@@ -1,5 +1,6 @@
-"""benchmarks/run.py runs every branch of its GPU mode (at tiny sizes) and leaves RESULTS.md alone; its
-baselines compute what dynsim computes (the same law, the same gradient step)."""
+"""benchmarks/run.py runs every branch of its GPU mode (at tiny sizes, a slow test: run it before spending device
+time) and leaves RESULTS.md alone; its baselines compute what dynsim computes (the same law, the same gradient
+step)."""
 
 import importlib.util
 import json
@@ -16,6 +17,7 @@ import dynsim as ds
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
+@pytest.mark.slow  # a minute of compilation
 def test_benchmark_smoke_runs_every_branch_and_writes_nothing(tmp_path):
     results = os.path.join(ROOT, "benchmarks", "RESULTS.md")
     before = open(results).read()
