@@ -6,6 +6,7 @@ import contextlib
 import math
 import numbers
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from typing import Any
@@ -39,6 +40,22 @@ def explain_tracing(signatures: str, concretization: str | None = STATIC_HINT):
         if any(sign in str(err) for sign in ("string indexing", "key<", "positional argument")):
             err.add_note(f"dynsim calls {signatures}: check the number and order of the arguments")
         raise
+
+
+def stable_repr(value: Any) -> str:
+    """``repr(value)`` without memory addresses (``<function f at 0x7f...>`` becomes ``<function f>``), so that it
+    names the same object alike in every process."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
+
+
+def check_no_nan(name: str, value: Any) -> None:
+    """Refuse a numeric hyperparameter holding NaN (an infinite one may mean "off", as a clipping threshold)."""
+    try:
+        arr = np.asarray(value)
+    except Exception:  # noqa: BLE001 - not an array: nothing to check
+        return
+    if np.issubdtype(arr.dtype, np.inexact) and np.any(np.isnan(arr)):
+        raise ValueError(f"hyperparameter {name} holds NaN: {value!r}")
 
 
 def _is_real(value: Any) -> bool:
@@ -117,7 +134,7 @@ def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
 
 
 def grid_values(name: str, values: Any) -> np.ndarray:
-    """A grid axis as a non-empty, finite, 1-D NumPy array."""
+    """A grid axis as a non-empty, finite, 1-D NumPy array of distinct values, integers within int32."""
     if isinstance(values, (str, bytes, Mapping)):
         raise TypeError(f"grid[{name!r}] must be a 1-D array of numbers, got {values!r}")
     try:
@@ -137,6 +154,18 @@ def grid_values(name: str, values: Any) -> np.ndarray:
         raise TypeError(f"grid[{name!r}] must hold real numbers, got dtype {arr.dtype} ({values!r})")
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"grid[{name!r}] must be finite, got {arr.tolist()}")
+    values, counts = np.unique(arr, return_counts=True)
+    if np.any(counts > 1):
+        raise ValueError(
+            f"grid[{name!r}] holds {values[counts > 1].tolist()} more than once: two cells with one label, "
+            "which xarray cannot tell apart (.sel would return both); for more samples of a cell, raise n_replicas"
+        )
+    int32 = np.iinfo(np.int32)
+    if np.issubdtype(arr.dtype, np.integer) and np.any((arr < int32.min) | (arr > int32.max)):
+        raise ValueError(
+            f"grid[{name!r}] holds {arr[(arr < int32.min) | (arr > int32.max)].tolist()}, beyond the int32 range "
+            f"the run passes integers in ({int32.min} to {int32.max}); give such values as floats"
+        )
     dtype = jnp.result_type(float)  # the run's floats: float32 unless jax_enable_x64
     if np.issubdtype(arr.dtype, np.floating) and np.any(np.abs(arr) > np.finfo(dtype).max):
         big = arr[np.abs(arr) > np.finfo(dtype).max].tolist()

@@ -2,7 +2,8 @@
 
 A checkpoint is a folder. ``config.json`` fingerprints the run (dynamics, grid, steps, replicas,
 seed, records, observables) and ``program-<group>.sha256`` what each compiled program computes (its
-jaxprs and constants: a changed step, problem constant or observable function). Each finished
+jaxprs and constants: a changed step, problem constant or observable function), and
+``chunk-size-<group>.txt`` the chunk size the first process to start fixed for all. Each finished
 chunk of trajectories is one ``.npz`` file holding its outputs and the global indices of its
 trajectories, written to a temporary name and renamed, so a killed process never leaves a
 half-written chunk. A rerun of the same call loads the chunks that exist and computes the others;
@@ -102,14 +103,20 @@ class Checkpoint:
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise ValueError(f"checkpoint {self.path!r} exists and is not a folder")
         os.makedirs(self.path, exist_ok=True)
+        self._config_text = json.dumps(config, sort_keys=True)
+        self._check_config()
+
+    def _check_config(self, write: bool = False) -> None:
+        """Refuse a folder whose ``config.json`` is another run's; with ``write``, store ours if there is none.
+        It is written with the first program's fingerprint, once the call's checks have passed: a call that
+        fails before (a misspelled observable) leaves nothing that would refuse the corrected one."""
         config_path = os.path.join(self.path, "config.json")
-        text = json.dumps(config, sort_keys=True)
         if os.path.exists(config_path):
             with open(config_path) as fh:
                 stored = json.load(fh)
-            _refuse_other_run(self.path, stored, json.loads(text), "use another folder or delete this one")
-        else:
-            atomic_write(config_path, _write_text(text))
+            _refuse_other_run(self.path, stored, json.loads(self._config_text), "use another folder or delete this one")
+        elif write:
+            atomic_write(config_path, _write_text(self._config_text))
 
     def check_program(self, group: int, fingerprint: str) -> None:
         """Record the fingerprint of a group's compiled program, or refuse a checkpoint made by another.
@@ -117,6 +124,7 @@ class Checkpoint:
         ``config.json`` holds what the call's arguments say; this catches what they cannot, such as
         an observable's function or a problem's constants that changed between runs.
         """
+        self._check_config(write=True)
         path = os.path.join(self.path, f"program-{group:04d}.sha256")
         if not os.path.exists(path):
             atomic_write(path, _write_text(fingerprint))
@@ -130,13 +138,27 @@ class Checkpoint:
                 "or delete this one"
             )
 
+    def _size_file(self, group: int) -> str:
+        return os.path.join(self.path, f"chunk-size-{group:04d}.txt")
+
     def chunk_size(self, group: int) -> int | None:
-        """The chunk size this group was started with, if any of its chunks exist."""
-        for name in os.listdir(self.path):
+        """The chunk size fixed for this group (:meth:`fix_chunk_size`, or that of its chunks), if any."""
+        if os.path.exists(self._size_file(group)):
+            with open(self._size_file(group)) as fh:
+                return int(fh.read())
+        for name in os.listdir(self.path):  # a checkpoint written before the size file
             m = _CHUNK.match(name)
             if m and int(m.group(1)) == group:
                 return int(m.group(3))
         return None
+
+    def fix_chunk_size(self, group: int, size: int) -> int:
+        """Fix this group's chunk size at ``size``, unless another process (a shard starting at the same
+        time) fixed it first: then its size, so that every shard cuts the trajectories at the same places
+        (the size each host would pick depends on its free memory and its devices)."""
+        with contextlib.suppress(FileExistsError):
+            atomic_write(self._size_file(group), _write_text(str(size)), exclusive=True)
+        return self.chunk_size(group)
 
     def _file(self, group: int, start: int, size: int) -> str:
         return os.path.join(self.path, f"chunk-{group:04d}-{start:012d}-{size:09d}.npz")

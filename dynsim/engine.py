@@ -42,10 +42,12 @@ from dynsim._validate import (
     LEARNING_RATE_NAMES,
     check_int,
     check_learning_rate,
+    check_no_nan,
     check_output_path,
     check_positive,
     explain_tracing,
     grid_values,
+    stable_repr,
 )
 from dynsim.checkpoint import Checkpoint, add_program
 from dynsim.dynamics.base import Dynamics, resolve_hyperparams
@@ -180,6 +182,7 @@ def _check_grid(dynamics: Dynamics, grid: Any) -> _Grid:
     for name, v in constants.items():
         if name in LEARNING_RATE_NAMES:
             check_learning_rate(name, v)
+        check_no_nan(name, v)
     for name in dynamics.static & set(values):
         v = values[name]
         if not np.all(v == np.round(v)):
@@ -391,6 +394,9 @@ def _freeze(value: Any) -> Any:
         return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
     if isinstance(value, (list, tuple)):
         return tuple(_freeze(v) for v in value)
+    if isinstance(value, (np.ndarray, jax.Array)):  # unhashable: its dtype, shape and bytes
+        arr = np.asarray(value)
+        return ("array", arr.dtype.str, arr.shape, arr.tobytes())
     return value
 
 
@@ -656,11 +662,11 @@ def _jsonable(value: Any) -> Any:
         return int(value)
     if isinstance(value, (np.floating,)):
         return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
+    if isinstance(value, (np.ndarray, jax.Array)):
+        return np.asarray(value).tolist()
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
-    return repr(value)
+    return stable_repr(value)  # a function: its name, the same in every process (the jaxprs tell what it does)
 
 
 def _check_shard(shard, checkpoint) -> None:
@@ -930,6 +936,8 @@ def simulate(
             if size is None:
                 size = chunk_size or _chunk_size(program, inputs_one, n_traj, budget or default_memory_budget())
                 size = lanes * math.ceil(min(size, n_traj) / lanes)
+                if store is not None:  # the first shard to get here fixes it for all
+                    size = store.fix_chunk_size(group, size)
             for start in range(0, n_traj, size):
                 keep = int(min(size, n_traj - start))
                 index = start + np.arange(keep)

@@ -16,12 +16,14 @@ __all__ = ["save", "load", "config", "atomic_write"]
 ENGINE = "h5netcdf"
 
 
-def atomic_write(path: str, write) -> None:
+def atomic_write(path: str, write, *, exclusive: bool = False) -> None:
     """Call ``write(tmp)`` on a temporary file in the folder of ``path``, then rename it to ``path``.
 
     An interrupted write never leaves a truncated file under ``path``. The file gets the
     permissions a new file gets under the process's umask (``mkstemp`` alone makes it
     owner-only, which hides results and checkpoints from the other users of a shared folder).
+    ``exclusive``: raise ``FileExistsError`` if ``path`` exists, as one atomic step (a hard link, not
+    a rename), so that of several processes writing at once exactly one succeeds.
     """
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
     os.close(fd)
@@ -30,7 +32,11 @@ def atomic_write(path: str, write) -> None:
     os.chmod(tmp, 0o666 & ~umask)
     try:
         write(tmp)
-        os.replace(tmp, path)
+        if exclusive:
+            os.link(tmp, path)
+            os.remove(tmp)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -132,6 +132,13 @@ def _flat(tree) -> jax.Array:
     return jnp.concatenate([jnp.ravel(leaf) for leaf in leaves]) if leaves else jnp.zeros((0,))
 
 
+def _real(value) -> jax.Array:
+    """``value`` as an array of a real floating dtype: a boolean (an indicator) or an integer (a count) becomes
+    the default float, so that it can be averaged and compared with bin edges; a float keeps its dtype."""
+    value = jnp.asarray(value)
+    return value if jnp.issubdtype(value.dtype, jnp.inexact) else value.astype(jnp.result_type(float))
+
+
 def _difference(params, point):
     """``params - point`` leaf by leaf; a scalar leaf of ``point`` broadcasts, any other shape must match."""
 
@@ -554,7 +561,8 @@ def time_average(
     is assembled, one warning names the cells whose batch means are correlated, the worst by its
     coordinates (:func:`correlated_batches_message`; needs ``n_batches >= 8``). Frozen (diverged)
     trajectories keep adding their last finite value. A value that overflows makes the average
-    ``inf`` (and its standard error ``inf``), never NaN.
+    ``inf`` (and its standard error ``inf``), never NaN. A boolean ``fn`` (an indicator) averages to the fraction
+    of steps where it holds.
 
     ``on="view"`` calls ``fn`` with the whole :class:`View` (state, hyperparameters, data)
     instead of the parameters. ``keep_batches=True`` also outputs the batch means
@@ -574,7 +582,7 @@ def time_average(
             )
 
     def init(view: View, ctx: Context):
-        value = jnp.asarray(evaluate(view))
+        value = _real(evaluate(view))
         zeros = jnp.zeros((n_batches, *value.shape), value.dtype)
         return {"sum": zeros, "comp": zeros, "run": zeros[0], "run_comp": zeros[0]}
 
@@ -582,7 +590,7 @@ def time_average(
         # Kahan summation into a running batch sum, stored into its slot when the batch ends. t is
         # the same for every trajectory, so the end of a batch is a scalar condition and the store
         # a real branch (not a select): each step touches two numbers per value, not 2 n_batches.
-        value = jnp.asarray(evaluate(view))
+        value = _real(evaluate(view))
         run, run_comp = acc["run"], acc["run_comp"]
         y = value.astype(run.dtype) - run_comp
         new = run + y
@@ -740,7 +748,7 @@ def histogram(fn: Callable[[Any], Any], bins: Sequence[float], *, discard: int =
     n = edges.size - 1
 
     def slot(view: View):
-        value = jnp.asarray(fn(view.params))
+        value = _real(fn(view.params))
         if value.ndim != 0:
             raise ValueError(f"histogram: fn must return a scalar, got shape {value.shape}")
         e = _edges_in(edges, value.dtype)
@@ -792,7 +800,7 @@ def histogram2d(
     nx, ny = ex.size - 1, ey.size - 1
 
     def cell(view: View):
-        pair = jnp.asarray(fn(view.params))
+        pair = _real(fn(view.params))
         if pair.shape != (2,):
             raise ValueError(f"histogram2d: fn must return two scalars (u, v), got shape {pair.shape}")
         u, v = pair
@@ -927,6 +935,7 @@ def ball_exit(center, radii: Sequence[float]) -> Observable:
     engine) has left every ball: its exit step is at most its divergence step, and its
     ``key_max_distance`` is ``inf``.
     """
+    center = _need_point(center, "ball_exit")
     radii = np.asarray(radii, dtype=float)
     if radii.ndim != 1 or radii.size == 0 or not np.all(np.isfinite(radii)) or np.any(radii < 0):
         raise ValueError(f"radii must be a non-empty 1-D sequence of finite numbers >= 0, got {radii!r}")

@@ -266,3 +266,16 @@ def test_a_constructor_given_where_its_result_is_due_and_back():
         ds.simulate(AR1, {"a": [0.5]}, n_steps=4, observables={"f": ds.observables.final_state})
     with pytest.raises(TypeError, match=r"the optimizer's constructor, e.g. optax.adam, not an optimizer built"):
         ds.dynamics.from_optax(PROBLEM, optax.adam(1e-3))
+
+
+def test_an_observable_may_keep_arrays_in_its_config():
+    # the config keys the compiled-program cache (arrays by dtype, shape and bytes) and is stored in the results
+    def offset(point):
+        return ds.observables.Observable(
+            "offset", record=lambda view: view.params - jnp.asarray(point), config={"point": np.asarray(point)}
+        )
+
+    dyn = ds.dynamics.gd(ds.problems.quadratic(1.0, theta0=1.0))
+    for point in (np.zeros(1), jnp.full(1, 0.25)):
+        res = ds.simulate(dyn, grid={"lr": [0.5]}, n_steps=2, observables={"o": offset(point)})
+        np.testing.assert_allclose(res.o.values[..., -1], 0.25 - np.asarray(point)[0])

@@ -1,6 +1,8 @@
 """Every bad input raises ValueError/TypeError naming the argument and value, before any compilation."""
 
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import dynsim as ds
@@ -12,6 +14,7 @@ PROBLEM = ds.problems.linear_regression_1d(n_data=10)
 SGD = ds.dynamics.sgd(PROBLEM)
 NO_REPLACE = ds.dynamics.sgd(PROBLEM, batch_size=2, replace=False)
 _rng = np.random.default_rng(0)
+COUNTER = ds.dynamics.Dynamics(init=lambda key, hp: jnp.zeros(()), step=lambda x, key, hp: x + hp["k"])
 BATCH_NORM = ds.problems.mlp_classifier(_rng.normal(size=(20, 3)), _rng.integers(0, 2, 20), (4,), batch_norm="last")
 
 
@@ -43,6 +46,19 @@ CASES = [
         lambda: run(grid={"lr": [0.1, 0.2, 0.1 + 1e-10]}),
         ValueError,
         r"grid\['lr'\]: the values \[0.1, 0.1000000001\] are distinct but round to the same float32",
+    ),
+    ("cells with one label", lambda: run(grid={"lr": [0.1, 0.2, 0.1]}), ValueError, r"holds \[0.1\] more than once"),
+    (
+        "integer beyond int32",
+        lambda: run(COUNTER, grid={"k": np.array([1, 3_000_000_000])}),
+        ValueError,
+        r"grid\['k'\] holds \[3000000000\], beyond the int32 range",
+    ),
+    (
+        "NaN constant",
+        lambda: run(ds.dynamics.from_optax(PROBLEM, optax.adam, b1=np.nan)),
+        ValueError,
+        r"hyperparameter b1 holds NaN",
     ),
     ("lr default", lambda: ds.simulate(ds.dynamics.sgd(PROBLEM, lr=-1.0), n_steps=5), ValueError, r"lr.*> 0.*-1.0"),
     ("lr missing", lambda: ds.simulate(SGD, n_steps=5), ValueError, r"\['lr'\].*no default"),

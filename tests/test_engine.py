@@ -378,6 +378,29 @@ def test_histogram_bins_float32_values_as_float64_would():
     np.testing.assert_array_equal(res.h.values[0], [4, 0])
 
 
+def test_indicators_and_counts_are_binned_and_averaged_as_numbers():
+    # a boolean fn (an indicator) and an integer fn (a count) against NumPy on the recorded trajectory
+    res = ds.simulate(
+        _normal_draws(),
+        n_replicas=3,
+        n_steps=64,
+        record_every=1,
+        observables={
+            "x": obs.trajectory(),
+            "h": obs.histogram(lambda x: x > 0, [0, 1, 2]),
+            "c": obs.histogram(lambda x: (x > 0).astype(jnp.int32) + (x > 1), [0, 1, 2, 3]),
+            "hh": obs.histogram2d(lambda x: jnp.stack([x > 0, x > 1]), [0, 1, 2], [0, 1, 2]),
+            "share": obs.time_average(lambda x: x > 0, n_batches=4),
+        },
+    )
+    for r in range(3):
+        x = res.x.values[r, 1:]
+        np.testing.assert_array_equal(res.h.values[r], np.histogram(x > 0, [0, 1, 2])[0])
+        np.testing.assert_array_equal(res.c.values[r], np.histogram((x > 0).astype(int) + (x > 1), [0, 1, 2, 3])[0])
+        np.testing.assert_array_equal(res.hh.values[r], np.histogram2d(x > 0, x > 1, [[0, 1, 2], [0, 1, 2]])[0])
+        assert int(res.h_overflow[r]) == 0 and float(res.share[r]) == pytest.approx(np.mean(x > 0), abs=1e-6)
+
+
 def test_time_average_and_batch_means_stderr_on_iid_draws():
     # iid N(0,1): the time average over T steps is N(0, 1/T); the batch-means stderr
     # estimates 1/sqrt(T) (its mean over R replicas within 4 of its own standard errors).
@@ -415,13 +438,13 @@ def test_time_average_warns_when_batches_are_shorter_than_the_correlation_time()
 
 def test_time_average_warns_of_one_correlated_cell_among_many():
     # x' = a x + z with a = 0.999 (correlation time ~2000 steps) in 3125-step batches: r = 0.15 in that cell,
-    # the stderr too small (coverage of +-2 stderr: 88%). Pooled with four cells of a = 0 (r = -1/32), the mean
+    # the stderr too small (coverage of +-2 stderr: 88%). Pooled with four cells of a ~ 0 (r = -1/32), the mean
     # r over the grid is 0.01 and a grid-wide test stays silent; the test is per cell.
     ar1 = Dynamics(
         init=lambda key, hp: jax.random.normal(key) / jnp.sqrt(1 - hp["a"] ** 2),
         step=lambda x, key, hp: hp["a"] * x + jax.random.normal(key),
     )
-    grid = {"a": [0.0, 0.0, 0.0, 0.0, 0.999]}
+    grid = {"a": [0.0, 1e-6, 2e-6, 3e-6, 0.999]}  # four independent cells (a grid holds distinct values)
     with pytest.warns(
         RuntimeWarning,
         match=r"correlated \(lag-1 autocorrelation 0.1\d over 128 series; in 1 of 5 cells, the worst \(a = 0.999\)",
@@ -433,12 +456,12 @@ def test_time_average_warns_once_per_run_over_all_chunks():
     # the correlated cell (a = 0.99, r ~ 0.5 in 62-step batches) among 12 independent ones, in chunks of 8
     # trajectories: one warning for the run, naming the cell by its coordinates, pooled over the run's 13
     # cells (not one warning per chunk at a per-chunk level). Each trajectory's r is an output: near the
-    # independent value -1/32 where a = 0 (its sd over 64 series is about 0.17 / 8).
+    # independent value -1/32 where a ~ 0 (its sd over 64 series is about 0.17 / 8).
     ar1 = Dynamics(
         init=lambda key, hp: jax.random.normal(key) / jnp.sqrt(1 - hp["a"] ** 2),
         step=lambda x, key, hp: hp["a"] * x + jax.random.normal(key),
     )
-    grid = {"a": [0.0] * 12 + [0.99], "b": [1.0]}
+    grid = {"a": [*(1e-6 * np.arange(12)), 0.99], "b": [1.0]}
     observables = {"m": obs.time_average(lambda x: x)}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -93,6 +93,23 @@ def test_shards_share_a_checkpoint(runner, tmp_path):
         run(n_steps=300, shard=(0, 2))
 
 
+def test_shards_that_start_together_cut_the_same_chunks(runner, tmp_path):
+    # The chunk size each host picks depends on its free memory and devices: the first shard to start fixes it
+    # for all, before any chunk exists (here: a first shard that fixed 32 while the others would pick 64).
+    _, run = runner
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    first = ds.checkpoint.Checkpoint(folder, {"any": "config"})
+    assert first.fix_chunk_size(0, 32) == 32 and first.fix_chunk_size(0, 64) == 32  # the first size wins
+    for name in os.listdir(folder):
+        if name != "chunk-size-0000.txt":
+            os.remove(folder / name)
+    assert run(n_steps=300, checkpoint=folder, shard=(0, 2)) is None
+    last = run(n_steps=300, checkpoint=folder, shard=(1, 2))
+    assert sorted(f for f in os.listdir(folder) if f.endswith(".npz"))[0].endswith("-000000032.npz")
+    _same(last, run(n_steps=300))
+
+
 def test_four_devices_give_bitwise_the_one_device_result(tmp_path):
     script = textwrap.dedent(
         """
@@ -235,3 +252,35 @@ def test_checkpoint_whose_chunks_lack_an_output_is_refused(tmp_path):
     np.testing.assert_array_equal(run(False).s.values, first.s.values)  # the same code resumes
     with pytest.raises(ValueError, match="different program"):
         run(True)
+
+
+def test_a_call_that_fails_its_checks_leaves_nothing_that_refuses_the_corrected_one(tmp_path):
+    def run(name):
+        return ds.simulate(
+            ds.dynamics.gd(ds.problems.quadratic(1.0, theta0=1.0)),
+            grid={"lr": [0.5]},
+            n_steps=4,
+            observables={"d": ds.observables.diverged(), name: ds.observables.trajectory()},
+            checkpoint=tmp_path / "ck",
+            progress=False,
+        )
+
+    with pytest.raises(ValueError, match="d_step"):
+        run("d_step")  # collides with diverged's output d_step
+    assert "config.json" not in os.listdir(tmp_path / "ck")
+    np.testing.assert_allclose(run("traj").traj.values[..., -1], 0.5**4)  # theta_4 of x <- x / 2
+
+
+def test_a_function_given_to_an_optimizer_resumes_in_another_process(tmp_path):
+    # optax.adamw's mask is fixed when the dynamics is built; the checkpoint names it without its memory
+    # address, which changes from one process (here: one lambda) to the next
+    import optax
+
+    def run():
+        dyn = ds.dynamics.from_optax(ds.problems.quadratic(1.0, theta0=1.0), optax.adamw, mask=lambda p: True)
+        assert "mask" not in dyn.hyperparams  # not a grid axis
+        return ds.simulate(dyn, grid={"lr": [0.1]}, n_steps=3, checkpoint=tmp_path / "ck", progress=False)
+
+    first = run()
+    assert " at 0x" not in (tmp_path / "ck" / "config.json").read_text()
+    np.testing.assert_array_equal(run().diverged_step.values, first.diverged_step.values)

@@ -21,7 +21,7 @@ import optax
 
 from dynsim import prng
 from dynsim._fusion import materialize
-from dynsim._validate import check_int
+from dynsim._validate import check_int, stable_repr
 from dynsim.problems.base import Problem, batch_loss, draw_dataset
 
 from .base import REQUIRED, Dynamics, TrainState
@@ -327,6 +327,14 @@ def _optimizer_hyperparams(make_optimizer: Callable) -> tuple[dict[str, Any], se
     return hyper, fixed
 
 
+def _is_number(value: Any) -> bool:
+    """A number or an array of numbers (a hyperparameter), not a function, flag or string (fixed when built)."""
+    try:
+        return np.asarray(value).dtype.kind in "iuf"
+    except Exception:  # noqa: BLE001 - whatever cannot be an array is not a number
+        return False
+
+
 def from_optax(
     problem: Problem,
     make_optimizer: Callable[..., optax.GradientTransformation],
@@ -337,7 +345,8 @@ def from_optax(
     track_batch_loss: bool = False,
     **defaults: Any,
 ) -> Dynamics:
-    """Any optax optimizer on minibatch gradients, its state carried in the trajectory state.
+    """Any optax optimizer on minibatch gradients, its state carried in the trajectory state; any whose
+    ``update(grads, state, params)`` needs nothing else (not ``optax.lbfgs``, whose line search takes the loss).
 
     ``make_optimizer`` is an optax constructor such as ``optax.adam`` or
     ``optax.sgd``; its numeric arguments become hyperparameters (``learning_rate`` is
@@ -346,11 +355,12 @@ def from_optax(
     state holds only the optimizer's own dynamics (``optax.inject_hyperparams`` would store
     the hyperparameters in it, adding constant directions, with exponent 0, to every
     Lyapunov spectrum). Arguments whose default is ``None`` (such as ``optax.sgd``'s
-    ``momentum``) are passed only when given. ``defaults`` sets defaults, e.g. ``from_optax(p, optax.adam, b1=0.8)``;
-    arguments whose default is not a number (flags such as ``optax.sgd``'s ``nesterov``) are fixed
-    by ``defaults`` when the dynamics is built, not hyperparameters:
-    ``from_optax(p, optax.sgd, momentum=0.9, nesterov=True)``. ``batch_size=None`` uses the full
-    dataset (GD with this optimizer).
+    ``momentum``) are passed only when given. ``defaults`` sets defaults, e.g.
+    ``from_optax(p, optax.adam, b1=0.8)``; arguments whose default is not a number (flags such as
+    ``optax.sgd``'s ``nesterov``), and any argument given something other than a number
+    (``optax.adamw``'s ``mask=fn``), are fixed by ``defaults`` when the dynamics is built, not
+    hyperparameters: ``from_optax(p, optax.sgd, momentum=0.9, nesterov=True)``. ``batch_size=None``
+    uses the full dataset (GD with this optimizer).
 
     With ``make_optimizer=optax.sgd`` the iterates equal :func:`sgd`'s bit for bit.
     ``track_batch_loss`` as in :func:`sgd`.
@@ -366,8 +376,11 @@ def from_optax(
         raise ValueError(
             f"unknown optimizer argument(s) {unknown}; {make_optimizer!r} takes {sorted(own) + sorted(fixed)}"
         )
-    constants = {name: value for name, value in defaults.items() if name in fixed}
-    own.update({name: value for name, value in defaults.items() if name not in fixed})
+    # an argument given something other than a number (optax.adamw's mask=fn) is fixed, as a flag is
+    constants = {name: value for name, value in defaults.items() if name in fixed or not _is_number(value)}
+    own.update({name: value for name, value in defaults.items() if name not in constants})
+    for name in constants:
+        own.pop(name, None)
     optimizer_names = tuple(own)
     static = batch_size_axis(problem, batch_size, own)
 
@@ -400,7 +413,7 @@ def from_optax(
 
     opt_name = getattr(make_optimizer, "__name__", "optimizer")
     if constants:
-        opt_name += "(" + ", ".join(f"{k}={v!r}" for k, v in sorted(constants.items())) + ")"
+        opt_name += "(" + ", ".join(f"{k}={stable_repr(v)}" for k, v in sorted(constants.items())) + ")"
     dyn = _build(
         problem,
         noise,
