@@ -71,6 +71,27 @@ def test_generalized_exponent():
     assert L.generalized_exponent(np.array([1e10, 1.0]), 100.0) == pytest.approx(100 * np.log(1e10) + np.log(0.5))
 
 
+def test_generalized_exponent_at_zero_and_atoms_of_probability_zero():
+    # L(0) = log E|a|^0 = log 1 = 0, an atom at 0 included (|0|^0 = 1); 0 log 0 gave NaN
+    assert L.generalized_exponent([0.0, 0.5], 0.0) == 0.0
+    assert L.generalized_exponent([0.0, 0.5], 0.0, [0.3, 0.7]) == 0.0
+    assert L.generalized_exponent([0.0, 0.5], -1.0) == np.inf  # E|a|^-1 with an atom at 0 of probability 1/2
+    # an atom of probability 0 is not in the law, at 0 (log 0 = -inf) as anywhere else
+    for q in [-1.0, 0.0, 2.0]:
+        assert L.generalized_exponent([0.0, 0.5], q, [0.0, 1.0]) == pytest.approx(q * np.log(0.5), abs=1e-15)
+    value, se = L.scalar_exponent([0.0, 0.5, 2.0], [0.0, 0.5, 0.5], with_stderr=True)
+    assert (value, se) == L.scalar_exponent([0.5, 2.0], [0.5, 0.5], with_stderr=True)
+    assert value == 0.0 and se == pytest.approx(np.log(2.0))  # sd = log 2 * sqrt(2 / 1), over sqrt(2)
+
+
+def test_a_law_needs_an_axis_of_atoms_and_weights_with_a_positive_sum():
+    for run in (L.scalar_exponent, L.tail_index, lambda a, w=None: L.generalized_exponent(a, 1.0, w)):
+        with pytest.raises(ValueError, match="positive sum"):
+            run([0.5, 2.0], [0.0, 0.0])  # returned 0.0 (scalar_exponent) or NaN
+        with pytest.raises(ValueError, match="along its last axis, got a scalar"):
+            run(0.5)  # an IndexError
+
+
 def test_tail_index_closed_form():
     # a in {1/4, 2} w.p. 1/2: (4^-k + 2^k)/2 = 1  <=>  y^3 - 2y^2 + 1 = 0 with y = 2^k  =>  y = golden ratio
     kappa = L.tail_index([0.25, 2.0])
@@ -209,6 +230,51 @@ def test_frozen_replicas_are_told_from_coincidences_and_constant_orbits():
     np.testing.assert_allclose(est.exponent, np.log([0.5, 1.0, 1.5]), atol=1e-6)
 
 
+def test_slope_history_stops_at_until():
+    # Past until some replicas have left the float range: a mean over the others (or over frozen records) is
+    # biased, so m and history are NaN there. The records of the test above: until = 30.
+    times = np.arange(0, 60, 10)
+    logs = np.array([[0.0, -1.0, -2.0, -2.0, -4.0, -5.0], [3.0] * 6, [0.0, -1.0, -2.0, -3.0, -3.5, -3.5]])
+    res = xr.Dataset({"logdist": (("replica", "time"), logs)}, coords={"time": times})
+    with pytest.warns(RuntimeWarning, match="read as frozen"):
+        est = L.from_log_distance(res)
+    assert float(est.until) == 30
+    m = logs.mean(axis=0)
+    np.testing.assert_allclose(est.m.values, np.r_[m[:4], np.nan, np.nan], rtol=1e-15)
+    np.testing.assert_allclose(est.history.values, np.r_[(m[1:4] - m[0]) / (2 * times[1:4]), np.nan, np.nan])
+    # SGD at lr 3.5 in float32: most replicas overflow within 400 steps. At until, the history is the slope
+    # of E log|w_t|^2 = 2 Lambda t + c over every replica: Lambda within its standard error.
+    problem = ds.problems.linear_regression_1d()
+    res = ds.simulate(
+        ds.dynamics.sgd(problem),
+        grid={"lr": [3.5]},
+        n_replicas=512,
+        n_steps=400,
+        record_every=20,
+        observables={"logdist": ds.observables.log_distance(problem.fixed_point), "div": ds.observables.diverged()},
+    )
+    est = L.from_log_distance(res)
+    until = float(est.until.item())
+    history = est.history.isel(lr=0)
+    assert 0 < until < 400 and float(est.left_range.item()) > 0.5
+    m = est.m.isel(lr=0)
+    assert np.all(np.isnan(history.sel(time=history.time > until))) and np.all(np.isnan(m.sel(time=m.time > until)))
+    logs = res.logdist.isel(lr=0).astype(np.float64)
+    rates = (logs.sel(time=until) - logs.sel(time=0)).values / (2 * until)
+    assert float(history.sel(time=until)) == pytest.approx(rates.mean(), rel=1e-9)
+    se = rates.std(ddof=1) / np.sqrt(rates.size)
+    assert abs(rates.mean() - quad_log_abs(3.5)) < 4 * se, (rates.mean(), se)
+
+
+def test_slope_transient_must_be_an_integer():
+    logs = -np.array([[1.0], [2.0]]) * np.arange(4)  # slopes -1 and -2 per record
+    res = xr.Dataset({"logdist": (("replica", "time"), logs)}, coords={"time": [0, 10, 20, 30]})
+    assert float(L.from_log_distance(res, transient=10).exponent) == pytest.approx(-1.5 / 20)
+    for estimate in (L.from_log_distance, lambda r, transient: L.from_log_loss(r, "logdist", transient=transient)):
+        with pytest.raises(TypeError, match="transient must be an integer"):
+            estimate(res, transient=10.5)
+
+
 @pytest.mark.parametrize("with_diverged", [True, False])
 def test_running_exponent_read_before_a_cells_first_divergence(with_diverged):
     # with_tangent freezes with its trajectory; at lr 3.5 every replica overflows within ~200 steps.
@@ -255,6 +321,33 @@ def test_running_exponent_takes_the_transient_of_with_tangent():
     assert abs(est.exponent.item() - exact) < 4 * est.stderr.item(), (est.exponent.item(), exact)
     with pytest.raises(TypeError, match="give it to with_tangent"):
         L.running_exponent(transient=500)
+
+
+def test_running_exponent_sums_the_log_growth_with_compensation():
+    # x' = a x: every step adds log|a|, so the exponent is log|a| exactly (a as a float32). Summed plainly in
+    # float32 over 300,000 steps, log_growth drifted by 8e-5 (each addition rounds by up to u |sum|). With
+    # compensated (Kahan) summation the error is the per-step one: the renormalized tangent has |v| = 1 +- 2u
+    # and r = |a v| one more rounding, so log r = log|a| +- 3u; then Kahan's 2u + n u^2 relative to the sum,
+    # the logarithm's few units and the final subtraction and division (u = 2^-24).
+    a = np.float32(0.97)
+    n = 300_000
+    dynamics = ds.dynamics.Dynamics(lambda key, hp: jnp.ones(()), lambda x, key, hp: hp["a"] * x)
+    res = ds.simulate(
+        L.with_tangent(dynamics),
+        grid={"a": [float(a), 0.0]},
+        n_replicas=1,
+        n_steps=n,
+        observables={"exponent": L.running_exponent(every_record=False)},
+    )
+    values = res.exponent.values[:, 0]
+    assert values.dtype == np.float32  # the sum is the float32 one
+    exact = np.log(np.float64(a))
+    u = 2.0**-24
+    bound = 3 * u + (8 * u + n * u**2) * abs(exact)
+    plain = np.cumsum(np.full(n, np.log(a), np.float32))[-1] / n  # sequential float32 sum, as before
+    assert abs(plain - exact) > 100 * bound
+    assert abs(values[0] - exact) < bound, (values[0], exact, bound)
+    assert values[1] == -np.inf  # a zero multiplier: log 0 stays -inf through the compensation
 
 
 def test_slope_of_log_loss_on_gd():
@@ -387,6 +480,46 @@ def test_two_trajectory_follows_a_state_that_grows_and_shrinks(lr):
         est = L.two_trajectory(step, jnp.ones(()), 0, 300, n_replicas=256)
         assert est.until == 300
     assert abs(est.exponents[0] - quad_log_abs(lr)) < 4 * est.stderr[0], (est.exponents, est.stderr)
+
+
+def test_a_collapsed_clone_gives_minus_inf_for_its_replica_only(x64):
+    # x' = tanh(3 x), except that with probability p a step sends every state to the fixed point x* (a
+    # constant branch: zero Jacobian, and the clone lands on its base, d = 0). A replica with such a step
+    # has exponent -inf, as top_exponent (same keys) reads it; the others stay at x*,
+    # where the exponent is log(3 (1 - x*^2)). A collapse gave NaN and cut every replica's window to nothing.
+    xstar = optimize.brentq(lambda x: np.tanh(3 * x) - x, 0.5, 1.0)
+    exact = np.log(3 * (1 - xstar**2))
+
+    def step(x, key):
+        return jnp.where(jax.random.uniform(key) < 0.003, jnp.full_like(x, xstar), jnp.tanh(3 * x))
+
+    x0 = xstar * jnp.ones(1)
+    with pytest.warns(RuntimeWarning, match="landed exactly on their base trajectory"):
+        two = L.two_trajectory(step, x0, 0, 300, n_replicas=16)
+    top = L.top_exponent(step, x0, 0, 300, n_replicas=16)
+    collapsed = np.isneginf(two.per_replica[:, 0])
+    np.testing.assert_array_equal(collapsed, np.isneginf(top.per_replica[:, 0]))
+    assert 0 < collapsed.sum() < 16 and two.until == 300 and two.exponents[0] == -np.inf
+    # per block, log(d / delta) = log f'(x*) + (f''/2f') (+-delta) + rounding: f''/2f' = -3 x*, delta = d0 =
+    # sqrt(eps); each tanh within 4 units of 2^-53, over d = f'(x*) delta
+    d0, ulp = np.sqrt(np.finfo(np.float64).eps), 2.0**-53
+    bound = 3 * xstar * d0 + 8 * ulp / (np.exp(exact) * d0)
+    assert np.all(np.abs(two.per_replica[~collapsed, 0] - exact) < bound), (two.per_replica[:, 0], exact, bound)
+
+
+def test_two_trajectory_exits_where_the_clone_is_below_the_rounding_of_the_state():
+    # On tanh(3 x) at x* (lambda = -3.49) a block of dt = 5 steps contracts the clone by exp(-17.4), from
+    # sqrt(eps) |x| to far below eps |x| in float32: log d is rounding, and the run stops there (NaN).
+    f = lambda x, key: jnp.tanh(3 * x)  # noqa: E731
+    with pytest.warns(RuntimeWarning, match="within 16 rounding units"):
+        est = L.two_trajectory(f, 0.5 * jnp.ones(1), 0, 2000, transient=100, dt=5, n_replicas=2)
+    assert np.isnan(est.exponents[0]) and est.until == 100
+
+
+def test_two_trajectory_takes_d0_and_transient_by_keyword():
+    # top_exponent's fifth positional argument is its transient; here it was d0 (a clone at distance 100)
+    with pytest.raises(TypeError, match="positional argument"):
+        L.two_trajectory(henon, jnp.array([0.1, 0.1]), 0, 2000, 100)
 
 
 def test_long_runs_are_summed_in_segments(monkeypatch):
