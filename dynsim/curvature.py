@@ -74,22 +74,34 @@ class Eigen(NamedTuple):
     residual: jax.Array
 
 
-def _normalize(v):
-    return v / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(v.dtype).tiny)
+_RESTART_KEY = 0x5EED
+"""Seed of the fresh directions drawn where an iteration reaches the zero vector (a breakdown)."""
+
+
+def _normalize(v, j=0):
+    """``v / |v|``; the zero vector (``v0 = 0``, or ``A v = 0``: ``v`` in the null space) becomes a fresh
+    Gaussian direction, drawn from step ``j``'s key. (Dividing by ``max(|v|, tiny)`` instead gave NaN:
+    XLA folds ``(c v) / max(|c v|, tiny)`` into ``v (c / tiny)``, and ``0 * inf``.)"""
+    n = jnp.linalg.norm(v)
+    fresh = jax.random.normal(jax.random.fold_in(jax.random.key(_RESTART_KEY), j), v.shape, v.dtype)
+    w = jnp.where(n > 0, v, fresh)
+    return w / jnp.linalg.norm(w)
 
 
 def power_iteration(matvec: Callable[[jax.Array], jax.Array], v0: jax.Array, n_iter: int = 100) -> Eigen:
     """Eigenvalue of largest **absolute value** of a symmetric operator, ``v <- A v / |A v|``.
 
-    Returns the Rayleigh quotient ``v^T A v``. Its sign tells whether the dominant eigenvalue is
-    negative; :func:`sharpness` then shifts (``A + rho I``) to reach the largest algebraic one.
+    Returns the Rayleigh quotient ``v^T A v``; ``|A v| = sqrt(value^2 + residual^2)`` estimates the
+    spectral radius even where the quotient does not converge (a spectrum with ``-lambda`` and
+    ``lambda``), which :func:`sharpness` uses as its shift. Where ``A v = 0`` (``v0`` in the null space,
+    or ``v0 = 0``) it goes on from a fresh random direction.
     """
     n_iter = check_int("n_iter", n_iter, minimum=1)
 
-    def body(v, _):
-        return _normalize(matvec(v)), None
+    def body(v, j):
+        return _normalize(matvec(v), j + 1), None
 
-    v, _ = jax.lax.scan(body, _normalize(v0), None, length=n_iter)
+    v, _ = jax.lax.scan(body, _normalize(v0), jnp.arange(n_iter))
     av = matvec(v)
     value = jnp.vdot(v, av)
     return Eigen(value, v, jnp.linalg.norm(av - value * v))
@@ -110,10 +122,10 @@ def lanczos(matvec: Callable[[jax.Array], jax.Array], v0: jax.Array, n_iter: int
     n_iter = check_int("n_iter", n_iter, minimum=1)
     d = v0.shape[0]
     k = min(n_iter, d)
-    q0 = _normalize(v0)
+    q0 = _normalize(v0)  # v0 = 0: a random start
     basis = jnp.zeros((k, d), v0.dtype).at[0].set(q0)
     tol = 1e3 * jnp.finfo(v0.dtype).eps
-    restart_key = jax.random.key(0x5EED)
+    restart_key = jax.random.key(_RESTART_KEY)
 
     def body(carry, j):
         basis, alphas, betas = carry
@@ -158,9 +170,11 @@ def sharpness(
 ) -> Eigen:
     """Top (largest algebraic) eigenvalue of the Hessian of ``loss_fn(params, *args)``: the sharpness.
 
-    ``method="lanczos"`` (default) or ``"power"``: power iteration for the dominant eigenvalue
-    ``rho``; if its Rayleigh quotient is negative, a second run on ``H + |rho| I`` (all
-    eigenvalues shifted to >= 0) gives ``lambda_max + |rho|``. ``v0`` warm-starts from a
+    ``method="lanczos"`` (default) or ``"power"``: power iteration for the dominant eigenvalue, with
+    ``rho = |H v|`` its spectral-radius estimate, then a second run on ``H + rho I`` (eigenvalues shifted to
+    >= 0, the top one dominant) for ``lambda_max + rho``; of the two Rayleigh quotients of ``H``, both at
+    most ``lambda_max``, the larger is returned. (Keeping the first whenever it was >= 0 returned 0.1 for
+    ``diag(1, -0.999)``: there the first quotient mixes ``+-lambda`` and never converges.) ``v0`` warm-starts from a
     previous :class:`Eigen` vector (a flat vector over all parameters, or a pytree like
     ``params``), else a Gaussian from
     ``key``. ``batched=True``: ``params`` (and ``v0``) carry a leading axis, one Hessian each
@@ -191,14 +205,14 @@ def sharpness(
     if method == "lanczos":
         return lanczos(matvec, v0, n_iter)
     dominant = power_iteration(matvec, v0, n_iter)
-    rho = jnp.abs(dominant.value)
-    # from v0, not from the dominant vector: that is the null vector of H + |rho| I, from which the
+    rho = jnp.hypot(dominant.value, dominant.residual)  # |H v|, the spectral radius as n_iter grows
+    # from v0, not from the dominant vector: that is the null vector of H + rho I, from which the
     # iteration cannot leave when its other components are exactly 0 (it returned rho as the top)
     shifted = power_iteration(lambda v: matvec(v) + rho * v, v0, n_iter)
-    top = jnp.where(dominant.value >= 0, dominant.value, shifted.value - rho)
-    vector = jnp.where(dominant.value >= 0, dominant.vector, shifted.vector)
-    residual = jnp.where(dominant.value >= 0, dominant.residual, shifted.residual)
-    return Eigen(top, vector, residual)
+    shifted = shifted._replace(value=shifted.value - rho)  # v^T H v; the residual is H's as well
+    # both are Rayleigh quotients of H, so neither exceeds lambda_max: the larger is the better estimate
+    best = dominant.value >= shifted.value
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(best, a, b), dominant, shifted)
 
 
 def gradient_norm(loss_fn: Callable[..., jax.Array], params: Any, *args) -> jax.Array:

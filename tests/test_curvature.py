@@ -66,6 +66,33 @@ def test_power_method_leaves_the_dominant_negative_direction():
     assert float(est.value) == pytest.approx(1.0, rel=1e-5)
 
 
+def test_power_method_on_a_spectrum_with_minus_lambda_and_lambda():
+    # the first run's Rayleigh quotient mixes the eigenvalues 1 and -0.999 and never converges (0.1 from
+    # (1, 1)); it was kept because it was >= 0. The shift by |H v| reaches the top one.
+    est = C.sharpness(lambda t: 0.5 * (t[0] ** 2 - 0.999 * t[1] ** 2), jnp.zeros(2), method="power", v0=jnp.ones(2))
+    assert float(est.value) == pytest.approx(1.0, rel=1e-5) and float(est.residual) < 1e-5
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((50, 50))
+    A = (A + A.T) / 2  # eigenvalues -9.55 to 9.66 (was 8.44 with a residual of 4.7)
+    est = C.sharpness(lambda t: 0.5 * t @ (jnp.asarray(A, t.dtype) @ t), jnp.zeros(50), method="power", n_iter=300)
+    assert float(est.value) == pytest.approx(np.linalg.eigvalsh(A)[-1], rel=1e-4)
+
+
+def test_a_start_in_the_null_space_or_at_zero_goes_on_from_a_fresh_direction():
+    # A v0 = 0 gave the zero vector with residual 0 (a false convergence), and a warm start from it NaN
+    null = C.sharpness(lambda t: 2.5 * (t[0] - t[1]) ** 2, jnp.zeros(2), method="power", v0=jnp.ones(2))
+    assert float(null.value) == pytest.approx(10.0, rel=1e-5)
+    flat = C.sharpness(lambda t: jnp.sum(t), jnp.zeros(3), method="power")  # a zero Hessian
+    assert float(flat.value) == 0 and float(jnp.linalg.norm(flat.vector)) == pytest.approx(1.0, rel=1e-6)
+    warm = C.sharpness(lambda t: 2.5 * jnp.sum(t**2), jnp.zeros(3), method="power", v0=flat.vector)
+    assert float(warm.value) == pytest.approx(5.0, rel=1e-6)
+    for method in ("lanczos", "power"):
+        est = C.sharpness(
+            lambda t: -0.5 * jnp.sum(jnp.arange(1.0, 4.0) * t**2), jnp.zeros(3), method=method, v0=jnp.zeros(3)
+        )
+        assert float(est.value) == pytest.approx(-1.0, rel=1e-4), method
+
+
 def test_sharpness_batched_and_warm_started():
     def loss(th, scale):
         return 0.5 * scale * jnp.sum(jnp.array([4.0, 1.0]) * th**2) + jnp.sum(th**4)
