@@ -93,6 +93,13 @@ def test_a_start_in_the_null_space_or_at_zero_goes_on_from_a_fresh_direction():
         assert float(est.value) == pytest.approx(-1.0, rel=1e-4), method
 
 
+def test_relaxed_smoothness_reads_the_operator_norm_of_an_indefinite_hessian():
+    # H = diag(1, -1) at every point: |H| = 1, where the Rayleigh quotient from a random start is |a^2 - b^2| < 1
+    saddle = lambda t: 0.5 * (t[0] ** 2 - t[1] ** 2)  # noqa: E731
+    est = C.relaxed_smoothness(saddle, jnp.zeros((8, 2)), 0.0, n_iter=5)
+    np.testing.assert_allclose(est.hessian_norm, 1.0, rtol=1e-6)
+
+
 def test_sharpness_batched_and_warm_started():
     def loss(th, scale):
         return 0.5 * scale * jnp.sum(jnp.array([4.0, 1.0]) * th**2) + jnp.sum(th**4)
