@@ -23,6 +23,7 @@ module estimates and checks such measures from simulation output:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -84,6 +85,8 @@ def hill_tail_index(samples, k: int | None = None, *, level: float = 0.95) -> Hi
     ``sqrt(k) (alpha_hat - alpha) / alpha -> N(0, 1)`` (exact Pareto tails; with
     slowly varying corrections the estimate is also biased, more so for large ``k``).
     """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
     x = np.sort(np.abs(np.asarray(samples, dtype=np.float64)).ravel())[::-1]
     x = x[np.isfinite(x)]
     n = x.size
@@ -146,10 +149,15 @@ def time_average(series, *, n_batches: int = 32, discard: int = 0, axis: int = -
     means are correlated (:func:`dynsim.observables.warn_if_correlated`). The same estimator as
     :func:`dynsim.observables.time_average`, for saved records.
     """
-    x = np.moveaxis(np.asarray(series, dtype=np.float64), axis, -1)[..., discard:]
     n_batches = check_int("n_batches", n_batches, minimum=2)
-    if x.shape[-1] < n_batches:
-        raise ValueError(f"{x.shape[-1]} entries after discard: fewer than n_batches = {n_batches}")
+    discard = check_int("discard", discard, minimum=0)
+    x = np.moveaxis(np.asarray(series, dtype=np.float64), axis, -1)
+    if x.shape[-1] - discard < n_batches:
+        raise ValueError(
+            f"discard={discard} leaves {max(x.shape[-1] - discard, 0)} of the {x.shape[-1]} entries along axis "
+            f"{axis}, fewer than n_batches={n_batches}"
+        )
+    x = x[..., discard:]
     counts, bounds = time_batches(x.shape[-1], n_batches)
     means = np.add.reduceat(x, bounds[:-1] - 1, axis=-1) / counts
     warn_if_correlated(means, -1, f"measure.time_average ({counts.min()}-entry batches)")
@@ -166,8 +174,12 @@ def empirical_measure(values: xr.DataArray, bins, over: str | Sequence[str] = "t
     centres) among the finite values; values outside the bins are counted in no bin, so the
     total can be below 1.
     """
-    over = [over] if isinstance(over, str) else list(over)
     edges = np.asarray(bins, dtype=float)
+    if edges.ndim != 1 or edges.size < 2:
+        raise ValueError(f"bins must be a 1-D array of at least 2 edges, got {bins!r}")
+    if not np.all(np.isfinite(edges)) or np.any(np.diff(edges) <= 0):
+        raise ValueError(f"bins must be finite and strictly increasing, got {edges.tolist()}")
+    over = [over] if isinstance(over, str) else list(over)
     missing = [d for d in over if d not in values.dims]
     if missing:
         raise ValueError(f"dimensions {missing} not in {values.dims}")
@@ -190,17 +202,32 @@ def empirical_measure(values: xr.DataArray, bins, over: str | Sequence[str] = "t
 # --------------------------------------------------------------------------- distances
 
 
+def _finite_samples(name: str, x: np.ndarray) -> np.ndarray:
+    """``x``, once checked finite: an empirical law with a NaN or infinite sample is at no finite distance."""
+    bad = ~np.isfinite(x)
+    if np.any(bad):
+        count = int(np.count_nonzero(bad))
+        shown = f"{count} non-finite value{'s' * (count > 1)} of {x.size}"
+        shown = x.tolist() if x.ndim == 1 and x.size <= 8 else shown
+        raise ValueError(
+            f"{name} must be finite, got {shown}: a distance between laws needs finite samples (drop diverged "
+            "ones and count them apart)"
+        )
+    return x
+
+
 def wasserstein1(a, b, *, period: float | None = None) -> float:
     """Exact Wasserstein-1 distance between the empirical laws of the samples ``a`` and ``b``.
 
     On the line, ``W1 = int |F_a(x) - F_b(x)| dx``. With ``period=L`` the samples live on the
     circle ``R / L Z`` (e.g. angles mod ``2 pi``) and ``W1 = min_c int_0^L |F_a - F_b - c| dx``,
-    attained at a weighted median of ``F_a - F_b`` (Rabin, Delon and Gousseau 2011).
+    attained at a weighted median of ``F_a - F_b`` (Rabin, Delon and Gousseau 2011). NaN or infinite
+    samples are an error (diverged runs: drop them and count them apart).
     """
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
+    a = _finite_samples("a", np.asarray(a, dtype=np.float64).ravel())
+    b = _finite_samples("b", np.asarray(b, dtype=np.float64).ravel())
     if a.size == 0 or b.size == 0:
-        raise ValueError("both samples must be non-empty")
+        raise ValueError(f"both samples must be non-empty, got sizes {a.size} and {b.size}")
     if period is not None:
         period = check_positive("period", period)
         a, b = np.mod(a, period), np.mod(b, period)
@@ -233,6 +260,7 @@ def sliced_wasserstein1(a, b, *, n_projections: int = 128, seed: int = 0) -> tup
     b = np.asarray(b, dtype=np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"a and b must be (n, d) and (m, d) arrays, got {a.shape} and {b.shape}")
+    a, b = _finite_samples("a", a), _finite_samples("b", b)
     n_projections = check_int("n_projections", n_projections, minimum=2)
     u = np.random.default_rng(seed).standard_normal((n_projections, a.shape[1]))
     u /= np.linalg.norm(u, axis=1, keepdims=True)
@@ -245,9 +273,9 @@ def window_distances(trajectory, *, period: float | None = None, n_min: int = 16
 
     Returns ``(n, distances)``. On an ergodic attractor the distance shrinks (about like
     ``n^-1/2``; like ``1/n`` on a periodic orbit); Birkhoff averages that do not converge
-    (seed 000, Thm. 5.3) keep it from shrinking.
+    (seed 000, Thm. 5.3) keep it from shrinking. The trajectory must be finite (cut a diverged one first).
     """
-    x = np.asarray(trajectory, dtype=np.float64).ravel()
+    x = _finite_samples("trajectory", np.asarray(trajectory, dtype=np.float64).ravel())
     ns, out = [], []
     n = check_int("n_min", n_min, minimum=1)
     while 4 * n <= x.size:
@@ -305,10 +333,25 @@ def detect_period(
 # --------------------------------------------------------------------------- across trajectories
 
 
-def _chains(x, split: bool):
-    x = np.asarray(x, dtype=np.float64)
+def _chains(samples, split: bool):
+    """``samples (..., chains, draws)`` as chains, each split in two halves if ``split``. R-hat and ESS need two
+    chains (after splitting) for the variance between chains, and two draws in each for the variance within."""
+    x = np.asarray(samples, dtype=np.float64)
     if x.ndim < 2:
-        raise ValueError(f"need (chains, draws) arrays, got shape {x.shape}")
+        raise ValueError(f"samples must be a (..., chains, draws) array, got shape {x.shape}")
+    chains, draws = x.shape[-2:]
+    if split and chains < 1:
+        raise ValueError(f"samples must hold at least 1 chain (split in two halves), got shape {x.shape}")
+    if not split and chains < 2:
+        raise ValueError(
+            f"samples must hold at least 2 chains (split=False compares whole chains), got shape {x.shape}"
+        )
+    if split and draws < 4:
+        raise ValueError(
+            f"samples must hold at least 4 draws per chain (2 in each half of a split chain), got shape {x.shape}"
+        )
+    if not split and draws < 2:
+        raise ValueError(f"samples must hold at least 2 draws per chain (split=False), got shape {x.shape}")
     if split:
         half = x.shape[-1] // 2
         x = np.concatenate([x[..., :half], x[..., half : 2 * half]], axis=-2)
@@ -318,7 +361,8 @@ def _chains(x, split: bool):
 def rhat(samples, *, split: bool = True) -> np.ndarray:
     """Potential scale reduction R-hat of ``samples (..., chains, draws)`` (Gelman and Rubin 1992;
     split chains, Vehtari et al. 2021). Near 1 when every chain samples the same law; the
-    usual alarm threshold is 1.01-1.1."""
+    usual alarm threshold is 1.01-1.1. Needs 2 chains of 2 draws after splitting: 4 draws per chain
+    (one chain will do, its halves compared), or with ``split=False`` 2 chains of 2 draws."""
     x = _chains(samples, split)
     n = x.shape[-1]
     means = x.mean(axis=-1)
@@ -330,7 +374,8 @@ def rhat(samples, *, split: bool = True) -> np.ndarray:
 
 def ess(samples) -> np.ndarray:
     """Effective sample size of ``samples (..., chains, draws)`` from the autocorrelations pooled
-    over chains, truncated by Geyer's initial positive sequence (as Stan and BlackJAX do)."""
+    over chains, truncated by Geyer's initial positive sequence (as Stan and BlackJAX do). Chains are
+    split in halves, as for :func:`rhat`: at least 4 draws per chain."""
     x = _chains(samples, split=True)
     m, n = x.shape[-2], x.shape[-1]
     centred = x - x.mean(axis=-1, keepdims=True)
@@ -352,6 +397,17 @@ def ess(samples) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- vanishing change
+
+
+def _as_key(key):
+    """A key from an integer seed (Python or NumPy, >= 0) or a JAX key, as given."""
+    if isinstance(key, (bool, np.bool_)):
+        raise TypeError(f"key must be a JAX key or an integer seed, got {key!r}")
+    if isinstance(key, numbers.Integral):
+        if key < 0:
+            raise ValueError(f"key must be a JAX key or an integer seed >= 0, got {key}")
+        return prng.key(int(key))
+    return key
 
 
 class VanishingChange(NamedTuple):
@@ -399,7 +455,7 @@ def vanishing_change(
     n_replicas = check_int("n_replicas", n_replicas, minimum=2)
     n_fresh = check_int("n_fresh", n_fresh, minimum=1)
     burn_in = check_int("burn_in", burn_in, minimum=0)
-    key = prng.key(key) if isinstance(key, int) else key
+    key = _as_key(key)
     total = int(times[-1])
 
     def one(rkey):
@@ -465,6 +521,10 @@ def sparsity(weights, rel_tol: float = 1e-3, *, batched: bool = False):
     (A 2-D matrix was read as a batch of rows: ``[[1, 1e-9], [1e-9, 1e-9]]`` gave ``[0.5, 0]``.)
     """
     w = np.abs(np.asarray(weights, dtype=np.float64))
+    if batched and w.ndim == 0:
+        raise ValueError(f"batched=True needs weights with a leading axis, got shape {w.shape}")
+    if w.size == 0:
+        raise ValueError(f"weights must not be empty, got shape {w.shape}")
     flat = w.reshape(w.shape[0], -1) if batched else w.reshape(1, -1)
     top = flat.max(axis=1, keepdims=True)
     share = np.where(top[:, 0] > 0, np.mean(flat < rel_tol * top, axis=1), 1.0)
@@ -504,7 +564,7 @@ def scaled_step_change(
     """
     scales = np.asarray(scales, dtype=np.float64)
     n_draws = check_int("n_draws", n_draws, minimum=1)
-    key = prng.key(key) if isinstance(key, int) else key
+    key = _as_key(key)
     n = int(jax.tree_util.tree_leaves(samples)[0].shape[0])
 
     def one(theta, k):
@@ -557,6 +617,8 @@ def ratio_of_means(a, b) -> tuple[float, float]:
     """``mean(a) / mean(b)`` and its delta-method standard error from paired samples ``(a_i, b_i)``:
     ``se^2 = Var(a - r b) / (n mean(b)^2)``, ``r`` the ratio (NaN for fewer than two pairs)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must be paired samples of one shape, got shapes {a.shape} and {b.shape}")
     mb = b.mean()
     r = a.mean() / mb if mb != 0 else np.nan
     if a.size < 2 or not np.isfinite(r):

@@ -236,3 +236,105 @@ def test_quantile_interval_covers_as_the_binomial_law_says(n, q):
     assert abs(hits / reps - exact) < 4 * np.sqrt(exact * (1 - exact) / reps)
     with pytest.raises(ValueError, match="NaN"):
         ds.measure.quantile_interval([1.0, np.nan])
+
+
+def _step(x, k):
+    return 0.5 * x + jax.random.normal(k, x.shape, x.dtype)
+
+
+_CHAINS = np.random.default_rng(0).standard_normal((4, 10))
+_SERIES = xr.DataArray(np.random.default_rng(1).standard_normal((3, 100)), dims=("replica", "time"))
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        # R-hat and ESS: 2 chains (after splitting) for the between-chain variance, 2 draws per (split) chain
+        (lambda: M.rhat(_CHAINS[:, :1]), ValueError, r"at least 4 draws per chain .* got shape \(4, 1\)"),
+        (lambda: M.rhat(_CHAINS[:, :2]), ValueError, r"at least 4 draws per chain .* got shape \(4, 2\)"),
+        (lambda: M.rhat(_CHAINS[:, :3]), ValueError, r"at least 4 draws per chain .* got shape \(4, 3\)"),
+        (lambda: M.rhat(_CHAINS[:1], split=False), ValueError, r"at least 2 chains .* got shape \(1, 10\)"),
+        (lambda: M.rhat(_CHAINS[:, :1], split=False), ValueError, r"at least 2 draws per chain .* shape \(4, 1\)"),
+        (lambda: M.rhat(_CHAINS[:0]), ValueError, r"at least 1 chain .* got shape \(0, 10\)"),
+        (lambda: M.ess(_CHAINS[:, :1]), ValueError, r"at least 4 draws per chain .* got shape \(4, 1\)"),
+        (lambda: M.ess(_CHAINS[:, :2]), ValueError, r"at least 4 draws per chain .* got shape \(4, 2\)"),
+        (lambda: M.ess(_CHAINS[:, :3]), ValueError, r"at least 4 draws per chain .* got shape \(4, 3\)"),
+        # time_average: discard counts entries from the start
+        (
+            lambda: M.time_average(np.arange(100.0), discard=-10, n_batches=4),
+            ValueError,
+            r"discard must be >= 0, got -10$",
+        ),
+        (lambda: M.time_average(np.arange(100.0), discard=1.5), TypeError, r"discard must be an integer, got 1\.5"),
+        (
+            lambda: M.time_average(np.arange(100.0), discard=98, n_batches=4),
+            ValueError,
+            r"discard=98 leaves 2 of the 100 entries .* fewer than n_batches=4",
+        ),
+        # empirical_measure: bin edges as observables.histogram takes them
+        (lambda: M.empirical_measure(_SERIES, 50), ValueError, r"bins must be a 1-D array of at least 2 edges, got 50"),
+        (lambda: M.empirical_measure(_SERIES, [0.0]), ValueError, r"at least 2 edges, got \[0\.0\]"),
+        (lambda: M.empirical_measure(_SERIES, [1, 0, -1]), ValueError, r"increasing, got \[1\.0, 0\.0, -1\.0\]"),
+        (lambda: M.empirical_measure(_SERIES, [0, 0, 1]), ValueError, r"strictly increasing, got \[0\.0, 0\.0, 1\.0\]"),
+        (lambda: M.empirical_measure(_SERIES, [0, np.inf]), ValueError, r"bins must be finite .* got \[0\.0, inf\]"),
+        # hill_tail_index: level is a probability
+        (lambda: M.hill_tail_index(_SERIES.values[0], level=95), ValueError, r"level must be in \(0, 1\), got 95"),
+        (lambda: M.hill_tail_index(_SERIES.values[0], level=1.0), ValueError, r"level must be in \(0, 1\), got 1\.0"),
+        # ratio_of_means: paired samples
+        (
+            lambda: M.ratio_of_means([1.0, 2.0, 3.0], [2.0]),
+            ValueError,
+            r"a and b must be paired samples of one shape, got shapes \(3,\) and \(1,\)",
+        ),
+        # seeds: integers (Python or NumPy) >= 0, never booleans
+        (
+            lambda: M.vanishing_change(_step, lambda x: x[0], jnp.zeros(1), True, [2], n_replicas=2),
+            TypeError,
+            r"key must be a JAX key or an integer seed, got True",
+        ),
+        (
+            lambda: M.vanishing_change(_step, lambda x: x[0], jnp.zeros(1), np.int64(-1), [2], n_replicas=2),
+            ValueError,
+            r"key must be a JAX key or an integer seed >= 0, got -1",
+        ),
+        (
+            lambda: M.scaled_step_change(lambda x: x[0], lambda x, k: x, jnp.zeros((2, 1)), [1.0], key=np.int64(-1)),
+            ValueError,
+            r"key must be a JAX key or an integer seed >= 0, got -1",
+        ),
+        # sparsity: an empty array has no largest entry
+        (lambda: M.sparsity([]), ValueError, r"weights must not be empty, got shape \(0,\)"),
+        (lambda: M.sparsity(np.zeros((2, 0)), batched=True), ValueError, r"must not be empty, got shape \(2, 0\)"),
+        (lambda: M.sparsity(3.0, batched=True), ValueError, r"batched=True needs weights with a leading axis"),
+        # Wasserstein distances: between laws of finite samples
+        (lambda: M.wasserstein1([np.nan, 1.0], [0.0, 1.0]), ValueError, r"a must be finite, got \[nan, 1\.0\]"),
+        (lambda: M.wasserstein1([0.0, 1.0], [np.inf]), ValueError, r"b must be finite, got \[inf\]"),
+        (lambda: M.wasserstein1([np.nan], [0.0], period=1.0), ValueError, r"a must be finite, got \[nan\]"),
+        (
+            lambda: M.sliced_wasserstein1(np.array([[0.0, np.nan], [1.0, 1.0]]), np.zeros((2, 2))),
+            ValueError,
+            r"a must be finite, got 1 non-finite value",
+        ),
+        (
+            lambda: M.window_distances(np.r_[np.zeros(60), np.nan, np.zeros(3)]),
+            ValueError,
+            r"trajectory must be finite, got 1 non-finite value",
+        ),
+    ],
+)
+def test_invalid_arguments_are_refused_at_entry(call, error, message):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning on the way to the error
+        with pytest.raises(error, match=message):
+            call()
+
+
+def test_numpy_integer_seeds_are_seeds():
+    one = M.vanishing_change(_step, lambda x: x[0], jnp.zeros(1), np.int64(3), [2, 4], n_replicas=2, n_fresh=1)
+    other = M.vanishing_change(_step, lambda x: x[0], jnp.zeros(1), 3, [2, 4], n_replicas=2, n_fresh=1)
+    np.testing.assert_array_equal(one.per_replica, other.per_replica)
+    samples = jnp.linspace(0.0, 1.0, 6).reshape(3, 2)
+    update = lambda x, k: jax.random.normal(k, x.shape, x.dtype)  # noqa: E731
+    one = M.scaled_step_change(lambda x: jnp.sum(x**2), update, samples, [1.0], key=np.uint32(5))
+    other = M.scaled_step_change(lambda x: jnp.sum(x**2), update, samples, [1.0], key=5)
+    np.testing.assert_array_equal(one.per_sample, other.per_sample)
