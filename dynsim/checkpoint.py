@@ -134,8 +134,8 @@ class Checkpoint:
         if stored != fingerprint:
             raise ValueError(
                 f"checkpoint {self.path!r} was computed by a different program (the dynamics' step, the "
-                "problem's constants or data, or an observable's function changed); use another folder "
-                "or delete this one"
+                "problem's constants or data, an observable's function, or the order of the observables "
+                "changed); use another folder or delete this one"
             )
 
     def _size_file(self, group: int) -> str:
