@@ -61,12 +61,14 @@ __all__ = [
 
 def _law(a, weights):
     """A law of the multiplier: atoms ``a`` (last axis) and probabilities ``w = weights / sum(weights)``
-    (``1/n`` each if ``weights`` is None); the weights must be finite and nonnegative with a positive sum."""
+    (``1/n`` each if ``weights`` is None); no atom NaN, the weights finite and nonnegative with a positive sum."""
     a = np.asarray(a, dtype=np.float64)
     if a.ndim == 0:
         raise ValueError(f"a must hold the atoms or samples of a law along its last axis, got a scalar ({a})")
     if a.size == 0:
         raise ValueError("a must not be empty")
+    if np.any(np.isnan(a)):
+        raise ValueError(f"a holds {int(np.isnan(a).sum())} NaN of {a.size} atoms: a multiplier's law has none")
     if weights is None:
         w = np.full(a.shape[-1], 1.0 / a.shape[-1])
     else:

@@ -90,6 +90,8 @@ def test_a_law_needs_an_axis_of_atoms_and_weights_with_a_positive_sum():
             run([0.5, 2.0], [0.0, 0.0])  # returned 0.0 (scalar_exponent) or NaN
         with pytest.raises(ValueError, match="along its last axis, got a scalar"):
             run(0.5)  # an IndexError
+        with pytest.raises(ValueError, match="holds 1 NaN of 2 atoms"):
+            run([0.5, np.nan])  # NaN, or (tail_index) an error inside the root finder
 
 
 def test_tail_index_closed_form():
