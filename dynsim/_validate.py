@@ -83,6 +83,25 @@ def check_values(name: str, value: Any, rule, allowed: str) -> None:
         raise ValueError(f"{name} must be {allowed}, got {shown}")
 
 
+def concrete_values(value: Any) -> np.ndarray | None:
+    """The entries of ``value`` as a NumPy array when they are known now (a Python number, a NumPy scalar or
+    array, a JAX array outside a trace); ``None`` for a traced JAX value (inside ``jit``, ``vmap`` or ``grad``,
+    known only when the program runs) and for a function (a schedule)."""
+    if callable(value):
+        return None
+    try:
+        return np.asarray(value)
+    except jax.errors.TracerArrayConversionError:
+        return None
+
+
+def check_concrete(name: str, value: Any, rule, allowed: str) -> None:
+    """:func:`check_values` on ``value`` when its entries are known now (:func:`concrete_values`); a traced value
+    or a schedule passes unchecked (:func:`dynsim.dynamics.from_optax` checks every grid value as a number)."""
+    if concrete_values(value) is not None:
+        check_values(name, value, rule, allowed)
+
+
 def range_check(rules: Mapping[str, tuple[Any, str]]):
     """``check(hp)`` for :class:`dynsim.dynamics.Dynamics`: each hyperparameter named in ``rules``
     (name -> (elementwise predicate, description)) that ``hp`` holds, every grid value included,

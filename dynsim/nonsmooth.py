@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from dynsim._validate import check_int, check_positive
+from dynsim._validate import check_concrete, check_int, check_positive, concrete_values
 from dynsim.observables import Observable
 
 __all__ = [
@@ -196,7 +196,8 @@ def min_norm_point(
     vectors:
         ``(..., n, d)``: sets of ``n`` vectors of dimension ``d``; leading axes are batch axes.
     mask:
-        ``(..., n)`` booleans: only the vectors marked ``True`` belong to the set (at least one per set).
+        ``(..., n)`` booleans: only the vectors marked ``True`` belong to the set (at least one per set:
+        the hull of no vectors is empty; checked when the mask is concrete, a traced one is not).
     tol:
         Relative gap tolerance; default ``16 * machine epsilon`` of the dtype.
     max_iter:
@@ -222,6 +223,14 @@ def min_norm_point(
         tol = 16 * float(jnp.finfo(V.dtype).eps)
     else:
         tol = check_positive("tol", tol)
+    known = None if mask is None else concrete_values(mask)
+    if known is not None:
+        empty = ~np.any(np.broadcast_to(known.astype(bool), V.shape[:-1]), axis=-1)
+        if np.any(empty):
+            where = "" if empty.ndim == 0 else f" (sets {np.argwhere(empty).tolist()[:5]})"
+            raise ValueError(
+                f"mask must mark at least one vector of each set with True; {int(empty.sum())} set(s) have none{where}"
+            )
     m = jnp.ones(V.shape[:-1], bool) if mask is None else jnp.broadcast_to(jnp.asarray(mask, bool), V.shape[:-1])
     return _min_norm_batched(V, m, tol, max_iter, polish)
 
@@ -272,23 +281,28 @@ def goldstein_distance(
 ) -> GoldsteinEstimate:
     """An upper estimate of ``d(0, df(x + delta B))``, the (delta, eps)-stationarity measure (seed 002, Def. 5.3.1).
 
-    Draws ``n_samples`` points ``y_j`` uniformly in the Euclidean ball ``x + delta B`` (over all leaves
-    of ``x``, flattened), takes ``g_j = grad_fn(y_j)`` and ``g_0 = grad_fn(x)``, and returns the
-    minimum-norm point of ``conv{g_0, ..., g_n}`` (:func:`min_norm_point`, with ``tol``, ``max_iter``
-    and ``polish``). Each
-    ``g_j`` lies in ``df(y_j)`` (where ``f`` is differentiable, which holds with probability 1 for the
-    piecewise-smooth functions autodiff handles), so the sampled hull lies inside ``df(x + delta B)``
+    Draws ``n_samples`` points ``y_1, ..., y_n`` uniformly in the Euclidean ball ``x + delta B`` (over
+    all leaves of ``x``, flattened), takes ``g_j = grad_fn(y_j)``, and returns the minimum-norm point of
+    ``conv{g_1, ..., g_n}`` (:func:`min_norm_point`, with ``tol``, ``max_iter`` and ``polish``). A
+    Lipschitz ``f`` is differentiable almost everywhere (Rademacher), and autodiff returns the gradient
+    at almost every point for the piecewise-smooth functions it handles, so with probability 1 each
+    ``g_j = grad f(y_j)`` lies in ``df(y_j)``; the sampled hull then lies inside ``df(x + delta B)``
     and the returned ``distance`` is an **upper bound** on ``d(0, df(x + delta B))``: ``x`` is certainly
     (delta, eps)-stationary when it is at most ``eps``, and the estimate decreases to the true value as
     the samples fill the ball's pieces (it is exact once they hit every piece whose gradients the
-    minimum-norm element needs). The seed digest suggests this estimator (Sec. 4.3); it is what
-    INGD's certificate ``|m| <= eps`` provides along its own run.
+    minimum-norm element needs). The gradient at ``x`` itself is not taken: ``x`` is often exactly at
+    a kink (a zero initialization, a ReLU at 0), where autodiff may return a vector outside the Clarke
+    subdifferential (``relu(x) - relu(-x) = x`` gets the derivative 0 at 0, not 1). The seed digest
+    suggests this estimator (Sec. 4.3); it is what INGD's certificate ``|m| <= eps`` provides along
+    its own run.
 
-    ``grad_fn`` maps a pytree like ``x`` to a pytree like ``x``; ``delta`` may be traced.
+    ``grad_fn`` maps a pytree like ``x`` to a pytree like ``x``; ``n_samples >= 1``; ``delta > 0``
+    (checked when it is a number; it may be traced).
     """
-    n_samples = check_int("n_samples", n_samples, minimum=0)
+    n_samples = check_int("n_samples", n_samples, minimum=1)
+    check_concrete("delta", delta, lambda v: v > 0, "> 0")
     flat, unravel = ravel_pytree(x)
-    ys = jnp.concatenate([flat[None], sample_ball(key, flat, jnp.asarray(delta, flat.dtype), n_samples)])
+    ys = sample_ball(key, flat, jnp.asarray(delta, flat.dtype), n_samples)
     grads = jax.vmap(lambda y: ravel_pytree(grad_fn(unravel(y)))[0])(ys)
     hull = min_norm_point(grads, tol=tol, max_iter=max_iter, polish=polish)
     return GoldsteinEstimate(distance=hull.norm, element=unravel(hull.point), gap=hull.gap, hull=hull)

@@ -1,8 +1,8 @@
 """Optimizers the seed papers define, as optax ``GradientTransformation``s (seed 002, thesis chs. 3-4).
 
 What optax already has is composed, not rewritten: clipped SGD is ``clip_by_global_norm`` then
-``sgd``, normalized SGD is ``normalize_by_update_norm`` then ``sgd``, coordinate-wise clipping is
-``clip`` then ``sgd``. New here: clipping thresholds that follow a schedule (the thesis's
+``sgd``, normalized SGD is ``normalize_by_update_norm`` (with a zero step at ``g = 0``) then ``sgd``,
+coordinate-wise clipping is ``clip`` then ``sgd``. New here: clipping thresholds that follow a schedule (the thesis's
 ``tau_k = G k^(1/alpha)``), :func:`project` (a projection after the step: proj-GClip), and ACClip
 (thesis Algorithm 1). Each constructor takes ``learning_rate`` first and numbers only, so
 :func:`dynsim.dynamics.from_optax` turns every argument into a traced hyperparameter (a grid axis):
@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from dynsim._tree import tree_norm
-from dynsim._validate import check_int, check_positive
+from dynsim._validate import check_concrete, check_int, check_positive, concrete_values
 
 __all__ = [
     "clipped_sgd",
@@ -70,11 +70,19 @@ def _scheduled_clip(threshold, factor) -> optax.GradientTransformation:
 
 
 def _check_threshold(threshold) -> None:
-    """A clipping threshold given as a number must be > 0 (0 gave NaN steps, a negative one steps uphill)."""
-    if isinstance(threshold, (bool, np.bool_)) or (
-        isinstance(threshold, (int, float, np.number)) and not (np.isfinite(threshold) and threshold > 0)
-    ):
+    """A clipping threshold given as numbers (a Python number, a NumPy scalar or array: one per coordinate)
+    must be finite and > 0 in every entry: 0 gave NaN steps, a negative one steps uphill. A schedule, or a
+    traced value, passes unchecked."""
+    values = concrete_values(threshold)
+    if values is None:
+        return
+    if values.dtype.kind not in "iuf" or np.any(~np.isfinite(values) | (values <= 0)):
         raise ValueError(f"threshold must be a number > 0 or a schedule, got {threshold!r}")
+
+
+_POSITIVE = (lambda v: v > 0, "> 0")
+_NONNEGATIVE = (lambda v: v >= 0, ">= 0")
+_DECAY = (lambda v: (v >= 0) & (v < 1), "in [0, 1)")
 
 
 def clip_by_global_norm(threshold) -> optax.GradientTransformation:
@@ -145,7 +153,14 @@ def strongly_convex_clip_schedules(scale, bound, alpha):
     ``tau_k = bound * k^(1/alpha)``, with ``bound`` the ``alpha``-moment bound ``G`` (GClip) or
     ``B_i`` (CClip). The theorem statements print ``tau_k = G k^(alpha - 1)``; their proofs (the
     bias-variance balance of Lemma 4.7.1) need ``k^(1/alpha)``, which is what this returns.
+
+    Numbers are checked (traced values pass): ``scale > 0`` (a step downhill), ``bound > 0`` in every
+    entry (a negative threshold steps uphill) and ``alpha`` in ``(1, 2]``, the range of Assumptions
+    4.4.3 and 4.5.1 under which the theorems hold (``alpha = 0`` divides by zero).
     """
+    check_concrete("scale", scale, *_POSITIVE)
+    check_concrete("bound", bound, *_POSITIVE)
+    check_concrete("alpha", alpha, lambda v: (v > 1) & (v <= 2), "in (1, 2]")
 
     def learning_rate(n):
         return scale / (n + 2)
@@ -201,7 +216,15 @@ def stochastic_clipped_sgd(learning_rate, clip_scale, noise_bound) -> optax.Grad
     The step shrinks like ``1/|g|`` once ``|g|`` is large, with ``noise_bound = tau`` (the bound on
     ``|g - grad f|``) keeping it finite; the theorem takes ``clip_scale = 1/(16 L1)`` (the statement
     prints ``1/(16 lr L1 (|g| + tau))``, which its proof does not use; seed digest, errata).
+
+    Numbers are checked (traced values pass): ``clip_scale > 0`` (``inf``: plain SGD, the
+    ``clip_scale`` of :func:`relaxed_sgd_parameters`) and ``noise_bound >= 0`` finite, since a negative
+    one makes ``h`` negative (a step uphill) or infinite (``|g| = -noise_bound``).
     """
+    scale = concrete_values(clip_scale)
+    if scale is not None and (scale.dtype.kind not in "iuf" or np.any(np.isnan(scale) | (scale <= 0))):
+        raise ValueError(f"clip_scale must be > 0 (inf: no clipping), got {clip_scale!r}")
+    check_concrete("noise_bound", noise_bound, *_NONNEGATIVE)
 
     def update(updates, state, params=None):
         del params
@@ -258,13 +281,33 @@ def clipped_sgd(learning_rate, threshold) -> optax.GradientTransformation:
     return optax.chain(clip_by_global_norm(threshold), optax.sgd(learning_rate))
 
 
+def _normalize_by_norm(beta) -> optax.GradientTransformation:
+    """``g <- g / (|g| + beta)``, ``|g|`` the Euclidean norm over all leaves (``optax.normalize_by_update_norm``
+    with ``eps = beta``), and ``g <- 0`` where ``|g| + beta = 0``: with ``beta = 0`` a zero gradient (a
+    stationary point) gives a zero step, where ``0 / 0`` would give NaN.
+
+    ``beta`` given as a number must be ``>= 0`` (a negative one reverses the step when ``|g| < -beta``);
+    a traced one passes unchecked.
+    """
+    check_concrete("beta", beta, *_NONNEGATIVE)
+
+    def update_fn(updates, state, params=None):
+        del params
+        denom = optax.tree.norm(updates) + beta
+        denom = jnp.where(denom > 0, denom, 1)
+        return jax.tree_util.tree_map(lambda g: (g / denom).astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def normalized_sgd(learning_rate, beta) -> optax.GradientTransformation:
-    """Normalized GD: ``x <- x - lr g / (|g| + beta)`` (thesis eq. 3.6).
+    """Normalized GD: ``x <- x - lr g / (|g| + beta)`` (thesis eq. 3.6), ``beta >= 0``.
 
     With ``lr = eta_n`` it is clipped GD's twin: for ``clipped_sgd(eta_n / beta, beta)`` the step
-    sizes satisfy ``h_c / 2 <= h_n <= h_c``.
+    sizes satisfy ``h_c / 2 <= h_n <= h_c``. With ``beta = 0`` (plain normalized GD, step length ``lr``)
+    a zero gradient gives a zero step (where ``0 / 0`` would give NaN).
     """
-    return optax.chain(optax.normalize_by_update_norm(1.0, eps=beta), optax.sgd(learning_rate))
+    return optax.chain(_normalize_by_norm(beta), optax.sgd(learning_rate))
 
 
 def coordinate_clipped_sgd(learning_rate, threshold) -> optax.GradientTransformation:
@@ -287,7 +330,20 @@ def scale_by_acclip(b1=0.9, b2=0.99, alpha=1.0, eps=1e-5, tau0=1.0) -> optax.Gra
 
     ``m_k = b1 m_{k-1} + (1 - b1) g_k``, ``tau_k^alpha = b2 tau_{k-1}^alpha + (1 - b2) |g_k|^alpha``,
     ``ghat_k = min(tau_k / (|m_k| + eps), 1) m_k``; ``m_0 = 0``, ``tau_0^alpha = tau0^alpha``.
+
+    ``tau_k = (b2 tau_{k-1}^alpha + (1 - b2) |g_k|^alpha)^(1/alpha)`` is a power mean of the initial
+    threshold and the past gradients, defined for every exponent ``alpha > 0``; the thesis uses
+    ``alpha = 1`` (a noise exponent of its Assumption 4.4.1 lies in ``(1, 2]``, but the estimator's
+    ``alpha`` need not). Numbers are checked (traced values pass): ``b1`` in ``[0, 1)``, ``b2`` in
+    ``[0, 1]`` (``b2 = 1`` keeps the threshold at ``tau0``), ``alpha > 0`` (``alpha = 0`` divides by
+    zero), ``eps > 0`` and ``tau0 > 0`` (a negative threshold steps uphill; with ``eps = 0`` a coordinate
+    whose momentum and threshold are both 0 steps by ``0 / 0``).
     """
+    check_concrete("b1", b1, *_DECAY)
+    check_concrete("b2", b2, lambda v: (v >= 0) & (v <= 1), "in [0, 1]")
+    check_concrete("alpha", alpha, *_POSITIVE)
+    check_concrete("eps", eps, *_POSITIVE)
+    check_concrete("tau0", tau0, *_POSITIVE)
 
     def init_fn(params):
         zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
@@ -329,7 +385,13 @@ def rmsprop_as_clip(learning_rate, b2=0.999, eps=1e-8) -> optax.GradientTransfor
     ``max(A, B) <= eps + sqrt(b2 v + B^2) <= A + B``, ``h_Adam / h_clip`` lies in ``[1/2, 1]``: the
     two methods take the same steps up to a factor two. The thesis's map has ``eta = 2 lr / A``,
     which puts the ratio in ``[1/4, 1/2]`` and breaks its stated ``h_clip / 2 <= h_Adam``.
+
+    Numbers are checked (traced values pass): ``b2`` in ``[0, 1)`` (``b2 = 1`` never updates ``v``
+    and divides by ``sqrt(1 - b2) = 0``; ``b2 > 1`` makes ``v`` negative, its square root NaN) and
+    ``eps > 0`` (with ``eps = 0`` the first step, at ``v = 0``, is ``0 / 0``).
     """
+    check_concrete("b2", b2, *_DECAY)
+    check_concrete("eps", eps, *_POSITIVE)
 
     def init_fn(params):
         return optax.ScaleByRmsState(nu=jax.tree_util.tree_map(jnp.zeros_like, params))

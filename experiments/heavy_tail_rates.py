@@ -74,7 +74,7 @@ def cclip(learning_rate, bound, alpha, radius):
 
 def sgd(learning_rate, radius):
     """Projected SGD with the same steps, no clipping."""
-    lr, _ = ds.optim.strongly_convex_clip_schedules(learning_rate, 1.0, 1.0)
+    lr, _ = ds.optim.strongly_convex_clip_schedules(learning_rate, 1.0, 2.0)  # only the step is used
     return optax.chain(optax.sgd(lr), _box(radius))
 
 

@@ -206,6 +206,58 @@ CASES = [
         ValueError,
         r"alpha must be in \(0, 2\], got \[2.5\]",
     ),
+    (
+        "acclip tau0 on a grid",
+        lambda: ds.simulate(
+            ds.dynamics.from_optax(ds.problems.quadratic(np.array([1.0, 2.0])), ds.optim.acclip, lr=0.1),
+            grid={"tau0": [-1.0, 1.0]},
+            n_steps=5,
+        ),
+        ValueError,
+        r"acclip refuses .*tau0=-1.0: tau0 must be > 0, got -1.0",
+    ),
+    (
+        "normalized beta on a grid",
+        lambda: ds.simulate(
+            ds.dynamics.from_optax(ds.problems.quadratic(np.array([1.0, 2.0])), ds.optim.normalized_sgd, lr=0.1),
+            grid={"beta": [-0.5, 0.5]},
+            n_steps=5,
+        ),
+        ValueError,
+        r"normalized_sgd refuses .*beta=-0.5: beta must be >= 0",
+    ),
+    (
+        "stable index below float32's limit",
+        lambda: ds.dynamics.alpha_stable_noise(alpha=0.1),
+        ValueError,
+        r"alpha must be in \(0, 2\] and >= 0.3084 in float32.*got 0.1",
+    ),
+    (
+        "stable index below float32's limit on a grid",
+        lambda: ds.simulate(
+            ds.dynamics.gd(ds.problems.quadratic(np.eye(2)), lr=0.1, noise=[ds.dynamics.alpha_stable_noise()]),
+            grid={"alpha": [1.5, 0.2]},
+            n_steps=5,
+        ),
+        ValueError,
+        r"alpha must be in \(0, 2\] and >= 0.3084.*got \[0.2\]",
+    ),
+    (
+        "pareto index on a grid",
+        lambda: ds.simulate(
+            ds.dynamics.gd(ds.problems.quadratic(np.eye(2)), lr=0.1, noise=[ds.dynamics.pareto_noise()]),
+            grid={"index": [1.5, 0.05]},
+            n_steps=5,
+        ),
+        ValueError,
+        r"index must be >= 23/127 = 0.1811 in float32.*got \[0.05\]",
+    ),
+    (
+        "label reselect p > 1",
+        lambda: ds.dynamics.label_reselect(4, 1.5),
+        ValueError,
+        r"probability must be in \[0, 1\]",
+    ),
     ("clip threshold 0", lambda: ds.optim.clipped_sgd(0.1, 0.0), ValueError, r"threshold must be a number > 0"),
     ("clip threshold < 0", lambda: ds.optim.coordinate_clipped_sgd(0.1, -1.0), ValueError, r"threshold must be"),
     (

@@ -59,6 +59,78 @@ def test_clipped_normalized_and_coordinate_clipped_sgd_follow_their_formulas(x64
     np.testing.assert_allclose(_run(ds.optim.stochastic_clipped_sgd(lr, c, tau), grads, x), want, rtol=1e-12)
 
 
+OPT = ds.optim
+_SCHEDULES = OPT.strongly_convex_clip_schedules
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        # thresholds as NumPy numbers and arrays, one per coordinate (np.array(-1.0) stepped uphill)
+        (lambda: OPT.clipped_sgd(0.1, np.array(-1.0)), "threshold must be a number > 0"),
+        (lambda: OPT.clipped_sgd(0.1, np.float32(0.0)), "threshold must be a number > 0"),
+        (lambda: OPT.coordinate_clipped_sgd(0.1, np.array([1.0, -2.0])), "threshold must be a number > 0"),
+        (lambda: OPT.coordinate_clipped_sgd(0.1, np.array([1.0, np.inf])), "threshold must be a number > 0"),
+        (lambda: OPT.clipped_sgd(0.1, jnp.array(-1.0)), "threshold must be a number > 0"),
+        (lambda: OPT.normalized_sgd(0.1, -1.0), "beta must be >= 0"),
+        (lambda: OPT.stochastic_clipped_sgd(0.1, 0.05, -5.0), "noise_bound must be >= 0"),
+        (lambda: OPT.stochastic_clipped_sgd(0.1, -0.05, 1.0), "clip_scale must be > 0"),
+        (lambda: OPT.acclip(0.1, tau0=-1.0), "tau0 must be > 0"),
+        (lambda: OPT.acclip(0.1, tau0=0.0), "tau0 must be > 0"),
+        (lambda: OPT.acclip(0.1, alpha=0.0), "alpha must be > 0"),  # ZeroDivisionError before
+        (lambda: OPT.acclip(0.1, alpha=-1.0), "alpha must be > 0"),
+        (lambda: OPT.acclip(0.1, b1=1.5), r"b1 must be in \[0, 1\)"),
+        (lambda: OPT.acclip(0.1, b1=1.0), r"b1 must be in \[0, 1\)"),
+        (lambda: OPT.acclip(0.1, b2=1.5), r"b2 must be in \[0, 1\]"),
+        (lambda: OPT.acclip(0.1, eps=-1e-5), "eps must be > 0"),
+        (lambda: OPT.scale_by_acclip(b1=np.float64(-0.1)), r"b1 must be in \[0, 1\)"),
+        (lambda: OPT.rmsprop_as_clip(0.1, b2=1.0), r"b2 must be in \[0, 1\)"),
+        (lambda: OPT.rmsprop_as_clip(0.1, b2=1.5), r"b2 must be in \[0, 1\)"),
+        (lambda: OPT.rmsprop_as_clip(0.1, eps=0.0), "eps must be > 0"),
+        (lambda: _SCHEDULES(4.0, -1.0, 1.5), "bound must be > 0"),
+        (lambda: _SCHEDULES(4.0, np.array([1.0, 0.0]), 1.5), "bound must be > 0"),
+        (lambda: _SCHEDULES(4.0, 1.0, 0.0), r"alpha must be in \(1, 2\]"),
+        (lambda: _SCHEDULES(4.0, 1.0, 1.0), r"alpha must be in \(1, 2\]"),
+        (lambda: _SCHEDULES(4.0, 1.0, 3.0), r"alpha must be in \(1, 2\]"),
+        (lambda: _SCHEDULES(-4.0, 1.0, 1.5), "scale must be > 0"),
+    ],
+)
+def test_optimizer_constructors_refuse_numbers_that_step_uphill_or_to_nan(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_optimizer_constructors_let_traced_values_through():
+    # inside jit the hyperparameters are tracers: unchecked, as from_optax builds its optimizers there
+    p, g = jnp.array([1.0, 2.0]), jnp.array([3.0, -4.0])
+
+    def step(make):
+        def run(v):
+            tx = make(v)
+            return tx.update(g, tx.init(p), p)[0]
+
+        return np.asarray(jax.jit(run)(-1.0))
+
+    for make in (
+        lambda v: OPT.clipped_sgd(0.1, v),
+        lambda v: OPT.normalized_sgd(0.1, v),
+        lambda v: OPT.stochastic_clipped_sgd(0.1, 0.05, v),
+        lambda v: OPT.acclip(0.1, tau0=v),
+        lambda v: OPT.rmsprop_as_clip(0.1, b2=v),
+        lambda v: OPT.clipped_sgd(*_SCHEDULES(4.0, v, 1.5)),
+    ):
+        assert step(make).shape == (2,)
+
+
+def test_normalized_sgd_with_beta_zero_stays_at_a_zero_gradient(x64):
+    # x <- x - lr g / |g|: a zero step where g = 0 (0 / 0 gave NaN), a step of length lr elsewhere
+    tx = ds.optim.normalized_sgd(0.1, 0.0)
+    p = jnp.array([1.0, 2.0])
+    zero = tx.update(jnp.zeros(2), tx.init(p), p)[0]
+    np.testing.assert_array_equal(zero, [0.0, 0.0])
+    np.testing.assert_allclose(tx.update(jnp.array([3.0, -4.0]), tx.init(p), p)[0], [-0.06, 0.08], rtol=1e-15)
+
+
 def test_relaxed_smoothness_step_rules_by_hand():
     # Thm 3.4.4 with L0 = L1 = 10, tau = 1, Delta = 1, eps = 0.1, T = 10^4: lr = min(1/200, 1/1280, 1/100),
     # Delta' = 1 + (50 + 20) + 90 = 161, bound = 161 max(12800, 4 * 161 / 1e-4, (800 + 5120) / 0.01)

@@ -140,3 +140,33 @@ def test_alpha_stable_draws_are_finite():
     # and the engine took each for a divergence
     x = ds.dynamics.symmetric_stable(jax.random.PRNGKey(0), 1.5, (10_000_000,), jnp.float32)
     assert bool(jnp.all(jnp.isfinite(x)))
+
+
+def test_stable_index_limit_keeps_the_largest_draw_finite():
+    # the largest draw is X(V_low, eps/2): V next to -pi/2, W at its floor; at the limit it fits the dtype
+    from dynsim.dynamics.noise import _chambers_mallows_stuck, _uniform_angle_low
+
+    assert ds.dynamics.stable_index_limit(np.float32) == 0.3084
+    assert ds.dynamics.stable_index_limit(np.float64) == 0.0968
+    for dtype in (jnp.float32, jnp.float64):
+        limit = ds.dynamics.stable_index_limit(dtype)
+        with jax.enable_x64(dtype == jnp.float64):
+            v = jnp.asarray(_uniform_angle_low(dtype))
+            w = jnp.asarray(np.finfo(dtype).eps / 2, dtype)
+            for alpha in (limit, 0.5, 0.9, 1.0, 1.5, 2.0):
+                assert bool(jnp.isfinite(_chambers_mallows_stuck(v, w, jnp.asarray(alpha, dtype)))), (dtype, alpha)
+            assert not bool(jnp.isfinite(_chambers_mallows_stuck(v, w, jnp.asarray(limit - 0.02, dtype))))
+
+
+@pytest.mark.parametrize("alpha", [0.0, -1.0, 2.5, 0.1, 0.3, np.array([1.5, 0.2])])
+def test_symmetric_stable_refuses_an_index_outside_its_range(alpha):
+    # (0, 2] is the stable family; below 0.3084 float32 draws overflow (alpha = 0.1: 2e-4 of them infinite)
+    with pytest.raises(ValueError, match=r"alpha must be in \(0, 2\]"):
+        ds.dynamics.symmetric_stable(jax.random.PRNGKey(1), alpha, (10,), jnp.float32)
+
+
+def test_symmetric_stable_takes_small_indices_in_float64_and_traced_ones(x64):
+    x = ds.dynamics.symmetric_stable(jax.random.PRNGKey(1), 0.1, (100_000,), jnp.float64)
+    assert bool(jnp.all(jnp.isfinite(x)))
+    draw = jax.jit(lambda a: ds.dynamics.symmetric_stable(jax.random.PRNGKey(1), a, (4,), jnp.float32))
+    assert draw(0.1).shape == (4,)  # traced: unchecked

@@ -97,6 +97,20 @@ def test_min_norm_point_ignores_masked_vectors(x64):
     assert float(min_norm_point(V).norm) <= 1e-12  # with the third vector, 0 is in the hull
 
 
+@pytest.mark.parametrize(
+    "vectors, mask",
+    [
+        (np.eye(2), [False, False]),
+        (np.ones((3, 2, 2)), [[True, False], [False, False], [False, True]]),
+        (np.ones((2, 3, 2)), [False, False, False]),  # broadcast to every set
+    ],
+)
+def test_min_norm_point_refuses_a_set_with_no_vector(vectors, mask):
+    # the hull of no vectors is empty: each set needs one vector marked True
+    with pytest.raises(ValueError, match="at least one vector of each set"):
+        min_norm_point(vectors, mask=np.asarray(mask))
+
+
 # --------------------------------------------------------------------------- Goldstein distance
 
 
@@ -139,6 +153,39 @@ def test_goldstein_distance_on_l1_matches_the_exact_value():
         x = rng.uniform(-1.5, 1.5, size=3)
         est = goldstein_distance(grad, jnp.asarray(x, jnp.float32), delta, jax.random.key(100 + j), 8)
         assert float(est.distance) >= l1_goldstein_distance(x, delta) - 1e-5
+
+
+def test_goldstein_distance_samples_only_random_points_of_the_ball():
+    """f(x) = relu(x) - relu(-x) = x has gradient 1 everywhere, so d(0, df(x + delta B)) = 1 at every x. Autodiff
+    gives f'(0) = 0 at the kink x = 0 (a vector outside the Clarke subdifferential {1}): a gradient taken at x itself
+    would put 0 in the sampled hull and give distance 0."""
+    grad = jax.grad(lambda x: jnp.sum(jax.nn.relu(x) - jax.nn.relu(-x)))
+    assert float(grad(jnp.zeros(1))[0]) == 0.0
+    for x in (jnp.zeros(1), jnp.zeros(3), jnp.full(2, 0.5)):
+        est = goldstein_distance(grad, x, 0.1, jax.random.key(0), 16)
+        assert float(est.distance) == pytest.approx(np.sqrt(x.size), abs=1e-6)
+        assert est.hull.weights.shape == (16,)  # one gradient per sample, none at x
+
+
+@pytest.mark.parametrize(
+    "delta, n_samples, match",
+    [
+        (-1.0, 8, "delta must be > 0"),
+        (0.0, 8, "delta must be > 0"),
+        (np.array(-0.5), 8, "delta"),
+        (0.1, 0, "n_samples"),
+    ],
+)
+def test_goldstein_distance_refuses_bad_numbers(delta, n_samples, match):
+    grad = jax.grad(lambda x: jnp.sum(jnp.abs(x)))
+    with pytest.raises(ValueError, match=match):
+        goldstein_distance(grad, jnp.array([0.0, 5.0]), delta, jax.random.key(0), n_samples)
+
+
+def test_goldstein_distance_takes_a_traced_delta():
+    grad = jax.grad(lambda x: jnp.sum(jnp.abs(x)))
+    dist = jax.jit(lambda d: goldstein_distance(grad, jnp.array([0.3, -2.0]), d, jax.random.key(0), 64).distance)
+    assert float(dist(1.0)) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_goldstein_distance_works_on_pytrees(x64):
@@ -299,6 +346,50 @@ def test_ingd_oracle_calls_and_descents_respect_thm_5_4_1():
     bound = ds.dynamics.ingd_oracle_bound(depth, lip, delta, eps, gamma)
     assert np.mean(res.s_calls.values > bound) <= gamma
     assert ds.dynamics.ingd_inner_steps(lip, eps) == 384  # K = 48 L^2 / eps^2
+
+
+@pytest.mark.parametrize(
+    "lip, eps, want",
+    [
+        (1, 1e-3, 48_000_000),  # a rounding guard x (1 - 1e-6) gave 47,999,952
+        (10.0, 1e-3, 4_800_000_000),
+        (1.0, 0.01, 480_000),
+        (2.0, 0.1, 19_200),  # 48 * 4 / 0.1**2 = 19199.999999999996 in float64
+        (1.1, 0.1, 5_808),
+        (np.sqrt(2), 0.5, 384),  # 384.00000000000006 in float64
+        (np.float32(1.1), np.float32(0.1), 5_808),
+        (1.0, 0.3, 534),  # 533.33...
+        (1.0, 7e-4, 97_959_184),  # 97,959,183.67...
+        (1, 3, 6),  # integers: exact, 16/3
+        (3, 2, 108),
+    ],
+)
+def test_ingd_inner_steps_is_the_exact_ceiling(lip, eps, want):
+    K = ds.dynamics.ingd_inner_steps(lip, eps)
+    assert K == want and isinstance(K, int)
+    # traced, in float32: exact below 2^24, within the float32 spacing above
+    traced = float(jax.jit(ds.dynamics.ingd_inner_steps)(jnp.float32(lip), jnp.float32(eps)))
+    assert traced == want if want < 2**24 else abs(traced - want) <= 4 * np.spacing(np.float32(want))
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ((1.0, 1.0, 1.0, 1.0, 10.0), r"gamma must be in \(0, 1\)"),  # the bound was negative
+        ((1.0, 1.0, 1.0, 1.0, 1.0), r"gamma must be in \(0, 1\)"),
+        ((1.0, 1.0, 1.0, 1.0, 0.0), r"gamma must be in \(0, 1\)"),
+        ((-1.0, 1.0, 1.0, 1.0, 0.1), "depth must be > 0"),  # NaN
+        ((0.0, 1.0, 1.0, 1.0, 0.1), "depth must be > 0"),
+        ((1.0, 0.0, 1.0, 1.0, 0.1), "lip must be > 0"),
+        ((1.0, 1.0, -0.1, 1.0, 0.1), "delta must be > 0"),
+        ((1.0, 1.0, 1.0, 0.0, 0.1), "eps must be > 0"),
+        ((0.1, 1.0, 1.0, 1.0, 0.1), r"depth must be >= eps delta / 4"),  # T = 0.4 < 1: log(T / gamma) < 1
+        ((1.0, 1.0, 1.0, float("nan"), 0.1), "eps must be finite"),
+    ],
+)
+def test_ingd_oracle_bound_refuses_arguments_outside_its_formula(args, match):
+    with pytest.raises(ValueError, match=match):
+        ds.dynamics.ingd_oracle_bound(*args)
 
 
 def _inner_decay(problem, lip, delta, n, steps):

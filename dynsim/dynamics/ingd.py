@@ -9,6 +9,8 @@ failed descent test into a decrease of ``|m|``.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -18,7 +20,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from dynsim._tree import tree_norm
-from dynsim._validate import check_int, check_real, check_values, range_check
+from dynsim._validate import check_int, check_positive, check_real, check_values, range_check
 from dynsim.problems.base import Problem, objective
 
 from .base import REQUIRED, Dynamics
@@ -99,16 +101,55 @@ class INGDState(NamedTuple):
 
 
 def ingd_inner_steps(lip, eps):
-    """The thesis's inner-loop length ``K = ceil(48 L^2 / eps^2)`` (Thm 5.4.1, Lemma 5.7.2); works traced."""
-    if isinstance(lip, (int, float)) and isinstance(eps, (int, float)):
-        return int(np.ceil(48 * lip**2 / eps**2 * (1 - 1e-6)))
-    return jnp.ceil(48 * jnp.asarray(lip) ** 2 / jnp.asarray(eps) ** 2 * (1 - 1e-6))
+    """The thesis's inner-loop length ``K = ceil(48 L^2 / eps^2)`` (Thm 5.4.1, Lemma 5.7.2); works traced.
+
+    ``x = 48 L^2 / eps^2`` computed in a float dtype ``d`` carries a relative error of a few units of
+    ``eps_d = finfo(d).eps`` (from rounding ``L`` and ``eps``, then three operations), which ``ceil`` would turn
+    into a whole extra step (``(2, 0.1)`` gives ``x = 19199.999999999996`` for 19200; ``(sqrt 2, 0.5)`` gives
+    ``384.00000000000006`` for 384). So ``K = round(x)`` when ``|x - round(x)| <= 4 eps_d x``, else
+    ``ceil(x)``; ``(1, 1e-3)`` gives 48,000,000. Integers give the exact ``ceil(48 L^2 / eps^2)``. Numbers
+    are computed in float64 (``d`` the dtype they were given in: a NumPy float32 is resolved to ``eps_32``)
+    and must be ``> 0``; traced values in their own dtype (in float32, above ``2^24`` the result is resolved
+    to the spacing of float32 numbers).
+    """
+    if isinstance(lip, numbers.Real) and isinstance(eps, numbers.Real):  # Python and NumPy scalars
+        check_positive("lip", lip), check_positive("eps", eps)
+        if isinstance(lip, numbers.Integral) and isinstance(eps, numbers.Integral):
+            return -(-48 * int(lip) ** 2 // int(eps) ** 2)
+        dtype = np.result_type(lip, eps)
+        with np.errstate(over="ignore"):
+            x = float(48 * np.float64(lip) ** 2 / np.float64(eps) ** 2)
+        if not math.isfinite(x):
+            raise ValueError(f"48 lip^2 / eps^2 overflows float64 for lip={lip!r}, eps={eps!r}")
+        nearest = round(x)
+        return nearest if abs(x - nearest) <= 4 * np.finfo(dtype).eps * x else math.ceil(x)
+    lip, eps = jnp.asarray(lip), jnp.asarray(eps)
+    x = 48 * lip**2 / eps**2
+    nearest = jnp.round(x)
+    return jnp.where(jnp.abs(x - nearest) <= 4 * jnp.finfo(x.dtype).eps * x, nearest, jnp.ceil(x))
 
 
 def ingd_oracle_bound(depth: float, lip: float, delta: float, eps: float, gamma: float) -> float:
     """Thm 5.4.1's bound: with probability ``1 - gamma`` INGD certifies within
     ``192 Delta L^2 / (eps^3 delta) * log(4 Delta / (gamma delta eps))`` oracle calls (``depth = Delta``,
-    ``f(x_1) - inf f <= Delta``; natural log)."""
+    ``f(x_1) - inf f <= Delta``; natural log).
+
+    It is ``T K log(T / gamma)`` with ``T = 4 Delta / (eps delta)`` outer iterations (each descent lowers
+    ``f`` by more than ``eps delta / 4``) and ``K = 48 L^2 / eps^2`` inner steps, each restart failing with
+    probability at most 1/4. So ``depth, lip, delta, eps > 0``, ``gamma`` in ``(0, 1)`` (a probability of
+    failure) and ``T >= 1`` (``depth >= eps delta / 4``), which makes the logarithm positive.
+    """
+    depth, lip, delta, eps = (
+        check_positive(n, v) for n, v in (("depth", depth), ("lip", lip), ("delta", delta), ("eps", eps))
+    )
+    gamma = check_real("gamma", gamma)
+    if not 0 < gamma < 1:
+        raise ValueError(f"gamma must be in (0, 1), got {gamma!r}")
+    if 4 * depth < eps * delta:
+        raise ValueError(
+            f"depth must be >= eps delta / 4 = {eps * delta / 4!r} (at least one outer iteration, "
+            f"T = 4 depth / (eps delta) >= 1), got {depth!r}"
+        )
     return 192 * depth * lip**2 / (eps**3 * delta) * np.log(4 * depth / (gamma * delta * eps))
 
 

@@ -18,6 +18,7 @@ the gradient; gradient noises are added to the (minibatch) gradient ``g``:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -27,7 +28,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from dynsim._tree import tree_norm
-from dynsim._validate import check_int, check_nonnegative, check_positive, range_check
+from dynsim._validate import (
+    check_concrete,
+    check_int,
+    check_nonnegative,
+    check_positive,
+    check_values,
+    range_check,
+)
 
 __all__ = [
     "Noise",
@@ -37,6 +45,8 @@ __all__ = [
     "alpha_stable_noise",
     "pareto_noise",
     "pareto_moment",
+    "pareto_index_limit",
+    "stable_index_limit",
     "multiplicative_noise",
     "label_noise",
     "label_reselect",
@@ -118,6 +128,71 @@ def student_t_noise(scale: float = 1.0, df: float = 3.0, *, name: str = "noise")
     return Noise("gradient", apply, {name: scale, df_name: df}, "student_t", check)
 
 
+def _uniform_angle_low(dtype) -> np.ndarray:
+    """The lowest angle ``V`` :func:`symmetric_stable` draws in ``dtype``: ``-pi/2`` rounded, or the next number
+    towards 0 where the rounding falls below ``-pi/2`` (float32), where ``cos V < 0``."""
+    low = np.asarray(-np.pi / 2, dtype)
+    if np.cos(np.float64(low)) <= 0:
+        low = np.nextafter(low, np.asarray(0, dtype))
+    return low
+
+
+def _chambers_mallows_stuck(v, w, alpha):
+    """``X = sin(alpha V) / cos(V)^(1/alpha) * (cos((1 - alpha) V) / W)^((1 - alpha)/alpha)``."""
+    return jnp.sin(alpha * v) / jnp.cos(v) ** (1 / alpha) * (jnp.cos((1 - alpha) * v) / w) ** ((1 - alpha) / alpha)
+
+
+def stable_index_limit(dtype=None) -> float:
+    """The smallest index ``alpha`` :func:`symmetric_stable` takes in ``dtype`` (default: the default float
+    dtype): 0.3084 in float32, 0.0968 in float64.
+
+    In ``dtype`` the draws have ``|V| <= |V_low|`` (:func:`symmetric_stable`'s lowest angle) and
+    ``W >= eps/2``; for ``alpha < 1`` the kernel ``sin(alpha |V|) cos((1 - alpha) V)^((1 - alpha)/alpha) /
+    cos(V)^(1/alpha)`` grows with ``|V|`` and ``W^(-(1 - alpha)/alpha)`` falls with ``W``, so the largest
+    draw is ``X(V_low, eps/2)``. This returns the smallest ``alpha`` (rounded up to 4 decimals) for which
+    ``log2 |X(V_low, eps/2)| <= maxexp - 1``: every draw is at most ``2^(maxexp - 1)``, half the dtype's
+    range (a margin for the float evaluation). Below it the largest draws overflow, and for smaller
+    indices the law itself has visible mass beyond the dtype's largest number: at ``alpha = 0.1``,
+    ``P(|X| > 3.4e38) = 2 Gamma(alpha) sin(pi alpha/2) / pi * 3.4e38^(-alpha) = 1.3e-4`` in float32.
+    """
+    return _stable_index_limit(np.dtype(dtype or jnp.result_type(float)))
+
+
+@functools.cache
+def _stable_index_limit(dtype: np.dtype) -> float:
+    info = jnp.finfo(dtype)
+    v = float(_uniform_angle_low(dtype))
+    log2_w = np.log2(float(info.eps) / 2)
+
+    def log2_largest(a):
+        return (
+            np.log2(abs(np.sin(a * v))) - np.log2(np.cos(v)) / a + (1 - a) / a * (np.log2(np.cos((1 - a) * v)) - log2_w)
+        )
+
+    lo, hi = 1e-6, 1.0  # log2_largest falls as alpha grows; at alpha = 1 it is log2 |tan V_low|
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if log2_largest(mid) <= info.maxexp - 1 else (mid, hi)
+    return math.ceil(hi * 1e4) / 1e4
+
+
+def _stable_index_rule(dtype=None):
+    """The rule on a stable index: in ``(0, 2]`` and at least :func:`stable_index_limit` of ``dtype``."""
+    dtype = np.dtype(dtype or jnp.result_type(float))
+    limit = stable_index_limit(dtype)
+    return (
+        lambda v: (v >= limit) & (v <= 2),
+        f"in (0, 2] and >= {limit} in {dtype} (a smaller index draws numbers beyond {dtype}'s range; "
+        "float64, enabled with jax.config.update('jax_enable_x64', True), takes indices down to "
+        f"{stable_index_limit(np.float64)})",
+    )
+
+
+def _check_stable_index(name: str, value, dtype=None) -> None:
+    check_concrete(name, value, *_STABLE_INDEX)
+    check_concrete(name, value, *_stable_index_rule(dtype))
+
+
 def symmetric_stable(key: jax.Array, alpha, shape=(), dtype=None) -> jax.Array:
     """Standard symmetric alpha-stable draws, ``E exp(i u X) = exp(-|u|^alpha)`` (0 < alpha <= 2).
 
@@ -126,21 +201,24 @@ def symmetric_stable(key: jax.Array, alpha, shape=(), dtype=None) -> jax.Array:
 
         X = sin(alpha V) / cos(V)^(1/alpha) * (cos((1 - alpha) V) / W)^((1 - alpha)/alpha).
 
-    ``alpha = 1`` gives the standard Cauchy law, ``alpha = 2`` gives ``N(0, 2)``.
+    ``alpha = 1`` gives the standard Cauchy law, ``alpha = 2`` gives ``N(0, 2)``. ``V`` and ``W`` are drawn
+    on the open intervals (``|V| < pi/2``, ``W >= eps/2``), so the draws are finite for every index of
+    ``[stable_index_limit(dtype), 2]``. A smaller one (below 0.3084 in float32, 0.0968 in float64) is
+    refused: the largest draws (``V`` next to ``-pi/2``, ``W`` near 0) then overflow, and the smallest
+    indices put a visible mass of the law itself beyond the dtype's largest number (``alpha = 0.1`` in
+    float32: 1.3e-4 of it). ``alpha`` given as numbers is checked; a traced one is not.
     """
     dtype = dtype or jnp.result_type(float)
+    _check_stable_index("alpha", alpha, dtype)
     kv, kw = jax.random.split(key)
     half_pi = np.pi / 2
     # V and W on the open intervals: -pi/2 rounds below -pi/2 in float32, where cos V < 0 and
     # cos(V)^(1/alpha) is NaN (one draw in 2^23: stable runs were flagged as diverged), and W = 0
     # gives an infinite draw for alpha < 1
-    low = np.asarray(-half_pi, dtype)
-    if np.cos(np.float64(low)) <= 0:
-        low = np.nextafter(low, np.asarray(0, dtype))
+    low = _uniform_angle_low(dtype)
     v = jnp.maximum(jax.random.uniform(kv, shape, dtype, -half_pi, half_pi), low)
     w = jnp.maximum(jax.random.exponential(kw, shape, dtype), np.finfo(dtype).eps / 2)
-    alpha = jnp.asarray(alpha, dtype)
-    return jnp.sin(alpha * v) / jnp.cos(v) ** (1 / alpha) * (jnp.cos((1 - alpha) * v) / w) ** ((1 - alpha) / alpha)
+    return _chambers_mallows_stuck(v, w, jnp.asarray(alpha, dtype))
 
 
 def alpha_stable_noise(scale: float = 1.0, alpha: float = 1.5, *, name: str = "noise") -> Noise:
@@ -148,12 +226,13 @@ def alpha_stable_noise(scale: float = 1.0, alpha: float = 1.5, *, name: str = "n
     or ``hp[name + "_alpha"]`` for another ``name``: say beside ACClip, whose exponent is ``alpha`` too).
 
     ``xi_i`` are i.i.d. :func:`symmetric_stable` draws: infinite variance for ``alpha < 2``
-    (Simsekli et al. 2019's model of heavy-tailed gradient noise).
+    (Simsekli et al. 2019's model of heavy-tailed gradient noise). ``alpha`` (every grid value too) lies in
+    ``(0, 2]`` and is at least :func:`stable_index_limit` of the default float dtype (0.3084 in float32),
+    below which the largest draws overflow.
     """
     check_nonnegative("scale", scale)
     check_positive("alpha", alpha)
-    if alpha > 2:
-        raise ValueError(f"alpha must be in (0, 2], got {alpha!r}")
+    _check_stable_index("alpha", alpha)
 
     alpha_name = _shape_name(name, "alpha")
 
@@ -161,7 +240,11 @@ def alpha_stable_noise(scale: float = 1.0, alpha: float = 1.5, *, name: str = "n
         s, a = hp[name], hp[alpha_name]
         return _add_to_leaves(key, grads, lambda k, shape, dt: s * symmetric_stable(k, a, shape, dt))
 
-    check = range_check({name: _NONNEGATIVE, alpha_name: _STABLE_INDEX})
+    def check(hp):
+        range_check({name: _NONNEGATIVE})(hp)
+        if alpha_name in hp:
+            _check_stable_index(alpha_name, hp[alpha_name])
+
     return Noise("gradient", apply, {name: scale, alpha_name: alpha}, "alpha_stable", check)
 
 
@@ -174,13 +257,19 @@ def pareto_noise(scale: float = 1.0, index: float = 1.5, *, name: str = "noise")
     finite iff ``a < nu`` (:func:`pareto_moment`); ``nu <= 2`` gives infinite variance with a finite
     ``alpha``-moment for every ``alpha < nu`` (the noise of seed 002, Assumption 4.4.1). Inverse-CDF
     draws, no rejection loop: far cheaper than :func:`student_t_noise` under ``vmap``. ``V >= 2^-23``
-    in float32 (``2^-52`` in float64), so the tail is cut at ``|xi| <= 2^(23/nu)`` (about 9,000 for
-    ``nu = 1.75``, a level exceeded with probability ``2^-23``); the draws are always finite.
+    in float32 (``2^-52`` in float64), so the tail is cut at ``|xi| <= 2^(23/nu) - 1`` (about 9,000 for
+    ``nu = 1.75``, a level exceeded with probability ``2^-23``): the law above, cut at the resolution of
+    the uniform draws. The cut must fit in the dtype, ``2^(23/nu) <= 2^127`` (half float32's range), so
+    ``nu >= 23/127 = 0.181`` in float32 and ``nu >= 52/1023 = 0.0508`` in float64
+    (:func:`pareto_index_limit`); a smaller index (every grid value is checked, in the default float
+    dtype) is refused, since its law puts a visible mass beyond the largest number (``nu = 0.05``:
+    ``P(|xi| > 3.4e38) = 1.2%``). With it, the draws are always finite.
     """
     check_nonnegative("scale", scale)
     check_positive("index", index)
 
     index_name = _shape_name(name, "index")
+    check_values("index", index, *_pareto_index_rule())
 
     def apply(key, grads, hp, objective):
         s, nu = hp[name], hp[index_name]
@@ -192,8 +281,30 @@ def pareto_noise(scale: float = 1.0, index: float = 1.5, *, name: str = "noise")
 
         return _add_to_leaves(key, grads, draw)
 
-    check = range_check({name: _NONNEGATIVE, index_name: _POSITIVE})
+    def check(hp):
+        range_check({name: _NONNEGATIVE, index_name: _POSITIVE})(hp)
+        range_check({index_name: _pareto_index_rule()})(hp)
+
     return Noise("gradient", apply, {name: scale, index_name: index}, "pareto", check)
+
+
+def pareto_index_limit(dtype=None) -> float:
+    """The smallest tail index :func:`pareto_noise` takes in ``dtype`` (default: the default float dtype):
+    ``nmant / (maxexp - 1)``, 23/127 in float32 and 52/1023 in float64, for which the largest draw,
+    ``2^(nmant/nu) - 1`` (the uniform draws are multiples of ``2^-nmant``), is below ``2^(maxexp - 1)``."""
+    info = jnp.finfo(np.dtype(dtype or jnp.result_type(float)))
+    return info.nmant / (info.maxexp - 1)
+
+
+def _pareto_index_rule(dtype=None):
+    dtype = np.dtype(dtype or jnp.result_type(float))
+    info, limit = jnp.finfo(dtype), pareto_index_limit(dtype)
+    return (
+        lambda v: v >= limit,
+        f">= {info.nmant}/{info.maxexp - 1} = {limit:.4g} in {dtype} (the largest draw 2^({info.nmant}/index) must "
+        f"stay within {dtype}'s range; float64, enabled with jax.config.update('jax_enable_x64', True), takes "
+        f"indices down to {pareto_index_limit(np.float64):.4g})",
+    )
 
 
 def pareto_moment(index: float, a: float) -> float:
@@ -268,6 +379,8 @@ def label_reselect(
     """
     n_classes = check_int("n_classes", n_classes, minimum=2)
     check_nonnegative("probability", probability)
+    probability_range = (lambda v: (v >= 0) & (v <= 1), "in [0, 1]")
+    check_values("probability", probability, *probability_range)
     if mode not in ("reselect", "flip"):
         raise ValueError(f"mode must be 'reselect' or 'flip', got {mode!r}")
 
@@ -281,7 +394,6 @@ def label_reselect(
             new = (y + jax.random.randint(k_new, jnp.shape(y), 1, n_classes)) % n_classes
         return {**batch, "y": jnp.where(hit, new, y).astype(y.dtype)}
 
-    probability_range = (lambda v: (v >= 0) & (v <= 1), "in [0, 1]")
     return Noise("batch", apply, {name: probability}, f"label_{mode}", range_check({name: probability_range}))
 
 
