@@ -395,7 +395,7 @@ def test_indicators_and_counts_are_binned_and_averaged_as_numbers():
     )
     for r in range(3):
         x = res.x.values[r, 1:]
-        np.testing.assert_array_equal(res.h.values[r], np.histogram(x > 0, [0, 1, 2])[0])
+        np.testing.assert_array_equal(res.h.values[r], np.histogram((x > 0).astype(int), [0, 1, 2])[0])
         np.testing.assert_array_equal(res.c.values[r], np.histogram((x > 0).astype(int) + (x > 1), [0, 1, 2, 3])[0])
         np.testing.assert_array_equal(res.hh.values[r], np.histogram2d(x > 0, x > 1, [[0, 1, 2], [0, 1, 2]])[0])
         assert int(res.h_overflow[r]) == 0 and float(res.share[r]) == pytest.approx(np.mean(x > 0), abs=1e-6)
