@@ -115,7 +115,9 @@ def generalized_exponent(a, q, weights=None):
 
     ``L(0) = 0`` (``|a|^0 = 1``, an atom at 0 included), ``L'(0) = E log|a|``, and ``L(2) < 0`` is
     mean-square stability of ``x_{t+1} = a_t x_t``. An atom of probability 0 adds nothing; an atom at 0
-    of positive probability gives ``L(q) = +inf`` for ``q < 0``.
+    of positive probability gives ``L(q) = +inf`` for ``q < 0``. ``q`` broadcasts against the leading axes
+    of ``a``: one ``q`` for all laws, or one per law; for a table of every ``q`` by every law of a 2-D ``a``,
+    pass ``q[:, None]`` (shape ``(len(q), n_laws)`` out).
     """
     a, w = _law(a, weights)
     q = np.asarray(q, dtype=np.float64)[..., None]

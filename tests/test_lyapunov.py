@@ -94,6 +94,14 @@ def test_a_law_needs_an_axis_of_atoms_and_weights_with_a_positive_sum():
             run([0.5, np.nan])  # NaN, or (tail_index) an error inside the root finder
 
 
+def test_generalized_exponent_tabulates_q_by_law():
+    a = np.array([[0.5, 2.0], [0.3, 1.5], [0.9, 1.1]])  # three two-atom laws
+    q = np.array([0.0, 1.0, 2.0, -1.0])
+    table = L.generalized_exponent(a, q[:, None])
+    assert table.shape == (4, 3)
+    np.testing.assert_allclose(table, [[np.log(np.mean(np.abs(r) ** k)) for r in a] for k in q], rtol=1e-12, atol=1e-15)
+
+
 def test_tail_index_closed_form():
     # a in {1/4, 2} w.p. 1/2: (4^-k + 2^k)/2 = 1  <=>  y^3 - 2y^2 + 1 = 0 with y = 2^k  =>  y = golden ratio
     kappa = L.tail_index([0.25, 2.0])
