@@ -585,12 +585,16 @@ def _check_step(step, x0) -> None:
     check_same_type(shape, jax.eval_shape(lambda x: x, x0), "step(x, key)")
 
 
-def _mgs(Y):
+def _mgs(Y, previous=None):
     """Modified Gram-Schmidt with one reorthogonalization pass on the rows of ``Y`` (k, d): ``Y^T = Q^T R``.
 
     Returns ``Q`` (orthonormal rows) and ``|diag R|``. Unrolled over the ``k`` rows; for wide frames
     (``d >> k``) it is far faster than a batched ``jnp.linalg.qr``, which factors large matrices one at
-    a time (jax#8542). A row annihilated by the map stays zero, with ``R_jj = 0``.
+    a time (jax#8542). A row annihilated by the map has ``R_jj = 0`` (a growth of ``log 0 = -inf``, the
+    exponent of a product with a singular factor); it goes on along its (unit) row of the ``previous``
+    frame, as :func:`with_tangent`'s tangent does, so that a singular factor inside a transient does not
+    end the run (zero without ``previous``). That row is orthogonalized by the next block's factorization
+    (not here, which would double the cost of every factorization for this rare case).
     """
     rows, norms = [], []
     for j in range(Y.shape[0]):
@@ -600,7 +604,8 @@ def _mgs(Y):
                 v = v - jnp.dot(q, v) * q
         r = jnp.linalg.norm(v)
         norms.append(r)
-        rows.append(v / jnp.where(r > 0, r, 1.0))
+        unit = v / jnp.where(r > 0, r, 1.0)
+        rows.append(unit if previous is None else jnp.where(r > 0, unit, previous[j]))
     return jnp.stack(rows), jnp.stack(norms)
 
 
@@ -768,11 +773,15 @@ def _float_parts(x):
     return floats, with_floats
 
 
-def _orthonormalize(frame):
+def _orthonormalize(frame, previous=None):
     """The frame (float leaves with a leading ``k`` axis) orthonormalized as ``(k, d)`` rows by :func:`_mgs`,
-    and ``|diag R|``."""
+    and ``|diag R|``; a row the map annihilated goes on along ``previous``'s (the frame before the push)."""
     k = frame[0].shape[0]
-    q, r = _mgs(jnp.concatenate([leaf.reshape(k, -1) for leaf in frame], axis=1))
+
+    def as_rows(f):
+        return jnp.concatenate([leaf.reshape(k, -1) for leaf in f], axis=1)
+
+    q, r = _mgs(as_rows(frame), None if previous is None else as_rows(previous))
     return _frame_from_rows(q, [leaf[0] for leaf in frame]), r
 
 
@@ -830,7 +839,7 @@ def _tangent_advance(step, carry, a, b, dt, transient, per):
                 return new_x, jax.vmap(lambda v: floats(jvp(v)))(q)
 
             x, y = jax.lax.fori_loop(0, dt, one_step, (x, q))
-            q, r = _orthonormalize(y)
+            q, r = _orthonormalize(y, q)
             return x, q, *_record_growth(growth, first_bad, i, jnp.log(r), transient, per)
 
         return jax.lax.fori_loop(a, b, block, (x, q, growth, first_bad))
@@ -894,7 +903,8 @@ def _summarise(
     the first such exit (with a warning): dropping the replicas that left would keep the slow
     ones only (on ``x' = (1 - 3.5 z^2) x`` over 300 steps, 0.116 for the exponent 0.255). A
     tangent annihilated by a zero Jacobian grows by ``log 0 = -inf``: its exponent is ``-inf``,
-    a value, as for :func:`with_tangent`. ``stacklevel``: of the warnings, from here to the user's call;
+    a value, as for :func:`with_tangent` (inside the transient nothing is counted, and the tangent goes
+    on along its previous direction). ``stacklevel``: of the warnings, from here to the user's call;
     ``exits``: the ways out of the range, as the warning names them.
 
     Column ``j``'s mean over replicas estimates ``lambda_j``; the columns are then put in descending

@@ -821,3 +821,20 @@ def test_replicas_of_a_deterministic_orbit_raise_no_false_correlation_warning(x6
                 x = henon(x, None)
             L.spectrum(henon, x, 0, 2000, 2, transient=100, n_replicas=16)
     assert sum("correlated" in str(w.message) for w in caught) <= 1
+
+
+def test_a_singular_factor_inside_the_transient_does_not_end_the_run():
+    # x' = clip(x, -0.1, 0.1) at t = 0 (zero Jacobian at x = (3, 2)), then x' = diag(0.5, 0.2) x: the exponents
+    # after the transient are log 0.5 and log 0.2, up to the O(1)/n of the frame's start; with the singular factor
+    # inside the window the product is 0 and they are -inf. The tangents stayed 0 after the transient (-inf).
+    def step(s, key):
+        x, t = s
+        return jnp.where(t < 1, jnp.clip(x, -0.1, 0.1), jnp.array([0.5, 0.2]) * x), t + 1
+
+    x0 = (jnp.array([3.0, 2.0]), jnp.array(0, jnp.int32))
+    exact = np.log([0.5, 0.2])
+    top = L.top_exponent(step, x0, 0, 400, transient=5)
+    spec = L.spectrum(step, x0, 0, 400, 2, transient=5)
+    np.testing.assert_allclose(top.exponents, exact[:1], atol=5 / 395)
+    np.testing.assert_allclose(spec.exponents, exact, atol=5 / 395)
+    assert np.all(np.isneginf(L.spectrum(step, x0, 0, 400, 2).exponents))
