@@ -253,6 +253,36 @@ CASES = [
         r"index must be >= 23/127 = 0.1811 in float32.*got \[0.05\]",
     ),
     (
+        "fewer classes than labels (mlp)",
+        lambda: ds.problems.mlp_classifier(np.ones((6, 2)), np.arange(6) % 5, (4,), n_classes=2),
+        ValueError,
+        r"n_classes must be >= 5, got 2",
+    ),
+    (
+        "fewer classes than labels (cnn)",
+        lambda: ds.problems.cnn1d_classifier(np.ones((6, 8)), np.arange(6) % 5, n_classes=2),
+        ValueError,
+        r"n_classes must be >= 5, got 2",
+    ),
+    (
+        "cnn without channels",
+        lambda: ds.problems.cnn1d_classifier(np.ones((6, 8)), np.arange(6) % 2, channels=(-1,)),
+        ValueError,
+        r"channels must be >= 1",
+    ),
+    (
+        "negative labels",
+        lambda: ds.problems.mlp_classifier(np.ones((2, 2)), np.array([0, -1])),
+        ValueError,
+        r"class labels 0, 1, \.\.\., got 2 labels with minimum -1",
+    ),
+    (
+        "label noise above 1",
+        lambda: ds.problems.corrupt_labels(np.zeros(4, int), 1.7, 10),
+        ValueError,
+        r"fraction must be a probability in \[0, 1\], got 1.7",
+    ),
+    (
         "label reselect p > 1",
         lambda: ds.dynamics.label_reselect(4, 1.5),
         ValueError,

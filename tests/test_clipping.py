@@ -221,6 +221,21 @@ def test_slow_function_holds_gd_on_its_ramp_for_the_exact_number_of_steps(x64):
     assert ramp <= int(res.hit.values[0, 0]) <= ramp + 1
 
 
+@pytest.mark.parametrize("x", [-1.0, -1.0 + 1e-9, 1.0 - 1e-9, 1.0, 1.0 + 1e-9, 2.5])
+def test_slow_and_exploding_functions_have_their_derivative_at_the_pieces_boundary(x64, x):
+    # both are C^1 across |x| = 1 (slow) and |x| = 1/l1 (exploding); jnp.clip's derivative of 1/2 at the boundary
+    # halved f' there (0.5 for 2 eps = 1 at x = 1), where GD with dyadic steps lands exactly
+    eps, l1 = 0.5, 2.0
+    slow = ds.problems.slow_function(eps, 1.0)
+    exploding = ds.problems.exploding_function(l1, 5.0)
+    slow_prime = eps * (3 * x - x**3) if abs(x) <= 1 else 2 * eps * np.sign(x)
+    y = x / l1
+    exploding_prime = l1 * y if abs(y) <= 1 / l1 else np.sign(y) * np.exp(l1 * abs(y) - 1)
+    for problem, at, expected in ((slow, x, slow_prime), (exploding, y, exploding_prime)):
+        grad = jax.grad(lambda t: problem.loss(t, None, {}))(jnp.array([at]))[0]
+        assert float(grad) == pytest.approx(expected, rel=1e-7), problem.name
+
+
 def test_hitting_time_is_the_first_step_below_the_level(x64):
     res = ds.simulate(
         ds.dynamics.gd(ds.problems.quadratic(1.0, theta0=1.0)),

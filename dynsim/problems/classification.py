@@ -66,12 +66,25 @@ def load_mnist1d(*, seed: int = 42) -> dict[str, np.ndarray]:
     }
 
 
+def _n_classes(y: np.ndarray, n_classes: int | None) -> int:
+    """The number of classes: ``max(y) + 1`` by default; a given one must cover every label (a label beyond
+    the logits would be clamped to the last class by JAX's indexing, a silently wrong loss)."""
+    if y.size == 0 or y.min() < 0:
+        raise ValueError(f"y must hold class labels 0, 1, ..., got {y.size} labels with minimum {y.min(initial=0)}")
+    if n_classes is None:
+        return int(y.max()) + 1
+    return check_int("n_classes", n_classes, minimum=max(2, int(y.max()) + 1))
+
+
 def corrupt_labels(y, fraction: float, n_classes: int, *, seed: int = 0) -> np.ndarray:
     """Static label noise: each label is replaced, with probability ``fraction``, by a uniform random class
     (which may be the true one: the effective flip rate is ``fraction (1 - 1/n_classes)``)."""
     check_nonnegative("fraction", fraction)
+    if fraction > 1:
+        raise ValueError(f"fraction must be a probability in [0, 1], got {fraction!r}")
     rng = np.random.default_rng(seed)
     y = np.asarray(y).copy()
+    n_classes = _n_classes(y, n_classes)
     redraw = rng.random(y.size) < fraction
     y[redraw] = rng.integers(0, n_classes, redraw.sum())
     return y.astype(np.int32)
@@ -129,7 +142,7 @@ def mlp_classifier(
     check_nonnegative("weight_decay", weight_decay)
     loss_name = check_choice("loss", loss, ("cross_entropy", "mse"))
     init_name = check_choice("init", init, ("he_normal", "uniform"))
-    n_classes = int(y.max()) + 1 if n_classes is None else check_int("n_classes", n_classes, minimum=2)
+    n_classes = _n_classes(y, n_classes)
     sizes = [x.shape[1], *[check_int("width", w, minimum=1) for w in widths], n_classes]
     use_bias = bias and not scale_invariant
     check_choice("batch_norm", batch_norm, (None, "last", "all"))
@@ -257,7 +270,11 @@ def cnn1d_classifier(x, y, *, channels: Sequence[int] = (16, 32), features: int 
     """
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y, dtype=np.int32)
-    n_classes = int(y.max()) + 1 if n_classes is None else n_classes
+    if x.ndim != 2 or y.shape != (x.shape[0],):
+        raise ValueError(f"x must be (N, L) sequences and y (N,), got {x.shape} and {y.shape}")
+    channels = [check_int("channels", c, minimum=1) for c in channels]
+    features = check_int("features", features, minimum=1)
+    n_classes = _n_classes(y, n_classes)
     model = _CNN1D(channels=tuple(channels), features=features, n_classes=n_classes)
 
     def loss(params, s, hp):
