@@ -35,7 +35,20 @@ __all__ = [
 
 
 def _constants(alpha, smoothness, sigma):
-    return check_positive("alpha", alpha), check_positive("smoothness", smoothness), check_nonnegative("sigma", sigma)
+    """``alpha``, ``C_L``, ``sigma``, with ``0 < alpha <= 2 C_L`` (Lemma 2.1: no larger Łojasiewicz constant exists
+    for a ``C_L``-smooth ``F``) and ``sigma >= 0``."""
+    alpha, smoothness = check_positive("alpha", alpha), check_positive("smoothness", smoothness)
+    if alpha > 2 * smoothness:
+        raise ValueError(f"alpha must be <= 2 smoothness (Lemma 2.1), got alpha={alpha}, smoothness={smoothness}")
+    return alpha, smoothness, check_nonnegative("sigma", sigma)
+
+
+def _learning_rates(lr) -> np.ndarray:
+    """``lr`` as a float array whose every entry is finite and > 0."""
+    lr = np.asarray(lr, dtype=float)
+    if not np.all(np.isfinite(lr) & (lr > 0)):
+        raise ValueError(f"lr must be finite and > 0, got {lr!r}")
+    return lr
 
 
 def contraction_rate(lr, alpha: float, smoothness: float, sigma: float):
@@ -45,7 +58,7 @@ def contraction_rate(lr, alpha: float, smoothness: float, sigma: float):
     rho F(theta_k) 1_{E_k}``; exact (an equality without the indicators) for ``F = |theta|^2/2``.
     """
     alpha, smoothness, sigma = _constants(alpha, smoothness, sigma)
-    lr = np.asarray(lr, dtype=float)
+    lr = _learning_rates(lr)
     return 1 - lr * alpha + lr**2 / 2 * smoothness * (2 * smoothness + sigma)
 
 
@@ -67,10 +80,10 @@ def mean_square_threshold(alpha: float, smoothness: float, sigma: float) -> floa
 def _proof_constants(lr, alpha, smoothness, sigma, f0):
     """``lr``, ``F_0`` (arrays), ``rho < 1`` and ``A = sqrt(2 C_L) + sqrt(sigma)``, the constants of Thm 3.1's proof."""
     alpha, smoothness, sigma = _constants(alpha, smoothness, sigma)
-    lr = np.asarray(lr, dtype=float)
+    lr = _learning_rates(lr)
     f0 = np.asarray(f0, dtype=float)
-    if np.any(lr <= 0) or np.any(f0 < 0):
-        raise ValueError(f"lr must be > 0 and f0 >= 0, got lr={lr!r}, f0={f0!r}")
+    if not np.all(np.isfinite(f0) & (f0 >= 0)):
+        raise ValueError(f"f0 must be finite and >= 0, got {f0!r}")
     rho = contraction_rate(lr, alpha, smoothness, sigma)
     if np.any(rho >= 1):
         raise ValueError(
@@ -130,9 +143,7 @@ def quadratic_exponent(lr, sigma: float):
     (:func:`dynsim.stability.gaussian_log_abs`). Jensen: ``2 lambda <= log rho``.
     """
     sigma = check_positive("sigma", sigma)
-    lr = np.asarray(lr, dtype=float)
-    if np.any(lr <= 0):
-        raise ValueError(f"lr must be > 0, got {lr!r}")
+    lr = _learning_rates(lr)
     s = np.sqrt(sigma / 2)
     return np.log(lr * s) + gaussian_log_abs((1 - lr) / (lr * s))
 

@@ -183,6 +183,15 @@ def test_bad_input_is_refused_with_a_clear_message():
         lj.quadratic_exponent(-0.1, 2.0)
     with pytest.raises(ValueError, match="after"):
         lj.exit_probability_bound(0.05, ALPHA, C_L, 8.0, 0.01, 0.5, printed=True, after=10)
+    # NaN passed the "lr <= 0" and "f0 < 0" tests; alpha > 2 C_L contradicts Lemma 2.1
+    with pytest.raises(ValueError, match="lr must be finite and > 0"):
+        lj.contraction_rate(np.array([0.1, np.nan]), ALPHA, C_L, 2.0)
+    with pytest.raises(ValueError, match="lr must be finite and > 0"):
+        lj.quadratic_exponent(np.nan, 2.0)
+    with pytest.raises(ValueError, match="f0 must be finite and >= 0"):
+        lj.travel_bound(0.05, ALPHA, C_L, 2.0, np.nan)
+    with pytest.raises(ValueError, match=r"alpha must be <= 2 smoothness \(Lemma 2.1\)"):
+        lj.max_learning_rate(3.0, 1.0, 2.0)
 
 
 def test_bounds_accept_arrays():
