@@ -11,7 +11,9 @@ coordinate-wise clipping is ``clip`` then ``sgd``. New here: clipping thresholds
     ds.simulate(dyn, grid={"lr": lrs, "threshold": taus}, ...)
 
 A learning rate or threshold may also be a schedule, a function of optax's step count
-``n = 0, 1, 2, ...``; the thesis counts its steps ``k = n + 1``. A constructor of your own whose
+``n = 0, 1, 2, ...`` (except :func:`stochastic_clipped_sgd`'s learning rate, a constant); the thesis counts its
+steps ``k = n + 1``. Numbers known when a constructor is called are checked (a learning rate must be > 0 and
+finite); traced values and schedules pass. A constructor of your own whose
 arguments are numbers turns them into schedules and stays a grid axis:
 
     def proj_gclip(learning_rate, bound, alpha, radius):
@@ -51,6 +53,11 @@ __all__ = [
     "acclip",
     "rmsprop_as_clip",
 ]
+
+
+def _check_learning_rate(learning_rate) -> None:
+    """A number (or every entry of an array) must be > 0 and finite; a schedule or a traced value passes."""
+    check_concrete("learning_rate", learning_rate, *_POSITIVE)
 
 
 def _scheduled_clip(threshold, factor) -> optax.GradientTransformation:
@@ -225,6 +232,9 @@ def stochastic_clipped_sgd(learning_rate, clip_scale, noise_bound) -> optax.Grad
     if scale is not None and (scale.dtype.kind not in "iuf" or np.any(np.isnan(scale) | (scale <= 0))):
         raise ValueError(f"clip_scale must be > 0 (inf: no clipping), got {clip_scale!r}")
     check_concrete("noise_bound", noise_bound, *_NONNEGATIVE)
+    if callable(learning_rate):
+        raise TypeError("stochastic_clipped_sgd takes a constant learning_rate (Thm 3.4.4's), got a schedule")
+    _check_learning_rate(learning_rate)
 
     def update(updates, state, params=None):
         del params
@@ -278,6 +288,7 @@ def clipped_sgd(learning_rate, threshold) -> optax.GradientTransformation:
     ``lr * threshold`` long. The thesis writes it ``h_c = min(eta_c, gamma eta_c / |g|)``:
     ``learning_rate = eta_c``, ``threshold = gamma``. Either may be a schedule (see the module).
     """
+    _check_learning_rate(learning_rate)
     return optax.chain(clip_by_global_norm(threshold), optax.sgd(learning_rate))
 
 
@@ -307,6 +318,7 @@ def normalized_sgd(learning_rate, beta) -> optax.GradientTransformation:
     sizes satisfy ``h_c / 2 <= h_n <= h_c``. With ``beta = 0`` (plain normalized GD, step length ``lr``)
     a zero gradient gives a zero step (where ``0 / 0`` would give NaN).
     """
+    _check_learning_rate(learning_rate)
     return optax.chain(_normalize_by_norm(beta), optax.sgd(learning_rate))
 
 
@@ -315,6 +327,7 @@ def coordinate_clipped_sgd(learning_rate, threshold) -> optax.GradientTransforma
 
     Either argument may be a schedule (see the module and :func:`clip_by_coordinate`).
     """
+    _check_learning_rate(learning_rate)
     return optax.chain(clip_by_coordinate(threshold), optax.sgd(learning_rate))
 
 
@@ -369,6 +382,7 @@ def acclip(learning_rate, b1=0.9, b2=0.99, alpha=1.0, eps=1e-5, tau0=1.0) -> opt
     ("the conservative choice ... leads to the best performance") and ``tau = 1``, read here as the
     initial threshold ``tau0``. Weight decay, if wanted, is the problem's (coupled, in the gradient).
     """
+    _check_learning_rate(learning_rate)
     return optax.chain(scale_by_acclip(b1, b2, alpha, eps, tau0), optax.scale_by_learning_rate(learning_rate))
 
 
@@ -390,6 +404,7 @@ def rmsprop_as_clip(learning_rate, b2=0.999, eps=1e-8) -> optax.GradientTransfor
     and divides by ``sqrt(1 - b2) = 0``; ``b2 > 1`` makes ``v`` negative, its square root NaN) and
     ``eps > 0`` (with ``eps = 0`` the first step, at ``v = 0``, is ``0 / 0``).
     """
+    _check_learning_rate(learning_rate)
     check_concrete("b2", b2, *_DECAY)
     check_concrete("eps", eps, *_POSITIVE)
 

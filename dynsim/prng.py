@@ -28,6 +28,8 @@ import numpy as np
 from jax import lax
 from jax.extend import random as jex_random
 
+from dynsim._validate import check_concrete
+
 __all__ = [
     "DATA_STREAM",
     "THREEFRY",
@@ -211,6 +213,7 @@ def uniform_index(k: jax.Array, shape, n) -> jax.Array:
     probability ``floor(2**32/n)/2**32`` or ``ceil(2**32/n)/2**32``, i.e. within
     ``2**-32`` of ``1/n``. ``n`` may be a traced integer (``1 <= n < 2**31``).
     """
+    check_concrete("n", n, lambda v: (v >= 1) & (v < 2**31) & (v == np.floor(v)), "an integer in [1, 2**31)")
     bits = jax.random.bits(k, tuple(shape), np.uint32)
     idx = mulhi32(bits, jnp.asarray(n).astype(np.uint32)).astype(np.int32)
     # rem(idx, n) == idx. XLA counts a remainder as expensive, so the index is then computed

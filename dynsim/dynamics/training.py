@@ -157,6 +157,11 @@ def _check_batch(problem: Problem, replace: bool):
         if "batch_size" not in hp:
             return
         s = check_int("batch_size", hp["batch_size"], minimum=1)
+        if problem.kind == "deterministic" and s != 1:
+            raise ValueError(
+                f"problem {problem.name!r} has no data: every batch_size gives the same run (GD plus the injected "
+                f"noise), got batch_size={s}"
+            )
         if problem.batch_coupled and s < 2:
             raise ValueError(
                 f"problem {problem.name!r} couples the examples of a batch (batch_coupled=True, e.g. batch "

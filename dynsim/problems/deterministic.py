@@ -192,6 +192,8 @@ def sin_product(scale: float = 100.0, *, low: float = -np.pi, high: float = np.p
     on ``[low, high]^2`` (seed 000 does not state it; ``[-pi, pi]^2`` by default).
     """
     check_positive("scale", scale)
+    if check_real("low", low) >= check_real("high", high):
+        raise ValueError(f"low={low!r} must be below high={high!r}")
 
     def loss(theta, sample, hp):
         return scale * jnp.sin(theta[0]) * jnp.sin(theta[1])

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dynsim._validate import check_choice, check_int, check_n_data, check_positive
+from dynsim._validate import check_choice, check_int, check_n_data, check_nonnegative, check_positive, check_real
 
 from .base import Problem
 
@@ -52,8 +52,9 @@ def scalar_net(
     check_positive("noise_var", noise_var)
     check_positive("loss_scale", loss_scale)
     check_positive("x_std", x_std)
+    check_nonnegative("init_std", init_std)
     noise_std = float(noise_var) ** 0.5
-    a, b = (float(v) for v in teacher)
+    a, b = (check_real(f"teacher[{i}]", v) for i, v in enumerate(teacher))
 
     if data == "gaussian":
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dynsim._validate import check_int, check_n_data, check_nonnegative, check_positive
+from dynsim._validate import check_int, check_n_data, check_nonnegative, check_positive, check_real
 
 from .base import Problem
 
@@ -60,6 +60,7 @@ def linear_regression_1d(
     Samples are ``{"x": x, "y": y}``; the fixed point (interpolating case) is ``w_star``.
     """
     check_n_data(n_data)
+    w_star, w0 = check_real("w_star", w_star), check_real("w0", w0)
     check_nonnegative("noise_std", noise_std)
     check_positive("x_std", x_std)
     check_nonnegative("init_std", init_std)
