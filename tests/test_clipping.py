@@ -206,6 +206,23 @@ def test_exploding_function_constants_and_its_gd_threshold(x64, l1, m):
     )
     assert res.hit.values[0, 0] > 0 and res.diverged_step.values[0, 0] == -1
     assert res.diverged_step.values[1, 0] > 0
+    # iterations to |f'| <= 1e-3 (seed 002 digest, Sec. 3: 62 / 500 / 31,904 for GD at 0.99 h, 112 / 135 / 181 for
+    # clipped GD with lr = 1/(10 L0), step at most min(1, 1/(10 L1)), L0 = L1), against GD in NumPy on the closed form
+    lr_clip, longest = 1 / (10 * l1), min(1.0, 1 / (10 * l1))
+    clipped = ds.simulate(
+        ds.dynamics.from_optax(problem, ds.optim.clipped_sgd, threshold=longest / lr_clip),
+        grid={"lr": [lr_clip]},
+        n_steps=1000,
+        observables={"hit": hit},
+    )
+    digest = {(2.0, 100.0): (62, 112), (10.0, 1e3): (500, 135), (10.0, 1e5): (31_904, 181)}[(l1, m)]
+    numpy_counts = []
+    for lr, longest_step in ((0.99 * h, np.inf), (lr_clip, longest)):
+        x, n = x0, 0
+        while abs(g := (l1 * x if abs(x) <= 1 / l1 else np.sign(x) * np.exp(l1 * abs(x) - 1))) > 1e-3:
+            x, n = x - np.clip(lr * g, -longest_step, longest_step), n + 1
+        numpy_counts.append(n)
+    assert (int(res.hit.values[0, 0]), int(clipped.hit.values[0, 0])) == tuple(numpy_counts) == digest
 
 
 def test_slow_function_holds_gd_on_its_ramp_for_the_exact_number_of_steps(x64):

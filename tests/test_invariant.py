@@ -58,6 +58,48 @@ def test_sin_product_closed_forms(x64):
     np.testing.assert_array_equal(period, np.array([[1] * 8, [2] * 8, [2] * 8]))
 
 
+def _cycle_of_the_1d_map(a: float, period: int) -> np.ndarray:
+    """The attracting cycle of ``y <- y - a sin y`` (GD on ``-100 cos y`` at ``lr = a / 100``), by plain iteration:
+    the 2-D map decouples into two copies of it in ``t1 + t2`` and ``t1 - t2 + pi`` (seed 000 digest, Sec. 3.1)."""
+    y = 1.0
+    for _ in range(20_000):
+        y = y - a * np.sin(y)
+    cycle = [y]
+    for _ in range(period - 1):
+        cycle.append(cycle[-1] - a * np.sin(cycle[-1]))
+    assert abs(cycle[-1] - a * np.sin(cycle[-1]) - cycle[0]) < 1e-12  # converged onto a cycle of this period
+    return np.array(cycle)
+
+
+def test_sin_product_bifurcations_and_period_4_windows(x64):
+    # Each side of the pitchfork at lr = pi/100 (a symmetric 2-cycle, then mirror 2-cycles with <f> = 0) and of the
+    # period doubling at sqrt(pi^2 + 2)/100 = 0.0344523; the period-4 windows at 0.035 and 0.0425 (<f> = 1.248 and
+    # 36.454, exponents -0.1289 and -0.3486 in the digest's table) against the cycle of the 1-D map, found by
+    # iterating it in NumPy. The averages over 5000 steps (a multiple of 2 and 4) of a cycle are exact.
+    lrs = [0.031, 0.032, 0.034, 0.035, 0.0425]
+    assert np.pi / 100 < 0.032 and 0.034 < np.sqrt(np.pi**2 + 2) / 100 < 0.035
+    res = _run(lrs, 8, 6000, 1000)
+    u = optimize.brentq(lambda u: np.sin(u) / u - 2 / 3.1, 0.5, 2.5)
+    expected = {
+        0.031: (-100 * np.cos(u), np.log(abs(1 - 3.1 * np.cos(u)))),
+        0.032: (0.0, 0.5 * np.log(abs(1 + np.pi**2 - 3.2**2))),
+        0.034: (0.0, 0.5 * np.log(abs(1 + np.pi**2 - 3.4**2))),
+    }
+    for lr in (0.035, 0.0425):
+        cycle = _cycle_of_the_1d_map(100 * lr, 4)
+        expected[lr] = (np.mean(-100 * np.cos(cycle)), np.mean(np.log(np.abs(1 - 100 * lr * np.cos(cycle)))))
+    np.testing.assert_allclose([expected[0.035][0], expected[0.0425][0]], [1.248, 36.454], atol=1e-3)
+    np.testing.assert_allclose([expected[0.035][1], expected[0.0425][1]], [-0.1289, -0.3486], atol=1e-4)
+    for lr, (mean_f, le) in expected.items():
+        cell = res.sel(lr=lr)
+        np.testing.assert_allclose(cell.f.values, mean_f, atol=1e-6, err_msg=str(lr))
+        np.testing.assert_allclose(cell.le.values, le, atol=1e-6, err_msg=str(lr))
+    period = ds.measure.detect_period(
+        res.orbit.values, tol=1e-8, max_period=16, window=32, period_of_space=2 * np.pi
+    ).period
+    np.testing.assert_array_equal(period, np.array([[2] * 8] * 3 + [[4] * 8] * 2))
+
+
 def test_chaotic_attractor_at_lr_0_04(x64):
     # not periodic (seed 000 says it is): exponent +0.0826 +- 0.001, <f> = -18.214 from every start
     res = _run([0.04], 16, 30_000, 2000).sel(lr=0.04)

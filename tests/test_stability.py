@@ -21,6 +21,13 @@ def test_thresholds_closed_forms():
     # Bernoulli two-point data (x1, x2) = (10, 1): digest Sec. 4.1 numbers
     m2, m4 = (100 + 1) / 2, (1e4 + 1) / 2
     np.testing.assert_allclose([S.lambda_ds(m2, m4, s) for s in (1, 2, 8)], [2.020e-2, 2.675e-2, 3.536e-2], rtol=1e-3)
+    # one outlier x_0^2 = c = 1e4 among N = 100 standard normals: lambda_DS ~ 2 S / (c (1 + (S - 1)/N)), 2/c at S = 1
+    # (seed 004 eqs. 26-27 and Sec. 4.1 print 1/(N c), 100x smaller: digest erratum 5)
+    x2 = np.random.default_rng(0).standard_normal(100) ** 2
+    x2[0] = 1e4
+    for s in (1, 4):
+        approx = 2 * s / (1e4 * (1 + (s - 1) / 100))
+        assert S.lambda_ds(x2.mean(), (x2**2).mean(), s) == pytest.approx(approx, rel=0.02)
 
 
 @pytest.mark.parametrize("s", [1, 2, 8])
@@ -90,6 +97,39 @@ def test_digest_phase_boundaries_at_mu_0_1_and_tip():
     assert min_plus(0.305) < 0 < min_plus(0.311)
 
 
+@pytest.mark.parametrize(
+    "mu, batch_size, noise_var, sign, bracket, expected",
+    [
+        (0.0, 1, 4.0, -1, (0.5, 1.0), 0.765),  # Lambda_- = 0: IV begins (digest Sec. 4.3, lambda-mu table)
+        (0.1, 1, 4.0, -1, (0.85, 1.0), 0.9047),
+        (0.5, 1, 4.0, -1, (1.5, 2.2), 1.8679),
+        (0.9, 1, 4.0, -1, (2.4, 3.0), 2.6147),
+        (1.0, 1, 4.0, -1, (2.0, 3.0), 2.4212),
+        (0.02, 1, 4.0, +1, (0.005, 0.05), 0.0104),  # Lambda_+ = 0: III's edges
+        (0.02, 1, 4.0, +1, (0.5, 0.78), 0.7702),
+        (0.06, 8, 4.0, +1, (0.1, 0.5), 0.2625),  # lambda-S table, S = 8
+        (0.06, 8, 4.0, +1, (1.5, 2.4), 2.1799),
+        (0.06, 8, 4.0, -1, (2.3, 3.0), 2.5765),
+        (0.0, 1, 2.0, -1, (0.9, 1.3), 1.0819),  # the Var eps = 2 reading
+        (0.1, 1, 2.0, +1, (0.05, 0.3), 0.1157),
+    ],
+)
+def test_digest_boundaries_across_mu_batch_size_and_noise(mu, batch_size, noise_var, sign, bracket, expected):
+    var = "Lambda_plus" if sign > 0 else "Lambda_minus"
+
+    def exponent(lr):
+        return S.saddle_exponents([lr], [mu], batch_size=batch_size, noise_var=noise_var)[var].item()
+
+    assert _root(exponent, *bracket) == pytest.approx(expected, abs=1e-4)
+
+
+def test_phase_three_closes_between_batch_sizes_104_and_110():
+    # digest Sec. 4.3 (mu = 0.06): min over lr of Lambda_+ is -0.00073 at S = 104 (lr ~ 3.85), +0.0057 at S = 110
+    lrs = np.linspace(3.6, 4.2, 61)
+    low = [S.saddle_exponents(lrs, [0.06], batch_size=s).Lambda_plus.min().item() for s in (104, 110)]
+    np.testing.assert_allclose(low, [-0.00073, 0.0057], atol=2e-5)
+
+
 def test_no_phase_two_for_gaussian_infinite_data():
     phases = S.saddle_phases(np.linspace(0.02, 4.0, 60), np.linspace(0.0, 1.0, 26)).phase.values
     assert not np.any(phases == S.PHASES.index("II"))
@@ -107,6 +147,27 @@ def test_two_point_law_exact_boundaries():
     k = np.arange(5)
     w = stats.binom.pmf(k, 4, 0.5)
     assert r.Lambda_minus.item() == pytest.approx(np.sum(w * np.log(np.abs(1 - 1.3 * (k - 0.3 * (4 - k)) / 4))))
+
+
+@pytest.mark.parametrize("a", [-0.9, -0.75, -0.5, -0.3, -0.2])
+def test_two_point_law_boundaries_are_the_closed_forms(a):
+    # chi = 1 or a with probability 1/2 (digest Sec. 4.4, a in (-1, 0)): w + u stable for lr in ((1 + a)/|a|, r_+),
+    # w - u stable for lr < r_-, with r_-+ = [sqrt((1 + a)^2 + 8|a|) -+ (1 + a)] / (2|a|); mean-square stable for
+    # lr < 2 (1 + a)/(1 + a^2). Phases one part in 10^3 inside each side of every boundary.
+    root = np.sqrt((1 + a) ** 2 + 8 * abs(a))
+    plus_low, plus_high, minus_high = (1 + a) / abs(a), (root + (1 + a)) / (2 * abs(a)), (root - (1 + a)) / (2 * abs(a))
+    ms_high = 2 * (1 + a) / (1 + a * a)
+    edges = np.array(sorted({plus_low, plus_high, minus_high, ms_high}))
+    lrs = np.concatenate([edges * (1 - 1e-3), edges * (1 + 1e-3)])
+    r = S.saddle_exponents(lrs, [a], chi="two_point")
+    plus_stable = (lrs > plus_low) & (lrs < plus_high)
+    np.testing.assert_array_equal(r.Lambda_plus.values[:, 0] < 0, plus_stable)
+    np.testing.assert_array_equal(r.Lambda_minus.values[:, 0] < 0, lrs < minus_high)
+    np.testing.assert_array_equal(r.ms_minus.values[:, 0] < 1, lrs < ms_high)
+    # the digest's table of II = (max(plus_low, minus_high), plus_high); III = (plus_low, minus_high) where not empty
+    table = {-0.9: (1.4362, 1.5473), -0.75: (1.4748, 1.8081), -0.5: (1.5616, 2.5616), -0.3: (2.3333, 4.0)}
+    table[-0.2] = (4.0, 5.7417)
+    np.testing.assert_allclose([max(plus_low, minus_high), plus_high], table[a], atol=1e-4)
 
 
 @pytest.mark.parametrize("n, s", [(3, 2), (6, 5)])

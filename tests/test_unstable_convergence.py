@@ -131,6 +131,44 @@ def test_example3_linear_net_diverges_and_tanh_net_settles_just_below_two_over_l
     np.testing.assert_allclose(cv.gd_progress(f, theta, lr).relative_progress, -1 + lr / 2 * sharp, atol=1e-6)
 
 
+def _numpy_gd_on_the_neuron(activation: str, n_steps: int) -> np.ndarray:
+    """GD from (13, 0.01) at lr = 2/150 on (t1 s(t2))^2, s = tanh or the identity, gradients by hand: the iterates."""
+    s, ds_ = (np.tanh, lambda z: 1 / np.cosh(z) ** 2) if activation == "tanh" else (lambda z: z, lambda z: 1.0)
+    th = np.array([13.0, 0.01])
+    out = [th]
+    for _ in range(n_steps):
+        r = th[0] * s(th[1])
+        th = th - 2 / 150 * np.array([2 * r * s(th[1]), 2 * r * th[0] * ds_(th[1])])
+        out.append(th)
+    return np.array(out)
+
+
+def test_example3_iterates_against_numpy_and_the_digest(x64):
+    # seed 001 digest, Sec. 2.3: the linear net's iterates at steps 1-8 (multiplied by about -3.5 per step); the tanh
+    # net's loss peaks at step 4 (105.8) and its theta_1 settles at 8.616500, sharpness 2 theta_1^2 = 148.488
+    obs = {"theta": ds.observables.trajectory(), "loss": ds.observables.loss()}
+    for activation, n_steps in (("linear", 8), ("tanh", 1000)):
+        res = ds.simulate(
+            ds.dynamics.gd(ds.problems.single_neuron(activation)),
+            grid={"lr": [2 / 150]},
+            n_steps=n_steps,
+            record_every=1,
+            observables=obs,
+        )
+        theta = res.theta.values[0, 0]
+        reference = _numpy_gd_on_the_neuron(activation, n_steps)
+        np.testing.assert_allclose(theta, reference, rtol=1e-9, atol=1e-12)
+        if activation == "linear":
+            digest = [(12.9995, 0.1230), (12.9943, -0.4312), (12.9299, 1.5102), (12.1435, -5.2227), (3.3107, 15.3148)]
+            np.testing.assert_allclose(theta[2:7], digest, atol=1e-4)
+            np.testing.assert_allclose(theta[7:9], [(-17.396, 10.839), (37.10, -76.63)], atol=1e-2)
+        else:
+            loss = res.loss.values[0, 0]
+            assert int(np.argmax(loss)) == 4 and loss[4] == pytest.approx(105.8, abs=0.05)
+            assert theta[-1, 0] == pytest.approx(8.616500, abs=1e-6)
+            assert 2 * theta[-1, 0] ** 2 == pytest.approx(148.488, abs=1e-3)
+
+
 NEURON_LR = 2 / 150
 
 
