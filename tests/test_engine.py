@@ -577,6 +577,37 @@ def test_grad_norm_and_trajectory_known_answers():
     np.testing.assert_allclose(res.th.values[0, 0], th.sum(axis=1), rtol=1e-5, atol=1e-6)
 
 
+def test_loss_and_grad_norm_with_and_without_weight_decay(x64):
+    # F_gamma = F_0 + (gamma/2) |theta|^2, so grad F_gamma = grad F_0 + gamma theta; an override (weight_decay=0)
+    # measures F_0 on the same trajectory. Checked on the final weights against jax.grad of F_0, built here.
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(12, 3)), rng.integers(0, 3, 12)
+    gamma = 0.3
+    problem = ds.problems.mlp_classifier(x, y, (4,), weight_decay=gamma)
+    res = ds.simulate(
+        ds.dynamics.sgd(problem, batch_size=4),
+        grid={"lr": [0.2]},
+        n_steps=5,
+        observables={
+            "loss": obs.loss(),
+            "loss0": obs.loss(weight_decay=0.0),
+            "g": obs.grad_norm(),
+            "g0": obs.grad_norm(weight_decay=0.0),
+            "theta": obs.final_state(),
+        },
+    )
+    theta = {name: jnp.asarray(res[f"theta_{name}"].values[0, 0]) for name in ("W0", "W1", "b0", "b1")}
+    data = jax.tree_util.tree_map(jnp.asarray, problem.dataset)
+    loss0, grad0 = jax.value_and_grad(lambda p: ds.problems.objective(problem, p, data, {"weight_decay": 0.0}))(theta)
+    flat = lambda tree: jnp.concatenate([leaf.ravel() for leaf in jax.tree_util.tree_leaves(tree)])  # noqa: E731
+    assert float(flat(grad0) @ flat(theta)) != 0  # the two norms differ
+    at = res.sel(lr=0.2, replica=0)
+    assert float(at.loss0) == pytest.approx(float(loss0), rel=1e-10)
+    assert float(at.loss) == pytest.approx(float(loss0) + gamma / 2 * float(flat(theta) @ flat(theta)), rel=1e-10)
+    assert float(at.g0) == pytest.approx(float(jnp.linalg.norm(flat(grad0))), rel=1e-10)
+    assert float(at.g) == pytest.approx(float(jnp.linalg.norm(flat(grad0) + gamma * flat(theta))), rel=1e-10)
+
+
 def test_observables_by_name_share_compiled_programs():
     # a named observable is one object for every call, so a new learning rate reuses the program
     traces = []

@@ -108,6 +108,12 @@ def test_chaotic_attractor_at_lr_0_04(x64):
     assert abs(le.mean() - 0.0826) < 4 * le.std(ddof=1) / np.sqrt(le.size) + 0.001  # reference: +- 0.001
     f_mean, f_se = res.f.values, res.f_stderr.values
     assert np.all(np.abs(f_mean + 18.214) < 4 * f_se + 0.003)
+    # <|grad f|> depends on the start's band phase: one of four values (digest Sec. 3.2), so the limit measure is not
+    # unique; every start lands on one of them, and these 16 starts on more than one
+    g_mean, g_se = res.g.values.ravel(), res.g_stderr.values.ravel()
+    values = np.array([64.047, 64.406, 66.674, 66.758])
+    nearest = values[np.argmin(np.abs(g_mean[:, None] - values), axis=1)]
+    assert np.all(np.abs(g_mean - nearest) < 4 * g_se + 0.001) and len(set(nearest)) > 1
 
 
 def test_orbits_leave_their_cell_past_lr_0_046033(x64):

@@ -161,6 +161,18 @@ def test_vanishing_change_decays_like_one_over_sqrt_n():
     assert np.all(vc.quantile <= azuma)
 
 
+def test_vanishing_change_of_a_deterministic_map_is_its_boundary_term(x64):
+    # for a map F without noise, E_F phi(F(theta_t)) = phi(theta_{t+1}): the sum telescopes, and
+    # Delta_n = (phi(theta_1) - phi(theta_{n+1}))/n exactly (seed 000 digest, Sec. 4.2), on the chaotic attractor
+    f = lambda th: 100 * jnp.sin(th[0]) * jnp.sin(th[1])  # noqa: E731
+    vc = M.vanishing_change(
+        lambda th, key: th - 0.04 * jax.grad(f)(th), f, jnp.array([0.3, -1.2]), 0, [10, 100, 1000], n_replicas=4
+    )
+    np.testing.assert_allclose(vc.mean, vc.boundary, rtol=0, atol=1e-12 * 100)
+    np.testing.assert_allclose(vc.per_replica, np.broadcast_to(vc.boundary, vc.per_replica.shape), atol=1e-12 * 100)
+    assert np.all(np.abs(vc.boundary) > 1e-3)  # not vacuous: the terms do not vanish at these n
+
+
 def test_window_distances():
     # a period-2 orbit: windows [n, 2n) and [2n, 4n) hold the same two points in equal shares for even n
     orbit = np.tile([0.3, -1.1], 512)
