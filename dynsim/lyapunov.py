@@ -201,11 +201,12 @@ def _frozen(records: xr.DataArray, after: float) -> xr.DataArray:
     the engine freezes it, so its records repeat exactly from its divergence to the end (the
     first of them holds the state of the step before the divergence, not of its own time, so it
     is flagged too). A repeat followed by a change is a coincidence of float32 records, not a
-    divergence; a series that never changes from its reference record (the last at a time
-    ``<= after``, else the first) is a constant orbit (``|1 - lr x^2| = 1``).
+    divergence; a series that never changes from its reference record (the first at a time
+    ``> after``, else the first) is a constant orbit (``|1 - lr x^2| = 1``, or a running exponent whose
+    every counted step has the same growth: GD on a quadratic).
     """
     times = records.time
-    ref = times.where(times <= after).max() if bool((times <= after).any()) else times.min()
+    ref = times.where(times > after).min() if bool((times > after).any()) else times.min()
     same_as_next = (records.diff("time", label="lower") == 0).reindex(time=times, fill_value=True)
     reverse = slice(None, None, -1)
     to_end = same_as_next.isel(time=reverse).cumprod("time").isel(time=reverse).astype(bool)

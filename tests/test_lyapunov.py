@@ -210,6 +210,27 @@ def test_slope_stops_where_float32_updates_underflow():
         assert float(est.until.sel(lr=lr)) < 500
 
 
+def test_a_running_exponent_constant_after_its_transient_is_read_not_taken_for_frozen():
+    # GD on a quadratic is linear: every counted step grows the tangent by the same factor once it has aligned, so
+    # the running exponent repeats exactly from its first record after the transient. Those records were read as
+    # frozen by a divergence: the exponent was NaN, with two warnings. Exact: log max_i |1 - lr h_i|, h = (1, 3).
+    dynamics = ds.dynamics.gd(ds.problems.quadratic(np.diag([1.0, 3.0])))
+    res = ds.simulate(
+        L.with_tangent(dynamics, transient=100),
+        grid={"lr": [0.1, 0.25]},
+        n_replicas=4,
+        n_steps=1000,
+        record_every=100,
+        observables={"exponent": L.running_exponent()},
+    )
+    assert np.all(res.exponent.sel(time=slice(200, None)).diff("time") == 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        est = L.from_running_exponent(res)
+    np.testing.assert_allclose(est.exponent, np.log([0.9, 0.75]), rtol=1e-6)
+    np.testing.assert_array_equal(est.until, [1000, 1000])
+
+
 def test_frozen_replicas_are_told_from_coincidences_and_constant_orbits():
     # Without a diverged() output, a replica is read as frozen from the first record of a final
     # run of exact repeats. A repeat followed by a change (float32 records coincide by chance)
