@@ -396,7 +396,9 @@ def from_running_exponent(result: xr.Dataset, var: str = "exponent") -> RunningE
     n = records.sizes["replica"]
     with np.errstate(invalid="ignore"):
         stderr = at.std("replica", ddof=1) / np.sqrt(n)
-    return RunningEstimate(at.mean("replica"), stderr, until.where(~short), left.mean("replica"))
+    exponent = at.mean("replica")
+    _warn_below_rounding(exponent.values, result[var].dtype, 3)
+    return RunningEstimate(exponent, stderr, until.where(~short), left.mean("replica"))
 
 
 # --------------------------------------------------------------------------- tangent methods
@@ -690,7 +692,30 @@ def _run_tangent(step, x0, key, n_steps, k, transient, dt, n_replicas, n_records
         desc,
         run_file,
     )
-    return _summarise(carry, layout, dt, n_records, stacklevel=4)
+    estimate = _summarise(carry, layout, dt, n_records, stacklevel=4)
+    _warn_below_rounding(estimate.exponents, jnp.result_type(*[leaf for leaf, f in zip(leaves, is_float) if f]), 4)
+    return estimate
+
+
+def _warn_below_rounding(exponents, dtype, stacklevel: int) -> None:
+    """Warn of finite exponents below ``log eps`` of the state's float type.
+
+    Such a tangent keeps less than one rounding unit of its length per step. Where the step's Jacobian is a
+    difference, ``I - lr H`` for a gradient step, the computed growth is then rounding, and the exact exponent
+    is anything lower, ``-inf`` included: GD at ``lr = 1/h`` on 100 sin sin (a superstable point, seed 000)
+    gives -38.4 in float64 and -17.6 in float32.
+    """
+    floor = float(np.log(np.finfo(dtype).eps))
+    below = np.isfinite(exponents) & (np.asarray(exponents) < floor)
+    if np.any(below):
+        warnings.warn(
+            f"{int(np.sum(below))} exponents are below log(eps) = {floor:.2f} ({np.dtype(dtype).name}): the tangent "
+            "keeps less than one rounding unit of its length per step; where the step is a difference "
+            "(x - lr g(x)) that is rounding, and the exact exponent is anything lower, -inf included "
+            "(a superstable point)",
+            RuntimeWarning,
+            stacklevel=stacklevel,
+        )
 
 
 def _blocks(n_steps: int, dt: int, transient: int) -> tuple[int, int]:

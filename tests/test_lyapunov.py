@@ -231,6 +231,31 @@ def test_a_running_exponent_constant_after_its_transient_is_read_not_taken_for_f
     np.testing.assert_array_equal(est.until, [1000, 1000])
 
 
+@pytest.mark.parametrize("method", ["with_tangent", "top_exponent"])
+def test_a_superstable_point_is_flagged_below_rounding(method, x64):
+    # GD at lr = 0.01 on 100 sin sin converges to a minimum where 1 - lr h = 0: the exact exponent is -inf (seed 000
+    # digest, Sec. 3.2). I - lr H computed in float64 leaves a tangent of rounding size, about log(eps) per step.
+    dynamics = ds.dynamics.gd(ds.problems.sin_product())
+    with pytest.warns(RuntimeWarning, match=r"below log\(eps\) = -36.04 \(float64\).*-inf included") as record:
+        if method == "with_tangent":
+            res = ds.simulate(
+                L.with_tangent(dynamics, transient=100),
+                grid={"lr": [0.01, 0.005]},
+                n_replicas=8,
+                n_steps=1000,
+                record_every=100,
+                observables={"exponent": L.running_exponent(), "diverged": ds.observables.diverged()},
+            )
+            exponents = L.from_running_exponent(res).exponent.values
+        else:
+            bound = ds.dynamics.bind(dynamics, {"lr": 0.01})
+            exponents = L.top_exponent(bound.step, bound.init(jax.random.key(0)), 0, 1000, transient=100).exponents
+    assert [str(w.filename) for w in record if "log(eps)" in str(w.message)] == [__file__]
+    assert exponents[0] < np.log(np.finfo(np.float64).eps)
+    if method == "with_tangent":  # lr = 0.005: log|1 - 0.5| exactly, no warning for it
+        assert exponents[1] == pytest.approx(np.log(0.5), abs=1e-12)
+
+
 def test_frozen_replicas_are_told_from_coincidences_and_constant_orbits():
     # Without a diverged() output, a replica is read as frozen from the first record of a final
     # run of exact repeats. A repeat followed by a change (float32 records coincide by chance)
