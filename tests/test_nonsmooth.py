@@ -623,6 +623,10 @@ def test_stochastic_ingd_parameters_follow_thm_5_5_1():
     assert par.n_steps == pytest.approx(2**16 * 125 * 2 * log / 0.5, rel=1e-14)
     big = ds.dynamics.stochastic_ingd_parameters(3.0, 4.0, 1.0, 0.5, 0.01)  # G delta / (8 Delta) = 31.25 > 1
     assert big.n_steps == pytest.approx(2**16 * 125 * 0.01 * log / 0.5 * 31.25, rel=1e-14)
+    # the proof's intermediate fact: momentum forgets in K steps, beta^K <= eps / (16 G) (digest Sec. 4.2)
+    for eps, delta in ((1.0, 0.5), (0.1, 0.01), (0.9, 3.0)):
+        q = ds.dynamics.stochastic_ingd_parameters(3.0, 4.0, eps, delta, 2.0)
+        assert q.beta**q.lag <= eps / (16 * 5.0)
     with pytest.raises(ValueError, match="sigma"):
         ds.dynamics.stochastic_ingd_parameters(1.0, -1.0, 1.0, 1.0, 1.0)
 

@@ -98,3 +98,13 @@ def test_stream_has_no_objective():
     p = ds.problems.linear_regression_1d()
     with pytest.raises(ValueError, match="stream"):
         ds.problems.objective(p, 1.0, None, {})
+
+
+def test_mlp_parameter_counts_of_the_edge_of_stability_networks():
+    # seed 001 digest: Cohen et al.'s CIFAR-10 network 3072-200-200-10 has 656,810 parameters, its 4-hidden-layer
+    # variant 737,210; the digits substitute 64-200-200-10 has 55,210
+    for n_in, widths, count in ((3072, (200, 200), 656_810), (3072, (200,) * 4, 737_210), (64, (200, 200), 55_210)):
+        y = np.arange(10)
+        problem = ds.problems.mlp_classifier(np.zeros((10, n_in), np.float32), y, widths)
+        shapes = jax.eval_shape(problem.init, jax.random.key(0), dict(problem.hyperparams))
+        assert sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(shapes)) == count
