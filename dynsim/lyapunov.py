@@ -295,6 +295,15 @@ def _slope(logs: xr.DataArray, transient: int, scale: float, diverged_step, floo
     n = logs.sizes["replica"]
     exponent = slopes.mean("replica")
     stderr = slopes.std("replica", ddof=1) / np.sqrt(n)
+    same = (stderr == 0) & np.isfinite(exponent)
+    if n > 1 and bool(same.any()):
+        warnings.warn(
+            f"{int(same.sum())} cells have replicas with the same slope (a deterministic map from one start): their "
+            "standard error is 0, and says nothing of the fit's bias from the records before the slope settles; "
+            "start the replicas at random points, raise the transient, or use top_exponent (errors from time batches)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     m = logs.where(logs.time <= until).mean("replica")  # every replica is finite there; past until, NaN
     t0 = float(times[times >= transient][0])
     later = m.sel(time=m.time > t0)
