@@ -17,10 +17,18 @@ probability one, a negative Lyapunov exponent (:func:`quadratic_exponent`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 from scipy import optimize
 
+from dynsim import prng
 from dynsim._validate import check_int, check_nonnegative, check_positive
+from dynsim.curvature import hvp, power_iteration
 from dynsim.stability import gaussian_log_abs
 
 __all__ = [
@@ -31,6 +39,8 @@ __all__ = [
     "travel_bound",
     "quadratic_exponent",
     "quadratic_exponent_threshold",
+    "BallConstants",
+    "ball_constants",
 ]
 
 
@@ -160,3 +170,152 @@ def quadratic_exponent_threshold(sigma: float) -> float:
     while quadratic_exponent(high, sigma) <= 0:
         high *= 2
     return float(optimize.brentq(lambda lr: float(quadratic_exponent(lr, sigma)), low, high, xtol=1e-12))
+
+
+# --------------------------------------------------------------------------- the constants of a given loss
+
+
+class BallConstants(NamedTuple):
+    """Thm 3.1's constants of a loss on ``B(theta_0, R)``, estimated from points where it was evaluated.
+
+    Each is an extremum over those points, so each errs one way only (seed 003 digest, Sec. 1.4):
+
+    * ``alpha``: ``min |grad F|^2 / F`` over the ball (Def. 2.1, points with ``F > f_floor``): an **upper**
+      bound on the local Łojasiewicz constant, found at ``alpha_at``;
+    * ``smoothness``: ``max |H v|`` over unit ``v`` and the points (power iteration on the Hessian): a
+      **lower** bound on ``C_L``, the Lipschitz constant of ``grad F`` on the ball;
+    * ``m0``: ``min F`` over the shell ``R - width <= |theta - theta_0| <= R`` (Assumption 3, ``width = 1``
+      in the paper): an **upper** bound on ``M_0``, found at ``m0_at``;
+    * ``f0 = F(theta_0)``, and ``assumption_1 = 4 F(theta_0) < R^2 alpha`` (Assumption 1 with the estimate:
+      optimistic, since ``alpha`` is an upper bound).
+
+    ``alpha_at`` and ``m0_at`` are points shaped as ``theta_0``.
+    """
+
+    alpha: float
+    alpha_at: Any
+    smoothness: float
+    m0: float
+    m0_at: Any
+    f0: float
+    assumption_1: bool
+
+
+def _project(x, center, low, high):
+    """``x`` moved radially (about ``center``) into the shell ``low <= |x - center| <= high``."""
+    d = x - center
+    r = jnp.linalg.norm(d)
+    unit = jnp.where(r > 0, d / jnp.where(r > 0, r, 1.0), jnp.zeros_like(d).at[0].set(1.0))
+    return center + unit * jnp.clip(r, low, high)
+
+
+def _shell_points(key, center, low, high, n):
+    """``n`` points uniform in the shell ``low <= |x - center| <= high`` (volume-uniform radius)."""
+    k_dir, k_rad = jax.random.split(key)
+    d = center.size
+    u = jax.random.normal(k_dir, (n, d), center.dtype)
+    u = u / jnp.linalg.norm(u, axis=1, keepdims=True)
+    r = (low**d + jax.random.uniform(k_rad, (n, 1), center.dtype) * (high**d - low**d)) ** (1 / d)
+    return center + r * u
+
+
+def _descend(objective, starts, center, low, high, n_steps):
+    """Projected normalized gradient descent on ``objective`` from each start, steps ``high / (10 sqrt(k + 1))``,
+    kept in the shell ``low <= |x - center| <= high``; the lowest value met by each start and where it was met."""
+
+    def one(x0):
+        def body(carry, k):
+            x, best, best_x = carry
+            value, g = jax.value_and_grad(objective)(x)
+            better = value < best
+            best, best_x = jnp.where(better, value, best), jnp.where(better, x, best_x)
+            n = jnp.linalg.norm(g)
+            step = high / (10 * jnp.sqrt(k + 1.0)) * g / jnp.where(n > 0, n, 1.0)
+            x = _project(jnp.where(jnp.isfinite(value) & (n > 0), x - step, x), center, low, high)
+            return (x, best, best_x), None
+
+        (x, best, best_x), _ = jax.lax.scan(body, (x0, jnp.asarray(jnp.inf, x0.dtype), x0), jnp.arange(n_steps))
+        last = objective(x)
+        return jnp.where(last < best, last, best), jnp.where(last < best, x, best_x)
+
+    return jax.vmap(one)(starts)
+
+
+def ball_constants(
+    loss: Callable[[Any], jax.Array],
+    theta0,
+    radius: float,
+    *,
+    key=0,
+    width: float = 1.0,
+    n_samples: int = 2048,
+    n_starts: int = 16,
+    n_steps: int = 200,
+    n_iter: int = 20,
+    f_floor: float | None = None,
+) -> BallConstants:
+    """Estimate ``alpha``, ``C_L`` and ``M_0`` of ``loss`` (``F(theta) >= 0``, ``theta`` a pytree shaped as
+    ``theta_0``) on ``B(theta_0, radius)`` (seed 003, Def. 2.1, Assumptions 1-3; :class:`BallConstants`).
+
+    ``n_samples`` points uniform in the ball (and as many in the shell) are evaluated; the ``n_starts`` best of
+    them (and ``theta_0``) then start ``n_steps`` of projected normalized gradient descent on
+    ``log(|grad F|^2 / F)`` in the ball and on ``F`` in the shell, and every point met counts. ``C_L`` is read
+    at the ball's samples, as many on its boundary sphere, and the points of the descent (``n_iter`` power
+    iterations each). Points with ``F <= f_floor`` (default ``tiny / eps`` of the dtype: there
+    ``|grad F|^2 / F`` is rounding) are minima, outside Def. 2.1's infimum (``alpha = inf`` if every point is
+    one). ``key``: a JAX key or an integer seed. The estimates are only as good as the search: on a loss
+    whose extremes are narrow, more samples and starts tighten them.
+    """
+    radius = check_positive("radius", radius)
+    width = check_positive("width", width)
+    for name, value in (("n_samples", n_samples), ("n_starts", n_starts), ("n_steps", n_steps), ("n_iter", n_iter)):
+        check_int(name, value, minimum=1)
+    center, unravel = ravel_pytree(theta0)
+    center = jnp.asarray(center)
+    if not jnp.issubdtype(center.dtype, jnp.floating):
+        raise TypeError(f"theta0 must have floating-point leaves, got {center.dtype}")
+    info = np.finfo(center.dtype)
+    f_floor = float(info.tiny / info.eps) if f_floor is None else check_nonnegative("f_floor", f_floor)
+    k_ball, k_shell, k_sphere, k_power = jax.random.split(prng.as_key(key), 4)
+
+    def f(x):
+        return loss(unravel(x))
+
+    def log_ratio(x):
+        value, g = jax.value_and_grad(f)(x)
+        ratio = jnp.vdot(g, g) / jnp.where(value > f_floor, value, 1.0)
+        return jnp.where(value > f_floor, jnp.log(ratio), jnp.inf)
+
+    def spectral(x, k):
+        e = power_iteration(lambda v: hvp(f, x, v), jax.random.normal(k, x.shape, x.dtype), n_iter)
+        return jnp.hypot(e.value, e.residual)  # |H v| for a unit v: <= |H|
+
+    @jax.jit
+    def run(center):
+        inner = jnp.maximum(radius - width, 0.0)
+        ball = jnp.concatenate([center[None], _shell_points(k_ball, center, 0.0, radius, n_samples)])
+        shell = _shell_points(k_shell, center, inner, radius, n_samples)
+        ball_values, shell_values = jax.vmap(log_ratio)(ball), jax.vmap(f)(shell)
+        best_ball = jnp.concatenate([center[None], ball[jnp.argsort(ball_values)[:n_starts]]])
+        best_shell = shell[jnp.argsort(shell_values)[:n_starts]]
+        alpha_values, alpha_points = _descend(log_ratio, best_ball, center, 0.0, radius, n_steps)
+        m0_values, m0_points = _descend(f, best_shell, center, inner, radius, n_steps)
+        a_values, a_points = jnp.concatenate([ball_values, alpha_values]), jnp.concatenate([ball, alpha_points])
+        m_values, m_points = jnp.concatenate([shell_values, m0_values]), jnp.concatenate([shell, m0_points])
+        sphere = _shell_points(k_sphere, center, radius, radius, n_samples)
+        points = jnp.concatenate([ball, sphere, alpha_points])
+        smooth = jnp.max(jax.vmap(spectral)(points, jax.random.split(k_power, points.shape[0])))
+        ia, im = jnp.argmin(a_values), jnp.argmin(m_values)
+        return jnp.exp(a_values[ia]), a_points[ia], smooth, m_values[im], m_points[im], f(center)
+
+    alpha, alpha_x, smooth, m0, m0_x, f0 = (np.asarray(v) for v in run(center))
+    alpha, f0 = float(alpha), float(f0)
+    return BallConstants(
+        alpha,
+        unravel(jnp.asarray(alpha_x)),
+        float(smooth),
+        float(m0),
+        unravel(jnp.asarray(m0_x)),
+        f0,
+        bool(4 * f0 < radius**2 * alpha),
+    )

@@ -1016,15 +1016,6 @@ def _check_common(n_steps, transient, dt, n_replicas, n_records):
     )
 
 
-def _as_key(key):
-    """A key from an integer seed (Python or NumPy, >= 0) or a JAX key, as given."""
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        if key < 0:
-            raise ValueError(f"key must be a JAX key or a seed >= 0, got {key}")
-        return prng.key(int(key))
-    return key
-
-
 def top_exponent(
     step: Callable[[Any, jax.Array], Any],
     x0: Any,
@@ -1058,7 +1049,18 @@ def top_exponent(
     """
     n_steps, transient, dt, n_replicas, n_records = _check_common(n_steps, transient, dt, n_replicas, n_records)
     return _run_tangent(
-        step, x0, _as_key(key), n_steps, 1, transient, dt, n_replicas, n_records, progress, "top_exponent", checkpoint
+        step,
+        x0,
+        prng.as_key(key),
+        n_steps,
+        1,
+        transient,
+        dt,
+        n_replicas,
+        n_records,
+        progress,
+        "top_exponent",
+        checkpoint,
     )
 
 
@@ -1112,7 +1114,7 @@ def spectrum(
     n_steps, transient, dt, n_replicas, n_records = _check_common(n_steps, transient, dt, n_replicas, n_records)
     k = check_int("k", k, minimum=1)
     return _run_tangent(
-        step, x0, _as_key(key), n_steps, k, transient, dt, n_replicas, n_records, progress, "spectrum", checkpoint
+        step, x0, prng.as_key(key), n_steps, k, transient, dt, n_replicas, n_records, progress, "spectrum", checkpoint
     )
 
 
@@ -1165,7 +1167,7 @@ def two_trajectory(
     :func:`spectrum`.
     """
     n_steps, transient, dt, n_replicas, n_records = _check_common(n_steps, transient, dt, n_replicas, n_records)
-    key = _as_key(key)
+    key = prng.as_key(key)
     leaves, _, is_float = _split_state(x0)
     _check_step(step, x0)
     if d0 is None:

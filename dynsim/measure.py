@@ -23,7 +23,6 @@ module estimates and checks such measures from simulation output:
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -399,17 +398,6 @@ def ess(samples) -> np.ndarray:
 # --------------------------------------------------------------------------- vanishing change
 
 
-def _as_key(key):
-    """A key from an integer seed (Python or NumPy, >= 0) or a JAX key, as given."""
-    if isinstance(key, (bool, np.bool_)):
-        raise TypeError(f"key must be a JAX key or an integer seed, got {key!r}")
-    if isinstance(key, numbers.Integral):
-        if key < 0:
-            raise ValueError(f"key must be a JAX key or an integer seed >= 0, got {key}")
-        return prng.key(int(key))
-    return key
-
-
 class VanishingChange(NamedTuple):
     """``Delta_n = (1/n) sum_{t<=n} [phi(theta_t) - E_F phi(F(theta_t))]`` at each ``n`` in ``times``.
 
@@ -455,7 +443,7 @@ def vanishing_change(
     n_replicas = check_int("n_replicas", n_replicas, minimum=2)
     n_fresh = check_int("n_fresh", n_fresh, minimum=1)
     burn_in = check_int("burn_in", burn_in, minimum=0)
-    key = _as_key(key)
+    key = prng.as_key(key)
     total = int(times[-1])
 
     def one(rkey):
@@ -564,7 +552,7 @@ def scaled_step_change(
     """
     scales = np.asarray(scales, dtype=np.float64)
     n_draws = check_int("n_draws", n_draws, minimum=1)
-    key = _as_key(key)
+    key = prng.as_key(key)
     n = int(jax.tree_util.tree_leaves(samples)[0].shape[0])
 
     def one(theta, k):

@@ -168,6 +168,17 @@ def key(seed: int) -> jax.Array:
     return jax.random.wrap_key_data(words, impl=THREEFRY)
 
 
+def as_key(key_or_seed) -> jax.Array:
+    """A key from an integer seed (Python or NumPy, >= 0; :func:`key`) or a JAX key, returned as given."""
+    if isinstance(key_or_seed, (bool, np.bool_)):
+        raise TypeError(f"key must be a JAX key or an integer seed, got {key_or_seed!r}")
+    if isinstance(key_or_seed, (int, np.integer)):
+        if key_or_seed < 0:
+            raise ValueError(f"key must be a JAX key or an integer seed >= 0, got {key_or_seed}")
+        return key(int(key_or_seed))
+    return key_or_seed
+
+
 def wrap(word0: jax.Array, word1: jax.Array) -> jax.Array:
     """The key whose data are the two uint32 words (kept apart, they vectorize better)."""
     return jax.random.wrap_key_data(_pair(word0, word1), impl=THREEFRY)

@@ -238,3 +238,49 @@ def test_corrected_condition_of_thm_4_1_exits_surely(x64, experiment):
     se = np.sqrt(np.array([0.940, 0.705, 0.0999]) * (1 - np.array([0.940, 0.705, 0.0999])) * (1 / 2000 + 1 / 20_000))
     assert np.all(np.abs(c.gauss_exit.values - [0.940, 0.705, 0.0999]) < 4 * se)
     assert float(c.gauss_abs_last) == pytest.approx(np.sqrt(2 / np.pi), abs=0.005)
+
+
+def _ring(theta):
+    return 0.25 * (jnp.sum(theta**2) - 1) ** 2
+
+
+@pytest.mark.parametrize("center", [2.0, 3.0])
+def test_ball_constants_of_the_ring_are_its_closed_forms(x64, center):
+    # F = (|theta|^2 - 1)^2 / 4 in 3-D (seed 003 digest, Sec. 1.3): |grad F|^2 / F = 4 |theta|^2, so
+    # alpha(theta_0, R) = 4 (|theta_0| - R)^2 at the point nearest the origin; the Hessian (|theta|^2 - 1) I +
+    # 2 theta theta^T has norm 3 |theta|^2 - 1, largest at |theta| = |theta_0| + R; M_0 is F at the shell's point
+    # nearest the unit sphere, 0 where the shell crosses it. theta_0 = (c, 0, 0), R = 1.5.
+    radius = 1.5
+    c = lj.ball_constants(_ring, jnp.array([center, 0.0, 0.0]), radius)
+    assert c.alpha == pytest.approx(4 * (center - radius) ** 2, rel=1e-9)
+    np.testing.assert_allclose(c.alpha_at, [center - radius, 0.0, 0.0], atol=1e-6)
+    c_l = 3 * (center + radius) ** 2 - 1
+    assert 0.99 * c_l < c.smoothness <= c_l * (1 + 1e-9)  # a lower bound, from points near the far pole
+    m0 = 0.0 if center - radius <= 1 else 0.25 * ((center - radius) ** 2 - 1) ** 2
+    assert m0 <= c.m0 <= m0 + 1e-5  # an upper bound
+    assert c.f0 == pytest.approx(0.25 * (center**2 - 1) ** 2) and not c.assumption_1
+
+
+def test_ball_constants_of_a_quadratic_on_a_pytree(x64):
+    # F = |theta|^2 / 2: |grad F|^2 / F = 2 everywhere, C_L = 1, M_0 = (|theta_0| - R)^2 / 2 on the shell [R - 1, R];
+    # Assumption 1 (4 F_0 < R^2 alpha) holds near the minimum, not far from it
+    def loss(p):
+        return 0.5 * (jnp.sum(p["w"] ** 2) + jnp.sum(p["b"] ** 2))
+
+    near = lj.ball_constants(loss, {"w": 0.1 * jnp.ones(5), "b": 0.1 * jnp.ones(3)}, 2.0)
+    assert near.alpha == pytest.approx(2.0, rel=1e-9) and near.smoothness == pytest.approx(1.0, rel=1e-9)
+    assert near.assumption_1 and set(near.alpha_at) == {"w", "b"}
+    far = lj.ball_constants(loss, {"w": jnp.ones(5), "b": jnp.ones(3)}, 2.0)
+    m0 = 0.5 * (np.sqrt(8) - 2) ** 2
+    assert m0 <= far.m0 <= m0 * (1 + 1e-4) and not far.assumption_1
+    at = np.concatenate([far.m0_at["w"], far.m0_at["b"]])
+    assert np.linalg.norm(at - 1) == pytest.approx(2.0, abs=1e-9)  # on the shell's outer sphere, |. - theta_0| = R
+
+
+def test_ball_constants_refuse_bad_input():
+    with pytest.raises(ValueError, match="radius must be > 0"):
+        lj.ball_constants(_ring, jnp.zeros(3), 0.0)
+    with pytest.raises(TypeError, match="floating-point"):
+        lj.ball_constants(_ring, jnp.zeros(3, jnp.int32), 1.0)
+    with pytest.raises(ValueError, match="n_starts"):
+        lj.ball_constants(_ring, jnp.zeros(3), 1.0, n_starts=0)
