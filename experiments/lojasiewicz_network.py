@@ -153,6 +153,22 @@ def run_sgd(problem, theta0, data, args, seed: int, checkpoint=None) -> xr.Datas
     return res
 
 
+def ball_constants(problem, theta0, data, seed: int) -> dict:
+    """Thm 3.1's constants of the full-batch loss on the whole ball ``B(theta_0, R/2)`` (``Theta`` or not), by
+    ``ds.lojasiewicz.ball_constants``: ``alpha`` and ``M_0`` (shell ``[R/2 - 1, R/2]``) upper bounds, ``C_L`` a lower
+    bound; the ``Theta`` margin where the least ``F`` on the shell was found; Thm 3.1's step bound
+    ``alpha / (4 C_L (2 C_L + sigma))`` at ``sigma = 0`` from them, an upper bound on the true one."""
+    loss = lambda p: ds.problems.objective(problem, p, data, {})  # noqa: E731
+    c = ds.lojasiewicz.ball_constants(loss, jax.tree_util.tree_map(jnp.asarray, theta0), R / 2, key=seed)
+    return {
+        "alpha_hat": c.alpha,
+        "smoothness_hat": c.smoothness,
+        "m0_hat": c.m0,
+        "m0_margin": float(theta_margin(c.m0_at, theta0, data)),
+        "step_bound_hat": ds.lojasiewicz.max_learning_rate(min(c.alpha, 2 * c.smoothness), c.smoothness, 0.0),
+    }
+
+
 def measure(args, targets: str) -> xr.Dataset:
     """Both checks on ``args.datasets`` datasets with the given targets."""
     rows, runs = [], []
@@ -180,6 +196,9 @@ def measure(args, targets: str) -> xr.Dataset:
     result = xr.concat(runs, dim="dataset")
     for i, name in enumerate(["accepted", "violations", "min_ratio", "mean_y2", "sharpness0"]):
         result[name] = ("dataset", [r[i] for r in rows])
+    problem, theta0, data = network_problem(args.seed, targets)  # the first dataset's constants on the whole ball
+    for name, value in ball_constants(problem, theta0, data, args.seed).items():
+        result[name] = value
     return result
 
 
@@ -207,6 +226,13 @@ def main(argv=None):
                 f"min F/bound {float(r.min_ratio[s]):.3g}; mean y^2 {float(r.mean_y2[s]):.4f}, "
                 f"lambda_max(theta_0) {float(r.sharpness0[s]):.4g}"
             )
+        print(
+            f"  dataset 0 on the whole ball B(theta_0, {R / 2:g}) (Theta or not), estimated: alpha <= "
+            f"{float(r.alpha_hat):.4g}, C_L >= {float(r.smoothness_hat):.4g}, M_0 <= {float(r.m0_hat):.3g} on the "
+            f"shell [{R / 2 - 1:g}, {R / 2:g}] (Theta margin there {float(r.m0_margin):.3g}; on Theta (A.7) gives "
+            f"M_0 >= {K * (R / 2 - 1) ** 2 - float(r.mean_y2[0]):.3g}); Thm 3.1's step bound <= "
+            f"{float(r.step_bound_hat):.3g} (sigma = 0)"
+        )
         print(f"  SGD (batch 1, {args.n} runs x {args.steps} steps), over the {args.datasets} datasets:")
         for j, fr in enumerate(FRACTIONS):
             row = r.isel(fraction=j)
