@@ -284,3 +284,16 @@ def test_ball_constants_refuse_bad_input():
         lj.ball_constants(_ring, jnp.zeros(3, jnp.int32), 1.0)
     with pytest.raises(ValueError, match="n_starts"):
         lj.ball_constants(_ring, jnp.zeros(3), 1.0, n_starts=0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ball_constants_bound_a_random_quadratic_from_the_right_side(x64, seed):
+    # F = theta^T P theta / 2, P = Q diag(h) Q^T: |grad F|^2 / F = 2 v^T P^2 v / v^T P v lies in [2 h_min, 2 h_max],
+    # with 2 h_min the infimum over a ball around 0; C_L = h_max. Every estimate must be on its side of the truth.
+    rng = np.random.default_rng(seed)
+    h = np.sort(rng.uniform(0.5, 3.0, 6))
+    q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    P = jnp.asarray(q @ np.diag(h) @ q.T)
+    c = lj.ball_constants(lambda t: 0.5 * t @ P @ t, jnp.asarray(rng.normal(size=6) * 0.1), 1.5)
+    assert 2 * h[0] * (1 - 1e-9) <= c.alpha <= 2 * h[0] * 1.05  # an upper bound, close
+    assert h[-1] * 0.95 <= c.smoothness <= h[-1] * (1 + 1e-9)  # a lower bound, close
