@@ -29,6 +29,7 @@ from scipy import optimize
 from dynsim import prng
 from dynsim._validate import check_int, check_nonnegative, check_positive
 from dynsim.curvature import hvp, power_iteration
+from dynsim.nonsmooth import sample_ball
 from dynsim.stability import gaussian_log_abs
 
 __all__ = [
@@ -209,18 +210,6 @@ def _project(x, center, low, high):
     return center + unit * jnp.clip(r, low, high)
 
 
-def _shell_points(key, center, low, high, n):
-    """``n`` points uniform in the shell ``low <= |x - center| <= high``: radius ``high (q + U (1 - q))^(1/d)``,
-    ``q = (low / high)^d`` (in this form ``high^d`` never overflows, whatever the dimension ``d``)."""
-    k_dir, k_rad = jax.random.split(key)
-    d = center.size
-    u = jax.random.normal(k_dir, (n, d), center.dtype)
-    u = u / jnp.linalg.norm(u, axis=1, keepdims=True)
-    q = (low / high) ** d
-    r = high * (q + jax.random.uniform(k_rad, (n, 1), center.dtype) * (1 - q)) ** (1 / d)
-    return center + r * u
-
-
 def _descend(objective, starts, center, low, high, n_steps):
     """Projected normalized gradient descent on ``objective`` from each start, steps ``high / (10 sqrt(k + 1))``,
     kept in the shell ``low <= |x - center| <= high``; the lowest value met by each start and where it was met."""
@@ -299,8 +288,8 @@ def ball_constants(
     @jax.jit
     def run(center):
         inner = jnp.maximum(radius - width, 0.0)
-        ball = jnp.concatenate([center[None], _shell_points(k_ball, center, 0.0, radius, n_samples)])
-        shell = _shell_points(k_shell, center, inner, radius, n_samples)
+        ball = jnp.concatenate([center[None], sample_ball(k_ball, center, radius, n_samples)])
+        shell = sample_ball(k_shell, center, radius, n_samples, inner=inner)
         ball_values, shell_values = jax.vmap(log_ratio)(ball), jax.vmap(f)(shell)
         best_ball = jnp.concatenate([center[None], ball[jnp.argsort(ball_values)[:n_starts]]])
         best_shell = shell[jnp.argsort(shell_values)[:n_starts]]
@@ -308,7 +297,7 @@ def ball_constants(
         m0_values, m0_points = _descend(f, best_shell, center, inner, radius, n_steps)
         a_values, a_points = jnp.concatenate([ball_values, alpha_values]), jnp.concatenate([ball, alpha_points])
         m_values, m_points = jnp.concatenate([shell_values, m0_values]), jnp.concatenate([shell, m0_points])
-        sphere = _shell_points(k_sphere, center, radius, radius, n_samples)
+        sphere = sample_ball(k_sphere, center, radius, n_samples, inner=radius)
         points = jnp.concatenate([ball, sphere, alpha_points])
         smooth = jnp.max(jax.vmap(spectral)(points, jax.random.split(k_power, points.shape[0])))
         ia, im = jnp.argmin(a_values), jnp.argmin(m_values)

@@ -257,14 +257,17 @@ class GoldsteinEstimate(NamedTuple):
     hull: MinNormPoint
 
 
-def sample_ball(key, center, radius, n: int):
-    """``n`` points uniform in the Euclidean ball ``|y - center| <= radius`` (``center`` a 1-D array):
-    direction ``z/|z|`` with ``z ~ N(0, I)``, radius ``radius * U^(1/d)``."""
+def sample_ball(key, center, radius, n: int, *, inner=0.0):
+    """``n`` points uniform in the Euclidean ball ``|y - center| <= radius`` (``center`` a 1-D array), or in the
+    shell ``inner <= |y - center| <= radius``: direction ``z/|z|`` with ``z ~ N(0, I)``, radius
+    ``radius (q + U (1 - q))^(1/d)`` with ``q = (inner / radius)^d`` (``radius U^(1/d)`` for the ball; in this
+    form ``radius^d`` never overflows, whatever the dimension ``d``)."""
     d = center.shape[-1]
     k_dir, k_rad = jax.random.split(key)
     z = jax.random.normal(k_dir, (n, d), center.dtype)
     z = z / jnp.linalg.norm(z, axis=1, keepdims=True)
-    r = radius * jax.random.uniform(k_rad, (n, 1), center.dtype) ** (1.0 / d)
+    q = (inner / radius) ** d
+    r = radius * (q + jax.random.uniform(k_rad, (n, 1), center.dtype) * (1 - q)) ** (1.0 / d)
     return center + r * z
 
 

@@ -719,3 +719,15 @@ def test_repaired_pair_has_no_common_stationary_point(x64):
         grad = jax.grad(lambda y: problem.loss(y, None, {}))
         est = ds.nonsmooth.goldstein_distance(grad, x, delta, jax.random.key(2), 256)
         assert float(est.distance) == pytest.approx(expected, abs=1e-9)
+
+
+def test_sample_ball_draws_a_shell_uniformly_by_volume():
+    # radii in [inner, radius], with P(|y - c| < r) = (r^d - inner^d) / (radius^d - inner^d) (4 standard errors);
+    # in 500 dimensions radius^d overflows, which the radius law must not compute
+    c = jnp.array([1.0, -2.0, 0.5])
+    r = np.linalg.norm(np.asarray(ds.nonsmooth.sample_ball(jax.random.key(0), c, 5.0, 40_000, inner=4.0) - c), axis=1)
+    assert 4.0 - 1e-5 <= r.min() and r.max() <= 5.0 + 1e-5
+    p = (4.5**3 - 4.0**3) / (5.0**3 - 4.0**3)
+    assert abs(np.mean(r < 4.5) - p) < 4 * np.sqrt(p * (1 - p) / r.size)
+    wide = ds.nonsmooth.sample_ball(jax.random.key(1), jnp.zeros(500), 5.0, 16, inner=4.0)
+    assert np.all(np.isfinite(np.asarray(wide)))
