@@ -27,7 +27,7 @@ from jax.flatten_util import ravel_pytree
 from scipy import optimize
 
 from dynsim import prng
-from dynsim._validate import check_int, check_nonnegative, check_positive
+from dynsim._validate import check_int, check_nonnegative, check_positive, check_real
 from dynsim.curvature import hvp, power_iteration
 from dynsim.nonsmooth import sample_ball
 from dynsim.stability import gaussian_log_abs
@@ -37,6 +37,7 @@ __all__ = [
     "max_learning_rate",
     "mean_square_threshold",
     "exit_probability_bound",
+    "max_initial_loss",
     "travel_bound",
     "quadratic_exponent",
     "quadratic_exponent_threshold",
@@ -125,6 +126,35 @@ def exit_probability_bound(
     if printed:
         return f0 * (a * lr * sr / (1 - sr) + rho**2 / (m0 * (1 - rho)))
     return a * lr * np.sqrt(f0) * sr**after / (1 - sr) + rho ** (after + 1) * f0 / (m0 * (1 - rho))
+
+
+def max_initial_loss(
+    lr, alpha: float, smoothness: float, sigma: float, m0: float, delta: float, *, printed: bool = False
+):
+    """The ``epsilon`` of Thm 3.1 for a confidence ``delta``: the largest ``F_0`` whose exit bound is ``delta``.
+
+    Eq. (3.20) chooses ``epsilon`` so that :func:`exit_probability_bound` is at most ``delta`` for every
+    ``F(theta_0) <= epsilon``; then SGD stays in ``B(theta_0, R - 1)`` with probability ``>= 1 - delta``.
+    With ``a = A lr / (1 - sqrt(rho))``, ``b = rho / (M_0 (1 - rho))`` and ``A = sqrt(2 C_L) + sqrt(sigma)``,
+    the corrected bound is ``a sqrt(F_0) + b F_0``, increasing in ``F_0``, and equals ``delta`` at
+    ``sqrt(epsilon) = (-a + sqrt(a^2 + 4 b delta)) / (2 b) = 2 delta / (a + sqrt(a^2 + 4 b delta))``
+    (seed 003 digest, Sec. 2.2, computed in the second form, which does not cancel when ``b delta << a^2``).
+    ``printed=True`` inverts the printed (3.19) instead,
+    ``epsilon = delta / (A lr sqrt(rho) / (1 - sqrt(rho)) + rho^2 / (M_0 (1 - rho)))``, which rests on a bound that
+    is not one and, for small ``delta``, is far larger (20x at ``lr = 0.05``, ``alpha = 2``, ``C_L = 1``,
+    ``sigma = 8``, ``M_0 = 1/2``, ``delta = 0.05``). Arrays in ``lr`` broadcast; requires ``rho < 1`` and
+    ``0 < delta < 1``.
+    """
+    m0 = check_positive("m0", m0)
+    delta = check_real("delta", delta)
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+    lr, _, rho, c = _proof_constants(lr, alpha, smoothness, sigma, 0.0)
+    sr = np.sqrt(rho)
+    if printed:
+        return delta / (c * lr * sr / (1 - sr) + rho**2 / (m0 * (1 - rho)))
+    a, b = c * lr / (1 - sr), rho / (m0 * (1 - rho))
+    return (2 * delta / (a + np.sqrt(a**2 + 4 * b * delta))) ** 2
 
 
 def travel_bound(lr, alpha: float, smoothness: float, sigma: float, f0, step: int | None = None, *, printed=False):

@@ -40,6 +40,7 @@ import jax.numpy as jnp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
+from scipy import optimize  # noqa: E402
 
 import dynsim as ds  # noqa: E402
 from dynsim import lojasiewicz as lj  # noqa: E402
@@ -126,6 +127,18 @@ def confinement(args) -> xr.Dataset:
         coords={"law": list(laws), "x0": X0S},
         attrs={"n": args.n, "steps": args.confinement_steps, "sigma": sigma, "lr": lr, "R": R, "p": args.sparse_p},
     )
+
+
+def covered_start(conf: xr.Dataset, delta: float, printed: bool = False) -> float:
+    """The largest ``x_0`` of :func:`confinement`'s starts ``(x_0, 0)`` whose ``F_0 = x_0^2/2`` is at most Thm 3.1's
+    ``epsilon(delta)`` (:func:`dynsim.lojasiewicz.max_initial_loss`), with the shell's ``M_0 = (R - 1 - x_0)^2/2``."""
+    sigma, lr, R = (conf.attrs[k] for k in ("sigma", "lr", "R"))
+
+    def gap(x0):
+        m0 = (R - 1 - x0) ** 2 / 2
+        return x0**2 / 2 - float(lj.max_initial_loss(lr, ALPHA, C_L, sigma, m0, delta, printed=printed))
+
+    return optimize.brentq(gap, 1e-12, (R - 1) * (1 - 1e-9), xtol=1e-12)
 
 
 def travel(n_runs: int = 20_000, seed: int = 0, k_max: int = 60) -> dict[str, np.ndarray]:
@@ -525,6 +538,11 @@ def summary(contraction, diagram, conf, aligned, lemma) -> None:
             f"  {x0:5.2f}  {g / n:9.2e} {sp / n:9.2e} {float(conf.bound[j]):8.4f} {float(conf.printed_bound[j]):8.4f} "
             f"{float(conf.tail_after_horizon[j]):.1e}"
         )
+    x_eps = covered_start(conf, delta=0.05)
+    print(
+        f"Thm 3.1 with delta = 0.05 (eq. 3.20, corrected): confinement with probability >= 95% is guaranteed for "
+        f"x0 <= {x_eps:.4f} (F_0 <= {x_eps**2 / 2:.2e}); as printed, x0 <= {covered_start(conf, 0.05, True):.4f}"
+    )
     for name, res in aligned.items():
         p = (res.exit.isel(q=0).values >= 0).mean(axis=0)
         r = res.exit_radius.values

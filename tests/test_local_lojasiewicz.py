@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import xarray as xr
 from conftest import import_experiment
 
 import dynsim as ds
@@ -46,6 +47,46 @@ def test_exit_bounds_match_the_digest_table():
     # the tail after K steps shrinks like rho^(K/2)
     tail = lj.exit_probability_bound(0.05, ALPHA, C_L, 8.0, f0[1], m0[1], after=400)
     assert tail < 1e-8
+
+
+def test_max_initial_loss_inverts_the_exit_bound():
+    """eq. (3.20): ``epsilon(delta)`` is where ``B_exit(F_0) = delta``; checked against the bound itself, by
+    Brent's method on it (an independent inversion), and for the printed pair (3.19)/(3.20)."""
+    from scipy.optimize import brentq
+
+    lrs = np.array([0.01, 0.05])
+    for delta in (0.5, 0.05, 1e-6, 1e-12):  # 1e-12: b delta << a^2, where the textbook root form cancels
+        eps = lj.max_initial_loss(lrs, ALPHA, C_L, 8.0, 0.5, delta)
+        np.testing.assert_allclose(lj.exit_probability_bound(lrs, ALPHA, C_L, 8.0, eps, 0.5), delta, rtol=1e-12)
+        for lr, e in zip(lrs, eps):
+            root = brentq(
+                lambda f: lj.exit_probability_bound(lr, ALPHA, C_L, 8.0, f, 0.5) - delta, 0, 1, xtol=1e-300, rtol=1e-14
+            )
+            assert e == pytest.approx(root, rel=1e-10)
+        printed = lj.max_initial_loss(lrs, ALPHA, C_L, 8.0, 0.5, delta, printed=True)
+        np.testing.assert_allclose(
+            [lj.exit_probability_bound(lr, ALPHA, C_L, 8.0, p, 0.5, printed=True) for lr, p in zip(lrs, printed)],
+            delta,
+            rtol=1e-12,
+        )
+    eps = lj.max_initial_loss(0.05, ALPHA, C_L, 8.0, 0.5, 0.05)
+    assert eps == pytest.approx(1.0199e-4, rel=1e-4)
+    assert lj.max_initial_loss(0.05, ALPHA, C_L, 8.0, 0.5, 0.05, printed=True) / eps == pytest.approx(20.8, rel=1e-2)
+    for delta in (0.0, 1.0, np.nan):
+        with pytest.raises(ValueError, match="delta"):
+            lj.max_initial_loss(0.05, ALPHA, C_L, 8.0, 0.5, delta)
+    with pytest.raises(ValueError, match="m0"):
+        lj.max_initial_loss(0.05, ALPHA, C_L, 8.0, 0.0, 0.05)
+
+
+def test_the_experiment_reads_the_largest_covered_start_off_the_corrected_bound(experiment):
+    conf = xr.Dataset(attrs={"sigma": 8.0, "lr": 0.05, "R": 2.0})
+    for printed in (False, True):
+        x = experiment.covered_start(conf, 0.05, printed)
+        f0, m0 = x**2 / 2, (1 - x) ** 2 / 2
+        bound = lj.exit_probability_bound(0.05, ALPHA, C_L, 8.0, f0, m0, printed=printed)
+        assert bound == pytest.approx(0.05, rel=1e-8)
+    assert experiment.covered_start(conf, 0.05) == pytest.approx(0.014265, rel=1e-4)
 
 
 def test_quadratic_exponent_against_monte_carlo_and_the_thresholds():
