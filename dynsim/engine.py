@@ -178,7 +178,7 @@ def _check_grid(dynamics: Dynamics, grid: Any) -> _Grid:
                 f"its hyperparameters are {sorted(dynamics.hyperparams)}"
             )
     resolved = resolve_hyperparams(dynamics, {name: v[0] for name, v in values.items()})
-    constants = {n: v for n, v in resolved.items() if n not in values}
+    constants = {n: _scalar_constant(n, v) for n, v in resolved.items() if n not in values}
     for name, v in constants.items():
         if name in LEARNING_RATE_NAMES:
             check_learning_rate(name, v)
@@ -217,6 +217,11 @@ def _float_leaves(tree):
     return [x for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
 
 
+def _numeric_leaves(tree):
+    """The leaves that hold numbers (float, complex or integer): what ``diverged(bound)`` bounds."""
+    return [x for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.number)]
+
+
 def _all_finite(leaf) -> jax.Array:
     """``all(isfinite(leaf))``; for a large leaf, ``isfinite(leaf . 0)``, the same truth value.
 
@@ -239,7 +244,7 @@ def _is_good(state, params, bound):
     for leaf in _float_leaves(state):
         ok &= _all_finite(leaf)
     if bound is not None:
-        for leaf in _float_leaves(params):
+        for leaf in _numeric_leaves(params):
             ok &= jnp.all(jnp.abs(leaf) <= bound)
     return ok
 
@@ -655,6 +660,19 @@ def _device_list(devices) -> list | None:
 
 
 # --------------------------------------------------------------------------- simulate
+
+
+def _scalar_constant(name: str, value: Any) -> Any:
+    """A hyperparameter held fixed (off the grid) as a Python scalar: a 0-d array or NumPy scalar becomes its
+    ``item()``; an array of any other shape is refused (a run's constants key its compiled program)."""
+    if isinstance(value, (np.ndarray, np.generic, jax.Array)):
+        if np.ndim(value):
+            raise ValueError(
+                f"hyperparameter {name!r} is an array of shape {np.shape(value)}; hyperparameters are scalars "
+                f"(a grid axis holds one per cell): put arrays in the problem, or close over them in the step"
+            )
+        return np.asarray(value).item()
+    return value
 
 
 def _jsonable(value: Any) -> Any:

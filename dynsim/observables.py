@@ -140,15 +140,17 @@ def _real(value) -> jax.Array:
 
 
 def _difference(params, point):
-    """``params - point`` leaf by leaf; a scalar leaf of ``point`` broadcasts, any other shape must match."""
+    """``params - point`` leaf by leaf, in a floating dtype (an integer or boolean leaf is a number like any
+    other: ``4 - 0.5`` is 3.5, and squares do not overflow); a scalar leaf of ``point`` broadcasts, any other
+    shape must match."""
 
     def leaf(p, q):
         if np.ndim(q) and np.shape(q) != np.shape(p):
             raise ValueError(f"the point has a leaf of shape {np.shape(q)} where the parameters have {np.shape(p)}")
-        return jnp.asarray(q, jnp.result_type(p))
+        dtype = jnp.result_type(p, float)
+        return jnp.asarray(p, dtype) - jnp.asarray(q, dtype)
 
-    point = jax.tree_util.tree_map(leaf, params, point)
-    return jax.tree_util.tree_map(jnp.subtract, params, point)
+    return jax.tree_util.tree_map(leaf, params, point)
 
 
 def _point_config(point) -> list:
@@ -378,19 +380,32 @@ def progress(problem: Problem | None = None, *, taus: Sequence[float] | None = N
     )
 
 
-def _batch_index(t, discard: int, n_steps: int, n_batches: int):
-    return (t - discard - 1) * n_batches // (n_steps - discard)
-
-
 def time_batches(n_steps: int, n_batches: int, discard: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """How :func:`time_average` splits steps ``discard+1..n_steps`` into ``n_batches`` consecutive batches.
 
-    Returns ``(counts, bounds)``: the steps in each batch, and the first step of each batch
-    followed by ``n_steps + 1`` (batch ``b`` holds ``bounds[b] <= t < bounds[b+1]``).
+    Step ``t`` is in batch ``floor((t - discard - 1) n_batches / T)``, ``T = n_steps - discard``, so batch
+    ``b`` starts at ``discard + 1 + ceil(b T / n_batches)`` (sizes differ by at most one). Returns
+    ``(counts, bounds)``: the steps in each batch, and the first step of each batch followed by
+    ``n_steps + 1`` (batch ``b`` holds ``bounds[b] <= t < bounds[b+1]``), in exact integer arithmetic.
     """
-    t = np.arange(discard + 1, n_steps + 1)
-    counts = np.bincount(_batch_index(t, discard, n_steps, n_batches), minlength=n_batches)
-    return counts, discard + 1 + np.concatenate([[0], np.cumsum(counts)])
+    n_steps, n_batches, discard = int(n_steps), int(n_batches), int(discard)
+    total = n_steps - discard
+    bounds = np.array([discard + 1 + -(-b * total // n_batches) for b in range(n_batches + 1)], dtype=np.int64)
+    return np.diff(bounds), bounds
+
+
+def _compensated(total, comp):
+    """The sums ``total - comp`` of compensated accumulators (:func:`_kahan_add`), leaf by leaf."""
+    return jax.tree_util.tree_map(jnp.subtract, total, comp)
+
+
+def _kahan_add(total, comp, value):
+    """One step of compensated (Kahan) summation: ``(total, comp)`` holds the sum ``total - comp``.
+
+    A non-finite sum keeps the old compensation (``inf - inf`` would make it NaN)."""
+    y = value - comp
+    new = total + y
+    return new, jnp.where(jnp.isfinite(new), (new - total) - y, comp)
 
 
 def batch_means_stderr(means: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -561,7 +576,8 @@ def time_average(
     is assembled, one warning names the cells whose batch means are correlated, the worst by its
     coordinates (:func:`correlated_batches_message`; needs ``n_batches >= 8``). Frozen (diverged)
     trajectories keep adding their last finite value. A value that overflows makes the average
-    ``inf`` (and its standard error ``inf``), never NaN. A boolean ``fn`` (an indicator) averages to the fraction
+    ``inf`` (and its standard error ``inf``), never NaN (a trajectory whose start is already NaN, with no finite
+    value to keep, averages to NaN). A boolean ``fn`` (an indicator) averages to the fraction
     of steps where it holds.
 
     ``on="view"`` calls ``fn`` with the whole :class:`View` (state, hyperparameters, data)
@@ -592,14 +608,15 @@ def time_average(
         # a real branch (not a select): each step touches two numbers per value, not 2 n_batches.
         value = _real(evaluate(view))
         run, run_comp = acc["run"], acc["run_comp"]
-        y = value.astype(run.dtype) - run_comp
-        new = run + y
-        new_comp = jnp.where(jnp.isfinite(new), (new - run) - y, run_comp)
+        new, new_comp = _kahan_add(run, run_comp, value.astype(run.dtype))
         active = t > discard
         run = jnp.where(active, new, run)
         run_comp = jnp.where(active, new_comp, run_comp)
-        b = jnp.clip(_batch_index(t, discard, ctx.n_steps, n_batches), 0, n_batches - 1)
-        ends = (t == ctx.n_steps) | (_batch_index(t + 1, discard, ctx.n_steps, n_batches) != b)
+        # the batch of step t from the batches' last steps, never from t * n_batches (an int32 product that
+        # overflows past 2**31, at 6.7e7 steps with 32 batches)
+        last = jnp.asarray(time_batches(ctx.n_steps, n_batches, discard)[1][1:] - 1, jnp.int32)
+        b = jnp.minimum(jnp.sum(t > last), n_batches - 1)
+        ends = jnp.any(t == last)
 
         def store(a):
             return {
@@ -683,7 +700,9 @@ def iterate_average(fn: Callable[[Any], Any] | None = None, *, power: float = 1.
     average here, since the loss of the average is not the average of the loss. Stored at
     ``t = k, 2k, ..., n_steps`` when ``record_every=k`` is given, else at ``n_steps``: output
     ``key`` with dimension ``key_step``. The average is kept as a running mean,
-    ``xbar <- xbar + (w_t / W_t)(theta_t - xbar)``, so float32 runs of many steps keep their precision.
+    ``xbar <- xbar + (w_t / W_t)(theta_t - xbar)``, with ``W_t`` and ``xbar`` both summed with compensation
+    (Kahan), so float32 runs of many steps keep their precision (uncompensated, ``W_t`` stops growing at
+    ``2**24`` steps and updates below ``xbar``'s rounding unit are lost: 0.44 for 0.5 after 2 x 10^7 steps).
     """
     power = check_real("power", power)
     evaluate = fn or _flat
@@ -695,23 +714,29 @@ def iterate_average(fn: Callable[[Any], Any] | None = None, *, power: float = 1.
         avg = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.result_type(float)), view.params)
         value = jnp.asarray(evaluate(avg))
         buf = jnp.full((len(_average_times(ctx)), *value.shape), jnp.nan, jnp.result_type(value, float))
-        return {"avg": avg, "total": weight(0), "buf": buf}
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, avg)
+        total = weight(0)
+        return {"avg": avg, "avg_comp": zeros, "total": total, "total_comp": jnp.zeros_like(total), "buf": buf}
 
     def update(acc, view: View, t, ctx: Context):
         times = _average_times(ctx)
         slot = jnp.searchsorted(jnp.asarray(times), t)
         recorded = jax.lax.cond(
             jnp.asarray(times)[jnp.minimum(slot, len(times) - 1)] == t,
-            lambda b: b.at[slot].set(jnp.asarray(evaluate(acc["avg"]), b.dtype)),
+            lambda b: b.at[slot].set(jnp.asarray(evaluate(_compensated(acc["avg"], acc["avg_comp"])), b.dtype)),
             lambda b: b,
             acc["buf"],
         )
         w = weight(t)
-        total = acc["total"] + w
-        avg = jax.tree_util.tree_map(
-            lambda a, x: a + (w / total).astype(a.dtype) * (jnp.asarray(x, a.dtype) - a), acc["avg"], view.params
-        )
-        return {"avg": avg, "total": total, "buf": recorded}
+        total, total_comp = _kahan_add(acc["total"], acc["total_comp"], w)
+        share = w / (total - total_comp)
+
+        def move(a, c, x):  # a - c is the average so far
+            return _kahan_add(a, c, share.astype(a.dtype) * (jnp.asarray(x, a.dtype) - (a - c)))
+
+        moved = jax.tree_util.tree_map(move, acc["avg"], acc["avg_comp"], view.params)
+        avg, avg_comp = (jax.tree_util.tree_map(lambda _, m: m[i], acc["avg"], moved) for i in (0, 1))
+        return {"avg": avg, "avg_comp": avg_comp, "total": total, "total_comp": total_comp, "buf": recorded}
 
     def finalize(acc, status, ctx: Context):
         buf = np.asarray(acc["buf"])

@@ -622,3 +622,91 @@ def test_observables_by_name_share_compiled_programs():
     res = ds.simulate(dyn, grid={"lr": [0.3, 0.4]}, n_steps=3, observables={"x": "final_state"})
     assert len(traces) == before
     np.testing.assert_allclose(res.x.values[:, 0], [0.7**3, 0.6**3], rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- integer states, long runs
+
+
+def test_time_batches_is_the_partition_of_its_formula_and_costs_nothing_for_long_runs():
+    for n_steps in (1, 7, 32, 100, 1001):
+        for n_batches in (2, 3, 32):
+            for discard in (0, 1, 5):
+                if n_steps - discard < n_batches:
+                    continue
+                t = np.arange(discard + 1, n_steps + 1)
+                expected = np.bincount((t - discard - 1) * n_batches // (n_steps - discard), minlength=n_batches)
+                counts, bounds = obs.time_batches(n_steps, n_batches, discard)
+                np.testing.assert_array_equal(counts, expected)
+                assert bounds[0] == discard + 1 and bounds[-1] == n_steps + 1
+    counts, bounds = obs.time_batches(10**12, 32, 3)  # an arange of the steps would take 8 TB
+    assert counts.sum() == 10**12 - 3 and counts.max() - counts.min() <= 1
+
+
+def test_time_average_keeps_its_batches_when_steps_times_batches_pass_int32():
+    """200,000 steps x 20,000 batches = 4e9 > 2**31: the batch index was an int32 product that wrapped."""
+    dyn = Dynamics(lambda key, hp: jnp.float32(0.0), lambda x, key, hp: x + 1.0)
+    n_steps, n_batches = 200_000, 20_000
+    with pytest.warns(RuntimeWarning, match="correlated"):  # a line is as correlated as a series gets
+        res = ds.simulate(
+            dyn,
+            n_steps=n_steps,
+            observables={"ta": obs.time_average(lambda p: p, n_batches=n_batches, keep_batches=True)},
+        )
+    _, bounds = obs.time_batches(n_steps, n_batches)
+    np.testing.assert_array_equal(res.ta_batches.values.ravel(), (bounds[:-1] + bounds[1:] - 1) / 2)
+    assert res.ta.values.item() == (n_steps + 1) / 2
+
+
+def test_iterate_average_keeps_float32_precision_over_millions_of_steps():
+    """theta_t = 1 for the first half of 4e6 steps, then 0: the uniform average 1/2 and the linearly weighted
+    (h(h+1)/2)/(T(T+1)/2). The uncompensated running mean gave 0.50345 and 0.25062."""
+    n_steps, half = 4_000_000, 2_000_000
+    dyn = Dynamics(
+        lambda key, hp: jnp.int32(0), lambda t, key, hp: t + 1, params_of=lambda t: (t < half).astype(jnp.float32)
+    )
+    res = ds.simulate(
+        dyn,
+        n_steps=n_steps,
+        observables={"p0": obs.iterate_average(power=0.0), "p1": obs.iterate_average(power=1.0)},
+    )
+    assert res.p0.values.item() == pytest.approx(0.5, rel=1e-6)
+    assert res.p1.values.item() == pytest.approx(half * (half + 1) / (n_steps * (n_steps + 1)), rel=1e-6)
+
+
+def test_integer_states_are_measured_as_numbers():
+    """An int32 state: distances to a fractional point are not truncated to the integers, squares do not wrap,
+    and ``diverged(bound)`` bounds integer leaves too."""
+    four = Dynamics(lambda key, hp: jnp.int32(4), lambda x, key, hp: x)
+    res = ds.simulate(
+        four,
+        n_steps=2,
+        observables={
+            "logdist": obs.log_distance(0.5),
+            "near": obs.converged(3.6, 0.5),
+            "exit": obs.ball_exit(4.4, [0.3, 1.0]),
+        },
+    )
+    np.testing.assert_allclose(res.logdist.values.ravel(), np.log(3.5**2), rtol=1e-6)
+    assert bool(res.near.values.item())
+    np.testing.assert_allclose(res.exit_max_distance.values.item(), 0.4, rtol=1e-6)
+    np.testing.assert_array_equal(res.exit.values.ravel(), [0, -1])
+    big = Dynamics(lambda key, hp: jnp.array([50_000, 0], jnp.int32), lambda x, key, hp: x)
+    res = ds.simulate(big, n_steps=1, observables={"exit": obs.ball_exit(jnp.zeros(2, jnp.int32), [1e5])})
+    assert res.exit_max_distance.values.item() == 50_000 and res.exit.values.item() == -1
+    doubling = Dynamics(lambda key, hp: jnp.int32(1), lambda x, key, hp: 2 * x)
+    res = ds.simulate(doubling, n_steps=10, observables={"x": obs.final_state(), "div": obs.diverged(bound=100)})
+    assert res.div_step.values.item() == 7 and res.x.values.item() == 64
+
+
+def test_a_fixed_hyperparameter_may_be_a_zero_dimensional_array_but_not_a_vector():
+    def step(x, key, hp):
+        return x * hp["c"]
+
+    scalar = Dynamics(lambda key, hp: jnp.float32(1.0), step, hyperparams={"c": jnp.float32(0.5)})
+    res = ds.simulate(scalar, n_steps=3, observables={"x": obs.final_state()})
+    assert res.x.values.item() == 0.125
+    same = Dynamics(lambda key, hp: jnp.float32(1.0), step, hyperparams={"c": np.float64(0.5)})
+    assert ds.simulate(same, n_steps=3, observables={"x": obs.final_state()}).x.values.item() == 0.125
+    vector = Dynamics(lambda key, hp: jnp.ones(2), step, hyperparams={"c": np.array([0.5, 2.0])})
+    with pytest.raises(ValueError, match=r"hyperparameter 'c' is an array of shape \(2,\)"):
+        ds.simulate(vector, n_steps=3)
