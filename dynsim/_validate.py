@@ -20,7 +20,8 @@ LEARNING_RATE_NAMES = ("lr", "learning_rate")
 
 STATIC_HINT = (
     "A hyperparameter used as a Python number (range(hp['k']), int(hp['n']), `if hp['x'] > 0:`) must be static: "
-    "declare it in Dynamics(..., static={'k'}), and the engine compiles once per value. A traced one (a learning "
+    "declare it in Dynamics(..., static={'k'}) (for a built dynamics, dyn._replace(static=dyn.static | {'k'})), "
+    "and the engine compiles once per value. A traced one (a learning "
     "rate, a noise level) is a JAX scalar: branch with jnp.where or jax.lax.cond, loop with jax.lax.fori_loop"
 )
 

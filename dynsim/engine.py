@@ -180,7 +180,7 @@ def _check_grid(dynamics: Dynamics, grid: Any) -> _Grid:
     resolved = resolve_hyperparams(dynamics, {name: v[0] for name, v in values.items()})
     constants = {n: _scalar_constant(n, v) for n, v in resolved.items() if n not in values}
     for name, v in constants.items():
-        if name in LEARNING_RATE_NAMES:
+        if name in LEARNING_RATE_NAMES and v is not None:  # None: the optimizer's own default (optax.adafactor)
             check_learning_rate(name, v)
         check_no_nan(name, v)
     for name in dynamics.static & set(values):

@@ -602,11 +602,14 @@ def _mgs(Y, previous=None):
 
     Returns ``Q`` (orthonormal rows) and ``|diag R|``. Unrolled over the ``k`` rows; for wide frames
     (``d >> k``) it is far faster than a batched ``jnp.linalg.qr``, which factors large matrices one at
-    a time (jax#8542). A row annihilated by the map has ``R_jj = 0`` (a growth of ``log 0 = -inf``, the
-    exponent of a product with a singular factor); it goes on along its (unit) row of the ``previous``
-    frame, as :func:`with_tangent`'s tangent does, so that a singular factor inside a transient does not
-    end the run (zero without ``previous``). That row is orthogonalized by the next block's factorization
-    (not here, which would double the cost of every factorization for this rare case).
+    a time (jax#8542). A row the map annihilates, or maps into the span of the rows before it (a
+    rank-deficient factor), has ``R_jj = 0`` (a growth of ``log 0 = -inf``, the exponent of a product with
+    a singular factor). In floating point what is left of it is rounding, within
+    :data:`_FRAME_RESOLUTION` ``eps |Y_j|``, in the span of the other rows, so its direction would stay
+    there for good: it counts as 0, and the row goes on along its (unit) row of the ``previous`` frame, as
+    :func:`with_tangent`'s tangent does, so that a singular factor inside a transient does not end the run
+    (zero without ``previous``). That row is orthogonalized by the next block's factorization (not here,
+    which would double the cost of every factorization for this rare case).
     """
     rows, norms = [], []
     for j in range(Y.shape[0]):
@@ -615,10 +618,17 @@ def _mgs(Y, previous=None):
             for q in rows:
                 v = v - jnp.dot(q, v) * q
         r = jnp.linalg.norm(v)
-        norms.append(r)
-        unit = v / jnp.where(r > 0, r, 1.0)
-        rows.append(unit if previous is None else jnp.where(r > 0, unit, previous[j]))
+        resolved = r > _FRAME_RESOLUTION * jnp.finfo(r.dtype).eps * jnp.linalg.norm(Y[j])
+        norms.append(jnp.where(resolved, r, 0.0))
+        unit = v / jnp.where(resolved, r, 1.0)
+        rows.append(jnp.where(resolved, unit, 0.0 if previous is None else previous[j]))
     return jnp.stack(rows), jnp.stack(norms)
+
+
+_FRAME_RESOLUTION = 16
+"""A row of a frame whose part orthogonal to the rows before it is ``<= 16 eps`` of its length is rounding, not a
+direction (:func:`_mgs`): a gap ``(lambda_i - lambda_j) dt`` of ``log(1 / (16 eps))``, 33 in float64 and 13 in
+float32, between two exponents in one block."""
 
 
 def _as_static(step):
@@ -1262,7 +1272,7 @@ def _separation_advance(step, carry, a, b, d0, dt, transient, per):
             # a collapsed clone (d = 0) has no direction of its own: it goes on along its previous one
             sep = [jnp.where(d > 0, sl, bl) for sl, bl in zip(sep, before)]
             scale = new_delta / jnp.where(d > 0, d, delta)
-            y = with_floats([xl + sl * scale for xl, sl in zip(xf, sep)], y)
+            y = with_floats([(xl + sl * scale).astype(xl.dtype) for xl, sl in zip(xf, sep)], y)
             # 0 < d within a few rounding units of the state: log d is rounding, an exit (NaN)
             eps = jnp.finfo(d.dtype).eps
             unresolved = (d > 0) & (d <= _CLONE_RESOLUTION * eps * tree_norm(xf))

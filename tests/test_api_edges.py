@@ -279,3 +279,49 @@ def test_an_observable_may_keep_arrays_in_its_config():
     for point in (np.zeros(1), jnp.full(1, 0.25)):
         res = ds.simulate(dyn, grid={"lr": [0.5]}, n_steps=2, observables={"o": offset(point)})
         np.testing.assert_allclose(res.o.values[..., -1], 0.25 - np.asarray(point)[0])
+
+
+def _final(dyn, n_steps, **kw):
+    return ds.simulate(dyn, n_steps=n_steps, observables={"x": ds.observables.final_state()}, **kw).x.values
+
+
+def test_optax_learning_rate_may_be_a_schedule_fixed_when_built():
+    """A schedule is not a number: it is passed to the optimizer as optax's ``learning_rate`` (it was passed as
+    dynsim's ``lr``, a TypeError), and gives what the schedule built inside a constructor gives."""
+    problem = ds.problems.quadratic(np.array([1.0, 2.0]))
+    schedule = optax.exponential_decay(0.1, 10, 0.5)
+    fixed = ds.dynamics.from_optax(problem, optax.sgd, batch_size=None, learning_rate=schedule)
+    assert "lr" not in fixed.hyperparams
+    built = ds.dynamics.from_optax(
+        problem, lambda learning_rate: optax.sgd(optax.exponential_decay(learning_rate, 10, 0.5)), None, lr=0.1
+    )
+    np.testing.assert_array_equal(_final(fixed, 5), _final(built, 5))
+
+
+def test_optax_optimizer_whose_learning_rate_defaults_to_none():
+    """``optax.adafactor``'s ``learning_rate=None`` (its own relative step) was refused as "lr must be a real
+    number"; against optax's own loop, full batch on ``F = (x_1^2 + 2 x_2^2)/2``."""
+    h = np.array([1.0, 2.0])
+    x = np.array([1.0, -1.0], np.float32)
+    dyn = ds.dynamics.from_optax(ds.problems.quadratic(h, theta0=x), optax.adafactor, batch_size=None)
+    got = _final(dyn, 5).ravel()
+    opt = optax.adafactor()
+    state = opt.init(x)
+    for _ in range(5):
+        updates, state = opt.update(h * x, state, x)
+        x = optax.apply_updates(x, updates)
+    np.testing.assert_allclose(got, x, rtol=1e-6)
+    ds.simulate(dyn, grid={"lr": [0.01, 0.1]}, n_steps=2)  # given, it is a grid axis
+
+
+def test_optax_argument_given_an_array_is_fixed_not_a_hyperparameter():
+    """One clipping threshold per coordinate (``ds.optim.coordinate_clipped_sgd``) is an array: fixed when the
+    dynamics is built; it was taken for a hyperparameter and crashed the run's cache."""
+    h, tau = np.array([1.0, 2.0]), np.array([0.1, 0.2])
+    problem = ds.problems.quadratic(h, theta0=np.array([1.0, -1.0]))
+    dyn = ds.dynamics.from_optax(problem, ds.optim.coordinate_clipped_sgd, None, lr=0.1, threshold=tau)
+    assert "threshold" not in dyn.hyperparams
+    x = np.array([1.0, -1.0])
+    for _ in range(3):
+        x = x - 0.1 * np.clip(h * x, -tau, tau)
+    np.testing.assert_allclose(_final(dyn, 3).ravel(), x, rtol=1e-6)

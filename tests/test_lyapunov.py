@@ -908,3 +908,33 @@ def test_a_singular_factor_inside_the_transient_does_not_end_the_run():
     np.testing.assert_allclose(top.exponents, exact[:1], atol=5 / 395)
     np.testing.assert_allclose(spec.exponents, exact, atol=5 / 395)
     assert np.all(np.isneginf(L.spectrum(step, x0, 0, 400, 2).exponents))
+
+
+def test_a_rank_deficient_factor_inside_the_transient_does_not_end_the_run(x64):
+    """Step 0 overwrites z with a constant (rank 2), then (x, y)' = B (x, y), z' = z / 2: the exponents after the
+    transient are log 0.6, log 0.5, log 0.3. The third row's remainder after step 0 was rounding inside the plane
+    of the other two, where it stayed: -inf."""
+    B = jnp.array([[0.6, 0.1], [0.0, 0.3]])
+
+    def step(s, key):
+        x, t = s
+        xy = jnp.where(t == 0, jnp.array([[0.8, 0.3], [0.2, 0.9]]) @ x[:2], B @ x[:2])
+        return jnp.concatenate([xy, jnp.where(t == 0, 1.0, 0.5 * x[2])[None]]), t + 1
+
+    x0 = (jnp.array([1.0, -0.5, 2.0]), jnp.array(0, jnp.int32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # batch means of a deterministic frame settling: correlated
+        spec = L.spectrum(step, x0, 0, 200, 3, transient=10, n_replicas=4)
+    np.testing.assert_allclose(spec.exponents, np.log([0.6, 0.5, 0.3]), atol=5 / 190)
+
+
+def test_two_trajectory_on_a_state_with_leaves_of_two_float_dtypes(x64):
+    """``x' = 0.5 x`` on a float64 leaf and ``y' = 0.25 y`` on a float32 one (optax's ``mu_dtype``, ``MultiSteps``
+    under x64): the rescaled clone kept the wider dtype, which the loop refused."""
+
+    def step(s, key):
+        return (0.5 * s[0], (0.25 * s[1]).astype(jnp.float32))
+
+    x0 = (jnp.ones(2, jnp.float64), jnp.ones(2, jnp.float32))
+    est = L.two_trajectory(step, x0, 0, 200, transient=20, n_replicas=2)
+    np.testing.assert_allclose(est.exponents, np.log(0.5), rtol=1e-6)

@@ -129,7 +129,7 @@ def bind(dynamics: Dynamics, hp: Mapping[str, Any] | None = None, seed: int = 0)
     """
     hp = resolve_hyperparams(dynamics, dict(hp or {}))
     for name in LEARNING_RATE_NAMES:  # as simulate does for its grid
-        if name in hp:
+        if hp.get(name) is not None:
             check_learning_rate(name, hp[name])
     if dynamics.check is not None:
         dynamics.check(hp)

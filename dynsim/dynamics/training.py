@@ -333,11 +333,13 @@ def _optimizer_hyperparams(make_optimizer: Callable) -> tuple[dict[str, Any], se
 
 
 def _is_number(value: Any) -> bool:
-    """A number or an array of numbers (a hyperparameter), not a function, flag or string (fixed when built)."""
+    """A number (a hyperparameter: one per cell, a grid axis), not an array of them (one threshold per
+    coordinate), a function, flag or string (fixed when the dynamics is built)."""
     try:
-        return np.asarray(value).dtype.kind in "iuf"
+        array = np.asarray(value)
     except Exception:  # noqa: BLE001 - whatever cannot be an array is not a number
         return False
+    return array.ndim == 0 and array.dtype.kind in "iuf"
 
 
 def from_optax(
@@ -351,7 +353,8 @@ def from_optax(
     **defaults: Any,
 ) -> Dynamics:
     """Any optax optimizer on minibatch gradients, its state carried in the trajectory state; any whose
-    ``update(grads, state, params)`` needs nothing else (not ``optax.lbfgs``, whose line search takes the loss).
+    ``update(grads, state, params)`` needs nothing else (not ``optax.lbfgs``, whose line search takes the loss, nor
+    ``optax.lookahead``, whose parameters are a pair of fast and slow weights).
 
     ``make_optimizer`` is an optax constructor such as ``optax.adam`` or
     ``optax.sgd``; its numeric arguments become hyperparameters (``learning_rate`` is
@@ -364,7 +367,9 @@ def from_optax(
     ``from_optax(p, optax.adam, b1=0.8)``; arguments whose default is not a number (flags such as
     ``optax.sgd``'s ``nesterov``), and any argument given something other than a number
     (``optax.adamw``'s ``mask=fn``), are fixed by ``defaults`` when the dynamics is built, not
-    hyperparameters: ``from_optax(p, optax.sgd, momentum=0.9, nesterov=True)``. ``batch_size=None``
+    hyperparameters: ``from_optax(p, optax.sgd, momentum=0.9, nesterov=True)``; so are arrays (one
+    threshold per coordinate) and a schedule given as the learning rate
+    (``learning_rate=optax.exponential_decay(0.1, 100, 0.5)``: then ``lr`` is no grid axis). ``batch_size=None``
     uses the full dataset (GD with this optimizer).
 
     With ``make_optimizer=optax.sgd`` the iterates equal :func:`sgd`'s bit for bit.
@@ -390,8 +395,8 @@ def from_optax(
     static = batch_size_axis(problem, batch_size, own)
 
     def optimizer(hp) -> optax.GradientTransformation:
-        kwargs = {("learning_rate" if n == "lr" else n): hp[n] for n in optimizer_names if hp[n] is not None}
-        return make_optimizer(**kwargs, **constants)
+        kwargs = {n: hp[n] for n in optimizer_names if hp[n] is not None} | constants
+        return make_optimizer(**{("learning_rate" if n == "lr" else n): v for n, v in kwargs.items()})
 
     def init(key, hp) -> TrainState:
         params, data = _init_params_and_data(problem, key, hp)
