@@ -49,6 +49,22 @@ def stable_repr(value: Any) -> str:
     return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
 
 
+def jsonable(value: Any) -> Any:
+    """``value`` for a JSON configuration: NumPy and JAX scalars as numbers, arrays as nested lists, dicts, lists
+    and tuples entry by entry, anything else (a function) by :func:`stable_repr`, the same in every process."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (np.ndarray, jax.Array)):
+        return np.asarray(value).tolist()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return stable_repr(value)
+
+
 def check_no_nan(name: str, value: Any) -> None:
     """Refuse a numeric hyperparameter holding NaN (an infinite one may mean "off", as a clipping threshold)."""
     try:

@@ -47,7 +47,7 @@ from dynsim._validate import (
     check_positive,
     explain_tracing,
     grid_values,
-    stable_repr,
+    jsonable,
 )
 from dynsim.checkpoint import Checkpoint, add_program
 from dynsim.dynamics.base import Dynamics, resolve_hyperparams
@@ -675,18 +675,6 @@ def _scalar_constant(name: str, value: Any) -> Any:
     return value
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, (np.ndarray, jax.Array)):
-        return np.asarray(value).tolist()
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return stable_repr(value)  # a function: its name, the same in every process (the jaxprs tell what it does)
-
-
 def _check_shard(shard, checkpoint) -> None:
     if shard is None:
         return
@@ -761,13 +749,13 @@ def _run_config(dynamics, g: _Grid, obs, n_steps, n_replicas, seed, record_every
         "dynamics": dynamics.name,
         "problem": getattr(dynamics.problem, "name", None),
         "grid": {a: v.tolist() for a, v in zip(g.axes, g.values)},
-        "hyperparams": {k: _jsonable(v) for k, v in g.constants.items()},
+        "hyperparams": {k: jsonable(v) for k, v in g.constants.items()},
         "static_axes": list(g.static),
         "n_steps": n_steps,
         "n_replicas": n_replicas,
         "seed": seed,
         "record_every": record_every,
-        "observables": {n: {"kind": o.kind, **{k: _jsonable(v) for k, v in o.config.items()}} for n, o in obs.items()},
+        "observables": {n: {"kind": o.kind, **{k: jsonable(v) for k, v in o.config.items()}} for n, o in obs.items()},
         "divergence_bound": bound,
     }
 

@@ -45,7 +45,7 @@ import numpy as np
 import xarray as xr
 from scipy import integrate, optimize, special, stats
 
-from dynsim._validate import check_choice, check_int, check_positive, grid_values
+from dynsim._validate import check_choice, check_int, check_positive, grid_values, jsonable
 
 __all__ = [
     "PHASES",
@@ -61,6 +61,7 @@ __all__ = [
     "classify",
     "saddle_phases",
     "wilson_interval",
+    "MEAN_SQUARE_BATCHES",
 ]
 
 PHASES = ("I_ms", "I_p", "II", "III", "IV")
@@ -445,9 +446,13 @@ def _label(ds: xr.Dataset, config: dict) -> xr.Dataset:
         ds[var].attrs["long_name"] = long_name
     ds.attrs["phases"] = ", ".join(PHASES)
     ds.attrs["aliases"] = "Ia = I_ms (mean-square convergent part of I), Ib = I_p (the rest of I)"
-    ds.attrs["config"] = json.dumps({"function": "dynsim.stability.saddle_phases", **config})
+    ds.attrs["config"] = json.dumps({"function": "dynsim.stability.saddle_phases", **jsonable(config)})
     ds.attrs["dynsim_version"] = dynsim.__version__
     return ds
+
+
+MEAN_SQUARE_BATCHES = 8
+"""Batches of the simulated mean-square factor's time average (so ``n_steps`` must be at least this)."""
 
 
 @functools.lru_cache(maxsize=16)
@@ -460,7 +465,7 @@ def _phase_simulation(chi, batch_size, n_data, noise_var, c0):
     problem = ds.problems.rank1_saddle(chi, n_data=n_data, noise_var=noise_var, c0=c0)
     observables = {
         "modes": ds.observables.final_state(),
-        "ms_minus": ds.observables.time_average(lambda m: m["sq_minus"], n_batches=8),
+        "ms_minus": ds.observables.time_average(lambda m: m["sq_minus"], n_batches=MEAN_SQUARE_BATCHES),
     }
     return ds.dynamics.saddle_modes(problem, batch_size=batch_size), observables
 
@@ -618,7 +623,7 @@ def saddle_phases(
         raise ValueError(f"level must be a number in (0, 1), got {level!r}")
     check_int("refine", refine, minimum=0)
     check_int("n_replicas", n_replicas, minimum=1)
-    check_int("n_steps", n_steps, minimum=1)
+    check_int("n_steps", n_steps, minimum=MEAN_SQUARE_BATCHES if method == "simulation" else 1)
     seed = check_int("seed", seed, minimum=0, maximum=2**63 - 1)
     engine = check_choice("engine", engine, ("simulate", "fused"))
     config = dict(chi=chi, batch_size=batch_size, n_data=n_data, noise_var=noise_var, c0=c0, seed=seed, method=method)

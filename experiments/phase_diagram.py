@@ -249,6 +249,37 @@ def two_point(args):
 DIAGRAMS = {"lr-mu": lr_mu, "lr-S": lr_s, "finite-N": finite_n, "two-point": two_point}
 
 
+def check_options(parser: argparse.ArgumentParser, args: argparse.Namespace, given: set[str]) -> None:
+    """Refuse sizes the run cannot use before it starts (as a usage error naming the option, not a traceback
+    after the work); ``given``: the preset's options set on the command line."""
+    smallest = {
+        "--lr-points": (args.lr_points, 2, "a contour needs two points per axis"),
+        "--second-points": (args.second_points, 2, "a contour needs two points per axis"),
+        "--replicas": (args.replicas, 1, ""),
+        "--steps": (
+            args.steps,
+            ds.stability.MEAN_SQUARE_BATCHES,
+            "the mean-square factor is averaged in that many batches",
+        ),
+        "--refine": (args.refine, 0, ""),
+        "--batch-size": (args.batch_size, 1, ""),
+        "--datasets": (args.datasets, 1, ""),
+        "--n-data": (min(args.n_data), 1, ""),
+    }
+    for option, (value, minimum, why) in smallest.items():
+        if value < minimum:
+            parser.error(f"{option} must be >= {minimum}{f' ({why})' if why else ''}, got {value}")
+    if len(set(args.n_data)) < len(args.n_data):
+        parser.error(f"--n-data values must be distinct, got {args.n_data}")
+    if args.diagram == "lr-S" and (args.batch_size != 1 or "second_points" in given):
+        parser.error(
+            "the lr-S diagram's axes are lr and the batch size (S = 1 to 128) at one --mu: "
+            "--batch-size and --second-points do not apply"
+        )
+    if args.engine == "fused" and args.resume:
+        parser.error("--engine fused writes no checkpoints (its runs take seconds on a GPU): drop --resume")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--diagram", choices=sorted(DIAGRAMS), default="lr-mu")
@@ -270,9 +301,11 @@ def main(argv=None) -> None:
         "writes phase_diagram_<name>_fused.png/.nc",
     )
     args = _cli.parse(parser, argv, replot=True)
+    given = {key for key in PRESETS[args.preset] if getattr(args, key) is not None}
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    check_options(parser, args, given)
 
     name = {"lr-mu": "lr_mu", "lr-S": "lr_S", "finite-N": "finite_N", "two-point": "two_point"}[args.diagram]
     if args.engine == "fused":  # kept apart from the default engine's files

@@ -310,3 +310,45 @@ def test_sgd_with_batch_four_converges_in_probability_up_to_lambda_p():
         e, se = est.exponent.sel(lr=lr).item(), est.stderr.sel(lr=lr).item()
         assert abs(e - float(S.regression_exponent(lr, 4))) < 4 * se, (lr, e, se)
     assert est.exponent.sel(lr=2.5).item() < 0 < est.exponent.sel(lr=2.9).item()
+
+
+def test_saddle_phases_records_numpy_scalars_and_datasets_in_its_config():
+    """The configuration is JSON: NumPy scalars and a ``data=`` dataset were not serializable, a TypeError
+    raised after the whole computation."""
+    import json
+
+    x, eps = np.array([0.3, -1.2, 0.8]), np.array([0.5, 0.1, -0.7])
+    res = S.saddle_phases(
+        [0.5, 1.0],
+        [0.1, 0.5],
+        batch_size=np.int64(2),
+        n_data=np.int64(3),
+        noise_var=np.float32(1.0),
+        data={"x": x, "eps": eps},
+        nodes=np.int64(100),
+    )
+    config = json.loads(res.attrs["config"])
+    assert config["batch_size"] == 2 and config["n_data"] == 3 and config["data"]["x"] == x.tolist()
+    with pytest.raises(ValueError, match="n_steps must be >= 8"):
+        S.saddle_phases([0.5, 1.0], [0.1, 0.5], method="simulation", n_steps=5)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--lr-points", "1"], "--lr-points must be >= 2"),
+        (["--steps", "5"], "--steps must be >= 8"),
+        (["--diagram", "finite-N", "--datasets", "0"], "--datasets must be >= 1"),
+        (["--diagram", "finite-N", "--n-data", "3", "3"], "--n-data values must be distinct"),
+        (["--diagram", "lr-S", "--second-points", "5"], "--second-points do not apply"),
+        (["--engine", "fused", "--resume"], "drop --resume"),
+    ],
+)
+def test_phase_diagram_refuses_unusable_options_before_running(argv, message, tmp_path, capsys):
+    from conftest import import_experiment
+
+    experiment = import_experiment("phase_diagram")
+    with pytest.raises(SystemExit):
+        experiment.main([*argv, "--out", str(tmp_path), "--results", str(tmp_path)])
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing computed, nothing written
