@@ -176,7 +176,8 @@ def sharpness(
     most ``lambda_max``, the larger is returned. (Keeping the first whenever it was >= 0 returned 0.1 for
     ``diag(1, -0.999)``: there the first quotient mixes ``+-lambda`` and never converges.) ``v0`` warm-starts from a
     previous :class:`Eigen` vector (a flat vector over all parameters, or a pytree like
-    ``params``), else a Gaussian from
+    ``params``; for ``"power"``, with :data:`WARM_START_NOISE` of a random direction from ``key`` mixed in, since a
+    component exactly 0 in ``v0`` would stay 0: 5 for 8 from a previous Hessian's eigenvector), else a Gaussian from
     ``key``. ``batched=True``: ``params`` (and ``v0``) carry a leading axis, one Hessian each
     (``args`` are shared).
     """
@@ -198,6 +199,12 @@ def sharpness(
                 f"v0 must be a flat vector of {flat.size} entries (all parameters) or a pytree like params, "
                 f"got {v0.shape[0]} entries"
             )
+        v0 = v0.astype(flat.dtype)
+        if method == "power":
+            # power iteration never grows a component that is exactly 0 in v0 (a previous Hessian's eigenvector
+            # often has such zeros): mix in WARM_START_NOISE of a random direction, which it then can
+            noise = jax.random.normal(key if key is not None else jax.random.key(0), flat.shape, flat.dtype)
+            v0 = _normalize(v0) + WARM_START_NOISE * _normalize(noise)
 
     def matvec(v):
         return ravel_pytree(hvp(loss_fn, params, unravel(v), *args))[0]
@@ -213,6 +220,10 @@ def sharpness(
     # both are Rayleigh quotients of H, so neither exceeds lambda_max: the larger is the better estimate
     best = dominant.value >= shifted.value
     return jax.tree_util.tree_map(lambda a, b: jnp.where(best, a, b), dominant, shifted)
+
+
+WARM_START_NOISE = 1e-3
+"""Share of a random direction that :func:`sharpness` (``method="power"``) mixes into a warm start ``v0``."""
 
 
 def gradient_norm(loss_fn: Callable[..., jax.Array], params: Any, *args) -> jax.Array:

@@ -87,13 +87,20 @@ def hill_tail_index(samples, k: int | None = None, *, level: float = 0.95) -> Hi
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
     x = np.sort(np.abs(np.asarray(samples, dtype=np.float64)).ravel())[::-1]
-    x = x[np.isfinite(x)]
+    if np.isnan(x).any() or np.isinf(x).any():
+        raise ValueError(
+            f"samples hold {int(np.isnan(x).sum())} NaN and {int(np.isinf(x).sum())} infinite values: the infinite "
+            "ones are the largest order statistics, which the estimate needs (dropping them made a Pareto(1) tail "
+            "read 3.4); give the finite samples (the tail of the runs that did not diverge) if that is what you mean"
+        )
     n = x.size
     if n < 3:
-        raise ValueError(f"need at least 3 finite samples, got {n}")
+        raise ValueError(f"need at least 3 samples, got {n}")
     k = int(round(np.sqrt(n))) if k is None else check_int("k", k, minimum=2, maximum=n - 1)
     if x[k] <= 0:
         raise ValueError(f"the {k + 1}-th largest |sample| is 0: take a smaller k")
+    if x[0] == x[k]:
+        raise ValueError(f"the {k + 1} largest |samples| are all {x[k]!r}: no tail to measure; take a larger k")
     inverse = np.mean(np.log(x[:k] / x[k]))
     alpha = 1.0 / inverse
     z = stats.norm.ppf(0.5 + level / 2)
@@ -133,7 +140,22 @@ def quantile_interval(samples, q: float = 0.5, *, level: float = 0.95) -> Quanti
     k = int(stats.binom.ppf(1 - tail, n, q)) + 1  # P(B >= k) <= tail
     low = x[j - 1] if j >= 1 else -np.inf
     high = x[k - 1] if k <= n else np.inf
-    return QuantileEstimate(float(np.quantile(x, q)), float(low), float(high))
+    return QuantileEstimate(_linear_quantile(x, q), float(low), float(high))
+
+
+def _linear_quantile(x: np.ndarray, q: float) -> float:
+    """``np.quantile(x, q)`` of sorted ``x`` (``x_(i) + w (x_(i+1) - x_(i))`` at ``q (n - 1) = i + w``), also where
+    an order statistic is infinite: ``x_(i)`` if ``w = 0``, else ``inf`` next to ``inf`` (NumPy gave NaN, from
+    ``0 * inf`` or ``inf - inf``); NaN only between ``-inf`` and ``inf``."""
+    pos = q * (x.size - 1)
+    i = int(np.floor(pos))
+    w = pos - i
+    if w == 0 or i + 1 >= x.size:
+        return float(x[i])
+    a, b = x[i], x[i + 1]
+    if np.isfinite(a) and np.isfinite(b):
+        return float(a + w * (b - a))
+    return float(np.nan if (a == -np.inf and b == np.inf) else (b if np.isinf(b) else a))
 
 
 # --------------------------------------------------------------------------- averages and measures
@@ -357,12 +379,17 @@ def _chains(samples, split: bool):
     return x
 
 
-def rhat(samples, *, split: bool = True) -> np.ndarray:
-    """Potential scale reduction R-hat of ``samples (..., chains, draws)`` (Gelman and Rubin 1992;
-    split chains, Vehtari et al. 2021). Near 1 when every chain samples the same law; the
-    usual alarm threshold is 1.01-1.1. Needs 2 chains of 2 draws after splitting: 4 draws per chain
-    (one chain will do, its halves compared), or with ``split=False`` 2 chains of 2 draws."""
-    x = _chains(samples, split)
+def _rank_normalize(x: np.ndarray) -> np.ndarray:
+    """``Phi^-1((r - 3/8) / (S + 1/4))`` of the ranks ``r`` (ties averaged) of each set of ``S`` draws ``(..., chains,
+    draws)``, pooled over chains (Vehtari et al. 2021, eq. 14); NaN where a draw is NaN."""
+    flat = x.reshape(*x.shape[:-2], -1)
+    ranks = stats.rankdata(flat, axis=-1, nan_policy="propagate")
+    return stats.norm.ppf((ranks - 0.375) / (flat.shape[-1] + 0.25)).reshape(x.shape)
+
+
+def _split_rhat(x: np.ndarray) -> np.ndarray:
+    """``sqrt(var_plus / W)``, ``var_plus = (n - 1)/n W + B/n`` of chains ``(..., chains, draws)`` (Gelman et al.,
+    *Bayesian Data Analysis*, 3rd ed., eq. 11.4)."""
     n = x.shape[-1]
     means = x.mean(axis=-1)
     within = x.var(axis=-1, ddof=1).mean(axis=-1)
@@ -371,11 +398,39 @@ def rhat(samples, *, split: bool = True) -> np.ndarray:
     return np.sqrt(var_plus / within)
 
 
-def ess(samples) -> np.ndarray:
+def rhat(samples, *, split: bool = True, rank: bool = True) -> np.ndarray:
+    """Potential scale reduction R-hat of ``samples (..., chains, draws)``: near 1 when every chain samples the
+    same law; the usual alarm threshold is 1.01.
+
+    ``rank=True``: the rank-normalized split R-hat of Vehtari et al. (2021, eq. 15), the larger of the split
+    R-hats of the rank-normalized draws (bulk) and of the rank-normalized ``|x - median|`` (tails): it sees
+    chains that differ in location, in scale or in their tails, needs no moment (Cauchy draws, infinite values
+    of diverged runs), and its bulk part is unchanged by any increasing transformation of the draws. ``rank=False``: the
+    classic split R-hat of the draws themselves (Gelman et al., *BDA3*), which sees differences of location
+    only (1.0002 for three chains of N(0, 1) and one of N(0, 25), where the rank form gives 1.25). Needs 2 chains
+    of 2 draws after splitting: 4 draws per chain (one chain will do, its halves compared), or with
+    ``split=False`` 2 chains of 2 draws.
+    """
+    x = _chains(samples, split)
+    if not rank:
+        return _split_rhat(x)
+    with np.errstate(invalid="ignore"):
+        folded = np.abs(x - np.median(x, axis=(-2, -1), keepdims=True))
+    return np.maximum(_split_rhat(_rank_normalize(x)), _split_rhat(_rank_normalize(folded)))
+
+
+def ess(samples, *, rank: bool = False) -> np.ndarray:
     """Effective sample size of ``samples (..., chains, draws)`` from the autocorrelations pooled
     over chains, truncated by Geyer's initial positive sequence (as Stan and BlackJAX do). Chains are
-    split in halves, as for :func:`rhat`: at least 4 draws per chain."""
+    split in halves, as for :func:`rhat`: at least 4 draws per chain.
+
+    ``rank=False``: the ESS of the draws, the one for the standard error of their mean,
+    ``sd / sqrt(ESS)`` (meaningless without a finite variance). ``rank=True``: the bulk ESS of Vehtari et
+    al. (2021), that of the rank-normalized draws, for medians and quantiles, defined for any law.
+    """
     x = _chains(samples, split=True)
+    if rank:
+        x = _rank_normalize(x)
     m, n = x.shape[-2], x.shape[-1]
     centred = x - x.mean(axis=-1, keepdims=True)
     f = np.fft.rfft(centred, n=2 * n, axis=-1)
@@ -485,16 +540,23 @@ def vanishing_change(
 # --------------------------------------------------------------------------- network diagnostics
 
 
+def _singular_values(matrix) -> np.ndarray:
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if not np.isfinite(matrix).all():
+        raise ValueError(f"matrix holds {int((~np.isfinite(matrix)).sum())} non-finite entries (NaN or inf)")
+    return np.linalg.svd(matrix, compute_uv=False)
+
+
 def numerical_rank(matrix, tol: float = 1e-3) -> np.ndarray:
     """``#{i : s_i > tol * s_max}`` for the singular values ``s`` of ``matrix (..., m, n)`` (batched)."""
-    s = np.linalg.svd(np.asarray(matrix, dtype=np.float64), compute_uv=False)
+    s = _singular_values(matrix)
     return np.sum(s > tol * s[..., :1], axis=-1)
 
 
 def effective_rank(matrix) -> np.ndarray:
     """``exp(-sum p_i log p_i)`` with ``p_i = s_i / sum s`` (Roy and Vetterli 2007), batched; 0 for a
     zero matrix, as :func:`numerical_rank` gives."""
-    s = np.linalg.svd(np.asarray(matrix, dtype=np.float64), compute_uv=False)
+    s = _singular_values(matrix)
     total = s.sum(axis=-1)
     p = s / np.maximum(total[..., None], 1e-300)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -551,6 +613,8 @@ def scaled_step_change(
     (thin correlated samples first).
     """
     scales = np.asarray(scales, dtype=np.float64)
+    if scales.ndim != 1 or scales.size == 0:
+        raise ValueError(f"scales must be a non-empty 1-D sequence of numbers c, got {scales.tolist()!r}")
     n_draws = check_int("n_draws", n_draws, minimum=1)
     key = prng.as_key(key)
     n = int(jax.tree_util.tree_leaves(samples)[0].shape[0])

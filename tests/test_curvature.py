@@ -180,3 +180,22 @@ def test_relaxed_smoothness_constants_of_the_thesis_examples(x64):
     pts = jax.random.normal(jax.random.key(0), (50, 2))
     est = C.relaxed_smoothness(quad, pts, 0.0)
     assert float(est.l0) == pytest.approx(7.0, rel=1e-9)
+
+
+def test_power_warm_start_from_a_stale_eigenvector_and_of_another_dtype(x64):
+    """A previous Hessian's top eigenvector ``e_1`` has exact zeros, where power iteration never grows the new top
+    direction: 5 (residual 0) for 8. And a float64 ``v0`` for float32 parameters (or an integer one) crashed."""
+
+    def old(x):
+        return 0.5 * (5 * x[0] ** 2 + x[1] ** 2 + 0.5 * x[2] ** 2)
+
+    def new(x):
+        return 0.5 * (5 * x[0] ** 2 + 8 * x[1] ** 2 + 0.5 * x[2] ** 2)
+
+    stale = C.sharpness(old, jnp.ones(3), method="power", n_iter=100).vector
+    assert float(C.sharpness(new, jnp.ones(3), method="power", v0=stale).value) == pytest.approx(8.0, rel=1e-4)
+    params = jnp.ones(3, jnp.float32)
+    for v0 in (np.array([1.0, 1.0, 0.0]), jnp.array([1, 1, 0])):
+        for method in ("power", "lanczos"):
+            est = C.sharpness(new, params, method=method, v0=v0)
+            assert est.value.dtype == jnp.float32 and float(est.value) == pytest.approx(8.0, rel=1e-4)

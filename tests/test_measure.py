@@ -350,3 +350,69 @@ def test_numpy_integer_seeds_are_seeds():
     one = M.scaled_step_change(lambda x: jnp.sum(x**2), update, samples, [1.0], key=np.uint32(5))
     other = M.scaled_step_change(lambda x: jnp.sum(x**2), update, samples, [1.0], key=5)
     np.testing.assert_array_equal(one.per_sample, other.per_sample)
+
+
+def _reference_rank_rhat(chains: np.ndarray) -> float:
+    """Vehtari et al. (2021), eqs. 14-15, written out for one (chains, draws) array: split,
+    rank over all draws, normal scores, BDA3's R-hat; the same for |x - median|; the larger."""
+    half = chains.shape[1] // 2
+    split = np.concatenate([chains[:, :half], chains[:, half : 2 * half]])
+
+    def scores(x):  # tied values (the two draws around the median, once folded) share their average rank
+        values, first, counts = np.unique(x, return_index=True, return_counts=True)
+        average = np.cumsum(counts) - (counts - 1) / 2
+        ranks = average[np.searchsorted(values, x)]
+        return stats.norm.ppf((ranks - 3 / 8) / (x.size + 1 / 4))
+
+    def classic(x):
+        n = x.shape[1]
+        w = np.mean([np.var(c, ddof=1) for c in x])
+        b = n * np.var([c.mean() for c in x], ddof=1)
+        return np.sqrt(((n - 1) / n * w + b / n) / w)
+
+    return max(classic(scores(split)), classic(scores(np.abs(split - np.median(split)))))
+
+
+def test_rank_normalized_rhat_sees_scale_and_tails_and_ignores_monotone_maps():
+    rng = np.random.default_rng(3)
+    scale = rng.standard_normal((4, 1000)) * np.array([1, 1, 1, 5])[:, None]
+    cauchy = rng.standard_cauchy((4, 1000)) + np.array([0, 0, 0, 3])[:, None]
+    same = rng.standard_normal((4, 1000))
+    for x in (scale, cauchy, same):
+        assert M.rhat(x) == pytest.approx(_reference_rank_rhat(x), rel=1e-12)
+    assert M.rhat(scale, rank=False) < 1.01 < 1.1 < M.rhat(scale)  # the classic form sees location only
+    assert M.rhat(cauchy) > 1.05 and M.rhat(same) < 1.01
+    # ranks: units do not matter, up to the folded tie at the median that rounding in 2 x + 7 may break (one
+    # pair of ranks moved by 1/2 among 4000)
+    assert M.rhat(2 * scale + 7) == pytest.approx(M.rhat(scale), rel=1e-4)
+    diverged = same.copy()
+    diverged[0, :10] = np.inf  # infinite draws of diverged runs are the largest, not NaN
+    assert np.isfinite(M.rhat(diverged))
+    # bulk ESS of independent draws is their number; Cauchy draws have one too
+    assert M.ess(same, rank=True) == pytest.approx(4000, rel=0.15)
+    assert M.ess(rng.standard_cauchy((4, 1000)), rank=True) == pytest.approx(4000, rel=0.15)
+
+
+def test_quantiles_and_tails_with_infinite_samples():
+    """Infinite samples (diverged runs set to inf) are the largest order statistics: the median of
+    {1, 2, inf, inf} is inf (NumPy's interpolation gave NaN), and the Hill estimate refuses them rather
+    than dropping them, which made a Pareto(1) tail read 3.4."""
+    assert M.quantile_interval([1, np.inf, np.inf], 0.5).value == np.inf
+    assert M.quantile_interval([1, 2, np.inf, np.inf], 0.5).value == np.inf
+    assert M.quantile_interval([1, 2, 3, np.inf], 0.5).value == 2.5
+    assert M.quantile_interval([1, 2, 3, np.inf], 1 / 3).value == 2.0
+    x = np.random.default_rng(0).pareto(1.0, 10_000) + 1
+    x[x > np.quantile(x, 0.99)] = np.inf
+    with pytest.raises(ValueError, match="infinite"):
+        M.hill_tail_index(x, 100)
+    with pytest.raises(ValueError, match="no tail"):
+        M.hill_tail_index(np.r_[np.full(5, 2.0), np.ones(20)], 3)
+
+
+def test_ranks_of_non_finite_matrices_and_step_change_scales_are_refused_by_name():
+    with pytest.raises(ValueError, match="non-finite"):
+        M.numerical_rank(np.array([[1.0, np.nan], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match="non-finite"):
+        M.effective_rank(np.array([[1.0, np.inf], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match="scales must be a non-empty 1-D"):
+        M.scaled_step_change(lambda x: x**2, lambda x, k: -x, jnp.ones(3), 1.0)
