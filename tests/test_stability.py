@@ -352,3 +352,15 @@ def test_phase_diagram_refuses_unusable_options_before_running(argv, message, tm
         experiment.main([*argv, "--out", str(tmp_path), "--results", str(tmp_path)])
     assert message in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing computed, nothing written
+
+
+@pytest.mark.parametrize("engine", ["simulate", "fused"])
+def test_simulated_exponents_at_learning_rates_whose_squares_overflow_float32(engine):
+    """At ``|lr chi| > 1.8e19`` the mean-square factor's square overflows float32: the run froze with it, and the
+    exponent read 0.31 for 42.6 (``lr = 1e19``) and 0 beyond."""
+    lrs, mus = [1e19, 1e25], [0.5]
+    theory = S.saddle_phases(lrs, mus)
+    sim = S.saddle_phases(lrs, mus, method="simulation", n_replicas=256, n_steps=1000, engine=engine)
+    z = (sim.Lambda_plus - theory.Lambda_plus) / sim.Lambda_plus_stderr
+    assert np.all(np.abs(z.values) < 4), z.values
+    assert np.all(sim.phase.values == S.PHASES.index("IV")) and np.all(np.isinf(sim.ms_minus.values))

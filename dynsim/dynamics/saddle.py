@@ -32,6 +32,11 @@ def _chi(problem: Problem):
     return chi
 
 
+def _square_in_range(x):
+    """``x^2``, or the dtype's largest value where it overflows."""
+    return jnp.minimum(x**2, jnp.finfo(x.dtype).max)
+
+
 def saddle_modes(problem: Problem, batch_size: int = 1, *, replace: bool = True, lr: float = REQUIRED) -> Dynamics:
     """SGD on :func:`dynsim.problems.rank1_saddle` in the modes ``h = w + u``, ``m = w - u``, in log space.
 
@@ -43,7 +48,10 @@ def saddle_modes(problem: Problem, batch_size: int = 1, *, replace: bool = True,
       ``log|1 -+ lr chi_s|``: exact at any depth (in (w, u) coordinates, phase III runs reach
       ``w == u`` bitwise and ``log|w - u| = -inf`` after a few hundred steps);
     * ``sq_plus, sq_minus = (1 -+ lr chi_t)^2`` of the last step, whose time average
-      estimates the mean-square factors ``E(1 -+ lr chi)^2``.
+      estimates the mean-square factors ``E(1 -+ lr chi)^2``; a square beyond the dtype's range (``|lr chi| >
+      1.8e19`` in float32) is held at its largest value, so that the state stays finite and the log-modes go
+      on (an infinite one froze the run, its exponent included: 0.31 for 42.6 at ``lr = 1e19``); its average
+      is then ``inf``, as the factor's is.
 
     The minibatch law (batch size, replacement, finite or fresh data) and the
     hyperparameters are those of :func:`dynsim.dynamics.sgd` on the same problem.
@@ -70,8 +78,8 @@ def saddle_modes(problem: Problem, batch_size: int = 1, *, replace: bool = True,
         modes = {
             "log_plus": grow(m["log_plus"], plus),
             "log_minus": grow(m["log_minus"], minus),
-            "sq_plus": plus**2,
-            "sq_minus": minus**2,
+            "sq_plus": _square_in_range(plus),
+            "sq_minus": _square_in_range(minus),
         }
         return state._replace(params=modes)
 
