@@ -4,11 +4,36 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def tree_norm(tree) -> jax.Array:
     """``sqrt(sum_i x_i^2)`` over every entry of every leaf: the global Euclidean norm."""
     return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree_util.tree_leaves(tree)))
+
+
+def scaled_norm(tree) -> jax.Array:
+    """:func:`tree_norm` without its overflow and underflow: ``2^e sqrt(sum_i (x_i / 2^e)^2)``, ``2^e`` the power of
+    two just above ``max|x_i|``.
+
+    The squares of entries beyond ``1.8e19`` (float32; ``1.3e154`` in float64) overflow, and those below
+    ``1e-19`` underflow, though the norm is a normal number. Where :func:`tree_norm` is finite and above
+    ``sqrt(n tiny / eps)`` (no square it dropped could matter), this is it, to the bit; elsewhere the scaled
+    sum, whose scale is applied as two normal powers of two (``2^e`` alone is subnormal for the largest
+    floats, and flushed to zero). ``inf`` (or NaN) where an entry is.
+    """
+    leaves = jax.tree_util.tree_leaves(tree)
+    dtype = jnp.result_type(*leaves)
+    plain = tree_norm(leaves).astype(dtype)
+    info = jnp.finfo(dtype)
+    size = sum(leaf.size for leaf in leaves)
+    in_range = jnp.isfinite(plain) & (plain > np.sqrt(size * float(info.tiny) / float(info.eps)))
+    m = jnp.max(jnp.stack([jnp.max(jnp.abs(leaf)).astype(dtype) for leaf in leaves]))
+    ok = (m > 0) & jnp.isfinite(m)
+    _, e = jnp.frexp(jnp.where(ok, m, 1))  # m = f 2^e, 1/2 <= f < 1
+    low, high = jnp.exp2((e // 2).astype(dtype)), jnp.exp2((e - e // 2).astype(dtype))
+    total = sum(jnp.sum(jnp.square(leaf.astype(dtype) / low / high)) for leaf in leaves)
+    return jnp.where(in_range, plain, jnp.where(ok, jnp.sqrt(total) * low * high, m))
 
 
 def tree_vdot(a, b) -> jax.Array:

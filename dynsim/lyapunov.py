@@ -33,7 +33,7 @@ from scipy import optimize, special
 
 from dynsim import prng
 from dynsim._progress import PROGRESS_BLOCKS, in_blocks, progress_bar
-from dynsim._tree import check_same_type, tree_norm
+from dynsim._tree import check_same_type, scaled_norm, tree_norm
 from dynsim._validate import check_int, check_positive, explain_tracing
 from dynsim.checkpoint import CarryFile, add_program
 from dynsim.observables import batch_means_stderr, time_batches, warn_if_correlated, warn_if_drifting
@@ -101,8 +101,8 @@ def scalar_exponent(a, weights=None, *, with_stderr: bool = False):
         value = np.sum(np.where(w > 0, w * logs, 0.0), axis=-1)  # an atom of probability 0 is not in the law
     if not with_stderr:
         return value
-    n = np.sum(np.broadcast_to(w > 0, a.shape), axis=-1)
-    finite = (np.isfinite(logs) | (w == 0)).all(axis=-1)
+    n = np.sum(np.broadcast_to(w > 0, np.broadcast_shapes(a.shape, w.shape)), axis=-1)
+    finite = (np.isfinite(logs) | (w == 0)).all(axis=-1) & (n > 1)  # one sample has no spread to read
     with np.errstate(invalid="ignore"):
         squares = np.where(w > 0, w * (logs - value[..., None]) ** 2, 0.0)
         sd = np.sqrt(np.sum(squares, axis=-1) * n / np.maximum(n - 1, 1))
@@ -602,14 +602,16 @@ def _mgs(Y, previous=None):
 
     Returns ``Q`` (orthonormal rows) and ``|diag R|``. Unrolled over the ``k`` rows; for wide frames
     (``d >> k``) it is far faster than a batched ``jnp.linalg.qr``, which factors large matrices one at
-    a time (jax#8542). A row the map annihilates, or maps into the span of the rows before it (a
-    rank-deficient factor), has ``R_jj = 0`` (a growth of ``log 0 = -inf``, the exponent of a product with
-    a singular factor). In floating point what is left of it is rounding, within
-    :data:`_FRAME_RESOLUTION` ``eps |Y_j|``, in the span of the other rows, so its direction would stay
-    there for good: it counts as 0, and the row goes on along its (unit) row of the ``previous`` frame, as
-    :func:`with_tangent`'s tangent does, so that a singular factor inside a transient does not end the run
-    (zero without ``previous``). That row is orthogonalized by the next block's factorization (not here,
-    which would double the cost of every factorization for this rare case).
+    a time (jax#8542). A row the map annihilates has ``R_jj = 0`` (a growth of ``log 0 = -inf``, the exponent
+    of a product with a singular factor); one it maps into the span of the rows before it (a rank-deficient
+    factor) keeps only rounding, within :data:`_FRAME_RESOLUTION` ``eps |Y_j|``, which lies in that span, so
+    that its direction would stay there for good. Either goes on along its (unit) row of the ``previous``
+    frame, as :func:`with_tangent`'s tangent does, so that a singular factor inside a transient does not
+    end the run (zero without ``previous``); its growth is what is left (0, or the rounding's size, as
+    near-singular factors of a random product legitimately give). That row is orthogonalized by the next
+    block's factorization (not here, which would double the cost of every factorization for this rare
+    case). Norms are scaled (:func:`dynsim._tree.scaled_norm`): a tangent beyond ``1.8e19`` in float32 is
+    finite, though its square is not.
     """
     rows, norms = [], []
     for j in range(Y.shape[0]):
@@ -617,18 +619,17 @@ def _mgs(Y, previous=None):
         for _ in range(2):  # reorthogonalize
             for q in rows:
                 v = v - jnp.dot(q, v) * q
-        r = jnp.linalg.norm(v)
-        resolved = r > _FRAME_RESOLUTION * jnp.finfo(r.dtype).eps * jnp.linalg.norm(Y[j])
-        norms.append(jnp.where(resolved, r, 0.0))
-        unit = v / jnp.where(resolved, r, 1.0)
-        rows.append(jnp.where(resolved, unit, 0.0 if previous is None else previous[j]))
+        r = scaled_norm(v)
+        norms.append(r)
+        direction = r > _FRAME_RESOLUTION * jnp.finfo(r.dtype).eps * scaled_norm(Y[j])
+        unit = v / jnp.where(direction, r, 1.0)
+        rows.append(jnp.where(direction, unit, 0.0 if previous is None else previous[j]))
     return jnp.stack(rows), jnp.stack(norms)
 
 
 _FRAME_RESOLUTION = 16
-"""A row of a frame whose part orthogonal to the rows before it is ``<= 16 eps`` of its length is rounding, not a
-direction (:func:`_mgs`): a gap ``(lambda_i - lambda_j) dt`` of ``log(1 / (16 eps))``, 33 in float64 and 13 in
-float32, between two exponents in one block."""
+"""A row of a frame whose part orthogonal to the rows before it is ``<= 16 eps`` of its length has no direction of
+its own (:func:`_mgs`): rounding, which lies in the span of the rows before it."""
 
 
 def _as_static(step):
@@ -1226,7 +1227,7 @@ rounding (of the two states, and of the step's arithmetic, several units) is the
 
 def _separation(floats, d0):
     """The clone's distance ``d0 max(1, |x|)``, relative to the size of the state's float leaves."""
-    return d0 * jnp.maximum(1.0, tree_norm(floats))
+    return d0 * jnp.maximum(1.0, scaled_norm(floats))
 
 
 @functools.partial(jax.jit, static_argnames=("n_segments",))
@@ -1267,7 +1268,7 @@ def _separation_advance(step, carry, a, b, d0, dt, transient, per):
             x, y = jax.lax.fori_loop(0, dt, one_step, (x, y))
             xf = floats(x)
             sep = [yl - xl for xl, yl in zip(xf, floats(y))]
-            d = tree_norm(sep)
+            d = scaled_norm(sep)
             new_delta = _separation(xf, d0)
             # a collapsed clone (d = 0) has no direction of its own: it goes on along its previous one
             sep = [jnp.where(d > 0, sl, bl) for sl, bl in zip(sep, before)]
@@ -1275,7 +1276,7 @@ def _separation_advance(step, carry, a, b, d0, dt, transient, per):
             y = with_floats([(xl + sl * scale).astype(xl.dtype) for xl, sl in zip(xf, sep)], y)
             # 0 < d within a few rounding units of the state: log d is rounding, an exit (NaN)
             eps = jnp.finfo(d.dtype).eps
-            unresolved = (d > 0) & (d <= _CLONE_RESOLUTION * eps * tree_norm(xf))
+            unresolved = (d > 0) & (d <= _CLONE_RESOLUTION * eps * scaled_norm(xf))
             value = jnp.where(unresolved, jnp.nan, jnp.log(d) - jnp.log(delta))
             growth, first_bad = _record_growth(growth, first_bad, i, value, transient, per)
             return x, y, new_delta, growth, first_bad

@@ -261,7 +261,14 @@ def sample_ball(key, center, radius, n: int, *, inner=0.0):
     """``n`` points uniform in the Euclidean ball ``|y - center| <= radius`` (``center`` a 1-D array), or in the
     shell ``inner <= |y - center| <= radius``: direction ``z/|z|`` with ``z ~ N(0, I)``, radius
     ``radius (q + U (1 - q))^(1/d)`` with ``q = (inner / radius)^d`` (``radius U^(1/d)`` for the ball; in this
-    form ``radius^d`` never overflows, whatever the dimension ``d``)."""
+    form ``radius^d`` never overflows, whatever the dimension ``d``). Needs ``0 <= inner <= radius``
+    (``inner = radius``: the sphere), checked where the numbers are known (not traced)."""
+    check_concrete("radius", radius, lambda r: r > 0, "> 0")
+    check_concrete("inner", inner, lambda r: r >= 0, ">= 0")
+    low, high = concrete_values(inner), concrete_values(radius)
+    if low is not None and high is not None and np.any(low > high):
+        raise ValueError(f"inner must be at most radius, got inner={inner}, radius={radius}")
+    n = check_int("n", n, minimum=1)
     d = center.shape[-1]
     k_dir, k_rad = jax.random.split(key)
     z = jax.random.normal(k_dir, (n, d), center.dtype)
@@ -352,6 +359,8 @@ def l1_goldstein_distance(x, delta: float, *, max_free: int = 12):
     """
     x = np.asarray(x, dtype=float)
     delta = check_positive("delta", delta)
+    if x.size == 0 or not np.isfinite(x).all():
+        raise ValueError(f"x must be a non-empty array of finite numbers, got {x.tolist()!r}")
     points = np.atleast_2d(x).reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1)
     inside = np.abs(points) <= delta
     n_free = inside.sum(axis=1)

@@ -404,6 +404,8 @@ def rmsprop_as_clip(learning_rate, b2=0.999, eps=1e-8) -> optax.GradientTransfor
     and divides by ``sqrt(1 - b2) = 0``; ``b2 > 1`` makes ``v`` negative, its square root NaN) and
     ``eps > 0`` (with ``eps = 0`` the first step, at ``v = 0``, is ``0 / 0``).
     """
+    if callable(learning_rate):  # the map's eta is lr / A at a fixed lr; the state keeps no step count
+        raise TypeError("rmsprop_as_clip takes a constant learning_rate, got a schedule")
     _check_learning_rate(learning_rate)
     check_concrete("b2", b2, *_DECAY)
     check_concrete("eps", eps, *_POSITIVE)

@@ -169,13 +169,20 @@ def key(seed: int) -> jax.Array:
 
 
 def as_key(key_or_seed) -> jax.Array:
-    """A key from an integer seed (Python or NumPy, >= 0; :func:`key`) or a JAX key, returned as given."""
+    """A key from an integer seed (Python or NumPy, >= 0; :func:`key`) or a JAX key (typed, or raw ``uint32``
+    data as ``jax.random.PRNGKey`` makes), returned as given."""
     if isinstance(key_or_seed, (bool, np.bool_)):
         raise TypeError(f"key must be a JAX key or an integer seed, got {key_or_seed!r}")
     if isinstance(key_or_seed, (int, np.integer)):
         if key_or_seed < 0:
             raise ValueError(f"key must be a JAX key or an integer seed >= 0, got {key_or_seed}")
         return key(int(key_or_seed))
+    dtype = getattr(key_or_seed, "dtype", None)
+    if dtype is None or not (jnp.issubdtype(dtype, jax.dtypes.prng_key) or dtype == jnp.uint32):
+        raise TypeError(
+            f"key must be a JAX key (jax.random.key(0)) or an integer seed, got {key_or_seed!r} "
+            f"({type(key_or_seed).__name__})"
+        )
     return key_or_seed
 
 

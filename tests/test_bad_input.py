@@ -385,3 +385,21 @@ def test_points_may_be_pytrees_with_leaves_of_different_shapes():
         assert stored == [[[0.0] * 3] * 2, [1.0] * 3]
     # a point of one array keeps the format results already carry
     assert ds.observables.log_distance(np.zeros(2)).config["point"] == [[0.0, 0.0]]
+
+
+def test_ball_samples_goldstein_points_and_rmsprop_schedules_are_checked():
+    key = ds.prng.key(0)
+    for kwargs, message in [
+        ({"radius": 1.0, "inner": 2.0}, "inner must be at most radius"),  # it drew points outside the ball
+        ({"radius": -1.0}, "radius must be > 0"),  # accepted
+        ({"radius": 0.0}, "radius must be > 0"),  # ZeroDivisionError
+    ]:
+        with pytest.raises(ValueError, match=message):
+            ds.nonsmooth.sample_ball(key, jnp.zeros(3), n=4, **kwargs)
+    sphere = ds.nonsmooth.sample_ball(key, jnp.zeros(3), 2.0, 5, inner=2.0)  # inner = radius: the sphere
+    np.testing.assert_allclose(np.linalg.norm(sphere, axis=1), 2.0, rtol=1e-6)
+    for x in ([np.nan, 2.0], []):  # NaN counted as |x_i| > delta; an empty x failed in a reshape
+        with pytest.raises(ValueError, match="x must be a non-empty array of finite numbers"):
+            ds.nonsmooth.l1_goldstein_distance(x, 0.5)
+    with pytest.raises(TypeError, match="rmsprop_as_clip takes a constant learning_rate"):
+        ds.optim.rmsprop_as_clip(optax.exponential_decay(0.1, 5, 0.5))  # crashed at the first update

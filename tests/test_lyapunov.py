@@ -938,3 +938,43 @@ def test_two_trajectory_on_a_state_with_leaves_of_two_float_dtypes(x64):
     x0 = (jnp.ones(2, jnp.float64), jnp.ones(2, jnp.float32))
     est = L.two_trajectory(step, x0, 0, 200, transient=20, n_replicas=2)
     np.testing.assert_allclose(est.exponents, np.log(0.5), rtol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:.*batch means are correlated")  # the rounding of an exact product's log-sums
+def test_growth_beyond_the_square_root_of_the_float_range_is_measured():
+    """Float32 squares overflow at 1.8e19: a tangent grown 100x per step over a block of 10 steps had an infinite
+    norm, and read -inf without a warning; the clone of x' = 1.5 x stopped at step 108 of 200 (|x| = 1e19)."""
+    for a in (100.0, 0.01):
+        top = L.top_exponent(lambda x, key, a=a: a * x, jnp.ones(2, jnp.float32), 0, 120, dt=10, n_replicas=2)
+        np.testing.assert_allclose(top.exponents, np.log(a), rtol=1e-6)
+        spec = L.spectrum(lambda x, key, a=a: a * x, jnp.ones(2, jnp.float32), 0, 120, 2, dt=10, n_replicas=2)
+        np.testing.assert_allclose(spec.exponents, np.log(a), rtol=1e-6)
+    clone = L.two_trajectory(lambda x, key: 1.5 * x, jnp.ones(2, jnp.float32), 0, 200, n_replicas=2)
+    assert clone.until == 200
+    np.testing.assert_allclose(clone.exponents, np.log(1.5), rtol=1e-4)
+
+
+def test_near_singular_factors_of_a_float32_random_product_keep_their_growth():
+    """``[[1, b], [0, a]]``, ``a ~ U(0, 1)``, ``b ~ N(0, 1)``: exponents 0 and ``E log a = -1``. Blocks where a is
+    tiny leave the second row a remainder of rounding size, which is its true growth, not an annihilation."""
+
+    def step(x, key):
+        k1, k2 = jax.random.split(key)
+        a = jax.random.uniform(k1, (), x.dtype)
+        return jnp.stack([x[0] + jax.random.normal(k2, (), x.dtype) * x[1], a * x[1]])
+
+    est = L.spectrum(step, jnp.ones(2, jnp.float32), 0, 20_000, 2, 100, n_replicas=8)
+    assert np.all(np.isfinite(est.per_replica))
+    assert abs(est.exponents[1] + 1) < 4 * est.stderr[1]
+
+
+def test_scalar_exponent_error_of_one_sample_and_of_a_table_of_laws():
+    value, stderr = L.scalar_exponent([2.0], with_stderr=True)  # one sample: no spread to read (it was 0)
+    assert value == pytest.approx(np.log(2.0)) and np.isnan(stderr)
+    a, w = np.array([0.5, 2.0]), np.array([[1.0, 1.0], [1.0, 3.0]])  # one law per row (it raised a NumPy error)
+    value, stderr = L.scalar_exponent(a, w, with_stderr=True)
+    np.testing.assert_allclose(value, [0.0, 0.5 * np.log(2.0)], atol=1e-15)
+    np.testing.assert_allclose(stderr, [np.log(2.0), np.sqrt(2 * 3 / 16) * 2 * np.log(2.0) / np.sqrt(2)])
+    for bad in ("a", 1.5, None):
+        with pytest.raises(TypeError, match="key must be a JAX key"):
+            L.top_exponent(lambda x, key: 0.5 * x, jnp.ones(2), bad, 10)

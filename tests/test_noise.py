@@ -170,3 +170,22 @@ def test_symmetric_stable_takes_small_indices_in_float64_and_traced_ones(x64):
     assert bool(jnp.all(jnp.isfinite(x)))
     draw = jax.jit(lambda a: ds.dynamics.symmetric_stable(jax.random.PRNGKey(1), a, (4,), jnp.float32))
     assert draw(0.1).shape == (4,)  # traced: unchecked
+
+
+def test_student_t_df_limit_from_the_rate_of_infinite_draws():
+    """Infinite draws of ``jax.random.t`` in float32 come at the rate ``tiny^(df/2) / Gamma(df/2 + 1)`` (the Gamma
+    draw rounding to 0): counted over 10^7 draws at df = 0.3 against that rate (Poisson, 5 s.d.); the limit is
+    where the rate is 2^-32, and smaller df are refused, on a grid too."""
+    from scipy import special
+
+    n, df = 10_000_000, 0.3
+    draws = jax.random.t(prng.key(0), df, (n,), jnp.float32)
+    expected = n * np.exp(df / 2 * np.log(np.finfo(np.float32).tiny) - special.gammaln(df / 2 + 1))
+    assert abs(int(np.sum(~np.isfinite(np.asarray(draws)))) - expected) < 5 * np.sqrt(expected)
+    limit = ds.dynamics.student_t_df_limit(np.float32)
+    rate = np.exp(limit / 2 * np.log(np.finfo(np.float32).tiny) - special.gammaln(limit / 2 + 1))
+    assert 2.0**-32 * 0.99 < rate <= 2.0**-32 and ds.dynamics.student_t_df_limit(np.float64) < limit / 8
+    with pytest.raises(ValueError, match="df must be >= 0.5103 in float32"):
+        ds.dynamics.student_t_noise(df=0.3)
+    with pytest.raises(ValueError, match="df must be >= 0.5103"):
+        _increments(ds.dynamics.student_t_noise(df=3.0), {"lr": [1.0], "noise": [1.0], "df": [3.0, 0.3]})

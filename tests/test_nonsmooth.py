@@ -564,6 +564,13 @@ def test_lagged_output_index_law():
     want = np.full(T - K, 1 / T)
     want[0] = (K + 1) / T
     assert np.all(np.abs(freq - want) <= 4 * np.sqrt(want * (1 - want) / n))
+    # Thm 5.5.1's K = p delta is a real number (stochastic_ingd_parameters' lag; it was refused): whole steps up
+    lag = ds.dynamics.stochastic_ingd_parameters(1.0, 1.0, 0.5, 0.5, 1.0).lag
+    assert not float(lag).is_integer()
+    np.testing.assert_array_equal(
+        ds.dynamics.lagged_output_index(10**6, lag, size=50, seed=1),
+        ds.dynamics.lagged_output_index(10**6, int(np.ceil(lag)), size=50, seed=1),
+    )
 
 
 # --------------------------------------------------------------------------- bad input

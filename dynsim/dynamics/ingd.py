@@ -407,9 +407,13 @@ def lagged_output_index(n_steps: int, lag: int, *, size=None, seed=None) -> np.n
 
     With ``T = n_steps`` steps recorded at ``record_every=1``, record ``j`` (``j = 0..T``) holds the
     thesis's ``x_{j+1}``, so the output is record ``max(i - K, 1) - 1``. ``lag`` is ``K`` (``p delta``
-    in Thm 5.5.1); ``size`` draws several (one per trajectory), from ``numpy.random.default_rng(seed)``.
+    in Thm 5.5.1, a real number, as :func:`stochastic_ingd_parameters` returns it: rounded up to whole steps);
+    ``size`` draws several (one per trajectory), from ``numpy.random.default_rng(seed)``.
     """
     n_steps = check_int("n_steps", n_steps, minimum=1)
-    lag = check_int("lag", lag, minimum=0)
+    lag = check_real("lag", lag)
+    if lag < 0:
+        raise ValueError(f"lag must be >= 0, got {lag}")
+    lag = math.ceil(lag)
     i = np.random.default_rng(seed).integers(1, n_steps + 1, size=size)
     return np.maximum(i - lag, 1) - 1
