@@ -119,6 +119,7 @@ def exit_probability_bound(
     Requires ``rho < 1``; values above 1 are vacuous.
     """
     m0 = check_positive("m0", m0)
+    after = check_int("after", after, minimum=0)
     if printed and after:
         raise ValueError("printed=True is eq. (3.19) as printed, for the whole run; it has no tail (after must be 0)")
     lr, f0, rho, a = _proof_constants(lr, alpha, smoothness, sigma, f0)
@@ -299,6 +300,8 @@ def ball_constants(
     center = jnp.asarray(center)
     if not jnp.issubdtype(center.dtype, jnp.floating):
         raise TypeError(f"theta0 must have floating-point leaves, got {center.dtype}")
+    if center.size == 0 or not bool(jnp.all(jnp.isfinite(center))):
+        raise ValueError(f"theta0 must hold at least one parameter, all finite, got {theta0!r}")
     info = np.finfo(center.dtype)
     f_floor = float(info.tiny / info.eps) if f_floor is None else check_nonnegative("f_floor", f_floor)
     k_ball, k_shell, k_sphere, k_power = jax.random.split(prng.as_key(key), 4)

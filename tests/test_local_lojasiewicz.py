@@ -348,3 +348,12 @@ def test_ball_constants_in_many_dimensions(x64):
     assert c.alpha == pytest.approx(2.0, rel=1e-9) and c.smoothness == pytest.approx(1.0, rel=1e-9)
     m0 = 0.5 * (np.sqrt(d) - radius) ** 2
     assert m0 <= c.m0 <= m0 * 1.01  # an upper bound; in 500 dimensions the descent ends within 0.2%
+
+
+def test_exit_tail_and_ball_start_are_checked():
+    for after in (-1, 1.5):  # a negative horizon gave a bound above the whole run's; a fraction ran silently
+        with pytest.raises((ValueError, TypeError), match="after"):
+            lj.exit_probability_bound(0.1, ALPHA, C_L, 2.0, 0.1, 0.5, after=after)
+    for theta0 in (jnp.array([np.nan, 0.0]), {}):  # NaN gave alpha = inf, no error; {} a ZeroDivisionError
+        with pytest.raises(ValueError, match="theta0 must hold at least one parameter, all finite"):
+            lj.ball_constants(lambda t: 0.5 * jnp.sum(t**2), theta0, 2.0, key=0)
