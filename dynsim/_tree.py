@@ -1,4 +1,5 @@
-"""Reductions over all leaves of a pytree (parameters, gradients, updates), and a check of a map's output type."""
+"""Reductions over all leaves of a pytree (parameters, gradients, updates), compensated summation, and a check of a
+map's output type."""
 
 from __future__ import annotations
 
@@ -34,6 +35,20 @@ def scaled_norm(tree) -> jax.Array:
     low, high = jnp.exp2((e // 2).astype(dtype)), jnp.exp2((e - e // 2).astype(dtype))
     total = sum(jnp.sum(jnp.square(leaf.astype(dtype) / low / high)) for leaf in leaves)
     return jnp.where(in_range, plain, jnp.where(ok, jnp.sqrt(total) * low * high, m))
+
+
+def compensated(total, comp):
+    """The sums ``total - comp`` of compensated accumulators (:func:`kahan_add`), leaf by leaf."""
+    return jax.tree_util.tree_map(jnp.subtract, total, comp)
+
+
+def kahan_add(total, comp, value):
+    """One step of compensated (Kahan) summation: ``(total, comp)`` holds the sum ``total - comp``.
+
+    A non-finite sum keeps the old compensation (``inf - inf`` would make it NaN)."""
+    y = value - comp
+    new = total + y
+    return new, jnp.where(jnp.isfinite(new), (new - total) - y, comp)
 
 
 def tree_vdot(a, b) -> jax.Array:

@@ -41,6 +41,7 @@ from jax import lax
 
 from dynsim import prng
 from dynsim._progress import check_progress, progress_bar
+from dynsim._tree import kahan_add
 from dynsim._validate import check_choice, check_int, check_positive, grid_values
 from dynsim.dynamics.saddle import LOG_ZERO
 from dynsim.observables import batch_means_stderr, time_batches
@@ -126,10 +127,8 @@ def _run(lr, second, k0, k1, data, *, bounds, law, batch_size, noise_std, c0):
         plus, minus = 1 + lr * chi, 1 - lr * chi
         log_plus = jnp.maximum(log_plus + jnp.log(jnp.abs(plus)), LOG_ZERO)
         log_minus = jnp.maximum(log_minus + jnp.log(jnp.abs(minus)), LOG_ZERO)
-        y = minus * minus - comp
-        new = total + y
         # an overflowing square (|lr chi| > 1.8e19 in float32) makes the sum inf; its compensation stays finite
-        return log_plus, log_minus, new, jnp.where(jnp.isfinite(new), (new - total) - y, comp)
+        return log_plus, log_minus, *kahan_add(total, comp, minus * minus)
 
     zero = jnp.zeros_like(lr)
     log_plus, log_minus, sums = zero, zero, []

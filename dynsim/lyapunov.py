@@ -33,7 +33,7 @@ from scipy import optimize, special
 
 from dynsim import prng
 from dynsim._progress import PROGRESS_BLOCKS, in_blocks, progress_bar
-from dynsim._tree import check_same_type, scaled_norm, tree_norm
+from dynsim._tree import check_same_type, kahan_add, scaled_norm, tree_norm
 from dynsim._validate import check_int, check_positive, explain_tracing
 from dynsim.checkpoint import CarryFile, add_program
 from dynsim.observables import batch_means_stderr, time_batches, warn_if_correlated, warn_if_drifting
@@ -462,9 +462,7 @@ def with_tangent(dynamics, *, transient: int = 0):
         # Kahan summation: log_growth - log_growth_comp is the sum, the compensation keeping the rounding of
         # every addition; a non-finite sum (log 0 = -inf, an overflow) leaves the compensation as it was
         run, comp = state["log_growth"], state["log_growth_comp"]
-        y = jnp.log(r).astype(run.dtype) - comp
-        new = run + y
-        new_comp = jnp.where(jnp.isfinite(new), (new - run) - y, comp)
+        new, new_comp = kahan_add(run, comp, jnp.log(r).astype(run.dtype))
         grown = jnp.maximum(new, LOG_ZERO)
         scale = 1.0 / jnp.where(r > 0, r, 1.0)
         return {

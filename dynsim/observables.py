@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dynsim._tree import compensated, kahan_add
 from dynsim._validate import LEARNING_RATE_NAMES, check_int, check_nonnegative, check_positive, check_real
 from dynsim.problems.base import Problem, objective
 
@@ -394,20 +395,6 @@ def time_batches(n_steps: int, n_batches: int, discard: int = 0) -> tuple[np.nda
     return np.diff(bounds), bounds
 
 
-def _compensated(total, comp):
-    """The sums ``total - comp`` of compensated accumulators (:func:`_kahan_add`), leaf by leaf."""
-    return jax.tree_util.tree_map(jnp.subtract, total, comp)
-
-
-def _kahan_add(total, comp, value):
-    """One step of compensated (Kahan) summation: ``(total, comp)`` holds the sum ``total - comp``.
-
-    A non-finite sum keeps the old compensation (``inf - inf`` would make it NaN)."""
-    y = value - comp
-    new = total + y
-    return new, jnp.where(jnp.isfinite(new), (new - total) - y, comp)
-
-
 def batch_means_stderr(means: np.ndarray, axis: int = -1) -> np.ndarray:
     """Batch-means standard error ``sd(batch means) / sqrt(n_batches)`` along ``axis``.
 
@@ -608,7 +595,7 @@ def time_average(
         # a real branch (not a select): each step touches two numbers per value, not 2 n_batches.
         value = _real(evaluate(view))
         run, run_comp = acc["run"], acc["run_comp"]
-        new, new_comp = _kahan_add(run, run_comp, value.astype(run.dtype))
+        new, new_comp = kahan_add(run, run_comp, value.astype(run.dtype))
         active = t > discard
         run = jnp.where(active, new, run)
         run_comp = jnp.where(active, new_comp, run_comp)
@@ -723,16 +710,16 @@ def iterate_average(fn: Callable[[Any], Any] | None = None, *, power: float = 1.
         slot = jnp.searchsorted(jnp.asarray(times), t)
         recorded = jax.lax.cond(
             jnp.asarray(times)[jnp.minimum(slot, len(times) - 1)] == t,
-            lambda b: b.at[slot].set(jnp.asarray(evaluate(_compensated(acc["avg"], acc["avg_comp"])), b.dtype)),
+            lambda b: b.at[slot].set(jnp.asarray(evaluate(compensated(acc["avg"], acc["avg_comp"])), b.dtype)),
             lambda b: b,
             acc["buf"],
         )
         w = weight(t)
-        total, total_comp = _kahan_add(acc["total"], acc["total_comp"], w)
+        total, total_comp = kahan_add(acc["total"], acc["total_comp"], w)
         share = w / (total - total_comp)
 
         def move(a, c, x):  # a - c is the average so far
-            return _kahan_add(a, c, share.astype(a.dtype) * (jnp.asarray(x, a.dtype) - (a - c)))
+            return kahan_add(a, c, share.astype(a.dtype) * (jnp.asarray(x, a.dtype) - (a - c)))
 
         moved = jax.tree_util.tree_map(move, acc["avg"], acc["avg_comp"], view.params)
         avg, avg_comp = (jax.tree_util.tree_map(lambda _, m: m[i], acc["avg"], moved) for i in (0, 1))
