@@ -1223,9 +1223,9 @@ rounding (of the two states, and of the step's arithmetic, several units) is the
 ``log d`` is off by as much."""
 
 
-def _separation(floats, d0):
-    """The clone's distance ``d0 max(1, |x|)``, relative to the size of the state's float leaves."""
-    return d0 * jnp.maximum(1.0, scaled_norm(floats))
+def _separation(size, d0):
+    """The clone's distance ``d0 max(1, |x|)``, relative to the size ``|x|`` of the state's float leaves."""
+    return d0 * jnp.maximum(1.0, size)
 
 
 @functools.partial(jax.jit, static_argnames=("n_segments",))
@@ -1238,7 +1238,7 @@ def _separation_start(x0, keys, d0, n_segments):
     def one_replica(rkey):
         dir_key, run_key = jax.random.split(rkey)
         u = jax.random.normal(dir_key, (1, sum(leaf.size for leaf in like)), jnp.result_type(*like))
-        delta = _separation(like, d0)
+        delta = _separation(scaled_norm(like), d0)
         u = [leaf[0] for leaf in _frame_from_rows(delta * u / jnp.linalg.norm(u), like)]
         clone = with_floats([x + v for x, v in zip(like, u)], x0)
         return {"x": x0, "y": clone, "delta": delta, "key": run_key, **_growth_buffers(n_segments, None)}
@@ -1266,15 +1266,15 @@ def _separation_advance(step, carry, a, b, d0, dt, transient, per):
             x, y = jax.lax.fori_loop(0, dt, one_step, (x, y))
             xf = floats(x)
             sep = [yl - xl for xl, yl in zip(xf, floats(y))]
-            d = scaled_norm(sep)
-            new_delta = _separation(xf, d0)
+            d, size = scaled_norm(sep), scaled_norm(xf)
+            new_delta = _separation(size, d0)
             # a collapsed clone (d = 0) has no direction of its own: it goes on along its previous one
             sep = [jnp.where(d > 0, sl, bl) for sl, bl in zip(sep, before)]
             scale = new_delta / jnp.where(d > 0, d, delta)
             y = with_floats([(xl + sl * scale).astype(xl.dtype) for xl, sl in zip(xf, sep)], y)
             # 0 < d within a few rounding units of the state: log d is rounding, an exit (NaN)
             eps = jnp.finfo(d.dtype).eps
-            unresolved = (d > 0) & (d <= _CLONE_RESOLUTION * eps * scaled_norm(xf))
+            unresolved = (d > 0) & (d <= _CLONE_RESOLUTION * eps * size)
             value = jnp.where(unresolved, jnp.nan, jnp.log(d) - jnp.log(delta))
             growth, first_bad = _record_growth(growth, first_bad, i, value, transient, per)
             return x, y, new_delta, growth, first_bad
